@@ -1,0 +1,124 @@
+"""The `superweights` command line: thin commands over library functions, one error catch in `main`.
+
+`catalog` imports neither `db`, `workers` nor `reports` (DESIGN.md). Their commands and the
+catalog writer behind `scan` arrive as plugins through the `superweights.plugins` entry points:
+each is a `register(cli)` function that adds commands, or a `ScanSink` via `add_scan_sink`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, Protocol
+
+import click
+from rich.console import Console
+
+from catalog.detection import SpikeRule
+from catalog.errors import SuperweightsError
+from catalog.result import ScanResult
+from catalog.scan import DEFAULT_PROMPT, ScanOptions, scan_source
+from catalog.sources import ResolvedSource, resolve
+
+console = Console(stderr=True)
+out = Console()
+
+
+class ScanSink(Protocol):
+    """Something that keeps scan results (the catalog). Its options are added to `scan`."""
+
+    options: list[click.Option]
+
+    def existing(self, source: ResolvedSource, config: dict, params: dict[str, Any]) -> str | None:
+        """A message if this exact scan is already kept and should be skipped, else None."""
+
+    def save(self, result: ScanResult, params: dict[str, Any]) -> str:
+        """Keep the result; return where it went."""
+
+
+SCAN_SINKS: list[ScanSink] = []
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="superweight-catalog")
+def cli() -> None:
+    """Find, verify and catalog the super weights of LLMs."""
+
+
+@cli.command()
+@click.argument("source")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the scan JSON (schema 1) here.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto", show_default=True, help="auto: bfloat16 on GPU, float32 on CPU.")
+@click.option("--prompt", "prompts", multiple=True, help=f"Detection prompt, repeatable. [default: {DEFAULT_PROMPT!r}]")
+@click.option("--max-iterations", type=int, default=3, show_default=True, help="Zero what was found and detect again, at most this many times.")
+@click.option("--spike-ratio", type=float, default=SpikeRule.ratio, show_default=True, help="A layer spikes when its max |output| is this many times the median layer's.")
+@click.option("--spike-min", type=float, default=SpikeRule.min_abs, show_default=True, help="...and at least this large.")
+@click.option("--trust-remote-code", is_flag=True, help="Allow model code from the repo itself (review it first).")
+@click.option("--allow-pickle", is_flag=True, help="Allow pickle .bin checkpoints (loaded with weights_only=True).")
+@click.pass_context
+def scan(ctx: click.Context, source: str, json_path: Path | None, device: str, dtype: str, prompts: tuple[str, ...],
+         max_iterations: int, spike_ratio: float, spike_min: float, trust_remote_code: bool, allow_pickle: bool, **rest: Any) -> None:
+    """Scan SOURCE for super weights: a Hub repo id (org/name[@revision]), a checkpoint directory or a .gguf file."""
+    options = ScanOptions(
+        device=device, dtype=dtype, prompts=list(prompts) or [DEFAULT_PROMPT], max_iterations=max_iterations,
+        rule=SpikeRule(spike_ratio, spike_min), trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
+    )
+    options.validate()
+    resolved = resolve(source, allow_pickle=allow_pickle)
+    for sink in SCAN_SINKS:
+        if message := sink.existing(resolved, options.to_config(), ctx.params):
+            console.print(message)
+            return
+    with console.status("scanning") as status:
+        result = scan_source(resolved, options, progress=lambda msg: status.update(msg))
+    from catalog.tables import layers_table, super_weights_table, ablations_table
+
+    out.print(layers_table(result))
+    out.print(super_weights_table(result))
+    if result.ablations:
+        out.print(ablations_table(result))
+    if json_path:
+        result.to_json(json_path)
+        console.print(f"wrote {json_path}")
+    for sink in SCAN_SINKS:
+        console.print(sink.save(result, ctx.params))
+
+
+def add_scan_sink(sink: ScanSink) -> None:
+    SCAN_SINKS.append(sink)
+    scan.params.extend(sink.options)
+
+
+def load_plugins() -> None:
+    for plugin in entry_points(group="superweights.plugins"):
+        plugin.load()(cli)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI: a `SuperweightsError` becomes one line on stderr and exit status 1 (2 for usage).
+
+    SUPERWEIGHTS_DEBUG=1 shows the traceback too.
+    """
+    load_plugins()
+    try:
+        cli.main(args=argv, prog_name="superweights", standalone_mode=False)
+    except click.exceptions.Abort:
+        console.print("aborted")
+        return 130
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except SuperweightsError as exc:
+        if os.environ.get("SUPERWEIGHTS_DEBUG"):
+            traceback.print_exc()
+        click.echo(f"error: {exc}", err=True)
+        return exc.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""One-pass super-weight detection (Yu et al. 2024, Sec. 3.1), with the paper's iteration.
+
+A forward pass of a short prompt records, at every down projection, max |input| and max |output|
+with channel and token. A layer *spikes* when its max |output| is at least `SpikeRule.ratio`
+times the median of all layers' max |output| on the unmodified model. The spike at output
+channel `row`, token `t` names the candidate `W[row, col]` with `col` the largest |input| channel
+at `t`. Zeroing what was found and running again exposes super weights hidden behind the first
+ones; that repeats until no new spike or `max_iterations`. Weights are restored afterwards.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from catalog.architectures import DownProjection
+from catalog.hooks import Capture, capture, zeroed
+from catalog.result import LayerStat, SuperWeight
+
+
+@dataclass(frozen=True)
+class SpikeRule:
+    """When a layer's down projection counts as spiking; recorded in the scan's `config`."""
+
+    ratio: float = 50.0  # max |output| over the median of all layers' max |output|
+    min_abs: float = 0.0  # and at least this large in absolute terms
+
+    def to_config(self) -> dict[str, float]:
+        return {f"spike_{k}": v for k, v in asdict(self).items()}
+
+
+@dataclass
+class Detection:
+    layers: list[LayerStat]
+    super_weights: list[SuperWeight]
+    iterations: int  # forward passes made
+    reference: float  # median max |output| the rule compares against
+
+
+def run_prompts(model: nn.Module, prompts: list[torch.Tensor], sites: list[DownProjection]) -> dict[int, Capture]:
+    """Forward each prompt; keep per site the capture with the largest output spike."""
+    best: dict[int, Capture] = {}
+    with capture(sites) as captured, torch.inference_mode():
+        for ids in prompts:
+            model(input_ids=ids, use_cache=False)
+            for i, cap in captured.items():
+                if i not in best or cap.out_max > best[i].out_max:
+                    best[i] = cap
+    return best
+
+
+def layer_stats(sites: list[DownProjection], captures: dict[int, Capture], spiking: set[int]) -> list[LayerStat]:
+    """One row per layer; a layer with several down projections (shared expert) shows its largest."""
+    rows: dict[int, LayerStat] = {}
+    for i, site in enumerate(sites):
+        cap = captures[i]
+        row = LayerStat(site.layer, cap.in_max, cap.in_channel, cap.out_max, cap.out_channel, cap.token, i in spiking)
+        old = rows.get(site.layer)
+        if old is None or row.out_max > old.out_max:
+            rows[site.layer] = row
+    return [rows[layer] for layer in sorted(rows)]
+
+
+def spiking_sites(captures: dict[int, Capture], rule: SpikeRule, reference: float) -> set[int]:
+    return {i for i, c in captures.items() if c.out_max >= rule.ratio * reference and c.out_max >= rule.min_abs}
+
+
+def candidate(site: DownProjection, cap: Capture, iteration: int) -> SuperWeight:
+    """The weight W[row, col] behind a spike, with its share of the spike's output."""
+    col = int(cap.x.abs().argmax())
+    index = site.index(cap.out_channel, col, cap.expert)
+    value = site.weight[index].float().item()
+    x_col = cap.x[col].item()
+    return SuperWeight(
+        layer=site.layer,
+        param=site.param,
+        expert=cap.expert,
+        row=cap.out_channel,
+        col=col,
+        tensor_index=list(index),
+        value=value,
+        input_activation=x_col,
+        output_activation=cap.y,
+        iteration=iteration,
+        token=cap.token,
+        share=cap.gain * value * x_col / cap.y if cap.y else 0.0,
+    )
+
+
+def weight_entries(sites: list[DownProjection], weights: list[SuperWeight]) -> list[tuple[torch.Tensor, tuple[int, ...]]]:
+    """(tensor, index) pairs for `hooks.zeroed`, looked up by state-dict name."""
+    by_param = {site.param: site.weight for site in sites}
+    return [(by_param[w.param], tuple(w.tensor_index)) for w in weights]
+
+
+def detect(model: nn.Module, prompts: list[torch.Tensor], sites: list[DownProjection], rule: SpikeRule, max_iterations: int) -> Detection:
+    baseline = run_prompts(model, prompts, sites)
+    reference = statistics.median(c.out_max for c in baseline.values())
+    layers = layer_stats(sites, baseline, spiking_sites(baseline, rule, reference))
+    found: list[SuperWeight] = []
+    captures, passes = baseline, 1
+    for iteration in range(1, max_iterations + 1):
+        seen = {(w.param, w.expert, w.row, w.col) for w in found}
+        new = [candidate(sites[i], captures[i], iteration) for i in sorted(spiking_sites(captures, rule, reference))]
+        new = [w for w in new if (w.param, w.expert, w.row, w.col) not in seen]
+        if not new:
+            break
+        found += new
+        if iteration == max_iterations:
+            break
+        with zeroed(weight_entries(sites, found)):
+            captures = run_prompts(model, prompts, sites)
+        passes += 1
+    return Detection(layers, found, passes, reference)

@@ -1,0 +1,59 @@
+"""Typed errors of the domain core. Each names the input it is about and, in its message, the fix.
+
+The CLI turns any of these into one line and a non-zero exit (see `catalog.cli.main`).
+"""
+
+from __future__ import annotations
+
+
+class SuperweightsError(Exception):
+    """Base class: a failure the user can fix, with a one-line message saying how."""
+
+    exit_code = 1
+
+
+class SourceNotFoundError(SuperweightsError, FileNotFoundError):
+    """A path, repo id or revision that does not exist (or is not cached while offline)."""
+
+    def __init__(self, source: str, fix: str) -> None:
+        super().__init__(f"{source}: not found. {fix}")
+        self.source = source
+
+
+class GatedSourceError(SuperweightsError, PermissionError):
+    """A Hub repo that needs an accepted license and a token."""
+
+    def __init__(self, source: str) -> None:
+        super().__init__(
+            f"{source}: gated repo. Accept its license on the Hub, then set HF_TOKEN "
+            "(or run `hf auth login`)."
+        )
+        self.source = source
+
+
+class InvalidSourceError(SuperweightsError, ValueError):
+    """A source that exists but cannot be scanned as it is (no config, corrupt file, pickle...)."""
+
+    def __init__(self, source: str, problem: str) -> None:
+        super().__init__(f"{source}: {problem}")
+        self.source = source
+
+
+class UnsupportedArchitectureError(SuperweightsError, ValueError):
+    """A model type without an adapter in `catalog.architectures`."""
+
+    def __init__(self, source: str, model_type: str, known: list[str]) -> None:
+        super().__init__(
+            f"{source}: unsupported architecture {model_type!r}. "
+            f"Supported model types: {', '.join(sorted(known))}."
+        )
+        self.source = source
+        self.model_type = model_type
+
+
+class BadOptionError(SuperweightsError, ValueError):
+    """An option value that cannot be used (empty prompt, unknown device, empty eval text...)."""
+
+    def __init__(self, option: str, problem: str) -> None:
+        super().__init__(f"{option}: {problem}")
+        self.option = option

@@ -1,0 +1,121 @@
+"""Context managers that always undo themselves: activation captures on the down projections,
+and weights zeroed in place (restored bit for bit, since the original scalars are kept).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from catalog.architectures import DownProjection
+
+
+@dataclass
+class Capture:
+    """What one forward pass showed at one down projection.
+
+    The spike is the largest |output|, at prompt position `token` and output channel `out_channel`;
+    `x` is the down projection's input at that token (for MoE: of the expert contributing most,
+    which was weighted by the router's `gain`).
+    """
+
+    in_max: float
+    in_channel: int
+    in_token: int
+    out_max: float
+    out_channel: int
+    token: int
+    y: float  # signed output at the spike
+    x: torch.Tensor  # (intermediate,) input at the spike token
+    expert: int | None = None
+    gain: float = 1.0
+
+
+def _argmax2d(t: torch.Tensor) -> tuple[float, int, int]:
+    """max |t| of a (tokens, channels) tensor with its token and channel."""
+    flat = t.abs().float().flatten().argmax().item()
+    token, channel = divmod(flat, t.shape[-1])
+    return t[token, channel].abs().float().item(), token, channel
+
+
+def _dense_capture(x: torch.Tensor, y: torch.Tensor) -> Capture:
+    # x: (tokens, intermediate), y: (tokens, hidden)
+    in_max, in_token, in_channel = _argmax2d(x)
+    out_max, token, out_channel = _argmax2d(y)
+    return Capture(in_max, in_channel, in_token, out_max, out_channel, token, y[token, out_channel].float().item(), x[token].detach().float().cpu())
+
+
+def _expert_inputs(experts: nn.Module, hidden: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor):
+    """Recompute each routed expert's down-projection input, act(gate) * up, as the fused module does.
+
+    A module hook only sees the experts' summed output, so per-expert inputs are rebuilt here from
+    the module's own parameters. Yields (expert, token indices, router weights, inputs (n, I)).
+    """
+    for expert in top_k_index.unique().tolist():
+        if expert >= experts.gate_up_proj.shape[0]:
+            continue  # the "no expert" slot some routers use
+        tokens, slot = torch.where(top_k_index == expert)
+        gate, up = nn.functional.linear(hidden[tokens], experts.gate_up_proj[expert]).chunk(2, dim=-1)
+        yield expert, tokens, top_k_weights[tokens, slot], experts.act_fn(gate) * up
+
+
+def _experts_capture(site: DownProjection, args: tuple, kwargs: dict, y: torch.Tensor) -> Capture:
+    names = ("hidden_states", "top_k_index", "top_k_weights")
+    hidden, index, weights = (args + tuple(kwargs[n] for n in names[len(args):]))[:3]
+    out_max, token, row = _argmax2d(y)
+    best = None  # (|contribution|, in-stats, expert, x, gain)
+    in_stats = (0.0, 0, 0)
+    for expert, tokens, gains, x in _expert_inputs(site.module, hidden, index, weights):
+        e_max, e_token, e_channel = _argmax2d(x)
+        if e_max > in_stats[0]:
+            in_stats = (e_max, tokens[e_token].item(), e_channel)
+        hit = (tokens == token).nonzero()
+        if len(hit):
+            i = hit[0, 0]
+            contribution = abs(gains[i].item() * (site.out_row(row, expert).float() @ x[i].float()).item())
+            if best is None or contribution > best[0]:
+                best = (contribution, expert, x[i].detach().float().cpu(), gains[i].item())
+    _, expert, x_t, gain = best
+    return Capture(in_stats[0], in_stats[2], in_stats[1], out_max, row, token, y[token, row].float().item(), x_t, expert, gain)
+
+
+@contextmanager
+def capture(sites: list[DownProjection]) -> Iterator[dict[int, Capture]]:
+    """Record a `Capture` per site (keyed by position in `sites`) on each forward pass of batch size 1."""
+    captured: dict[int, Capture] = {}
+    handles = []
+    for i, site in enumerate(sites):
+        def hook(module, args, kwargs, output, i=i, site=site):
+            y = output[0] if isinstance(output, tuple) else output
+            y = y.reshape(-1, y.shape[-1])
+            if site.layout == "experts":
+                captured[i] = _experts_capture(site, args, kwargs, y)
+            else:
+                x = args[0] if args else next(iter(kwargs.values()))
+                captured[i] = _dense_capture(x.reshape(-1, x.shape[-1]), y)
+        handles.append(site.module.register_forward_hook(hook, with_kwargs=True))
+    try:
+        yield captured
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
+def zeroed(entries: Iterable[tuple[torch.Tensor, tuple[int, ...]]]) -> Iterator[None]:
+    """Zero each (tensor, index) scalar in place; put the exact original values back on exit."""
+    saved = []
+    try:
+        with torch.no_grad():
+            for tensor, index in entries:
+                saved.append((tensor, index, tensor[index].clone()))
+                tensor[index] = 0
+        yield
+    finally:
+        with torch.no_grad():
+            for tensor, index, value in reversed(saved):
+                tensor[index] = value

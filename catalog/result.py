@@ -1,0 +1,131 @@
+"""Result types of a scan. `ScanResult.to_dict()` is the public scan JSON (schema 1, DESIGN.md).
+
+Fields may be added freely; renaming or dropping one needs a new `SCHEMA`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+SCHEMA = 1
+
+CONFIRMED = "confirmed"
+CANDIDATE = "candidate"
+
+
+@dataclass
+class ModelInfo:
+    """What was scanned: identity (source, repo, pinned revision) and shape."""
+
+    source: str
+    repo_id: str | None
+    revision: str | None
+    architecture: str
+    model_type: str
+    family: str
+    num_layers: int
+    hidden_size: int
+    intermediate_size: int
+    num_parameters: int
+    dtype: str
+    format: str  # "safetensors" | "gguf" | "pytorch"
+    quantization: str | None  # e.g. "Q4_1" for a GGUF file, None for full precision
+
+
+@dataclass
+class LayerStat:
+    """Max |input| and max |output| of one layer's down projection over the detection prompt."""
+
+    layer: int
+    in_max: float
+    in_channel: int
+    out_max: float
+    out_channel: int
+    token: int  # prompt position of the output maximum
+    spike: bool = False
+
+
+@dataclass
+class SuperWeight:
+    """One candidate `W[row, col]` of a down projection (paper convention: output, input channel)."""
+
+    layer: int
+    param: str
+    expert: int | None
+    row: int
+    col: int
+    tensor_index: list[int]
+    value: float
+    input_activation: float
+    output_activation: float
+    iteration: int
+    verdict: str = CANDIDATE
+    ppl_ratio: float | None = None
+    token: int = 0
+    share: float = 0.0  # W[row, col] * x[col] / y[row]: how much of the spike this weight makes
+
+
+@dataclass
+class Ablation:
+    """Perplexity of the model under one condition (baseline, a weight zeroed, a control...)."""
+
+    name: str
+    ppl: float
+    tokens: int
+    ratio: float | None = None  # ppl / baseline ppl
+    detail: str = ""
+
+
+@dataclass
+class ScanResult:
+    model: ModelInfo
+    config: dict[str, Any]
+    layers: list[LayerStat]
+    super_weights: list[SuperWeight]
+    ablations: list[Ablation] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    environment: dict[str, str] = field(default_factory=dict)  # software versions and device
+    config_hash: str = ""  # hash of the options that determine the result (ScanOptions.config_hash)
+    schema: int = SCHEMA
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        return {"schema": data.pop("schema"), **data}
+
+    def to_json(self, path: Path) -> None:
+        """Write atomically: a reader never sees half a file."""
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        tmp.replace(path)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ScanResult:
+        if data.get("schema") != SCHEMA:
+            raise ValueError(f"unsupported scan schema {data.get('schema')!r} (expected {SCHEMA})")
+        return cls(
+            model=_build(ModelInfo, data["model"]),
+            config=data["config"],
+            layers=[_build(LayerStat, x) for x in data["layers"]],
+            super_weights=[_build(SuperWeight, x) for x in data["super_weights"]],
+            ablations=[_build(Ablation, x) for x in data.get("ablations", [])],
+            timings=data.get("timings", {}),
+            environment=data.get("environment", {}),
+            config_hash=data.get("config_hash", ""),
+        )
+
+    @classmethod
+    def from_json(cls, path: Path) -> ScanResult:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    @property
+    def confirmed(self) -> list[SuperWeight]:
+        return [w for w in self.super_weights if w.verdict == CONFIRMED]
+
+
+def _build(cls: type, data: dict[str, Any]) -> Any:
+    """Build a dataclass from a dict, ignoring keys a newer writer added."""
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in names})

@@ -1,0 +1,93 @@
+"""The scan: resolve a source, load it once, detect super weights, and return a `ScanResult`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from catalog import __version__
+from catalog.architectures import down_projections
+from catalog.detection import SpikeRule, detect
+from catalog.errors import BadOptionError
+from catalog.loading import LoadedModel, load
+from catalog.result import ScanResult
+from catalog.sources import ResolvedSource, resolve
+
+DEFAULT_PROMPT = "Apple Inc. is a worldwide tech company."  # the paper's detection prompt
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class ScanOptions:
+    device: str = "auto"
+    dtype: str = "auto"
+    prompts: list[str] = field(default_factory=lambda: [DEFAULT_PROMPT])
+    max_iterations: int = 3
+    rule: SpikeRule = field(default_factory=SpikeRule)
+    trust_remote_code: bool = False
+    allow_pickle: bool = False
+
+    def validate(self) -> None:
+        if not self.prompts or any(not p.strip() for p in self.prompts):
+            raise BadOptionError("--prompt", "empty prompt; give some text, e.g. --prompt 'Apple Inc. is a worldwide tech company.'")
+        if self.max_iterations < 1:
+            raise BadOptionError("--max-iterations", "must be at least 1.")
+
+    def to_config(self) -> dict:
+        """What determines the result: two scans with equal configs of one revision are the same scan."""
+        return {"prompts": list(self.prompts), "max_iterations": self.max_iterations, "dtype": self.dtype, **self.rule.to_config()}
+
+    def config_hash(self) -> str:
+        """Stable key of `to_config()`: the catalog keys scans by (source, revision, this)."""
+        blob = json.dumps(self.to_config(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def environment(loaded: LoadedModel) -> dict[str, str]:
+    import transformers
+
+    dev = loaded.device
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu"
+    return {
+        "superweights": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "device": f"{dev.type}: {name}",
+    }
+
+
+def scan(spec: str, options: ScanOptions, progress: Progress | None = None) -> ScanResult:
+    options.validate()
+    started = time.perf_counter()
+    source = resolve(spec, allow_pickle=options.allow_pickle)
+    result = scan_source(source, options, progress)
+    result.timings["resolve"] = round(time.perf_counter() - started - sum(result.timings.values()), 3)
+    return result
+
+
+def scan_source(source: ResolvedSource, options: ScanOptions, progress: Progress | None = None) -> ScanResult:
+    """Scan already-resolved files (the survey resolves in a separate download stage)."""
+    say = progress or (lambda _msg: None)
+    options.validate()
+    say(f"loading {source.spec}")
+    loaded = load(source, device=options.device, dtype=options.dtype, trust_remote_code=options.trust_remote_code)
+    timings = {"load": round(loaded.load_seconds, 3)}
+    say("detecting")
+    start = time.perf_counter()
+    sites = down_projections(loaded.model, loaded.adapter, loaded.info.hidden_size)
+    prompts = [loaded.tokenizer(p, return_tensors="pt").input_ids.to(loaded.device) for p in options.prompts]
+    found = detect(loaded.model, prompts, sites, options.rule, options.max_iterations)
+    timings["detect"] = round(time.perf_counter() - start, 3)
+    config = {**options.to_config(), "detection_passes": found.iterations, "reference_out_max": found.reference}
+    return ScanResult(
+        loaded.info, config, found.layers, found.super_weights,
+        timings=timings, environment=environment(loaded), config_hash=options.config_hash(),
+    )
