@@ -103,8 +103,24 @@ def _as_invalid(source: ResolvedSource) -> Iterator[None]:
         ) from exc
 
 
+def card_metadata(path) -> dict:
+    """license, base_model and tags from a checkpoint's model card (README.md front matter), if any."""
+    from huggingface_hub import ModelCard
+
+    card_file = path / "README.md"
+    if not card_file.is_file():
+        return {}
+    try:
+        data = ModelCard.load(card_file).data
+    except Exception:  # a malformed card is not a reason to refuse the weights
+        return {}
+    base = data.base_model[0] if isinstance(data.base_model, list) and data.base_model else data.base_model
+    return {"license": data.license, "base_model": base, "tags": list(data.tags or [])}
+
+
 def _model_info(source: ResolvedSource, model: nn.Module, config, adapter: Adapter, dtype: torch.dtype) -> ModelInfo:
-    names = [source.repo_id, source.gguf_file, getattr(config, "_name_or_path", None), source.path.name]
+    card = card_metadata(source.path) if not source.gguf_file else {}
+    names = [source.repo_id, card.get("base_model"), source.gguf_file, getattr(config, "_name_or_path", None), source.path.name]
     return ModelInfo(
         source=source.spec,
         repo_id=source.repo_id,
@@ -119,6 +135,7 @@ def _model_info(source: ResolvedSource, model: nn.Module, config, adapter: Adapt
         dtype=str(dtype).removeprefix("torch."),
         format=source.format,
         quantization=_gguf_quantization(source.gguf_file),
+        **card,
     )
 
 

@@ -33,6 +33,10 @@ class ModelInfo:
     dtype: str
     format: str  # "safetensors" | "gguf" | "pytorch"
     quantization: str | None  # e.g. "Q4_1" for a GGUF file, None for full precision
+    license: str | None = None  # Hub metadata, from the model card when the source has one
+    base_model: str | None = None
+    tags: list[str] = field(default_factory=list)
+    downloads: int | None = None  # only known to a survey that listed the model on the Hub
 
 
 @dataclass

@@ -14,6 +14,7 @@ from catalog.errors import GatedSourceError, InvalidSourceError, SourceNotFoundE
 # What a scan needs from a Hub repo: config, tokenizer and safetensors weights, nothing else.
 HUB_PATTERNS = [
     "config.json",
+    "README.md",  # the model card: license, base_model, tags
     "generation_config.json",
     "tokenizer*",
     "special_tokens_map.json",
