@@ -1,0 +1,114 @@
+"""Build the static site: `build_site(scans, out_dir) -> SiteSummary`.
+
+The site is written to a sibling temporary directory and moved into place at the end, so a
+failed build leaves the previous site (or nothing) and never half a site. An existing `out_dir`
+is only replaced when it is empty or holds a site built here (its `MARKER` file): `--out ~`
+must not delete a home directory.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from importlib.resources import files
+from pathlib import Path
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+
+from catalog.errors import BadOptionError
+from reports.contexts import Page
+from reports.downloads import write_downloads
+from reports.formats import format_number, format_ratio
+from reports.pages import Provenance, family_page, index_page, model_page
+from reports.search import index_script
+from reports.site import ScanRecord, Site, when
+
+MARKER = ".superweights-report"
+PACKAGE = files("reports")
+
+
+@dataclass
+class SiteSummary:
+    """What a build wrote."""
+
+    out_dir: Path
+    index: Path  # the front page: open it in a browser
+    pages: int  # HTML pages written
+    models: int
+    families: int
+    scans: int
+
+
+def build_site(scans: list[ScanRecord], out_dir: Path, now: datetime | None = None) -> SiteSummary:
+    """Render every page of the catalog's scans into `out_dir`, replacing a site built there before."""
+    out_dir = Path(out_dir)
+    check_replaceable(out_dir)
+    site = Site.from_scans(list(scans))
+    prov = Provenance(when(now or datetime.now(timezone.utc)), package_version())
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    try:
+        pages = write_site(site, prov, staging)
+        replace_dir(staging, out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return SiteSummary(out_dir, out_dir / "index.html", pages, len(site.models), len(site.family_slugs), len(site.scans))
+
+
+def write_site(site: Site, prov: Provenance, root: Path) -> int:
+    """Write pages, downloads, search index and assets under `root`; return the page count."""
+    env = environment()
+    (root / "models").mkdir()
+    (root / "families").mkdir()
+    render(env, "index.html", index_page(site, prov), root / "index.html")
+    for family, models in site.families().items():
+        render(env, "family.html", family_page(site, family, models, prov), root / "families" / f"{site.family_slugs[family]}.html")
+    for model in site.models:
+        render(env, "model.html", model_page(site, model, prov), root / "models" / f"{model.slug}.html")
+        write_downloads(model, root / "models")
+    (root / "search-index.js").write_text(index_script(site), encoding="utf-8")
+    shutil.copytree(Path(str(PACKAGE / "assets")), root / "assets")
+    (root / MARKER).write_text("built by `superweights report`; this directory is replaced on rebuild\n")
+    return 1 + len(site.family_slugs) + len(site.models)
+
+
+def environment() -> Environment:
+    """Jinja2 with autoescape on for every template: catalog strings are untrusted."""
+    env = Environment(
+        loader=FileSystemLoader(str(PACKAGE / "templates")), autoescape=select_autoescape(default=True),
+        undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+    )
+    env.filters.update(num=format_number, ratio=format_ratio)
+    return env
+
+
+def render(env: Environment, template: str, context: Page, path: Path) -> None:
+    path.write_text(env.get_template(template).render(page=context), encoding="utf-8")
+
+
+def check_replaceable(out_dir: Path) -> None:
+    if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / MARKER).exists())):
+        raise BadOptionError(
+            str(out_dir), "exists and is not a report built by `superweights report`; choose a new or empty directory"
+        )
+
+
+def replace_dir(new: Path, target: Path) -> None:
+    """Move `new` to `target`; an old site there is moved aside first and removed after."""
+    old = target.with_name(f".{target.name}-old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        target.rename(old)
+    new.rename(target)
+    target.chmod(0o755)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def package_version() -> str:
+    try:
+        return version("superweight-catalog")
+    except PackageNotFoundError:
+        return "unknown"

@@ -1,0 +1,165 @@
+"""Page contexts from the site model: one function per kind of page, plus the rows they share."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from catalog.result import CONFIRMED, ScanResult, SuperWeight
+from reports.charts import ablation_chart, layer_chart
+from reports.contexts import (
+    AblationRow, Fact, FamilyPage, FamilyRow, IndexPage, Link, ModelPage, ModelRow, ScanRow,
+    SharedCoordinate, Totals, WeightRow,
+)
+from reports.site import ModelEntry, ScanRecord, Site, when
+
+RECENT_SCANS = 20
+STRONGEST = 15
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """When and by which version the site is built: the same on every page."""
+
+    generated_at: str
+    version: str
+
+    def page(self, title: str, root: str, breadcrumbs: list[Link]) -> dict:
+        return dict(title=title, root=root, breadcrumbs=breadcrumbs, generated_at=self.generated_at,
+                    version=self.version)
+
+
+def model_href(model: ModelEntry, root: str) -> str:
+    return f"{root}models/{model.slug}.html"
+
+
+def family_href(site: Site, family: str, root: str) -> str:
+    return f"{root}families/{site.family_slugs[family]}.html"
+
+
+def index_page(site: Site, prov: Provenance) -> IndexPage:
+    weights = [w for m in site.models for w in m.result.super_weights]
+    totals = Totals(
+        scans=len(site.scans), failed=sum(s.status != "ok" for s in site.scans), models=len(site.models),
+        families=len(site.family_slugs), super_weights=len(weights),
+        confirmed=sum(w.verdict == CONFIRMED for w in weights),
+    )
+    families = [family_row(site, name, models) for name, models in site.families().items()]
+    strongest = sorted((strongest_row(site, m) for m in site.models if m.result.super_weights),
+                       key=strength, reverse=True)[:STRONGEST]
+    return IndexPage(**prov.page("Super weight catalog", "", []), totals=totals, families=families,
+                     recent_scans=[scan_row(site, s, "") for s in site.scans[:RECENT_SCANS]], strongest=strongest)
+
+
+def family_page(site: Site, family: str, models: list[ModelEntry], prov: Provenance) -> FamilyPage:
+    root = "../"
+    shared = [
+        SharedCoordinate(layer, row, col, [Link(m.name, model_href(m, root)) for m in models
+                                           if any((w.layer, w.row, w.col) == (layer, row, col) for w in m.result.super_weights)])
+        for (fam, layer, row, col), count in sorted(site.shared.items(), key=lambda kv: (-kv[1], kv[0][1:]))
+        if fam == family and count > 1
+    ]
+    return FamilyPage(
+        **prov.page(f"Family {family}", root, [Link("Catalog", f"{root}index.html")]), family=family,
+        models=[model_row(site, m, root) for m in models],
+        weights=[weight_row(site, m, w, root) for m in models for w in sorted(m.result.super_weights, key=lambda w: w.layer)],
+        shared=shared,
+    )
+
+
+def model_page(site: Site, model: ModelEntry, prov: Provenance) -> ModelPage:
+    root, result = "../", model.result
+    crumbs = [Link("Catalog", f"{root}index.html"), Link(model.family, family_href(site, model.family, root))]
+    return ModelPage(
+        **prov.page(model.name, root, crumbs), name=model.name,
+        family=Link(model.family, family_href(site, model.family, root)),
+        facts=model_facts(result), scan=scan_facts(model.latest, result),
+        weights=[weight_row(site, model, w, root) for w in result.super_weights],
+        ablations=[AblationRow(a.name, a.ppl, a.ratio, a.tokens, a.detail) for a in result.ablations],
+        layer_chart=layer_chart(result.layers, f"Down-projection activations per layer: {model.name}"),
+        ablation_chart=ablation_chart(result.ablations, f"Perplexity per ablation condition: {model.name}")
+        if result.ablations else None,
+        config=json.dumps(result.config, indent=2, sort_keys=True),
+        environment=[Fact(k, str(v)) for k, v in sorted(result.environment.items())],
+        downloads=[Link(label, f"{model.slug}{suffix}") for label, suffix in DOWNLOADS],
+        history=[scan_row(site, s, root) for s in model.scans],
+    )
+
+
+DOWNLOADS = (
+    ("Scan JSON", ".json"),
+    ("Super weights CSV", ".super-weights.csv"),
+    ("Layers CSV", ".layers.csv"),
+    ("Ablations CSV", ".ablations.csv"),
+)
+
+
+def model_facts(result: ScanResult) -> list[Fact]:
+    m = result.model
+    facts = [
+        ("Source", m.source), ("Repo", m.repo_id), ("Revision", m.revision), ("Family", m.family),
+        ("Architecture", m.architecture), ("Model type", m.model_type), ("Parameters", f"{m.num_parameters:,}"),
+        ("Layers", str(m.num_layers)), ("Hidden size", str(m.hidden_size)),
+        ("Intermediate size", str(m.intermediate_size)), ("Format", m.format), ("Quantization", m.quantization),
+        ("Dtype", m.dtype), ("License", m.license), ("Base model", m.base_model),
+        ("Tags", ", ".join(m.tags) or None),
+    ]
+    return [Fact(label, value) for label, value in facts if value]
+
+
+def scan_facts(scan: ScanRecord, result: ScanResult) -> list[Fact]:
+    timings = ", ".join(f"{k} {v:.1f} s" for k, v in result.timings.items())
+    facts = [("Scan id", str(scan.scan_id)), ("Started", when(scan.started_at)), ("Finished", when(scan.finished_at)),
+             ("Config hash", scan.config_hash or result.config_hash), ("Timings", timings)]
+    return [Fact(label, value) for label, value in facts if value]
+
+
+def family_row(site: Site, family: str, models: list[ModelEntry]) -> FamilyRow:
+    weights = [w for m in models for w in m.result.super_weights]
+    shared = sum(1 for (fam, *_), n in site.shared.items() if fam == family and n > 1)
+    return FamilyRow(Link(family, family_href(site, family, "")), len(models), len(weights),
+                     sum(w.verdict == CONFIRMED for w in weights), shared)
+
+
+def model_row(site: Site, model: ModelEntry, root: str) -> ModelRow:
+    m = model.result.model
+    return ModelRow(
+        model=Link(model.name, model_href(model, root)), family=Link(m.family, family_href(site, m.family, root)),
+        architecture=m.architecture, parameters=human_count(m.num_parameters),
+        format=" ".join(filter(None, [m.format, m.quantization])), super_weights=len(model.result.super_weights),
+        confirmed=len(model.result.confirmed), scanned_at=when(model.latest.finished_at),
+    )
+
+
+def weight_row(site: Site, model: ModelEntry, w: SuperWeight, root: str) -> WeightRow:
+    return WeightRow(
+        model=Link(model.name, model_href(model, root)), family=model.family, layer=w.layer, row=w.row,
+        col=w.col, param=w.param, expert=w.expert, value=w.value, output_activation=w.output_activation,
+        ppl_ratio=w.ppl_ratio, verdict=w.verdict, shared=site.shared_count(model.family, w),
+    )
+
+
+def scan_row(site: Site, scan: ScanRecord, root: str) -> ScanRow:
+    model = site.model_for(scan) if scan.status == "ok" else None
+    target = Link(model.name, model_href(model, root)) if model else None
+    found = len(scan.result.super_weights) if scan.result else 0
+    return ScanRow(scan.scan_id, when(scan.finished_at), scan.status, target, scan.repo_id or scan.source,
+                   scan.error, found)
+
+
+def strongest_row(site: Site, model: ModelEntry) -> WeightRow:
+    return max((weight_row(site, model, w, "") for w in model.result.super_weights), key=strength)
+
+
+def strength(row: WeightRow) -> tuple[bool, float]:
+    """Causal effect first (perplexity ratio when ablated), then the size of the super activation."""
+    if row.ppl_ratio is not None:
+        return (True, row.ppl_ratio)
+    return (False, abs(row.output_activation))
+
+
+def human_count(n: int) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.3g}{unit}"
+    return str(n)

@@ -1,0 +1,174 @@
+"""The static site as files: pages, escaping, validity, local assets, downloads, search index, rebuilds."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import pytest
+
+from catalog.errors import BadOptionError
+from catalog.result import ScanResult
+from reports.build import MARKER, build_site
+from reports.search import GLOBAL, normalise
+from report_samples import HOSTILE, catalog_scans
+
+CHAT = "meta-llama/Llama-2-7b-chat-hf"
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("report") / "site"
+    summary = build_site(catalog_scans(), out)
+    assert (summary.pages, summary.models, summary.families, summary.scans) == (6, 3, 2, 4)
+    return out
+
+
+def pages(site: Path) -> list[Path]:
+    return sorted(site.rglob("*.html"))
+
+
+def page(site: Path, relative: str) -> str:
+    return (site / relative).read_text()
+
+
+def search_index(site: Path) -> list[dict]:
+    text = (site / "search-index.js").read_text()
+    prefix = f"window.{GLOBAL} = "
+    assert text.startswith(prefix) and text.rstrip().endswith(";")
+    return json.loads(text.rstrip()[len(prefix):-1])
+
+
+def test_one_page_per_family_and_model(site: Path) -> None:
+    names = {p.relative_to(site).as_posix() for p in pages(site)}
+    assert names == {
+        "index.html", "families/llama-2.html", "families/script-alert-1-script.html",
+        "models/meta-llama-llama-2-7b-chat-hf.html", "models/meta-llama-llama-2-7b-hf.html",
+        "models/script-alert-1-script.html",
+    }
+
+
+def test_hostile_name_is_escaped_in_every_file(site: Path) -> None:
+    for path in site.rglob("*"):
+        if path.is_file():
+            assert HOSTILE not in path.read_text(), path
+    escaped = "&lt;script&gt;alert(1)&lt;/script&gt;"
+    assert escaped in page(site, "models/script-alert-1-script.html")
+    assert escaped in page(site, "index.html")
+    assert any(entry["title"] == HOSTILE for entry in search_index(site))  # the index holds it as data
+
+
+def test_every_page_passes_tidy(site: Path) -> None:
+    assert shutil.which("tidy"), "the HTML validator is missing: apt-get install tidy (see .ci/run)"
+    for path in pages(site):
+        run = subprocess.run(["tidy", "-q", "-e", str(path)], capture_output=True, text=True)
+        assert run.returncode == 0, f"{path}:\n{run.stderr}"
+
+
+class Links(HTMLParser):
+    """Every href and src of a page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.targets: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.targets += [value for name, value in attrs if name in ("href", "src") and value]
+
+
+def test_every_link_and_asset_is_a_local_file(site: Path) -> None:
+    for path in [*pages(site), *site.rglob("*.js"), *site.rglob("*.css")]:
+        assert not re.search(r"https?://|//cdn", path.read_text()), path
+    for path in pages(site):
+        parser = Links()
+        parser.feed(path.read_text())
+        assert parser.targets
+        for target in parser.targets:
+            url = urlparse(target)
+            assert not url.scheme and not url.netloc, target
+            assert (path.parent / unquote(url.path)).resolve().is_file(), f"{path}: {target}"
+
+
+def test_index_lists_totals_families_scans_and_strongest(site: Path) -> None:
+    html = page(site, "index.html")
+    totals = re.findall(r"<li><strong>(\d+)</strong> (\w+)", html)
+    assert totals == [("3", "models"), ("2", "families"), ("4", "super"), ("2", "confirmed"), ("4", "scans")]
+    assert "(1 failed)" in html and "org/missing: not found. Check the repo id." in html
+    strongest = html.split("Strongest super weights")[1].split("Recent scans")[0]
+    # the ablated weights (×812) rank above the hostile model's unablated candidate
+    assert strongest.index("×812") < strongest.index("&lt;script&gt;")
+
+
+def test_family_page_shows_shared_coordinates(site: Path) -> None:
+    html = page(site, "families/llama-2.html")
+    shared = html.split("<h2>Shared coordinates</h2>")[1].split("<h2>")[0]
+    row = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", shared))
+    assert "1 2533 7890 2 meta-llama/Llama-2-7b-chat-hf , meta-llama/Llama-2-7b-hf" in row
+    assert "10" not in row.split("7890")[1]  # the chat model's own (4, 10, 20) is not shared
+
+
+def test_model_page_has_facts_weights_charts_ablations_and_downloads(site: Path) -> None:
+    html = page(site, "models/meta-llama-llama-2-7b-chat-hf.html")
+    for text in ("0123abcd", "LlamaForCausalLM", "model.layers.4.mlp.down_proj.weight", "random control",
+                 "&#34;max_iterations&#34;: 3", "2.13.0", 'href="meta-llama-llama-2-7b-chat-hf.super-weights.csv"'):
+        assert text in html, text
+    assert html.count("<svg") == 2
+    assert "Perplexity per ablation condition" in html and "max |activation| (log scale)" in html
+
+
+def test_model_without_ablations_says_so(site: Path) -> None:
+    html = page(site, "models/script-alert-1-script.html")
+    assert html.count("<svg") == 1
+    assert "No ablations in this scan yet" in html
+
+
+def test_downloads_hold_the_models_rows(site: Path) -> None:
+    base = site / "models" / "meta-llama-llama-2-7b-chat-hf"
+    document = json.loads(Path(f"{base}.json").read_text())
+    assert document["scan"]["scan_id"] == 2
+    expected = next(s.result for s in catalog_scans() if s.scan_id == 2)
+    assert ScanResult.from_dict(document) == expected
+    with open(f"{base}.super-weights.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["layer"], r["row"], r["col"], r["verdict"]) for r in rows] == [
+        ("1", "2533", "7890", "confirmed"), ("4", "10", "20", "candidate")]
+    assert len(Path(f"{base}.ablations.csv").read_text().splitlines()) == 1 + 3
+
+
+def test_search_index_has_families_models_and_weights(site: Path) -> None:
+    entries = search_index(site)
+    kinds = [e["kind"] for e in entries]
+    assert (kinds.count("family"), kinds.count("model"), kinds.count("weight")) == (2, 3, 4)
+    weight = next(e for e in entries if e["kind"] == "weight" and "[4, 10, 20]" not in e["title"] and "chat" in e["title"]
+                  and "layer 1 " in e["title"])
+    assert weight["url"] == "models/meta-llama-llama-2-7b-chat-hf.html#weights"
+    for query in ("[2533, 7890]", "llama 2 layer 1", "LlamaForCausalLM", "chat 1:2533:7890"):
+        assert all(term in weight["text"] for term in normalise(query).split()), query
+
+
+def test_rebuild_replaces_the_site(tmp_path: Path) -> None:
+    out = tmp_path / "site"
+    build_site(catalog_scans(), out)
+    build_site(catalog_scans()[:2], out)
+    assert (out / MARKER).exists()
+    assert not (out / "families" / "llama-2.html").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["site"]  # no staging or old copies left behind
+
+
+def test_refuses_to_replace_a_directory_it_did_not_build(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("keep me")
+    with pytest.raises(BadOptionError, match="not a report"):
+        build_site(catalog_scans(), tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_empty_catalog_builds_an_index(tmp_path: Path) -> None:
+    summary = build_site([], tmp_path / "site")
+    assert summary.pages == 1
+    assert "The catalog is empty" in summary.index.read_text()
