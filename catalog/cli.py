@@ -17,14 +17,16 @@ from typing import Any, Protocol
 import click
 from rich.console import Console
 
+from catalog.causal import VerifyOptions
 from catalog.detection import SpikeRule
 from catalog.errors import SuperweightsError
 from catalog.result import ScanResult
 from catalog.scan import DEFAULT_PROMPT, ScanOptions, scan_source
 from catalog.sources import ResolvedSource, resolve
+from catalog.tables import ablations_table, layers_table, super_weights_table
 
 console = Console(stderr=True)
-out = Console()
+out = Console(width=None if sys.stdout.isatty() else 160)  # piped output: wide enough for the tables
 
 
 class ScanSink(Protocol):
@@ -48,35 +50,64 @@ def cli() -> None:
     """Find, verify and catalog the super weights of LLMs."""
 
 
+def scan_config_options(command):
+    """The options that determine a scan's result; shared by `scan` and `survey`."""
+    options = [
+        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
+        click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto", show_default=True, help="auto: bfloat16 on GPU, float32 on CPU."),
+        click.option("--prompt", "prompts", multiple=True, help=f"Detection prompt, repeatable. [default: {DEFAULT_PROMPT!r}]"),
+        click.option("--max-iterations", type=int, default=3, show_default=True, help="Zero what was found and detect again, at most this many times."),
+        click.option("--spike-ratio", type=float, default=SpikeRule.ratio, show_default=True, help="A layer spikes when its max |output| is this many times the median layer's."),
+        click.option("--spike-min", type=float, default=SpikeRule.min_abs, show_default=True, help="...and at least this large."),
+        click.option("--verify/--no-verify", default=True, show_default=True, help="Run the causal checks (perplexity under ablations)."),
+        click.option("--eval-text", type=click.Path(dir_okay=False, path_type=Path), help="Text file for perplexity. [default: the 1911 Britannica article fetched by `make fixtures`]"),
+        click.option("--eval-dataset", type=click.Choice(["wikitext2"]), help="Evaluate on wikitext-2 test (needs `datasets` and the network), as the paper does."),
+        click.option("--eval-tokens", type=int, default=4096, show_default=True, help="Tokens of evaluation text."),
+        click.option("--seq-len", type=int, default=512, show_default=True, help="Tokens per evaluation window."),
+        click.option("--confirm-ratio", type=float, default=VerifyOptions.confirm_ratio, show_default=True, help="Confirmed when zeroing the weight alone multiplies perplexity by at least this..."),
+        click.option("--control-max", type=float, default=VerifyOptions.control_max, show_default=True, help="...while zeroing as many random weights stays under this ratio."),
+        click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random control."),
+        click.option("--quant-check", is_flag=True, help="Also measure int8/int4 round-to-nearest quantization of the down projections."),
+        click.option("--quant-block", type=int, default=VerifyOptions.quant_block, show_default=True, help="Quantization block size (input channels)."),
+        click.option("--trust-remote-code", is_flag=True, help="Allow model code from the repo itself (review it first)."),
+        click.option("--allow-pickle", is_flag=True, help="Allow pickle .bin checkpoints (loaded with weights_only=True)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def options_from(params: dict[str, Any]) -> ScanOptions:
+    """Build `ScanOptions` from the parsed values of `scan_config_options`."""
+    checks = VerifyOptions(
+        confirm_ratio=params["confirm_ratio"], control_max=params["control_max"], seed=params["seed"],
+        quant_check=params["quant_check"], quant_block=params["quant_block"],
+    )
+    return ScanOptions(
+        device=params["device"], dtype=params["dtype"], prompts=list(params["prompts"]) or [DEFAULT_PROMPT],
+        max_iterations=params["max_iterations"], rule=SpikeRule(params["spike_ratio"], params["spike_min"]),
+        trust_remote_code=params["trust_remote_code"], allow_pickle=params["allow_pickle"], verify=params["verify"],
+        eval_text=params["eval_text"], eval_dataset=params["eval_dataset"], eval_tokens=params["eval_tokens"],
+        seq_len=params["seq_len"], checks=checks,
+    )
+
+
 @cli.command()
 @click.argument("source")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the scan JSON (schema 1) here.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto", show_default=True, help="auto: bfloat16 on GPU, float32 on CPU.")
-@click.option("--prompt", "prompts", multiple=True, help=f"Detection prompt, repeatable. [default: {DEFAULT_PROMPT!r}]")
-@click.option("--max-iterations", type=int, default=3, show_default=True, help="Zero what was found and detect again, at most this many times.")
-@click.option("--spike-ratio", type=float, default=SpikeRule.ratio, show_default=True, help="A layer spikes when its max |output| is this many times the median layer's.")
-@click.option("--spike-min", type=float, default=SpikeRule.min_abs, show_default=True, help="...and at least this large.")
-@click.option("--trust-remote-code", is_flag=True, help="Allow model code from the repo itself (review it first).")
-@click.option("--allow-pickle", is_flag=True, help="Allow pickle .bin checkpoints (loaded with weights_only=True).")
+@scan_config_options
 @click.pass_context
-def scan(ctx: click.Context, source: str, json_path: Path | None, device: str, dtype: str, prompts: tuple[str, ...],
-         max_iterations: int, spike_ratio: float, spike_min: float, trust_remote_code: bool, allow_pickle: bool, **rest: Any) -> None:
+def scan(ctx: click.Context, source: str, json_path: Path | None, **params: Any) -> None:
     """Scan SOURCE for super weights: a Hub repo id (org/name[@revision]), a checkpoint directory or a .gguf file."""
-    options = ScanOptions(
-        device=device, dtype=dtype, prompts=list(prompts) or [DEFAULT_PROMPT], max_iterations=max_iterations,
-        rule=SpikeRule(spike_ratio, spike_min), trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
-    )
+    options = options_from(params)
     options.validate()
-    resolved = resolve(source, allow_pickle=allow_pickle)
+    resolved = resolve(source, allow_pickle=options.allow_pickle)
     for sink in SCAN_SINKS:
         if message := sink.existing(resolved, options.to_config(), ctx.params):
             console.print(message)
             return
     with console.status("scanning") as status:
-        result = scan_source(resolved, options, progress=lambda msg: status.update(msg))
-    from catalog.tables import layers_table, super_weights_table, ablations_table
-
+        result = scan_source(resolved, options, progress=status.update)
     out.print(layers_table(result))
     out.print(super_weights_table(result))
     if result.ablations:
@@ -103,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
 
     SUPERWEIGHTS_DEBUG=1 shows the traceback too.
     """
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own status line reports the stages instead
     load_plugins()
     try:
         cli.main(args=argv, prog_name="superweights", standalone_mode=False)

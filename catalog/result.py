@@ -81,6 +81,7 @@ class Ablation:
     tokens: int
     ratio: float | None = None  # ppl / baseline ppl
     detail: str = ""
+    stopword_mass: float | None = None  # mean probability on the text's 20 most frequent tokens
 
 
 @dataclass
@@ -93,6 +94,7 @@ class ScanResult:
     timings: dict[str, float] = field(default_factory=dict)
     environment: dict[str, str] = field(default_factory=dict)  # software versions and device
     config_hash: str = ""  # hash of the options that determine the result (ScanOptions.config_hash)
+    summary: dict[str, Any] = field(default_factory=dict)  # derived figures: passes, stop-word shift...
     schema: int = SCHEMA
 
     def to_dict(self) -> dict[str, Any]:
@@ -118,6 +120,7 @@ class ScanResult:
             timings=data.get("timings", {}),
             environment=data.get("environment", {}),
             config_hash=data.get("config_hash", ""),
+            summary=data.get("summary", {}),
         )
 
     @classmethod

@@ -1,4 +1,6 @@
-"""The scan: resolve a source, load it once, detect super weights, and return a `ScanResult`."""
+"""The scan: resolve a source, load it once, detect super weights, verify them causally, and
+return a `ScanResult`. Every condition runs on the same loaded weights (DESIGN.md).
+"""
 
 from __future__ import annotations
 
@@ -8,13 +10,17 @@ import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
 
 import torch
 
 from catalog import __version__
 from catalog.architectures import down_projections
+from catalog.causal import VerifyOptions, verify
 from catalog.detection import SpikeRule, detect
 from catalog.errors import BadOptionError
+from catalog.evaltext import EvalText, load_eval_text
 from catalog.loading import LoadedModel, load
 from catalog.result import ScanResult
 from catalog.sources import ResolvedSource, resolve
@@ -33,16 +39,32 @@ class ScanOptions:
     rule: SpikeRule = field(default_factory=SpikeRule)
     trust_remote_code: bool = False
     allow_pickle: bool = False
+    verify: bool = True
+    eval_text: Path | None = None  # None: wikitext-2 when eval_dataset says so, else the offline default
+    eval_dataset: str | None = None
+    eval_tokens: int = 4096
+    seq_len: int = 512
+    checks: VerifyOptions = field(default_factory=VerifyOptions)
 
     def validate(self) -> None:
         if not self.prompts or any(not p.strip() for p in self.prompts):
             raise BadOptionError("--prompt", "empty prompt; give some text, e.g. --prompt 'Apple Inc. is a worldwide tech company.'")
         if self.max_iterations < 1:
             raise BadOptionError("--max-iterations", "must be at least 1.")
+        if self.verify and not 2 <= self.seq_len <= self.eval_tokens:
+            raise BadOptionError("--seq-len", f"must be between 2 and --eval-tokens ({self.eval_tokens}).")
+
+    @cached_property
+    def text(self) -> EvalText:
+        return load_eval_text(self.eval_text, self.eval_dataset)
 
     def to_config(self) -> dict:
         """What determines the result: two scans with equal configs of one revision are the same scan."""
-        return {"prompts": list(self.prompts), "max_iterations": self.max_iterations, "dtype": self.dtype, **self.rule.to_config()}
+        config = {"prompts": list(self.prompts), "max_iterations": self.max_iterations, "dtype": self.dtype, **self.rule.to_config()}
+        if self.verify:
+            config |= {"eval_text": self.text.name, "eval_sha256": self.text.sha256, "eval_tokens": self.eval_tokens,
+                       "seq_len": self.seq_len, **self.checks.to_config()}
+        return config
 
     def config_hash(self) -> str:
         """Stable key of `to_config()`: the catalog keys scans by (source, revision, this)."""
@@ -68,8 +90,9 @@ def scan(spec: str, options: ScanOptions, progress: Progress | None = None) -> S
     options.validate()
     started = time.perf_counter()
     source = resolve(spec, allow_pickle=options.allow_pickle)
+    resolved = time.perf_counter() - started
     result = scan_source(source, options, progress)
-    result.timings["resolve"] = round(time.perf_counter() - started - sum(result.timings.values()), 3)
+    result.timings = {"resolve": round(resolved, 3), **result.timings}
     return result
 
 
@@ -77,17 +100,29 @@ def scan_source(source: ResolvedSource, options: ScanOptions, progress: Progress
     """Scan already-resolved files (the survey resolves in a separate download stage)."""
     say = progress or (lambda _msg: None)
     options.validate()
+    config = options.to_config()  # reads the evaluation text now: a bad --eval-text fails before loading
     say(f"loading {source.spec}")
     loaded = load(source, device=options.device, dtype=options.dtype, trust_remote_code=options.trust_remote_code)
     timings = {"load": round(loaded.load_seconds, 3)}
+
     say("detecting")
     start = time.perf_counter()
     sites = down_projections(loaded.model, loaded.adapter, loaded.info.hidden_size)
     prompts = [loaded.tokenizer(p, return_tensors="pt").input_ids.to(loaded.device) for p in options.prompts]
     found = detect(loaded.model, prompts, sites, options.rule, options.max_iterations)
     timings["detect"] = round(time.perf_counter() - start, 3)
-    config = {**options.to_config(), "detection_passes": found.iterations, "reference_out_max": found.reference}
+    summary = {"detection_passes": found.iterations, "reference_out_max": found.reference}
+
+    ablations, weights = [], found.super_weights
+    if options.verify:
+        start = time.perf_counter()
+        windows = options.text.windows(loaded.tokenizer, options.eval_tokens, options.seq_len)
+        config["eval_token_count"] = windows.numel()
+        checked = verify(loaded.model, windows, sites, weights, options.checks, say)
+        ablations, weights = checked.ablations, checked.super_weights
+        summary |= checked.summary
+        timings["verify"] = round(time.perf_counter() - start, 3)
     return ScanResult(
-        loaded.info, config, found.layers, found.super_weights,
-        timings=timings, environment=environment(loaded), config_hash=options.config_hash(),
+        loaded.info, config, found.layers, weights, ablations,
+        timings=timings, environment=environment(loaded), config_hash=options.config_hash(), summary=summary,
     )
