@@ -1,0 +1,128 @@
+"""The catalog's commands (`db upgrade`, `sql`, `export`, `show`, `lineage`) and the `scan` sink
+that saves each scan, registered through the `superweights.plugins` entry point.
+
+Each command calls one library function; their typed errors reach `catalog.cli.main`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+
+from catalog.cli import add_scan_sink
+from catalog.result import ScanResult
+from catalog.sources import ResolvedSource
+from db import render
+from db.query import export_parquet, run_sql
+from db.repository import Catalog, upgrade
+
+out = Console()
+err = Console(stderr=True)
+
+DB_HELP = "Catalog URL: sqlite:///PATH or postgresql://USER[:PASSWORD]@HOST[:PORT]/DB. [default: $SUPERWEIGHTS_DB, else $SUPERWEIGHTS_HOME/catalog.db]"
+db_option = click.option("--db", "url", metavar="URL", help=DB_HELP)
+
+
+def register(cli: click.Group) -> None:
+    for command in (db_group, sql, export, show, lineage):
+        cli.add_command(command)
+    add_scan_sink(CatalogSink())
+
+
+@click.group("db")
+def db_group() -> None:
+    """Manage the catalog database."""
+
+
+@db_group.command("upgrade")
+@db_option
+@click.option("--revision", default="head", show_default=True, help="Alembic revision to migrate to.")
+def db_upgrade(url: str | None, revision: str) -> None:
+    """Create or migrate the catalog schema (servers are never migrated implicitly)."""
+    display, at = upgrade(url, revision)
+    err.print(f"{display}: schema at revision {at}")
+
+
+@click.command()
+@click.argument("query")
+@db_option
+@click.option("--format", "fmt", type=click.Choice(render.FORMATS), default="table", show_default=True)
+def sql(query: str, url: str | None, fmt: str) -> None:
+    """Run one read-only SQL QUERY over the catalog (DuckDB dialect; tables: models, scans,
+    layer_stats, super_weights, ablations)."""
+    result = run_sql(url, query)
+    if fmt == "table":
+        out.print(render.query_table(result))
+    else:
+        click.echo(render.query_csv(result) if fmt == "csv" else render.query_json(result), nl=False)
+
+
+@click.command()
+@click.option("--parquet", "directory", required=True, type=click.Path(file_okay=False, path_type=Path), help="Write one Parquet file per table here.")
+@db_option
+def export(directory: Path, url: str | None) -> None:
+    """Export the catalog's tables for notebooks and the HTML report."""
+    for path in export_parquet(url, directory):
+        err.print(f"wrote {path}")
+
+
+@click.command()
+@click.argument("model")
+@db_option
+def show(model: str, url: str | None) -> None:
+    """Print MODEL's catalog entry (MODEL: a scanned source or Hub repo id)."""
+    out.print(render.show(Catalog(url, create=False).show(model)))
+
+
+@click.command()
+@click.argument("model")
+@db_option
+def lineage(model: str, url: str | None) -> None:
+    """List catalog models that share MODEL's confirmed super-weight coordinates, most shared first.
+
+    Fine-tunes keep their base model's super weights: the coordinates are a provenance fingerprint.
+    """
+    matches = Catalog(url, create=False).lineage(model)
+    if not matches:
+        err.print(f"{model}: no other catalog model shares its confirmed super weights (or it has none)")
+        return
+    out.print(render.lineage(model, matches))
+
+
+class CatalogSink:
+    """Saves each `scan` into the catalog (unless --no-save); checks the catalog before scanning."""
+
+    options = [
+        click.Option(["--db"], metavar="URL", help=DB_HELP),
+        click.Option(["--no-save"], is_flag=True, help="Do not save the scan in the catalog."),
+        click.Option(["--skip-existing"], is_flag=True, help="Skip the scan when the catalog has it (same source, revision and config)."),
+    ]
+
+    def existing(self, source: ResolvedSource, config: dict, params: dict[str, Any]) -> str | None:
+        if params["no_save"]:
+            return None
+        catalog = Catalog(params["db"])  # a bad or unreachable catalog fails here, before a long scan
+        if params["skip_existing"] and catalog.has_scan(source.spec, source.revision, config_hash(config)):
+            return f"{source.spec}: already in the catalog {catalog.display} with this revision and config; skipped (drop --skip-existing to scan again)"
+        return None
+
+    def save(self, result: ScanResult, params: dict[str, Any]) -> str:
+        if params["no_save"]:
+            return "not saved (--no-save)"
+        catalog = Catalog(params["db"])
+        finished = datetime.now(UTC)
+        started = finished - timedelta(seconds=sum(result.timings.values()))
+        scan_id = catalog.save(result, started_at=started, finished_at=finished)
+        return f"saved scan {scan_id} to {catalog.display}"
+
+
+def config_hash(config: dict) -> str:
+    """`ScanOptions.config_hash()` of the options whose `to_config()` is `config` (same formula)."""
+    blob = json.dumps(config, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -1,0 +1,78 @@
+"""Typed errors of the catalog. Each names the URL, model or statement it is about, and the fix.
+
+They subclass `SuperweightsError`, so `catalog.cli.main` prints them as one line, exit status 1.
+"""
+
+from __future__ import annotations
+
+from catalog.errors import SuperweightsError
+
+URL_FORMS = "sqlite:///PATH (embedded file) or postgresql://USER[:PASSWORD]@HOST[:PORT]/DBNAME"
+
+
+class CatalogError(SuperweightsError):
+    """Base class of the catalog's errors."""
+
+
+class BadCatalogURLError(CatalogError, ValueError):
+    def __init__(self, url: str, problem: str) -> None:
+        super().__init__(f"--db {url!r}: {problem}. Give {URL_FORMS}.")
+        self.url = url
+
+
+class CatalogUnreachableError(CatalogError, ConnectionError):
+    """The server does not answer, refuses the login, or the file cannot be opened."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"catalog {url}: cannot connect ({reason}). Check the server, the credentials and --db / SUPERWEIGHTS_DB.")
+        self.url = url
+
+
+class CatalogMissingError(CatalogError, FileNotFoundError):
+    def __init__(self, url: str) -> None:
+        super().__init__(f"catalog {url}: no such database file. Scan a model into it first, or run `superweights db upgrade --db {url}`.")
+        self.url = url
+
+
+class CatalogOutOfDateError(CatalogError):
+    """A server database whose schema is not at the migrations' head (servers are never upgraded implicitly)."""
+
+    def __init__(self, url: str, current: str | None, head: str) -> None:
+        super().__init__(f"catalog {url}: schema at revision {current or 'none'}, this version needs {head}. Run `superweights db upgrade --db {url}`.")
+        self.url = url
+
+
+class CatalogWriteError(CatalogError):
+    def __init__(self, url: str, source: str, reason: str) -> None:
+        super().__init__(f"catalog {url}: could not save the scan of {source} ({reason}); nothing was written.")
+        self.url = url
+        self.source = source
+
+
+class QueryError(CatalogError, ValueError):
+    """A statement DuckDB cannot parse or run (syntax error, unknown table or column...)."""
+
+    def __init__(self, sql: str, reason: str) -> None:
+        first = " ".join(reason.split("\n")[0].split())
+        super().__init__(f"SQL {_short(sql)!r}: {first}")
+        self.sql = sql
+
+
+class WriteRefusedError(CatalogError, PermissionError):
+    def __init__(self, sql: str, kind: str) -> None:
+        super().__init__(f"SQL {_short(sql)!r}: {kind} refused; `superweights sql` runs one read-only SELECT (or WITH, EXPLAIN, DESCRIBE, SHOW).")
+        self.sql = sql
+
+
+class UnknownModelError(CatalogError, LookupError):
+    def __init__(self, model: str, url: str) -> None:
+        super().__init__(
+            f"{model}: not in the catalog {url}. Give a source or repo id as scanned; "
+            "`superweights sql \"SELECT source, repo_id FROM models\"` lists them."
+        )
+        self.model = model
+
+
+def _short(sql: str, limit: int = 60) -> str:
+    flat = " ".join(sql.split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."

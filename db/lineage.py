@@ -1,0 +1,62 @@
+"""Provenance from super weights: fine-tunes keep their base model's super weights (Yu et al. 2024),
+so the set of confirmed coordinates (layer, row, col) is a fingerprint. Models are ranked by how
+many coordinates they share with the one asked about.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+Coordinate = tuple[int, int, int]  # (layer, row, col)
+
+
+@dataclass(frozen=True)
+class ModelKey:
+    """A catalog model as lineage shows it."""
+
+    source: str
+    repo_id: str | None
+    revision: str | None
+    family: str | None
+    base_model: str | None
+
+
+@dataclass
+class LineageMatch:
+    """A model sharing confirmed super-weight coordinates with the query model."""
+
+    source: str
+    repo_id: str | None
+    revision: str | None
+    family: str | None
+    base_model: str | None
+    shared: list[Coordinate]  # sorted
+    overlap: int  # len(shared)
+    jaccard: float  # shared / union of both coordinate sets
+    declared: str | None  # "base" if this is the query's declared base_model, "fine-tune" if it declares the query as its base
+
+
+def rank(query: ModelKey, mine: set[Coordinate], others: dict[ModelKey, set[Coordinate]]) -> list[LineageMatch]:
+    """Models sharing at least one coordinate, most shared first (then Jaccard, then name)."""
+    matches = [_match(query, key, mine, theirs) for key, theirs in others.items() if mine & theirs]
+    return sorted(matches, key=lambda m: (-m.overlap, -m.jaccard, m.source))
+
+
+def _match(query: ModelKey, key: ModelKey, mine: set[Coordinate], theirs: set[Coordinate]) -> LineageMatch:
+    shared = sorted(mine & theirs)
+    return LineageMatch(
+        key.source, key.repo_id, key.revision, key.family, key.base_model,
+        shared, len(shared), len(shared) / len(mine | theirs), _declared(query, key),
+    )
+
+
+def _declared(query: ModelKey, other: ModelKey) -> str | None:
+    if query.base_model and query.base_model in _names(other):
+        return "base"
+    if other.base_model and other.base_model in _names(query):
+        return "fine-tune"
+    return None
+
+
+def _names(key: ModelKey) -> set[str]:
+    return {name for name in (key.source, key.repo_id) if name}

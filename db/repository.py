@@ -1,0 +1,233 @@
+"""The catalog's repository: the only code that writes to it, and the named reads others use.
+
+Everything returns dataclasses (`StoredScan`, `LineageMatch`), never sessions or rows. A save is
+one transaction keyed by (source, revision, config hash): it replaces an earlier scan of that key.
+An embedded SQLite catalog is migrated to the newest schema on first use; a server is not
+(`superweights db upgrade`), so one client cannot change a shared schema behind the others' backs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine, delete, exists, or_, select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, joinedload, selectinload
+
+from catalog.result import CONFIRMED, SCHEMA, ScanResult
+from db import migrate
+from db.engine import engine_for
+from db.errors import CatalogOutOfDateError, CatalogWriteError, UnknownModelError
+from db.lineage import Coordinate, LineageMatch, ModelKey, rank
+from db.location import CatalogURL, locate
+from db.models import STATUS_FAILED, STATUS_OK, AblationRow, Base, LayerStatRow, Model, Scan, SuperWeightRow
+
+MODEL_FACTS = [c.name for c in Model.__table__.columns if c.name not in ("id", "source", "repo_id", "revision")]
+SCAN_JSON = ("config", "timings", "environment", "summary")  # ScanResult keys kept as JSON on `scans`
+CHILDREN = {"layers": LayerStatRow, "super_weights": SuperWeightRow, "ablations": AblationRow}
+
+
+@dataclass
+class StoredScan:
+    """One scan as the catalog keeps it; `result` is rebuilt from the rows (None when it failed)."""
+
+    scan_id: int
+    status: str
+    error: str | None
+    started_at: datetime
+    finished_at: datetime
+    config_hash: str
+    source: str
+    repo_id: str | None
+    revision: str | None
+    result: ScanResult | None
+
+
+class Catalog:
+    """The catalog at `url` (None: $SUPERWEIGHTS_DB, else $SUPERWEIGHTS_HOME/catalog.db).
+
+    `create=False` refuses to create a missing SQLite file (read commands use it).
+    """
+
+    def __init__(self, url: str | None = None, *, create: bool = True) -> None:
+        self.location: CatalogURL = locate(url)
+        self.url: str = self.location.text
+        self.display: str = self.location.display  # the URL with its password hidden, for messages
+        self._engine: Engine = engine_for(self.location, create=create)
+        self._check_schema()
+
+    def _check_schema(self) -> None:
+        current, head = migrate.current(self._engine), migrate.head()
+        if current == head:
+            return
+        if self.location.backend != "sqlite":
+            raise CatalogOutOfDateError(self.display, current, head)
+        migrate.upgrade(self._engine)
+
+    # writes -------------------------------------------------------------------------------
+
+    def save(self, result: ScanResult, *, started_at: datetime, finished_at: datetime) -> int:
+        """Store a finished scan, replacing an earlier one of its key; returns the new scan id."""
+        info = result.model
+        with self._writing(info.source) as session:
+            model = _model_row(session, info.source, info.repo_id, info.revision)
+            for name, value in _facts(result).items():
+                setattr(model, name, value)
+            scan = _scan_row(result, model.id, started_at, finished_at)
+            return _replace(session, scan)
+
+    def record_failure(
+        self, *, source: str, repo_id: str | None, revision: str | None, config_hash: str, config: dict,
+        error: str, started_at: datetime, finished_at: datetime,
+    ) -> int:
+        """Store a scan that failed (the model facts stay as they were: a load may have failed)."""
+        with self._writing(source) as session:
+            model = _model_row(session, source, repo_id, revision)
+            scan = Scan(
+                model_id=model.id, config_hash=config_hash, config=config, status=STATUS_FAILED, error=error,
+                started_at=_utc(started_at), finished_at=_utc(finished_at),
+            )
+            return _replace(session, scan)
+
+    @contextmanager
+    def _writing(self, source: str) -> Iterator[Session]:
+        """One transaction: all of it is written, or (on any database error) none of it."""
+        try:
+            with Session(self._engine) as session, session.begin():
+                yield session
+        except SQLAlchemyError as exc:
+            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+            raise CatalogWriteError(self.display, source, reason) from exc
+
+    # reads --------------------------------------------------------------------------------
+
+    def has_scan(self, source: str, revision: str | None, config_hash: str, *, include_failed: bool = False) -> bool:
+        query = select(Scan.id).join(Scan.model).where(
+            Model.source == source, Model.revision.is_not_distinct_from(revision), Scan.config_hash == config_hash,
+        )
+        if not include_failed:
+            query = query.where(Scan.status == STATUS_OK)
+        with Session(self._engine) as session:
+            return bool(session.scalar(select(exists(query))))
+
+    def scans(self) -> list[StoredScan]:
+        """Every scan, newest first."""
+        return self._stored(select(Scan))
+
+    def show(self, model: str) -> list[StoredScan]:
+        """The scans of the models whose source or repo id is `model`, newest first."""
+        ids = self._model_ids(model)
+        return self._stored(select(Scan).where(Scan.model_id.in_(ids)))
+
+    def lineage(self, model: str) -> list[LineageMatch]:
+        """Catalog models sharing `model`'s confirmed super-weight coordinates, most shared first."""
+        ids = set(self._model_ids(model))
+        keys, coordinates = self._confirmed_coordinates()
+        mine = set().union(*(coordinates.get(i, set()) for i in ids))
+        query = keys[min(ids)]
+        others = {keys[i]: c for i, c in coordinates.items() if i not in ids}
+        return rank(query, mine, others)
+
+    def _model_ids(self, model: str) -> list[int]:
+        with Session(self._engine) as session:
+            ids = list(session.scalars(select(Model.id).where(or_(Model.source == model, Model.repo_id == model))))
+        if not ids:
+            raise UnknownModelError(model, self.display)
+        return ids
+
+    def _confirmed_coordinates(self) -> tuple[dict[int, ModelKey], dict[int, set[Coordinate]]]:
+        with Session(self._engine) as session:
+            keys = {m.id: ModelKey(m.source, m.repo_id, m.revision, m.family, m.base_model) for m in session.scalars(select(Model))}
+            rows = session.execute(
+                select(Scan.model_id, SuperWeightRow.layer, SuperWeightRow.row, SuperWeightRow.col)
+                .join(SuperWeightRow, SuperWeightRow.scan_id == Scan.id)
+                .where(Scan.status == STATUS_OK, SuperWeightRow.verdict == CONFIRMED)
+            )
+            coordinates: dict[int, set[Coordinate]] = {}
+            for model_id, layer, row, col in rows:
+                coordinates.setdefault(model_id, set()).add((layer, row, col))
+        return keys, coordinates
+
+    def _stored(self, query: Any) -> list[StoredScan]:
+        query = query.options(
+            joinedload(Scan.model), *(selectinload(getattr(Scan, name)) for name in CHILDREN),
+        ).order_by(Scan.finished_at.desc(), Scan.id.desc())
+        with Session(self._engine) as session:
+            return [_stored(scan) for scan in session.scalars(query).unique()]
+
+
+def upgrade(url: str | None = None, revision: str = "head") -> tuple[str, str | None]:
+    """Migrate the catalog at `url` (servers too) to `revision`; returns its display URL and revision."""
+    location = locate(url)
+    return location.display, migrate.upgrade(engine_for(location), revision)
+
+
+def _model_row(session: Session, source: str, repo_id: str | None, revision: str | None) -> Model:
+    """The model row of (source, revision), created when new."""
+    model = session.scalar(select(Model).where(Model.source == source, Model.revision.is_not_distinct_from(revision)))
+    if model is None:
+        model = Model(source=source, repo_id=repo_id, revision=revision)
+        session.add(model)
+        session.flush()
+    model.repo_id = repo_id or model.repo_id
+    return model
+
+
+def _replace(session: Session, scan: Scan) -> int:
+    """Delete the scan of the same key (its rows cascade), then insert this one."""
+    session.execute(delete(Scan).where(Scan.model_id == scan.model_id, Scan.config_hash == scan.config_hash))
+    session.add(scan)
+    session.flush()
+    return scan.id
+
+
+def _facts(result: ScanResult) -> dict[str, Any]:
+    data = result.to_dict()["model"]
+    return {name: data[name] for name in MODEL_FACTS if name in data}
+
+
+def _scan_row(result: ScanResult, model_id: int, started_at: datetime, finished_at: datetime) -> Scan:
+    data = result.to_dict()
+    scan = Scan(
+        model_id=model_id, status=STATUS_OK, started_at=_utc(started_at), finished_at=_utc(finished_at),
+        dtype=result.model.dtype, device=result.environment.get("device"), config_hash=result.config_hash,
+        **{k: data[k] for k in SCAN_JSON if k in data},
+    )
+    for name, row_type in CHILDREN.items():
+        getattr(scan, name).extend(_row(row_type, item) for item in data[name])
+    return scan
+
+
+def _row(row_type: type[Base], item: dict[str, Any]) -> Base:
+    columns = row_type.__table__.columns.keys()
+    return row_type(**{k: v for k, v in item.items() if k in columns})
+
+
+def _stored(scan: Scan) -> StoredScan:
+    model = scan.model
+    return StoredScan(
+        scan.id, scan.status, scan.error, _utc(scan.started_at), _utc(scan.finished_at), scan.config_hash,
+        model.source, model.repo_id, model.revision, _result(scan) if scan.status == STATUS_OK else None,
+    )
+
+
+def _result(scan: Scan) -> ScanResult:
+    """Rebuild the scan's public dict from its rows; `from_dict` ignores what it does not know."""
+    model = _columns(scan.model) | {"dtype": scan.dtype, "tags": scan.model.tags or []}
+    data = {"schema": SCHEMA, "model": model, "config_hash": scan.config_hash, **{k: getattr(scan, k) or {} for k in SCAN_JSON}}
+    for name in CHILDREN:
+        data[name] = [_columns(row) for row in getattr(scan, name)]
+    return ScanResult.from_dict(data)
+
+
+def _columns(row: Base) -> dict[str, Any]:
+    return {c: getattr(row, c) for c in row.__table__.columns.keys() if c not in ("id", "scan_id")}
+
+
+def _utc(moment: datetime) -> datetime:
+    """Store and return UTC; a naive time is taken as UTC (SQLite keeps no zone)."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
