@@ -71,8 +71,8 @@ def layer_chart(layers: Sequence[LayerStat], title: str) -> Markup:
     _x_axis(svg, x, bottom, "layer")
     for stat in (s for s in layers if s.spike):
         _spike_marker(svg, x[stat.layer], top, bottom)
-    _series(svg, layers, x, y, "max |input|", IN_COLOR, lambda s: (s.in_max, s.in_channel))
-    _series(svg, layers, x, y, "max |output|", OUT_COLOR, lambda s: (s.out_max, s.out_channel))
+    _series(svg, layers, x, y, "max |input|", IN_COLOR, lambda s: (s.in_max, s.in_channel), spikes=False)
+    _series(svg, layers, x, y, "max |output|", OUT_COLOR, lambda s: (s.out_max, s.out_channel), spikes=True)
     _legend(svg, right, [("max |input|", IN_COLOR), ("max |output|", OUT_COLOR), ("spike layer", SPIKE_COLOR)])
     return _markup(svg)
 
@@ -138,15 +138,16 @@ def _x_log_axis(svg: ET.Element, x: LogScale, top: float, bottom: float, label: 
 
 
 def _series(svg: ET.Element, layers: Sequence[LayerStat], x: dict[int, float], y: LogScale, name: str,
-            color: str, pick: Callable[[LayerStat], tuple[float, int]]) -> None:
-    """One line with a point per layer; each point's tooltip gives the value and its channel."""
+            color: str, pick: Callable[[LayerStat], tuple[float, int]], spikes: bool) -> None:
+    """One line with a point per layer (spike layers' in red when `spikes`); tooltips give value and channel."""
     points = [(x[s.layer], y(pick(s)[0])) for s in layers]
     _el(svg, "polyline", points=" ".join(f"{px:.1f},{py:.1f}" for px, py in points), fill="none",
         stroke=color, **{"stroke-width": "2"})
     for stat, (px, py) in zip(layers, points):
         value, channel = pick(stat)
-        dot = _el(svg, "circle", cx=f"{px:.1f}", cy=f"{py:.1f}", r="4.5" if stat.spike else "3",
-                  fill=SPIKE_COLOR if stat.spike else color)
+        spike = spikes and stat.spike
+        dot = _el(svg, "circle", cx=f"{px:.1f}", cy=f"{py:.1f}", r="4.5" if spike else "3",
+                  fill=SPIKE_COLOR if spike else color)
         _el(dot, "title", f"layer {stat.layer}: {name} {format_number(value)} (channel {channel})")
 
 

@@ -123,6 +123,7 @@ class AblationRow:
     ratio: float | None = doc("ppl / baseline ppl; None when the scan did not record it.")
     tokens: int = doc("Tokens evaluated.")
     detail: str = doc("What the condition did, in words.")
+    stopword_mass: float | None = doc("Mean probability on the text's most frequent tokens; None when not measured.")
 
 
 @dataclass
@@ -167,6 +168,7 @@ class ModelPage(Page):
     family: Link = doc("Its family, linked to the family page.")
     facts: list[Fact] = doc("Model facts: source, revision, architecture, shape, format, license...")
     scan: list[Fact] = doc("The scan shown: id, time, config hash, timings.")
+    summary: list[Fact] = doc("Figures the scan derived: detection passes, stop-word shift...")
     weights: list[WeightRow] = doc("Its super weights, in detection order.")
     ablations: list[AblationRow] = doc("Perplexity per ablation condition; empty before causal checks ran.")
     layer_chart: Markup = doc("Inline SVG: max |input| and |output| of the down projection per layer, log scale.")

@@ -11,6 +11,7 @@ from reports.contexts import (
     AblationRow, Fact, FamilyPage, FamilyRow, IndexPage, Link, ModelPage, ModelRow, ScanRow,
     SharedCoordinate, Totals, WeightRow,
 )
+from reports.formats import format_number
 from reports.site import ModelEntry, ScanRecord, Site, when
 
 RECENT_SCANS = 20
@@ -75,7 +76,8 @@ def model_page(site: Site, model: ModelEntry, prov: Provenance) -> ModelPage:
         family=Link(model.family, family_href(site, model.family, root)),
         facts=model_facts(result), scan=scan_facts(model.latest, result),
         weights=[weight_row(site, model, w, root) for w in result.super_weights],
-        ablations=[AblationRow(a.name, a.ppl, a.ratio, a.tokens, a.detail) for a in result.ablations],
+        summary=[Fact(k.replace("_", " ").capitalize(), format_value(v)) for k, v in result.summary.items()],
+        ablations=[AblationRow(a.name, a.ppl, a.ratio, a.tokens, a.detail, a.stopword_mass) for a in result.ablations],
         layer_chart=layer_chart(result.layers, f"Down-projection activations per layer: {model.name}"),
         ablation_chart=ablation_chart(result.ablations, f"Perplexity per ablation condition: {model.name}")
         if result.ablations else None,
@@ -156,6 +158,10 @@ def strength(row: WeightRow) -> tuple[bool, float]:
     if row.ppl_ratio is not None:
         return (True, row.ppl_ratio)
     return (False, abs(row.output_activation))
+
+
+def format_value(value: object) -> str:
+    return format_number(value) if isinstance(value, float) else str(value)
 
 
 def human_count(n: int) -> str:

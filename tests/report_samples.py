@@ -46,13 +46,14 @@ def result(repo_id: str, family: str, weights: list[tuple[int, int, int]], *, ab
         for i, (layer, row, col) in enumerate(weights)
     ]
     conditions = [
-        Ablation("baseline", 12.5, 4096, 1.0, "nothing zeroed"),
+        Ablation("baseline", 12.5, 4096, 1.0, "nothing zeroed", stopword_mass=0.125),
         Ablation(f"zero L{weights[0][0]} [{weights[0][1]}, {weights[0][2]}]", 12.5 * 812.5, 4096, 812.5, "the super weight"),
         Ablation("random control", 12.6, 4096, 1.008, "as many random weights"),
     ] if ablations else []
     return ScanResult(model, {"prompts": ["Apple Inc. is a worldwide tech company."], "max_iterations": 3},
                       layers, supers, conditions, timings={"load": 1.5, "detect": 0.25},
-                      environment={"torch": "2.13.0", "device": "cpu"}, config_hash="c0ffee01")
+                      environment={"torch": "2.13.0", "device": "cpu"}, config_hash="c0ffee01",
+                      summary={"stopword_shift": 0.375} if ablations else {})
 
 
 def stored(scan_id: int, res: ScanResult | None, *, minutes: int, source: str = "", error: str | None = None) -> StoredScan:

@@ -116,7 +116,8 @@ def test_family_page_shows_shared_coordinates(site: Path) -> None:
 def test_model_page_has_facts_weights_charts_ablations_and_downloads(site: Path) -> None:
     html = page(site, "models/meta-llama-llama-2-7b-chat-hf.html")
     for text in ("0123abcd", "LlamaForCausalLM", "model.layers.4.mlp.down_proj.weight", "random control",
-                 "&#34;max_iterations&#34;: 3", "2.13.0", 'href="meta-llama-llama-2-7b-chat-hf.super-weights.csv"'):
+                 "&#34;max_iterations&#34;: 3", "2.13.0", 'href="meta-llama-llama-2-7b-chat-hf.super-weights.csv"',
+                 "<dt>Stopword shift</dt><dd>0.375</dd>", '<td class="num">0.125</td>'):
         assert text in html, text
     assert html.count("<svg") == 2
     assert "Perplexity per ablation condition" in html and "max |activation| (log scale)" in html
@@ -153,19 +154,22 @@ def test_search_index_has_families_models_and_weights(site: Path) -> None:
 
 
 def test_rebuild_replaces_the_site(tmp_path: Path) -> None:
-    out = tmp_path / "site"
+    out = tmp_path / "reports" / "site"
     build_site(catalog_scans(), out)
     build_site(catalog_scans()[:2], out)
     assert (out / MARKER).exists()
     assert not (out / "families" / "llama-2.html").exists()
-    assert [p.name for p in tmp_path.iterdir()] == ["site"]  # no staging or old copies left behind
+    assert [p.name for p in out.parent.iterdir()] == ["site"]  # no staging or old copies left behind
 
 
 def test_refuses_to_replace_a_directory_it_did_not_build(tmp_path: Path) -> None:
-    (tmp_path / "notes.txt").write_text("keep me")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
     with pytest.raises(BadOptionError, match="not a report"):
-        build_site(catalog_scans(), tmp_path)
-    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+        build_site(catalog_scans(), mine)
+    assert [p.name for p in tmp_path.iterdir() if p.name != "env"] == ["mine"]
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
 
 
 def test_empty_catalog_builds_an_index(tmp_path: Path) -> None:

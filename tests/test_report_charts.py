@@ -38,8 +38,8 @@ def test_layer_chart_has_both_series_spikes_axes_and_title() -> None:
     assert len(root.findall("circle")) == 2 * len(layers)
     dashed = [line for line in root.findall("line") if line.get("stroke-dasharray")]
     assert len(dashed) == 1
-    spike_dot = next(c for c in root.findall("circle") if "layer 2: max |output| 3000" in c.find("title").text)
-    assert float(spike_dot.get("r")) > 3
+    marked = [c.find("title").text for c in root.findall("circle") if float(c.get("r")) > 3]
+    assert marked == ["layer 2: max |output| 3000 (channel 5)"]
 
 
 def test_ablation_chart_has_a_bar_per_condition_and_escapes_names() -> None:
