@@ -42,6 +42,8 @@ $(EVAL): | $(STAMP)
 
 demo: $(STAMP) fixtures
 	$(BIN)/superweights scan $(GGUF) --json out/smollm2-scan.json
+	$(BIN)/superweights report --out $(REPORT)
+	@echo "report: file://$(abspath $(REPORT))/index.html"
 
 # Tests run in a fresh network namespace when possible, so Ray and PostgreSQL stay on loopback.
 test: $(STAMP) fixtures

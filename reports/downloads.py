@@ -15,6 +15,13 @@ from catalog.result import Ablation, LayerStat, SuperWeight
 from reports.search import script_json
 from reports.site import ModelEntry, utc
 
+DOWNLOADS = {  # file suffix -> link label on the model page
+    ".json": "Scan JSON",
+    ".super-weights.csv": "Super weights CSV",
+    ".layers.csv": "Layers CSV",
+    ".ablations.csv": "Ablations CSV",
+}
+
 
 def write_downloads(model: ModelEntry, directory: Path) -> list[Path]:
     """Write `<slug>.json` and `<slug>.{super-weights,layers,ablations}.csv`; return their paths."""

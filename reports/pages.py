@@ -11,6 +11,7 @@ from reports.contexts import (
     AblationRow, Fact, FamilyPage, FamilyRow, IndexPage, Link, ModelPage, ModelRow, ScanRow,
     SharedCoordinate, Totals, WeightRow,
 )
+from reports.downloads import DOWNLOADS
 from reports.formats import format_number
 from reports.site import ModelEntry, ScanRecord, Site, when
 
@@ -83,17 +84,9 @@ def model_page(site: Site, model: ModelEntry, prov: Provenance) -> ModelPage:
         if result.ablations else None,
         config=json.dumps(result.config, indent=2, sort_keys=True),
         environment=[Fact(k, str(v)) for k, v in sorted(result.environment.items())],
-        downloads=[Link(label, f"{model.slug}{suffix}") for label, suffix in DOWNLOADS],
+        downloads=[Link(label, f"{model.slug}{suffix}") for suffix, label in DOWNLOADS.items()],
         history=[scan_row(site, s, root) for s in model.scans],
     )
-
-
-DOWNLOADS = (
-    ("Scan JSON", ".json"),
-    ("Super weights CSV", ".super-weights.csv"),
-    ("Layers CSV", ".layers.csv"),
-    ("Ablations CSV", ".ablations.csv"),
-)
 
 
 def model_facts(result: ScanResult) -> list[Fact]:
