@@ -1,0 +1,201 @@
+"""`superweights survey` on a real two-node Ray cluster (ray.cluster_utils.Cluster, loopback only).
+
+Models come from a Hub-layout offline cache (HF_HOME, HF_HUB_OFFLINE=1) that reaches the Ray
+workers only through the driver's runtime_env, as it would on a real cluster. Run inside a network
+namespace: `tests/isolated.sh .venv/bin/python -m pytest tests/test_survey.py`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tiny import write_zipf_text
+
+pytestmark = pytest.mark.ray
+
+GOOD = {"org/tiny-llama": "llama", "org/tiny-gpt2": "gpt2", "org/tiny-llama-2": "llama"}
+BROKEN = "org/tiny-broken"  # a Llama whose safetensors file is cut in half
+MISSING = "org/not-cached"  # not in the offline cache: fails in the download stage
+
+
+def add_to_hub_cache(hf_home: Path, repo_id: str, checkpoint: Path) -> str:
+    """Lay `checkpoint` out as huggingface_hub's cache does: refs/main -> snapshots/<sha>/."""
+    sha = hashlib.sha1(repo_id.encode()).hexdigest()
+    repo = hf_home / "hub" / f"models--{repo_id.replace('/', '--')}"
+    shutil.copytree(checkpoint, repo / "snapshots" / sha)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(sha)
+    return sha
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory, tiny) -> dict[str, str]:
+    """HF_HOME with three good tiny models and a corrupt one; returns repo id -> revision."""
+    root = tmp_path_factory.mktemp("hub")
+    revisions = {}
+    for seed, (repo_id, kind) in enumerate({**GOOD, BROKEN: "llama"}.items()):
+        revisions[repo_id] = add_to_hub_cache(root / "hf", repo_id, tiny(kind, effect=True, seed=seed).path)
+    weights = next((root / "hf" / "hub" / "models--org--tiny-broken" / "snapshots").glob("*/model.safetensors"))
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    return {"HF_HOME": str(root / "hf"), **revisions}
+
+
+@pytest.fixture(scope="module")
+def cluster(hub):
+    """Two Ray nodes of one CPU each; the HF environment reaches workers via the driver's runtime_env."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from workers.driver import start_ray
+
+    node = {"num_cpus": 1, "object_store_memory": 80 * 2**20}
+    cluster = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})
+    cluster.add_node(**node)
+    with pytest.MonkeyPatch.context() as env:  # set after the nodes started: only runtime_env carries it
+        env.setenv("HF_HOME", hub["HF_HOME"])
+        env.setenv("HF_HUB_OFFLINE", "1")
+        start_ray(cluster.address)
+        yield cluster
+        ray.shutdown()
+    cluster.shutdown()
+
+
+@pytest.fixture
+def catalog(tmp_path):
+    from db.repository import Catalog
+
+    return Catalog(f"sqlite:///{tmp_path / 'catalog.db'}")
+
+
+@pytest.fixture(scope="module")
+def options(tmp_path_factory):
+    from catalog.scan import ScanOptions
+
+    zipf = write_zipf_text(tmp_path_factory.mktemp("eval") / "zipf.txt")  # the causal checks' text, offline
+    return ScanOptions(device="cpu", eval_text=zipf, eval_tokens=512, seq_len=64)
+
+
+def rows_by_source(catalog) -> dict[str, list]:
+    rows: dict[str, list] = {}
+    for scan in catalog.scans():
+        rows.setdefault(scan.source, []).append(scan)
+    return rows
+
+
+def test_scanner_runs_locally_without_ray(hub, options, monkeypatch):
+    """The scan stage is a plain callable class: fetch one model, scan it, get a result."""
+    from workers.tasks import Scanner, fetch
+
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", os.path.join(hub["HF_HOME"], "hub"))  # read at import
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    fetched = fetch("org/tiny-llama")
+    outcome = Scanner(options)(fetched)
+    assert fetched.source.revision == hub["org/tiny-llama"]
+    assert outcome.error is None
+    assert [(w.layer, w.row, w.col) for w in outcome.result.super_weights][:1] == [(1, 17, 23)]
+    broken = Scanner(options)(fetch(BROKEN))
+    assert broken.result is None and "corrupt" in broken.error
+
+
+def test_survey_on_two_nodes_records_every_model_and_skips_them_next_time(cluster, hub, catalog, options):
+    from workers.discovery import from_specs
+    from workers.driver import Survey
+
+    specs = [*GOOD, BROKEN, MISSING]
+    summary = Survey(catalog, options).run(from_specs(specs))
+    print_summary(summary)
+
+    status = {r.spec: r.status for r in summary.rows}
+    assert status == {**dict.fromkeys(GOOD, "scanned"), BROKEN: "failed", MISSING: "failed"}
+    assert summary.workers == 2 and len({r.node for r in summary.rows if r.node}) == 2  # both nodes scanned
+    rows = rows_by_source(catalog)
+    assert {s: [r.status for r in rs] for s, rs in rows.items()} == {**dict.fromkeys(GOOD, ["ok"]), BROKEN: ["failed"], MISSING: ["failed"]}
+    assert all(rows[s][0].revision == hub[s] for s in GOOD)
+    assert "corrupt" in rows[BROKEN][0].error and "HF_HUB_OFFLINE" in rows[MISSING][0].error
+    assert all(any(w.row == 17 and w.col == 23 for w in rows[s][0].result.super_weights) for s in GOOD)
+
+    again = Survey(catalog, options).run(from_specs([*GOOD, MISSING]))  # after an interruption, or tomorrow night
+    print_summary(again)
+    assert {r.spec: r.status for r in again.rows} == {**dict.fromkeys(GOOD, "skipped"), MISSING: "failed"}
+    assert {s: len(rs) for s, rs in rows_by_source(catalog).items()} == dict.fromkeys(specs, 1)
+
+
+def print_summary(summary) -> None:
+    from rich.console import Console
+
+    from workers.cli import summary_table
+
+    Console(width=160).print(summary_table(summary))
+
+
+GATED = "org/tiny-gpt2"  # its first scan waits until the test kills the worker
+
+
+def test_worker_killed_mid_scan_is_retried_and_every_model_recorded_once(cluster, catalog, options, tmp_path, caplog):
+    from workers.discovery import from_specs
+    from workers.driver import Survey, SurveySettings
+    from workers.tasks import Scanner
+
+    class Gated(Scanner):
+        gate = str(tmp_path)
+
+        def __call__(self, fetched):
+            gate = Path(self.gate)
+            if fetched.spec == GATED and not (gate / "pid").exists():
+                (gate / "pid.tmp").write_text(str(os.getpid()))
+                (gate / "pid.tmp").rename(gate / "pid")  # the test waits for this file, then kills us
+                while not (gate / "open").exists():
+                    time.sleep(0.1)
+            return super().__call__(fetched)
+
+    specs = ["org/tiny-llama", GATED, "org/tiny-llama-2"]
+    survey = Survey(catalog, options, SurveySettings(retries=2), scanner=Gated)
+    result = {}
+    runner = threading.Thread(target=lambda: result.setdefault("summary", survey.run(from_specs(specs))))
+    with caplog.at_level(logging.INFO, logger="superweights.survey"):
+        runner.start()
+        pid_file = tmp_path / "pid"
+        deadline = time.monotonic() + 120
+        while not pid_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        pid = int(pid_file.read_text())
+        os.kill(pid, signal.SIGKILL)  # the worker dies mid-scan, as under the OOM killer
+        runner.join(timeout=150)
+    assert not runner.is_alive()
+    summary = result["summary"]
+    print_summary(summary)
+    print("\n".join(r.getMessage() for r in caplog.records))
+
+    assert {r.spec: (r.status, r.attempts) for r in summary.rows} == {
+        "org/tiny-llama": ("scanned", 1), GATED: ("scanned", 2), "org/tiny-llama-2": ("scanned", 1)}
+    assert {s: [r.status for r in rs] for s, rs in rows_by_source(catalog).items()} == dict.fromkeys(specs, ["ok"])
+    assert any(f"worker pid {pid} died mid-scan (attempt 1 of 3); retrying" in r.getMessage() for r in caplog.records)
+
+
+def test_scan_past_timeout_is_killed_and_recorded_as_failed(cluster, catalog, options):
+    from workers.discovery import from_specs
+    from workers.driver import Survey, SurveySettings
+    from workers.tasks import Scanner
+
+    class Hung(Scanner):
+        def __call__(self, fetched):
+            time.sleep(3600)  # as a scan stuck in a driver call or a dead NFS mount would
+
+    survey = Survey(catalog, options, SurveySettings(timeout=3, workers=1), scanner=Hung)
+    summary = survey.run(from_specs(["org/tiny-llama"]))
+    print_summary(summary)
+    [row] = summary.rows
+    assert (row.status, row.attempts) == ("failed", 1) and "timed out after 3s" in row.error
+    assert [r.status for r in rows_by_source(catalog)["org/tiny-llama"]] == ["failed"]

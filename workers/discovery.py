@@ -1,0 +1,65 @@
+"""Find Hub models to survey: `HfApi.list_models` filtered by author, task and library.
+
+Each hit carries its current commit sha, so the driver can skip a model already catalogued at
+that revision before downloading anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from catalog.errors import BadOptionError
+
+SORTS = ("downloads", "last_modified", "likes", "trending_score", "created_at")
+
+
+@dataclass(frozen=True)
+class HubQuery:
+    search: str | None = None  # substring of the repo id ("" or None: any)
+    author: str | None = None
+    task: str | None = "text-generation"  # the Hub's pipeline_tag
+    library: str | None = "transformers"
+    sort: str = "downloads"  # descending
+    limit: int = 20
+
+    def validate(self) -> None:
+        if self.sort not in SORTS:
+            raise BadOptionError("--sort", f"unknown sort {self.sort!r}; use one of {', '.join(SORTS)}.")
+        if self.limit < 1:
+            raise BadOptionError("--limit", "must be at least 1.")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A model to survey. `revision` is the commit sha when known before downloading."""
+
+    spec: str
+    revision: str | None = None
+    downloads: int | None = None
+
+
+def discover(query: HubQuery, api=None) -> list[Candidate]:
+    """The Hub's models matching `query`, most downloaded (or most recent) first."""
+    from huggingface_hub import HfApi
+
+    query.validate()
+    api = api or HfApi()
+    found = api.list_models(
+        search=query.search or None,
+        author=query.author,
+        pipeline_tag=query.task,
+        filter=query.library,
+        sort=query.sort,
+        limit=query.limit,
+        expand=["sha", "downloads", "pipeline_tag", "library_name"],
+    )
+    return [Candidate(m.id, m.sha, m.downloads) for m in found]
+
+
+def from_specs(specs: list[str]) -> list[Candidate]:
+    """Models named on the command line; an `@<40-hex sha>` pins the revision up front."""
+    out = []
+    for spec in specs:
+        _, _, rev = spec.partition("@")
+        out.append(Candidate(spec, rev if len(rev) == 40 and all(c in "0123456789abcdef" for c in rev) else None))
+    return out

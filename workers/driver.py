@@ -1,0 +1,373 @@
+"""The survey driver: feeds models through the download and scan stages and is the only DB writer.
+
+Shape (one process, the Ray driver):
+
+    candidates ──► fetch tasks (CPU, on the scan worker's node) ──► ready queue (bounded)
+                                                                      │
+    catalog ◄── save / record_failure ◄── Outcome ◄── ScanWorker actor (GPU) ◄┘
+
+One `ScanWorker` actor per GPU slot (`gpus_per_scan` GPUs each, fractional allowed) loads
+torch once and scans one model per call. While it scans, the next `prefetch` models download
+on its node, so the GPU never waits for the network. Each result is saved as it arrives, so an
+interrupted survey loses at most the scans in flight; started again, it skips what is saved.
+A worker that dies mid-scan is replaced and its model retried, at most `retries` times.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Callable, Protocol
+
+from catalog.scan import ScanOptions
+from workers.discovery import Candidate
+from workers.tasks import Fetched, Outcome, Scanner, fetch, now
+
+log = logging.getLogger("superweights.survey")
+
+# Forwarded to every Ray worker, so that a cluster's nodes download and authenticate like the driver.
+FORWARDED_ENV = ("HF_TOKEN", "HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE", "HF_ENDPOINT", "SUPERWEIGHTS_HOME")
+
+
+class CatalogWriter(Protocol):
+    """What the driver needs of `db.repository.Catalog`."""
+
+    def save(self, result: Any, *, started_at: datetime, finished_at: datetime) -> int: ...
+    def record_failure(self, **row: Any) -> int: ...
+    def has_scan(self, source: str, revision: str | None, config_hash: str, *, include_failed: bool = False) -> bool: ...
+
+
+@dataclass
+class SurveySettings:
+    gpus_per_scan: float = 1.0  # GPUs per scan worker; ignored (0) on a cluster without GPUs
+    cpus_per_scan: float = 1.0
+    workers: int | None = None  # scan workers; None: as many as the cluster's GPUs (or CPUs) fit
+    prefetch: int = 1  # downloaded models waiting per worker while it scans
+    retries: int = 2  # re-runs of a model whose worker died under it
+    timeout: float | None = None  # seconds per scan; then its worker is killed and the model fails
+    skip_failed: bool = False  # also skip models whose last scan at this revision failed
+    allow_pickle: bool = False
+
+
+@dataclass
+class ModelReport:
+    """One line of the survey summary."""
+
+    spec: str
+    status: str  # "scanned" | "failed" | "skipped"
+    revision: str | None = None
+    super_weights: int | None = None
+    seconds: float | None = None
+    error: str | None = None
+    attempts: int = 1
+    node: str | None = None  # the Ray node that scanned it
+
+
+@dataclass
+class SurveySummary:
+    rows: list[ModelReport] = field(default_factory=list)
+    seconds: float = 0.0
+    workers: int = 0
+    interrupted: bool = False
+
+    def count(self, status: str) -> int:
+        return sum(r.status == status for r in self.rows)
+
+
+@dataclass
+class Counts:
+    total: int
+    scanned: int = 0
+    failed: int = 0
+    skipped: int = 0
+    running: int = 0
+
+    @property
+    def finished(self) -> int:
+        return self.scanned + self.failed + self.skipped
+
+
+@dataclass
+class _Job:
+    candidate: Candidate
+    fetched: Fetched
+    attempts: int = 0
+    deadline: float | None = None
+    timed_out: bool = False
+
+
+@dataclass
+class _Slot:
+    """One scan worker and the models downloaded for it."""
+
+    actor: Any
+    node: str | None = None
+    pid: int = 0
+    ready: deque = field(default_factory=deque)  # _Jobs whose files were fetched onto `node`
+    fetching: int = 0
+    job: _Job | None = None
+
+
+def ray_remote(cls: type) -> Any:
+    import ray
+
+    return ray.remote(max_restarts=0, max_task_retries=0)(cls)
+
+
+def start_ray(address: str | None = None, **init: Any) -> None:
+    """Connect to a cluster (`address`), or start a local Ray instance; forward the HF environment."""
+    import ray
+
+    env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+    init.setdefault("include_dashboard", False)
+    init.setdefault("log_to_driver", False)
+    ray.init(address=address, runtime_env={"env_vars": env}, **init)
+
+
+def plan_workers(settings: SurveySettings, models: int) -> tuple[int, float]:
+    """How many scan workers the cluster fits, and the GPUs each asks for."""
+    import ray
+
+    resources = ray.cluster_resources()
+    gpus = settings.gpus_per_scan if resources.get("GPU", 0) > 0 else 0.0
+    if settings.workers:
+        n = settings.workers
+    elif gpus:
+        n = int(resources["GPU"] // gpus)
+    else:
+        n = int(resources.get("CPU", 1) // max(settings.cpus_per_scan, 0.01))
+    return max(1, min(n, models)), gpus
+
+
+class Survey:
+    """Run candidates through fetch and scan on the connected Ray cluster; save each outcome."""
+
+    def __init__(self, catalog: CatalogWriter, options: ScanOptions, settings: SurveySettings | None = None,
+                 scanner: type[Scanner] = Scanner, on_update: Callable[[Counts], None] | None = None) -> None:
+        options.validate()
+        self.catalog, self.options = catalog, options
+        self.settings = settings or SurveySettings()
+        self.worker_class = ray_remote(scanner)
+        self.on_update = on_update or (lambda _counts: None)
+        self.config, self.config_hash = options.to_config(), options.config_hash()
+
+    def run(self, candidates: list[Candidate]) -> SurveySummary:
+        start = time.perf_counter()
+        self.summary = SurveySummary()
+        unique = _unique(candidates)
+        todo = [c for c in unique if not self._known(c, c.revision)]
+        self.summary.rows += [ModelReport(c.spec, "skipped", c.revision) for c in unique if c not in todo]
+        self.counts = Counts(total=len(unique), skipped=len(unique) - len(todo))
+        self._ping_failures = 0
+        self.pending, self.inflight = deque(todo), {}
+        self.on_update(self.counts)
+        if todo:
+            try:
+                self._loop(todo)
+            except KeyboardInterrupt:
+                self.summary.interrupted = True
+                log.warning("interrupted: finished scans are saved; run the same survey again to continue.")
+            finally:
+                self._stop()
+        self.summary.seconds = round(time.perf_counter() - start, 1)
+        return self.summary
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def _loop(self, todo: list[Candidate]) -> None:
+        import ray
+
+        n, self.gpus = plan_workers(self.settings, len(todo))
+        self.slots = [self._new_slot() for _ in range(n)]
+        self.summary.workers = n
+        log.info("survey: %d models, %d scan workers (%.2g GPU each), config %s", len(todo), n, self.gpus, self.config_hash)
+        while self.pending or self.inflight or any(s.ready for s in self.slots):
+            self._feed()
+            self._dispatch()
+            if not self.inflight:
+                raise RuntimeError("survey stalled: models wait but no worker or download is running")
+            done, _ = ray.wait(list(self.inflight), num_returns=1, timeout=self._wait())
+            for ref in done:
+                self._collect(ref, *self.inflight.pop(ref))
+            self._expire()
+
+    def _new_slot(self) -> _Slot:
+        slot = _Slot(None)
+        self._start_worker(slot)
+        return slot
+
+    def _start_worker(self, slot: _Slot) -> None:
+        """A fresh scan actor for `slot`; it reports its node and pid once it has loaded."""
+        worker = self.worker_class.options(num_gpus=self.gpus, num_cpus=self.settings.cpus_per_scan)
+        slot.actor, slot.node, slot.pid = worker.remote(self.options), None, 0
+        self.inflight[slot.actor.ping.remote()] = ("ping", slot, slot.actor)
+
+    def _feed(self) -> None:
+        """Start downloads on each worker's node, up to `prefetch` models ahead of its scan."""
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        for slot in sorted(self.slots, key=lambda s: len(s.ready) + s.fetching + (s.job is not None)):
+            while slot.node and self.pending and len(slot.ready) + slot.fetching + (slot.job is not None) <= self.settings.prefetch:
+                candidate = self.pending.popleft()
+                place = NodeAffinitySchedulingStrategy(slot.node, soft=True)  # soft: the node may die
+                task = ray.remote(fetch).options(num_cpus=0, scheduling_strategy=place, max_retries=self.settings.retries)
+                self.inflight[task.remote(candidate.spec, self.settings.allow_pickle)] = ("fetch", slot, candidate)
+                slot.fetching += 1
+
+    def _dispatch(self) -> None:
+        """Give each idle worker a downloaded model: its own first, else one waiting on another worker."""
+        for slot in self.slots:
+            if slot.job is not None or not slot.pid:
+                continue  # busy, or still loading (a timeout counts from the scan's start)
+            donor = slot if slot.ready else max(self.slots, key=lambda s: len(s.ready))
+            if donor.ready:
+                self._scan(slot, donor.ready.popleft())
+
+    def _scan(self, slot: _Slot, job: _Job) -> None:
+        job.attempts += 1
+        job.deadline = time.monotonic() + self.settings.timeout if self.settings.timeout else None
+        slot.job = job
+        self.inflight[slot.actor.__call__.remote(job.fetched)] = ("scan", slot, job)
+        self.counts.running += 1
+        self.on_update(self.counts)
+
+    def _wait(self) -> float:
+        deadlines = [s.job.deadline for s in self.slots if s.job and s.job.deadline and not s.job.timed_out]
+        return max(0.05, min([d - time.monotonic() for d in deadlines], default=1.0))
+
+    def _expire(self) -> None:
+        """Kill the worker of a scan past its deadline; its result then arrives as a worker death."""
+        import ray
+
+        for slot in self.slots:
+            job = slot.job
+            if job and job.deadline and not job.timed_out and time.monotonic() > job.deadline:
+                job.timed_out = True
+                log.warning("%s: timed out after %gs; killing its worker (pid %d)", job.candidate.spec, self.settings.timeout, slot.pid)
+                ray.kill(slot.actor, no_restart=True)
+
+    # -- results -------------------------------------------------------------------------------
+
+    def _collect(self, ref: Any, kind: str, slot: _Slot, item: Any) -> None:
+        import ray
+        from ray.exceptions import RayActorError, RayError
+
+        if kind == "ping" and item is not slot.actor:
+            return  # the answer of a worker already replaced
+        try:
+            value = ray.get(ref)
+        except RayActorError:
+            return self._worker_died(slot) if kind == "scan" else self._worker_lost(slot)
+        except RayError as exc:  # a fetch task whose worker died more than `retries` times
+            value = Fetched(item.spec, None, f"download worker failed: {type(exc).__name__}")
+        if kind == "ping":
+            slot.node, slot.pid = value
+            self._ping_failures = 0
+        elif kind == "fetch":
+            slot.fetching -= 1
+            self._fetched(slot, item, value)
+        else:
+            slot.job = None
+            self.counts.running -= 1
+            self._scanned(item, value)
+
+    def _fetched(self, slot: _Slot, candidate: Candidate, fetched: Fetched) -> None:
+        if fetched.error:
+            return self._failed(candidate, fetched.error, candidate.revision, fetched.started_at, now())
+        revision = fetched.source.revision
+        if self._known(candidate, revision):
+            self.summary.rows.append(ModelReport(candidate.spec, "skipped", revision))
+            self.counts.skipped += 1
+            log.info("%s: already in the catalog at %s; skipped", candidate.spec, (revision or "local")[:12])
+            return self.on_update(self.counts)
+        slot.ready.append(_Job(candidate, fetched))
+
+    def _scanned(self, job: _Job, outcome: Outcome) -> None:
+        spec, revision = job.candidate.spec, job.fetched.source.revision
+        if outcome.error:
+            return self._failed(job.candidate, outcome.error, revision, outcome.started_at, outcome.finished_at,
+                                job.attempts, outcome.node)
+        outcome.result.model.downloads = job.candidate.downloads
+        self.catalog.save(outcome.result, started_at=outcome.started_at, finished_at=outcome.finished_at)
+        found = len(outcome.result.super_weights)
+        self.summary.rows.append(ModelReport(spec, "scanned", revision, found, round(outcome.seconds, 1),
+                                             attempts=job.attempts, node=outcome.node))
+        self.counts.scanned += 1
+        log.info("%s: scanned in %.1fs on pid %d%s: %d super weight candidates", spec, outcome.seconds,
+                 outcome.pid, " (restarted worker)" if outcome.restarted else "", found)
+        self.on_update(self.counts)
+
+    def _failed(self, candidate: Candidate, error: str, revision: str | None, started: datetime,
+                finished: datetime, attempts: int = 1, node: str | None = None) -> None:
+        source = self._repo(candidate.spec)
+        self.catalog.record_failure(
+            source=candidate.spec, repo_id=source, revision=revision, config_hash=self.config_hash,
+            config=self.config, error=error, started_at=started, finished_at=finished,
+        )
+        self.summary.rows.append(ModelReport(candidate.spec, "failed", revision, error=error, attempts=attempts,
+                                             seconds=round((finished - started).total_seconds(), 1), node=node))
+        self.counts.failed += 1
+        log.warning("%s: failed: %s", candidate.spec, error)
+        self.on_update(self.counts)
+
+    def _worker_died(self, slot: _Slot) -> None:
+        """The scan's worker process is gone: killed by us (timeout), by the OS, or by anyone."""
+        job, slot.job, dead_pid = slot.job, None, slot.pid
+        self.counts.running -= 1
+        self._replace(slot)
+        if job.timed_out:
+            return self._failed(job.candidate, f"timed out after {self.settings.timeout:g}s (--timeout); scanned nothing.",
+                                job.fetched.source.revision, job.fetched.started_at, now(), job.attempts)
+        if job.attempts > self.settings.retries:
+            return self._failed(job.candidate, f"the scan worker died {job.attempts} times while scanning this model "
+                                "(killed, or out of host memory); scan it alone with `superweights scan` to see why.",
+                                job.fetched.source.revision, job.fetched.started_at, now(), job.attempts)
+        log.warning("%s: worker pid %d died mid-scan (attempt %d of %d); retrying on a new worker",
+                    job.candidate.spec, dead_pid, job.attempts, self.settings.retries + 1)
+        slot.ready.appendleft(job)
+
+    def _worker_lost(self, slot: _Slot) -> None:
+        """A worker that died before it could load."""
+        self._ping_failures += 1
+        if self._ping_failures > 3 * len(self.slots):
+            raise RuntimeError("scan workers keep dying before they start; see the Ray logs (ray logs worker-*).")
+        if slot.job is None:
+            self._replace(slot)
+
+    def _replace(self, slot: _Slot) -> None:
+        """A dead worker's slot gets a fresh actor, wherever the cluster has room now."""
+        import ray
+
+        ray.kill(slot.actor, no_restart=True)
+        self._start_worker(slot)
+
+    def _known(self, candidate: Candidate, revision: str | None) -> bool:
+        if revision is None and candidate.revision is None and not _is_local(candidate.spec):
+            return False  # a Hub model whose revision is not known yet: check after the download
+        return self.catalog.has_scan(candidate.spec, revision, self.config_hash, include_failed=self.settings.skip_failed)
+
+    @staticmethod
+    def _repo(spec: str) -> str | None:
+        return None if _is_local(spec) else spec.partition("@")[0]
+
+    def _stop(self) -> None:
+        import ray
+
+        for slot in getattr(self, "slots", []):
+            ray.kill(slot.actor, no_restart=True)
+
+
+def _unique(candidates: list[Candidate]) -> list[Candidate]:
+    seen: dict[str, Candidate] = {}
+    for c in candidates:
+        seen.setdefault(c.spec, c)
+    return list(seen.values())
+
+
+def _is_local(spec: str) -> bool:
+    return os.path.exists(os.path.expanduser(spec)) or spec.startswith((".", "/", "~"))

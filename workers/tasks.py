@@ -1,0 +1,135 @@
+"""The two Ray stages of a survey: `fetch` (download, CPU, IO-bound) and `Scanner` (load + detect).
+
+Both are plain Python first: `fetch(spec)` and `Scanner(options)(fetched)` run in-process in
+tests; `remote_fetch` and `ScanWorker` wrap them for Ray. Neither raises for a bad model: each
+returns its error as data, so one model's failure never takes a survey down. Only a worker that
+dies (killed, out of host memory) surfaces as a Ray error, which the driver retries.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from catalog.errors import SuperweightsError
+from catalog.result import ScanResult
+from catalog.scan import ScanOptions, scan_source
+from catalog.sources import ResolvedSource, resolve
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for the catalog's error column: our typed errors already name the input and fix."""
+    if isinstance(exc, SuperweightsError):
+        return str(exc)
+    if type(exc).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError
+        first = (str(exc).strip().splitlines() or [""])[0]
+        return f"out of GPU memory ({first[:160]}); give it more with --gpus-per-scan or scan it alone."
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {first[:300]}"
+
+
+def node_id() -> str | None:
+    """The Ray node this process runs on, or None outside Ray."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+
+
+@dataclass
+class Fetched:
+    """The download stage's output: files on `node`'s disk, or why there are none."""
+
+    spec: str
+    source: ResolvedSource | None
+    error: str | None = None
+    seconds: float = 0.0
+    node: str | None = None
+    started_at: datetime = field(default_factory=now)
+
+
+def fetch(spec: str, allow_pickle: bool = False) -> Fetched:
+    """Resolve (download) one model's files into this node's HF cache. Never raises for a bad model."""
+    started, t0 = now(), time.perf_counter()
+    try:
+        source, error = resolve(spec, allow_pickle=allow_pickle), None
+    except Exception as exc:  # gated, missing, corrupt layout, disk full: all become a failed row
+        source, error = None, describe_error(exc)
+    return Fetched(spec, source, error, round(time.perf_counter() - t0, 3), node_id(), started)
+
+
+@dataclass
+class Outcome:
+    """The scan stage's output for one model: a result, or the error that stopped it."""
+
+    spec: str
+    result: ScanResult | None
+    error: str | None
+    started_at: datetime
+    finished_at: datetime
+    node: str | None = None
+    pid: int = 0
+    restarted: bool = False  # ran in a worker that Ray restarted after it died
+
+    @property
+    def seconds(self) -> float:
+        return (self.finished_at - self.started_at).total_seconds()
+
+
+class Scanner:
+    """Loads once (torch, transformers, the device), then is called on one fetched model at a time.
+
+    The Ray shape of a stateful stage: `ScanWorker = ray.remote(Scanner)`; call it locally in tests.
+    """
+
+    def __init__(self, options: ScanOptions) -> None:
+        options.validate()
+        self.options = options
+        import torch  # noqa: F401  (the heavy import, once per worker)
+        import transformers  # noqa: F401
+
+    def __call__(self, fetched: Fetched) -> Outcome:
+        started = now()
+        try:
+            result, error = scan_source(self._local(fetched), self.options), None
+        except Exception as exc:  # unsupported, corrupt, GPU out of memory...
+            result, error = None, describe_error(exc)
+            _free_gpu_memory()
+        return Outcome(fetched.spec, result, error, started, now(), node_id(), os.getpid(), _restarted())
+
+    def ping(self) -> tuple[str | None, int]:
+        """Where this worker runs: (node id, pid). Also waits until it has loaded."""
+        return node_id(), os.getpid()
+
+    @staticmethod
+    def _local(fetched: Fetched) -> ResolvedSource:
+        """The fetched files, or a fresh download if they are on another node's disk (per-node caches)."""
+        source = fetched.source
+        assert source is not None, "the driver only scans what was fetched"
+        if source.path.exists():
+            return source
+        again = resolve(source.repo_id + "@" + source.revision if source.repo_id else source.spec)
+        return ResolvedSource(source.spec, again.path, again.format, source.repo_id, source.revision, again.gguf_file)
+
+
+def _free_gpu_memory() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _restarted() -> bool:
+    import ray
+
+    if not ray.is_initialized() or ray.get_runtime_context().get_actor_id() is None:
+        return False  # a local call (tests), not inside an actor
+    with warnings.catch_warnings():  # Ray's own property reads a deprecated attribute
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return bool(ray.get_runtime_context().was_current_actor_reconstructed)
