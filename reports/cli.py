@@ -16,7 +16,7 @@ def register(cli: click.Group) -> None:
 @click.command()
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Directory to write the site to (replaced if it holds an earlier report).")
-@click.option("--db", "db_url", default=None,
+@click.option("--db", "db_url", default=None, metavar="URL",
               help="Catalog URL: sqlite:///PATH or postgresql://USER[:PASSWORD]@HOST[:PORT]/DB. "
                    "[default: $SUPERWEIGHTS_DB, else $SUPERWEIGHTS_HOME/catalog.db]")
 def report(out_dir: Path, db_url: str | None) -> None:
