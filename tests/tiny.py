@@ -1,0 +1,347 @@
+"""Tiny checkpoints with planted super weights, built the way real super weights arise.
+
+Yu et al. 2024 (Sec. 3): a super activation appears where a large residual-stream component is
+read by an MLP's up (and gate) projection, so that the down projection's input x[col] is huge,
+and a large down-projection weight W[row, col] turns it into a huge output y[row]. Each builder
+here plants exactly that chain in a randomly initialised (seeded) model from a transformers config:
+
+1. the token embedding gets a large component `SOURCE` in a residual dimension `source`
+   (only for [BOS], the first token, as in real models; or for every token, see `effect`);
+2. the chosen layer's MLP reads it: the up (and gate) rows of input channel `col` get weight
+   `READ` on `source`, so after the pre-MLP norm x[col] becomes ~80-125;
+3. the down projection's W[row, col] = `VALUE` (-8) turns that into y[row] ~ -600 to -1000,
+   against ~0.1-0.5 in the other layers (see `ACTIVITY`). For Mixtral the chain is planted in
+   one expert and the router is set to send the tokens carrying `source` there.
+
+What zeroing the weight does downstream (for the causal checks of issue 3):
+
+- `effect=True`: the source is in every token's embedding, so the super activation is at every
+  token, in residual dimension `row`. The final norm scales the residual to RMS 1, so row `row`
+  then dominates the final hidden state (~ -sqrt(hidden)); the (untied) lm_head column `row` is
+  set to the log unigram probabilities of `write_zipf_text`'s Zipf text divided by that value.
+  With the super weight the logits are the text's log unigram distribution; zeroed, the final
+  state is dominated by `source`, which the lm_head ignores, and the logits are near uniform:
+  perplexity on the Zipf text goes from exp(entropy) (~29) to ~vocab size (~250), a ratio ~8.
+- `effect=False`: the spike is at token 0 only and the lm_head column `row` is zero: zeroing
+  the weight changes the perplexity by 1-4%.
+- `inert=True` adds a second, weaker spike (~ -80) at token 0 in layer 0, in a row the lm_head
+  ignores: a candidate that a causal check must not confirm (zeroing it: ratio ~1.000).
+- `masked=True` adds a super weight in layer 2 whose gate (GPT-2, NeoX: up) row also reads
+  `row`, against its sign: while the first super activation is there, that MLP channel is shut;
+  zeroing the first one exposes the second spike (the paper's iteration: `iteration` 2).
+
+Builders state the parameter names and index layouts themselves (GPT-2's Conv1D stores
+`[in, out]`; fused experts `[expert, out, in]`), independently of `catalog.architectures`, so the
+tests check the scanner against an outside description.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import random
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+HIDDEN = 64
+INTERMEDIATE = 160  # differs from HIDDEN so that a transposed index cannot pass by accident
+NUM_LAYERS = 8  # the spike rule compares to the median layer: keep spiking layers a minority
+EXPERTS = 4
+SPECIALS = ["[UNK]", "[BOS]", "[EOS]"]
+WORDS = [c1 + v1 + c2 + v2 for c1 in "bdgklmnprst" for v1 in "aeiou" for c2 in "bdgklmnprst" for v2 in "aeiou"][:253]
+VOCAB = SPECIALS + WORDS  # 256 ids; [BOS] = 1
+BOS = 1
+ZIPF_EXPONENT = 1.3
+POSITIONS = 2048
+
+# Random init (std 0.02) leaves MLP inputs at ~0.01, far quieter than a trained model's ~1; then
+# every weight on the spike's input channel would spike too. Scaling the MLP input weights by
+# ACTIVITY gives x ~ 1 at ordinary channels, x[col] ~ 50 at the planted one, y[row] ~ 400, and
+# ordinary outputs ~ 1: the planted layer is ~500x the median layer (SmolLM2: ~800x).
+ACTIVITY = 6.0
+SOURCE = 100.0  # residual component in the embedding
+READ = {"gated": 1.4, "linear": 10.0}  # up/gate weight on the source dimension: x[col] ~ 50
+MASK = 4.0  # times READ: how strongly a masked plant's gate reads (against) the first super activation
+ROUTE = 4.0  # router weight on the source dimension (Mixtral): the expert gets ~all the weight
+VALUE = -8.0  # the planted W[row, col]
+INERT_VALUE = -2.0  # a weaker spike (~100) that must not mask the super weight's source
+SUPER, MASKED, INERT = (1, 17, 23), (2, 33, 71), (0, 45, 101)  # (layer, row, col) of each plant
+SOURCES = {"super": 5, "masked": 9, "inert": 13}  # residual dimension each plant's MLP reads
+SINK = 3  # residual dimension every token carries at SOURCE (see `_add_sink`)
+KINDS = ("llama", "gpt2", "gpt_neox", "mixtral")
+
+
+@dataclass(frozen=True)
+class Plant:
+    """One planted W[row, col] (paper convention: output, input channel), in the scan JSON's terms."""
+
+    layer: int
+    param: str  # state-dict name of the down projection
+    expert: int | None
+    row: int
+    col: int
+    tensor_index: tuple[int, ...]  # index into the stored tensor
+    value: float
+    token: int | None  # prompt position of its spike: 0, or None for every token
+
+
+@dataclass(frozen=True)
+class Planted(Plant):
+    """A tiny checkpoint and the super weight planted in it (plus optional extra plants)."""
+
+    kind: str = ""
+    path: Path = Path()
+    effect: bool = False  # zeroing the super weight multiplies perplexity on the Zipf text
+    masked: Plant | None = None  # spikes only once the super weight is zeroed
+    inert: Plant | None = None  # a spike at token 0 whose zeroing changes nothing downstream
+
+
+@dataclass(frozen=True)
+class Kind:
+    """Where one architecture keeps what a plant touches; `block` is formatted with the layer."""
+
+    config: Callable[[int], object]  # num_layers -> transformers config
+    embed: str
+    final_norm: str
+    lm_head: str
+    block: str
+    reads: Callable[[str, int, int | slice, int | None], list[tuple[str, tuple]]]  # MLP input weights
+    down: Callable[[str, int, int, int | None], tuple[str, tuple[int, ...]]]  # (param, index)
+    activation: str  # "gated" (SiLU(gate) * up) or "linear" (GELU(up))
+    mlp_in: tuple[str, ...]  # names (ends of) of the MLP input weights, scaled by ACTIVITY
+    router: str | None = None
+
+
+def _gated_reads(prefix: str, col: int, dim: int | slice, expert: int | None) -> list[tuple[str, tuple]]:
+    return [(f"{prefix}.mlp.gate_proj.weight", (col, dim)), (f"{prefix}.mlp.up_proj.weight", (col, dim))]
+
+
+def _expert_reads(prefix: str, col: int, dim: int | slice, expert: int | None) -> list[tuple[str, tuple]]:
+    # gate_up_proj: (experts, 2 * intermediate, hidden); gate rows first, then up rows
+    name = f"{prefix}.mlp.experts.gate_up_proj"
+    return [(name, (expert, col, dim)), (name, (expert, INTERMEDIATE + col, dim))]
+
+
+def _llama_config(layers: int):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(**_common(), num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2)
+
+
+def _mixtral_config(layers: int):
+    from transformers import MixtralConfig
+
+    return MixtralConfig(
+        **_common(), num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+        num_local_experts=EXPERTS, num_experts_per_tok=2,
+    )
+
+
+def _gpt2_config(layers: int):
+    from transformers import GPT2Config
+
+    return GPT2Config(
+        vocab_size=len(VOCAB), n_embd=HIDDEN, n_inner=INTERMEDIATE, n_layer=layers, n_head=4, n_positions=POSITIONS,
+        bos_token_id=BOS, eos_token_id=2, tie_word_embeddings=False,
+    )
+
+
+def _neox_config(layers: int):
+    from transformers import GPTNeoXConfig
+
+    return GPTNeoXConfig(**_common(), num_hidden_layers=layers, num_attention_heads=4)
+
+
+def _common() -> dict:
+    return dict(
+        vocab_size=len(VOCAB), hidden_size=HIDDEN, intermediate_size=INTERMEDIATE, max_position_embeddings=POSITIONS,
+        bos_token_id=BOS, eos_token_id=2, tie_word_embeddings=False,
+    )
+
+
+KIND: dict[str, Kind] = {
+    "llama": Kind(
+        _llama_config, "model.embed_tokens.weight", "model.norm", "lm_head.weight", "model.layers.{}", _gated_reads,
+        lambda p, row, col, e: (f"{p}.mlp.down_proj.weight", (row, col)), "gated", ("gate_proj.weight", "up_proj.weight"),
+    ),
+    "gpt2": Kind(
+        _gpt2_config, "transformer.wte.weight", "transformer.ln_f", "lm_head.weight", "transformer.h.{}",
+        # Conv1D stores [in, out]: c_fc is (hidden, intermediate), c_proj (intermediate, hidden)
+        lambda p, col, dim, e: [(f"{p}.mlp.c_fc.weight", (dim, col))],
+        lambda p, row, col, e: (f"{p}.mlp.c_proj.weight", (col, row)), "linear", ("mlp.c_fc.weight",),
+    ),
+    "gpt_neox": Kind(
+        _neox_config, "gpt_neox.embed_in.weight", "gpt_neox.final_layer_norm", "lm_head.weight", "gpt_neox.layers.{}",
+        lambda p, col, dim, e: [(f"{p}.mlp.dense_h_to_4h.weight", (col, dim))],
+        lambda p, row, col, e: (f"{p}.mlp.dense_4h_to_h.weight", (row, col)), "linear", ("dense_h_to_4h.weight",),
+    ),
+    "mixtral": Kind(
+        _mixtral_config, "model.embed_tokens.weight", "model.norm", "lm_head.weight", "model.layers.{}", _expert_reads,
+        lambda p, row, col, e: (f"{p}.mlp.experts.down_proj", (e, row, col)), "gated", ("gate_up_proj",),
+        router="mlp.gate.weight",
+    ),
+}
+
+
+def unigram_logprobs() -> torch.Tensor:
+    """log p(token) of the Zipf text over the whole vocab; special tokens get a small floor."""
+    ranks = torch.arange(1, len(WORDS) + 1, dtype=torch.float64)
+    p = ranks ** -ZIPF_EXPONENT
+    logp = (p / p.sum()).log()
+    return torch.cat([torch.full((len(SPECIALS),), logp.min().item() - 3.0, dtype=torch.float64), logp]).float()
+
+
+def write_zipf_text(path: Path, *, words: int = 4000, seed: int = 0, per_line: int = 16) -> Path:
+    """Words drawn i.i.d. from the Zipf unigram distribution that an `effect=True` lm_head encodes."""
+    rng = random.Random(seed)
+    weights = [r ** -ZIPF_EXPONENT for r in range(1, len(WORDS) + 1)]
+    drawn = rng.choices(WORDS, weights=weights, k=words)
+    lines = [" ".join(drawn[i : i + per_line]) for i in range(0, words, per_line)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def build_tokenizer():
+    """A word-level tokenizer over `VOCAB` that puts [BOS] first, as Llama's does."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(VOCAB)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="[BOS] $A", pair="[BOS] $A $B", special_tokens=[("[BOS]", BOS)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="[BOS]", eos_token="[EOS]", unk_token="[UNK]")
+
+
+def build_tiny(
+    kind: str, path: Path, *, seed: int = 0, num_layers: int = NUM_LAYERS, effect: bool = False,
+    masked: bool = False, inert: bool = False,
+) -> Planted:
+    """Save a tiny `kind` checkpoint (safetensors, config, tokenizer) to `path`; say what was planted."""
+    from transformers import AutoModelForCausalLM
+
+    spec = KIND[kind]
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(spec.config(num_layers), dtype=torch.float32).eval()
+    state = dict(model.named_parameters())
+    _activate(spec, state)
+    _add_sink(spec, state)
+    expert = {"super": 1, "masked": 2, "inert": 3} if spec.router else dict.fromkeys(("super", "masked", "inert"))
+    main = _plant(spec, state, SUPER, "super", expert["super"], every_token=effect, value=VALUE)
+    extra = {}
+    if masked:
+        extra["masked"] = _plant(spec, state, MASKED, "masked", expert["masked"], every_token=False, value=VALUE, mask=main.row)
+    if inert:
+        extra["inert"] = _plant(spec, state, INERT, "inert", expert["inert"], every_token=False, value=INERT_VALUE)
+    _set_lm_head(spec, model, state, main.row, effect)
+    model.save_pretrained(path)
+    build_tokenizer().save_pretrained(path)
+    return Planted(**vars(main), kind=kind, path=path, effect=effect, **extra)
+
+
+def _activate(spec: Kind, state: dict) -> None:
+    with torch.no_grad():
+        for name, param in state.items():
+            if name.endswith(spec.mlp_in):
+                param.mul_(ACTIVITY)
+
+
+def _add_sink(spec: Kind, state: dict) -> None:
+    """Every token carries SOURCE in dimension SINK, as trained models carry massive activations.
+
+    After each norm the sink holds ~all of a token's RMS, so the other dimensions are ~0.02 there:
+    a planted MLP channel fires only at tokens that carry its source, as in trained models, and
+    not on the random noise of an untrained residual stream.
+    """
+    with torch.no_grad():
+        state[spec.embed][:, SINK] = SOURCE
+
+
+def _plant(
+    spec: Kind, state: dict, where: tuple[int, int, int], name: str, expert: int | None, *,
+    every_token: bool, value: float, mask: int | None = None,
+) -> Plant:
+    """Plant the chain embedding[source] -> up/gate[col] -> W[row, col] in one layer (one expert)."""
+    layer, row, col = where
+    source = SOURCES[name]
+    prefix = spec.block.format(layer)
+    with torch.no_grad():
+        embed = state[spec.embed]  # (vocab, hidden)
+        embed[:, source] = 0.0
+        embed[slice(None) if every_token else BOS, source] = SOURCE
+        for param, index in spec.reads(prefix, col, slice(None), expert):
+            state[param][index] = 0.0  # a dedicated channel: it reads nothing but what is planted
+        for param, index in spec.reads(prefix, col, source, expert):
+            state[param][index] = READ[spec.activation]
+        if mask is not None:  # the gate (first read) also reads the first super activation, negatively
+            param, index = spec.reads(prefix, col, mask, expert)[0]
+            state[param][index] = -math.copysign(MASK * READ[spec.activation], VALUE)  # y[row] has VALUE's sign
+        if spec.router:
+            state[f"{prefix}.{spec.router}"][expert, source] = ROUTE  # (experts, hidden)
+        param, index = spec.down(prefix, row, col, expert)
+        state[param][index] = value
+    return Plant(layer, param, expert, row, col, index, value, None if every_token else 0)
+
+
+def _set_lm_head(spec: Kind, model, state: dict, row: int, effect: bool) -> None:
+    """lm_head column `row`: the log unigram distribution when it must matter, else zero."""
+    with torch.no_grad():
+        head = state[spec.lm_head]  # (vocab, hidden)
+        # the super activation dominates the final norm's output: ~sign(VALUE) * sqrt(hidden) at `row`
+        scale = math.copysign(math.sqrt(HIDDEN), VALUE)
+        head[:, row] = unigram_logprobs() / scale if effect else 0.0
+        for name in (SINK, *SOURCES.values()):
+            head[:, name] = 0.0  # the sink and the sources say nothing about the next token
+        for plant_row in (MASKED[1], INERT[1]):
+            head[:, plant_row] = 0.0
+
+
+def perplexity(model, tokenizer, text: str, seq_len: int = 64) -> float:
+    """Perplexity of `text` in chunks of `seq_len` tokens (each chunk starts with [BOS])."""
+    ids = tokenizer(text, add_special_tokens=False).input_ids
+    nll, count = 0.0, 0
+    with torch.inference_mode():
+        for start in range(0, len(ids), seq_len - 1):
+            chunk = torch.tensor([[BOS, *ids[start : start + seq_len - 1]]])
+            logits = model(input_ids=chunk).logits[0, :-1].float()  # (seq - 1, vocab)
+            nll += torch.nn.functional.cross_entropy(logits, chunk[0, 1:], reduction="sum").item()
+            count += chunk.shape[1] - 1
+    return math.exp(nll / count)
+
+
+def add_to_hub_cache(hf_home: Path, repo_id: str, checkpoint: Path, sha: str | None = None) -> str:
+    """Lay `checkpoint` out as huggingface_hub's cache does; return the commit sha of `refs/main`.
+
+    `hub/models--org--name/`: `blobs/<hash>` hold the files, `snapshots/<sha>/<file>` link to them.
+    """
+    sha = sha or hashlib.sha1(repo_id.encode()).hexdigest()
+    repo = hf_home / "hub" / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / sha
+    snapshot.mkdir(parents=True)
+    (repo / "blobs").mkdir(exist_ok=True)
+    for file in sorted(checkpoint.iterdir()):
+        blob = repo / "blobs" / hashlib.sha256(file.read_bytes()).hexdigest()
+        shutil.copyfile(file, blob)
+        (snapshot / file.name).symlink_to(os.path.relpath(blob, snapshot))
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text(sha)
+    return sha
+
+
+@dataclass
+class TinyCache:
+    """Builds each (kind, options) checkpoint once under `root` (session fixtures share one)."""
+
+    root: Path
+    built: dict[tuple, Planted] = field(default_factory=dict)
+
+    def __call__(self, kind: str, **options) -> Planted:
+        key = (kind, *sorted(options.items()))
+        if key not in self.built:
+            name = "-".join([kind, *(f"{k}={v}" for k, v in sorted(options.items()))])
+            self.built[key] = build_tiny(kind, self.root / name, **options)
+        return self.built[key]
