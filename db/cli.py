@@ -23,7 +23,6 @@ from db.query import export_parquet, run_sql
 from db.repository import Catalog, upgrade
 
 out = Console()
-err = Console(stderr=True)
 
 DB_HELP = "Catalog URL: sqlite:///PATH or postgresql://USER[:PASSWORD]@HOST[:PORT]/DB. [default: $SUPERWEIGHTS_DB, else $SUPERWEIGHTS_HOME/catalog.db]"
 db_option = click.option("--db", "url", metavar="URL", help=DB_HELP)
@@ -46,7 +45,7 @@ def db_group() -> None:
 def db_upgrade(url: str | None, revision: str) -> None:
     """Create or migrate the catalog schema (servers are never migrated implicitly)."""
     display, at = upgrade(url, revision)
-    err.print(f"{display}: schema at revision {at}")
+    click.echo(f"{display}: schema at revision {at}", err=True)
 
 
 @click.command()
@@ -69,7 +68,7 @@ def sql(query: str, url: str | None, fmt: str) -> None:
 def export(directory: Path, url: str | None) -> None:
     """Export the catalog's tables for notebooks and the HTML report."""
     for path in export_parquet(url, directory):
-        err.print(f"wrote {path}")
+        click.echo(f"wrote {path}", err=True)
 
 
 @click.command()
@@ -90,7 +89,7 @@ def lineage(model: str, url: str | None) -> None:
     """
     matches = Catalog(url, create=False).lineage(model)
     if not matches:
-        err.print(f"{model}: no other catalog model shares its confirmed super weights (or it has none)")
+        click.echo(f"{model}: no other catalog model shares its confirmed super weights (or it has none)", err=True)
         return
     out.print(render.lineage(model, matches))
 

@@ -53,8 +53,8 @@ class QueryError(CatalogError, ValueError):
     """A statement DuckDB cannot parse or run (syntax error, unknown table or column...)."""
 
     def __init__(self, sql: str, reason: str) -> None:
-        first = " ".join(reason.split("\n")[0].split())
-        super().__init__(f"SQL {_short(sql)!r}: {first}")
+        flat = " ".join(reason.split()).split(" LINE ")[0]  # one line, without DuckDB's caret excerpt
+        super().__init__(f"SQL {_short(sql)!r}: {_short(flat, 300)}")
         self.sql = sql
 
 

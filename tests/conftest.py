@@ -9,6 +9,7 @@ import pytest
 
 from catalog import settings
 from postgres_server import MISSING, PostgresServer, find_binaries
+from superweights_cli import DROPPED, isolated_env
 from tiny import TinyCache
 
 # -- the scanner: a hermetic environment, tiny planted checkpoints, the real SmolLM2 GGUF ----------
@@ -21,13 +22,15 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # huggingface_hub reads it at import: no tes
 
 @pytest.fixture(autouse=True)
 def hermetic(tmp_path, monkeypatch) -> Path:
-    """Every test gets its own empty HF_HOME, SUPERWEIGHTS_HOME and XDG dirs, offline, no token."""
+    """Every test gets its own empty HF_HOME, SUPERWEIGHTS_HOME and XDG dirs, offline, no token.
+
+    Module- and session-scoped fixtures run before this one: give their subprocesses `isolated_env`.
+    """
     home = tmp_path / "env"
-    for name in ("HF_HOME", "SUPERWEIGHTS_HOME", "XDG_CACHE_HOME", "XDG_DATA_HOME", "XDG_CONFIG_HOME"):
-        monkeypatch.setenv(name, str(home / name.lower()))
-    for name in ("HF_HUB_CACHE", "HF_TOKEN", "HF_ENDPOINT", "SUPERWEIGHTS_DB", "SUPERWEIGHTS_DEBUG"):
+    for name, value in isolated_env(home).items():
+        monkeypatch.setenv(name, value)
+    for name in DROPPED:
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     return home
 
 
@@ -76,13 +79,29 @@ def empty_catalog_url(request, tmp_path) -> str:
     return request.getfixturevalue("postgres_server").create_database()
 
 
-@pytest.fixture
-def catalog_url(empty_catalog_url) -> str:
-    """The URL of an empty catalog at the newest schema."""
+@pytest.fixture(scope="session")
+def postgres_catalog(postgres_server) -> str:
+    """One PostgreSQL catalog at the newest schema for the session; `catalog_url` empties it per test."""
     from db.repository import upgrade
 
-    upgrade(empty_catalog_url)
-    return empty_catalog_url
+    url = postgres_server.create_database()
+    upgrade(url)
+    return url
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def catalog_url(request, tmp_path) -> str:
+    """The URL of an empty catalog at the newest schema."""
+    from db.models import TABLES
+    from db.repository import upgrade
+
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'catalog.db'}"
+        upgrade(url)
+        return url
+    url = request.getfixturevalue("postgres_catalog")
+    request.getfixturevalue("postgres_server").execute(url, f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE")
+    return url
 
 
 @pytest.fixture

@@ -67,12 +67,15 @@ class PostgresServer:
 
     def create_database(self) -> str:
         """A new empty database; returns its URL."""
+        name = f"test_{next(self._names)}"
+        self.execute(self.url(), f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+    def execute(self, url: str, statement: str) -> None:
         import psycopg
 
-        name = f"test_{next(self._names)}"
-        with psycopg.connect(host="127.0.0.1", port=self.port, user=SUPERUSER, dbname="postgres", autocommit=True) as con:
-            con.execute(f'CREATE DATABASE "{name}"')
-        return self.url(name)
+        with psycopg.connect(url, autocommit=True) as con:
+            con.execute(statement)
 
     def _run(self, program: str, *args: str) -> None:
         command = [str(self.binaries / program), *args]

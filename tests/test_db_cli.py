@@ -1,0 +1,108 @@
+"""The catalog's commands end to end: a real scan saved by `scan`, queried by `sql`; bad input
+gives one line, a non-zero exit, and leaves the catalog untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import catalog.cli
+from tiny import SUPER
+
+BIN = Path(sys.executable).parent / "superweights"
+
+
+@pytest.fixture
+def superweights(monkeypatch, capsys):
+    """Run `catalog.cli.main` in-process (plugins loaded once); returns (exit status, stdout, stderr)."""
+    if "sql" not in catalog.cli.cli.commands:
+        catalog.cli.load_plugins()
+    monkeypatch.setattr(catalog.cli, "load_plugins", lambda: None)
+
+    def run(*args: str) -> tuple[int, str, str]:
+        status = catalog.cli.main(list(args))
+        captured = capsys.readouterr()
+        return status, captured.out, captured.err
+
+    return run
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "COLUMNS": "500"}  # no wrapped lines
+    return subprocess.run([str(BIN), *args], capture_output=True, text=True, timeout=300, env=env)
+
+
+def test_scan_saves_to_the_catalog_and_sql_reads_it(tiny, tmp_path, superweights):
+    model = tiny("llama", effect=True).path
+    url = f"sqlite:///{tmp_path / 'catalog.db'}"
+    scan = ["scan", str(model), "--db", url, "--no-verify"]  # the causal checks have their own tests
+    first = _run(*scan)
+    assert first.returncode == 0, first.stderr
+    assert f"saved scan 1 to {url}" in first.stderr
+    status, _, err = superweights(*scan, "--skip-existing")  # in-process: the check comes before loading the model
+    assert status == 0 and "already in the catalog" in err and "saved" not in err
+    query = _run("sql", "SELECT m.source, m.family, w.layer, w.row, w.col, w.verdict FROM super_weights w "
+                 "JOIN scans s ON s.id = w.scan_id JOIN models m ON m.id = s.model_id",
+                 "--db", url, "--format", "json")
+    assert query.returncode == 0, query.stderr
+    [row] = json.loads(query.stdout)
+    assert (row["source"], row["layer"], row["row"], row["col"]) == (str(model), *SUPER)
+
+
+def test_bad_url_is_one_line_and_creates_nothing(superweights, tmp_path):
+    status, out, err = superweights("sql", "SELECT 1", "--db", "mysql://somewhere/db")
+    assert (status, out) == (1, "")
+    assert err.strip().splitlines() == ["error: --db 'mysql://somewhere/db': unsupported scheme 'mysql'. Give sqlite:///PATH (embedded file) or postgresql://USER[:PASSWORD]@HOST[:PORT]/DBNAME."]
+
+
+def test_unreachable_postgres_is_one_line(superweights):
+    status, _, err = superweights("show", "org/x", "--db", "postgresql://someone:secret@127.0.0.1:1/catalog")
+    assert status == 1 and len(err.strip().splitlines()) == 1
+    assert "catalog postgresql://someone:***@127.0.0.1:1/catalog: cannot connect" in err and "secret" not in err
+
+
+def test_scan_fails_before_scanning_when_the_catalog_is_unreachable(superweights, tiny, tmp_path):
+    missing = tmp_path / "no" / "such"
+    status, out, err = superweights("scan", str(tiny("llama", effect=True).path), "--db", f"sqlite:///{missing / 'c.db'}", "--no-verify")
+    assert (status, out) == (1, "")
+    assert f"directory {missing} does not exist" in err and not missing.exists()
+
+
+def test_sql_errors_are_one_line_and_leave_the_catalog_alone(superweights, catalog_url):
+    from db.repository import Catalog
+    from db_samples import sample_result, times
+
+    Catalog(catalog_url).save(sample_result(), **times())
+    for statement, message in [("SELEC 1", 'syntax error at or near "SELEC"'), ("DROP TABLE models", "a DROP statement refused")]:
+        status, out, err = superweights("sql", statement, "--db", catalog_url)
+        assert (status, out) == (1, "") and len(err.strip().splitlines()) == 1 and message in err
+    assert superweights("sql", "SELECT count(*) AS n FROM models", "--db", catalog_url, "--format", "csv")[1] == "n\n1\n"
+
+
+def test_show_and_lineage(superweights, catalog_url):
+    from db.repository import Catalog
+    from db_samples import sample_result, times
+
+    catalog = Catalog(catalog_url)
+    catalog.save(sample_result("org/base"), **times(0))
+    catalog.save(sample_result("org/fine-tune", base_model="org/base"), **times(1))
+    status, out, _ = superweights("show", "org/base", "--db", catalog_url)
+    assert status == 0 and "Llama 2" in out and "Super weights" in out
+    status, out, _ = superweights("lineage", "org/fine-tune", "--db", catalog_url)
+    assert status == 0 and "org/base" in out and "base" in out
+    status, _, err = superweights("show", "org/unknown", "--db", catalog_url)
+    assert status == 1 and err.startswith("error: org/unknown: not in the catalog")
+
+
+def test_export_and_upgrade_commands(superweights, tmp_path):
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    status, _, err = superweights("db", "upgrade", "--db", url)
+    assert status == 0 and f"{url}: schema at revision" in err
+    status, _, err = superweights("export", "--parquet", str(tmp_path / "pq"), "--db", url)
+    assert status == 0 and len(list((tmp_path / "pq").glob("*.parquet"))) == 5
