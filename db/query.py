@@ -74,7 +74,7 @@ def check_read_only(sql: str) -> None:
     if len(statements) > 1:
         raise WriteRefusedError(sql, f"{len(statements)} statements")
     if statements[0].type not in READS:
-        raise WriteRefusedError(sql, f"a {statements[0].type.name} statement")
+        raise WriteRefusedError(sql, f"{statements[0].type.name} statement")
 
 
 @contextmanager
