@@ -65,6 +65,7 @@ class ModelReport:
     error: str | None = None
     attempts: int = 1
     node: str | None = None  # the Ray node that scanned it
+    pid: int = 0  # and the worker process
 
 
 @dataclass
@@ -296,7 +297,7 @@ class Survey:
         self.catalog.save(outcome.result, started_at=outcome.started_at, finished_at=outcome.finished_at)
         found = len(outcome.result.super_weights)
         self.summary.rows.append(ModelReport(spec, "scanned", revision, found, round(outcome.seconds, 1),
-                                             attempts=job.attempts, node=outcome.node))
+                                             attempts=job.attempts, node=outcome.node, pid=outcome.pid))
         self.counts.scanned += 1
         log.info("%s: scanned in %.1fs on pid %d%s: %d super weight candidates", spec, outcome.seconds,
                  outcome.pid, " (restarted worker)" if outcome.restarted else "", found)

@@ -1,0 +1,191 @@
+"""Survey throughput on GPUs: synthetic ~1B Llama checkpoints with a planted super weight, surveyed
+by `workers.driver.Survey` on a local Ray instance with 1 and with 2 GPUs.
+
+    python benchmarks/survey_throughput.py --models 8 --gpus 1 2 --out benchmarks/results
+
+Builds the checkpoints once in a Hub-layout offline cache (HF_HOME/hub/models--bench--llama-N),
+random bf16 weights (std 0.02) generated on the GPU, plus the planted chain of Yu et al. 2024:
+a large residual component in [BOS]'s embedding, read by one MLP channel of layer 2, whose down
+projection weight W[row, col] turns it into a super activation. Each GPU count then surveys all
+models into its own fresh SQLite catalog (nothing skipped), in a fresh process and Ray instance,
+and writes `survey-throughput-<N>gpu.json`: wall time, models/min, per-scan seconds, and what the
+scan found (the planted weight must be found in every model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SIZES = {  # TinyLlama-1.1B's shape; "tiny" for a CPU dry run of this script
+    "1b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32, num_key_value_heads=4, vocab_size=32000),
+    "tiny": dict(hidden_size=128, intermediate_size=352, num_hidden_layers=6, num_attention_heads=4, num_key_value_heads=2, vocab_size=1000),
+}
+PLANT = dict(layer=2, row=1234, col=4321, source=77)  # W[row, col] in layer 2; residual dim `source`
+SPECIALS = ["[UNK]", "[BOS]", "[EOS]"]
+
+
+def words(vocab: int) -> list[str]:
+    return SPECIALS + [f"w{i}" for i in range(vocab - len(SPECIALS))]
+
+
+def build(hf_home: Path, index: int, size: str, device: str) -> str:
+    """One synthetic checkpoint in the offline Hub cache; returns its repo id."""
+    import torch
+    from safetensors.torch import save_file
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
+
+    repo_id = f"bench/llama-{size}-{index}"
+    sha = hashlib.sha1(repo_id.encode()).hexdigest()
+    repo = hf_home / "hub" / f"models--{repo_id.replace('/', '--')}"
+    snap = repo / "snapshots" / sha
+    if (snap / "model.safetensors").exists():
+        return repo_id
+    shape = SIZES[size]
+    config = LlamaConfig(**shape, bos_token_id=1, eos_token_id=2, max_position_embeddings=2048, tie_word_embeddings=False)
+    with torch.device("meta"):
+        names = {k: v.shape for k, v in AutoModelForCausalLM.from_config(config).state_dict().items()}
+    gen = torch.Generator(device).manual_seed(index)
+    state = {}
+    for name, shp in names.items():
+        if name.endswith("norm.weight"):
+            state[name] = torch.ones(shp, dtype=torch.bfloat16, device=device)
+        else:
+            state[name] = (torch.randn(shp, generator=gen, device=device) * 0.02).to(torch.bfloat16)
+    p = {k: v % shape["hidden_size"] if k != "col" else v % shape["intermediate_size"] for k, v in PLANT.items() if k != "layer"}
+    layer = f"model.layers.{PLANT['layer']}.mlp"
+    state["model.embed_tokens.weight"][1, p["source"]] = 100.0  # [BOS] carries the large component
+    state[f"{layer}.gate_proj.weight"][p["col"], p["source"]] = 4.0  # (intermediate, hidden)
+    state[f"{layer}.up_proj.weight"][p["col"], p["source"]] = 4.0
+    state[f"{layer}.down_proj.weight"][p["row"], p["col"]] = -8.0  # (hidden, intermediate)
+    snap.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.cpu().contiguous() for k, v in state.items()}, str(snap / "model.safetensors"), metadata={"format": "pt"})
+    config.architectures = ["LlamaForCausalLM"]
+    config.save_pretrained(snap)
+    vocab = words(shape["vocab_size"])
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="[BOS] $A", special_tokens=[("[BOS]", 1)])
+    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="[BOS]", eos_token="[EOS]", unk_token="[UNK]").save_pretrained(snap)
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text(sha)
+    return repo_id
+
+
+def eval_text(path: Path, vocab: int) -> Path:
+    import random
+
+    rng = random.Random(0)
+    text = words(vocab)[len(SPECIALS):]
+    path.write_text("\n".join(" ".join(rng.choices(text, k=16)) for _ in range(600)) + "\n")
+    return path
+
+
+def survey(args: argparse.Namespace) -> dict:
+    """One survey of every model on `args.gpus` GPUs (this process owns its Ray instance)."""
+    from catalog.scan import ScanOptions
+    from db.repository import Catalog
+    from workers.discovery import from_specs
+    from workers.driver import Survey, SurveySettings, start_ray
+
+    specs = [f"bench/llama-{args.size}-{i}" for i in range(args.models)]
+    db = args.work / f"catalog-{args.gpus}gpu-{time.time_ns()}.db"
+    options = ScanOptions(eval_text=args.work / "eval.txt")
+    start_ray(None, num_gpus=args.gpus, num_cpus=args.cpus, object_store_memory=2 * 2**30)
+    started = time.perf_counter()
+    summary = Survey(Catalog(f"sqlite:///{db}"), options, SurveySettings(gpus_per_scan=1.0 if args.gpus else 0, cpus_per_scan=2, prefetch=1)).run(from_specs(specs))
+    wall = time.perf_counter() - started
+    scans = Catalog(f"sqlite:///{db}").scans()
+    first, last = min(s.started_at for s in scans), max(s.finished_at for s in scans)
+    scanned = [r for r in summary.rows if r.status == "scanned"]
+    found = [s for s in scans if s.result and any(
+        (w.layer, w.row, w.col) == (PLANT["layer"], PLANT["row"] % s.result.model.hidden_size, PLANT["col"] % s.result.model.intermediate_size)
+        for w in s.result.super_weights)]
+    timings = [s.result.timings for s in scans if s.result]
+    done = {s.source: s.finished_at for s in scans}
+    firsts = {}
+    for r in sorted(scanned, key=lambda r: done[r.spec]):
+        firsts.setdefault(r.pid, done[r.spec])
+    warm = max(firsts.values())  # every worker has finished its first scan (CUDA and kernel warm-up)
+    steady = [r for r in scanned if done[r.spec] > warm]
+    steady_span = (max(done.values()) - warm).total_seconds()
+    return {
+        "gpus": args.gpus, "models": args.models, "size": args.size,
+        "num_parameters": scans[0].result.model.num_parameters if scans[0].result else None,
+        "scanned": len(scanned), "failed": summary.count("failed"), "planted_found": len(found),
+        "wall_seconds": round(wall, 2), "models_per_min": round(60 * len(scanned) / wall, 2),
+        "scan_span_seconds": round((last - first).total_seconds(), 2),
+        "models_per_min_scanning": round(60 * len(scanned) / (last - first).total_seconds(), 2),
+        "steady_models_per_min": round(60 * len(steady) / steady_span, 2) if steady else None,
+        "steady_scans": len(steady), "steady_span_seconds": round(steady_span, 2),
+        "warmup_seconds_to_all_workers_warm": round((warm - first).total_seconds() + (wall - (last - first).total_seconds()), 2),
+        "per_scan_seconds": {"median": round(statistics.median(r.seconds for r in scanned), 2),
+                             "min": min(r.seconds for r in scanned), "max": max(r.seconds for r in scanned)},
+        "per_scan_stage_median": {k: round(statistics.median(t.get(k, 0) for t in timings), 3) for k in ("load", "detect", "verify")},
+        "workers": summary.workers, "errors": [r.error for r in summary.rows if r.error],
+        "environment": scans[0].result.environment if scans[0].result else {},
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", type=int, default=8)
+    ap.add_argument("--size", choices=SIZES, default="1b")
+    ap.add_argument("--gpus", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--cpus", type=int, default=8)
+    ap.add_argument("--work", type=Path, default=Path("/tmp/survey-bench"))
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    ap.add_argument("--timeout", type=float, default=300, help="seconds per survey")
+    ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # child: one survey, JSON on stdout
+    args = ap.parse_args()
+    hf_home = args.work / "hf"
+    os.environ.update(HF_HOME=str(hf_home), HF_HUB_OFFLINE="1", SUPERWEIGHTS_HOME=str(args.work / "home"))
+    if args.one:
+        import logging
+
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+        args.gpus = args.gpus[0]
+        print("RESULT " + json.dumps(survey(args)), flush=True)
+        return
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    args.work.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    for i in range(args.models):
+        build(hf_home, i, args.size, device)
+    eval_text(args.work / "eval.txt", SIZES[args.size]["vocab_size"])
+    print(f"built {args.models} {args.size} checkpoints in {time.perf_counter() - t0:.1f}s", flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for gpus in args.gpus:
+        cmd = [sys.executable, __file__, "--one", "--models", str(args.models), "--size", args.size, "--gpus", str(gpus),
+               "--cpus", str(args.cpus), "--work", str(args.work)]
+        try:
+            run = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+        except subprocess.TimeoutExpired as exc:
+            run = subprocess.CompletedProcess(cmd, -1, exc.stdout or "", exc.stderr or "")
+        (args.work / f"survey-{gpus}gpu.log").write_text(str(run.stdout) + "\n" + str(run.stderr))
+        line = next((l for l in str(run.stdout).splitlines() if l.startswith("RESULT ")), None)
+        if line is None:
+            print(str(run.stdout)[-3000:], str(run.stderr)[-5000:], sep="\n")
+            raise SystemExit(f"survey on {gpus} GPU(s) failed")
+        result = json.loads(line.removeprefix("RESULT "))
+        (args.out / f"survey-throughput-{gpus}gpu.json").write_text(json.dumps(result, indent=2) + "\n")
+        print(f"{gpus} GPU(s): {result['scanned']}/{args.models} scanned ({result['planted_found']} with the planted weight) "
+              f"in {result['wall_seconds']}s: {result['models_per_min']} models/min ({result['steady_models_per_min']} once warm), "
+              f"median scan {result['per_scan_seconds']['median']}s, stages {result['per_scan_stage_median']}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
