@@ -89,7 +89,7 @@ def lineage(model: str, url: str | None) -> None:
     """
     matches = Catalog(url, create=False).lineage(model)
     if not matches:
-        click.echo(f"{model}: no other catalog model shares its confirmed super weights (or it has none)", err=True)
+        click.echo(f"{model}: no other catalog model shares its confirmed super weights (or it has none), and no declared base or fine-tune is in the catalog", err=True)
         return
     out.print(render.lineage(model, matches))
 

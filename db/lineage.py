@@ -37,16 +37,19 @@ class LineageMatch:
 
 
 def rank(query: ModelKey, mine: set[Coordinate], others: dict[ModelKey, set[Coordinate]]) -> list[LineageMatch]:
-    """Models sharing at least one coordinate, most shared first (then Jaccard, then name)."""
-    matches = [_match(query, key, mine, theirs) for key, theirs in others.items() if mine & theirs]
+    """Models sharing at least one coordinate, most shared first (then Jaccard, then name); a declared
+    base or fine-tune is listed even when it shares none, since that contradicts the model card.
+    """
+    matches = [_match(query, key, mine, theirs) for key, theirs in others.items() if mine & theirs or _declared(query, key)]
     return sorted(matches, key=lambda m: (-m.overlap, -m.jaccard, m.source))
 
 
 def _match(query: ModelKey, key: ModelKey, mine: set[Coordinate], theirs: set[Coordinate]) -> LineageMatch:
     shared = sorted(mine & theirs)
+    union = len(mine | theirs)
     return LineageMatch(
         key.source, key.repo_id, key.revision, key.family, key.base_model,
-        shared, len(shared), len(shared) / len(mine | theirs), _declared(query, key),
+        shared, len(shared), len(shared) / union if union else 0.0, _declared(query, key),
     )
 
 

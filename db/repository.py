@@ -129,7 +129,7 @@ class Catalog:
         keys, coordinates = self._confirmed_coordinates()
         mine = set().union(*(coordinates.get(i, set()) for i in ids))
         query = keys[min(ids)]
-        others = {keys[i]: c for i, c in coordinates.items() if i not in ids}
+        others = {key: coordinates.get(i, set()) for i, key in keys.items() if i not in ids}
         return rank(query, mine, others)
 
     def _model_ids(self, model: str) -> list[int]:

@@ -108,9 +108,10 @@ def test_lineage_ranks_models_by_shared_confirmed_coordinates(catalog_url):
     catalog.save(sample_result("org/fine-tune", confirmed=base[:2] + ((0, 1, 2),), base_model="org/base"), **times(1))
     catalog.save(sample_result("org/cousin", confirmed=base[:1]), **times(2))
     catalog.save(sample_result("org/stranger", confirmed=((3, 4, 5),)), **times(3))
+    catalog.save(sample_result("org/impostor", confirmed=((3, 4, 5),), base_model="org/fine-tune"), **times(4))
     matches = catalog.lineage("org/fine-tune")
-    assert [(m.source, m.overlap, m.declared) for m in matches] == [("org/base", 2, "base"), ("org/cousin", 1, None)]
-    assert matches[0].shared == [(1, 17, 23), (2, 33, 71)]
+    assert [(m.source, m.overlap, m.declared) for m in matches] == [("org/base", 2, "base"), ("org/cousin", 1, None), ("org/impostor", 0, "fine-tune")]
+    assert matches[0].shared == [(1, 17, 23), (2, 33, 71)] and matches[0].jaccard == 0.5
     assert [m.declared for m in catalog.lineage("org/base")][0] == "fine-tune"
 
 
