@@ -46,7 +46,8 @@ def _dense_capture(x: torch.Tensor, y: torch.Tensor) -> Capture:
     # x: (tokens, intermediate), y: (tokens, hidden)
     in_max, in_token, in_channel = _argmax2d(x)
     out_max, token, out_channel = _argmax2d(y)
-    return Capture(in_max, in_channel, in_token, out_max, out_channel, token, y[token, out_channel].float().item(), x[token].detach().float().cpu())
+    x_t = x[token].detach().to("cpu", torch.float32, copy=True)  # a copy: the model may reuse x's memory
+    return Capture(in_max, in_channel, in_token, out_max, out_channel, token, y[token, out_channel].float().item(), x_t)
 
 
 def _expert_inputs(experts: nn.Module, hidden: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor):

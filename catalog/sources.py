@@ -95,10 +95,11 @@ def _resolve_hub(spec: str, allow_pickle: bool) -> ResolvedSource:
     except RepositoryNotFoundError as exc:
         raise SourceNotFoundError(spec, "no such Hub repo (or it is private: set HF_TOKEN).") from exc
     except LocalEntryNotFoundError as exc:
+        missing = f"revision {revision!r}" if revision else "the repo"
         fix = (
-            "HF_HUB_OFFLINE is set and the repo is not in the HF_HOME cache; run once online or unset HF_HUB_OFFLINE."
+            f"HF_HUB_OFFLINE is set and {missing} is not in the HF_HOME cache; run once online or unset HF_HUB_OFFLINE."
             if settings.hub_offline()
-            else "the Hub cannot be reached and the repo is not cached; check the network or HF_ENDPOINT."
+            else f"the Hub cannot be reached and {missing} is not cached; check the network or HF_ENDPOINT."
         )
         raise SourceNotFoundError(spec, fix) from exc
     resolved = _resolve_local(spec, folder, allow_pickle)
