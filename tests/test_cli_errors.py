@@ -1,0 +1,171 @@
+"""Bad input, as a user meets it: `superweights scan` ends with one line on stderr naming the input
+and the fix, a non-zero exit, no traceback, and no --json file left behind.
+
+All the commands run at once in one module fixture (each spends seconds importing torch).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from superweights_cli import isolated_env, one_line_error, run_many
+
+SCAN = ["scan", "--no-verify", "--no-save", "--device", "cpu"]
+REMOTE_CODE = '''
+from pathlib import Path
+from transformers import LlamaConfig, LlamaForCausalLM
+
+Path({marker!r}).write_text("")  # proof that this file was executed
+
+
+class CustomConfig(LlamaConfig):
+    model_type = "tiny_custom"
+
+
+class CustomModel(LlamaForCausalLM):
+    config_class = CustomConfig
+'''
+
+
+@dataclass
+class Bad:
+    """A bad input: the scan arguments, and what its error line must contain."""
+
+    args: list[str]
+    says: tuple[str, ...]
+
+
+class Evil:
+    """Unpickling this runs os.mkdir: a pickle checkpoint can run any code when loaded unsafely."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.mkdir, (self.marker,)
+
+
+def copy_checkpoint(planted_path: Path, path: Path) -> Path:
+    shutil.copytree(planted_path, path)
+    return path
+
+
+def truncated(source: Path, path: Path, size: int) -> Path:
+    path.write_bytes(source.read_bytes()[:size])
+    return path
+
+
+def pickle_only(tiny, path: Path) -> Path:
+    """The tiny Llama with its weights as pytorch_model.bin instead of safetensors."""
+    from safetensors.torch import load_file
+
+    path = copy_checkpoint(tiny("llama").path, path)
+    torch.save(load_file(path / "model.safetensors"), path / "pytorch_model.bin")
+    (path / "model.safetensors").unlink()
+    return path
+
+
+def remote_code(tiny, path: Path) -> Path:
+    """A checkpoint whose config names classes in its own Python file (auto_map), an unknown type.
+
+    Importing that file creates `path.ran`.
+    """
+    path = copy_checkpoint(tiny("llama").path, path)
+    config = json.loads((path / "config.json").read_text())
+    config |= {"model_type": "tiny_custom", "auto_map": {"AutoConfig": "custom.CustomConfig", "AutoModelForCausalLM": "custom.CustomModel"}}
+    (path / "config.json").write_text(json.dumps(config))
+    (path / "custom.py").write_text(REMOTE_CODE.format(marker=str(path.with_suffix(".ran"))))
+    return path
+
+
+def unsupported(path: Path) -> Path:
+    """A real tiny GPT-BigCode checkpoint: transformers knows it, the adapter registry does not."""
+    from transformers import AutoModelForCausalLM, GPTBigCodeConfig
+
+    config = GPTBigCodeConfig(vocab_size=256, n_embd=64, n_layer=2, n_head=4, n_positions=64, bos_token_id=1, eos_token_id=2)
+    AutoModelForCausalLM.from_config(config).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def inputs(tiny, smollm2_gguf, tmp_path_factory) -> dict[str, Bad]:
+    root = tmp_path_factory.mktemp("bad")
+    llama = tiny("llama").path
+    no_config = root / "no-config"
+    no_config.mkdir()
+    (no_config / "model.safetensors").write_bytes(b"")
+    cut = copy_checkpoint(llama, root / "cut-safetensors")
+    truncated(llama / "model.safetensors", cut / "model.safetensors", (llama / "model.safetensors").stat().st_size // 2)
+    evil = copy_checkpoint(llama, root / "evil-pickle")
+    (evil / "model.safetensors").unlink()
+    torch.save({"model.embed_tokens.weight": Evil(root / "pwned")}, evil / "pytorch_model.bin")
+    return {
+        "missing_path": Bad([str(root / "no-such-dir")], (str(root / "no-such-dir"), "not found", "Give an existing checkpoint")),
+        "unknown_repo": Bad(["org/no-such-model"], ("org/no-such-model", "HF_HUB_OFFLINE")),
+        "no_config": Bad([str(no_config)], (str(no_config), "no config.json")),
+        "cut_gguf": Bad([str(truncated(smollm2_gguf, root / "cut.gguf", 3 * 2**20))], ("cut.gguf", "truncated or corrupt", "download it again")),
+        "cut_safetensors": Bad([str(cut)], (str(cut), "truncated or corrupt", "download it again")),
+        "pickle_refused": Bad([str(pickle_only(tiny, root / "pickle"))], ("pickle", "--allow-pickle", "convert to safetensors")),
+        "pickle_unsafe": Bad(["--allow-pickle", str(evil)], (str(evil), "cannot load the checkpoint")),
+        "remote_code": Bad([str(remote_code(tiny, root / "custom"))], ("custom", "needs remote code", "--trust-remote-code")),
+        "remote_code_trusted": Bad(["--trust-remote-code", str(remote_code(tiny, root / "trusted"))], ("unsupported architecture 'tiny_custom'",)),
+        "empty_prompt": Bad(["--prompt", "", str(llama)], ("--prompt", "empty prompt")),
+        "blank_prompt": Bad(["--prompt", "ok", "--prompt", "  ", str(llama)], ("--prompt", "empty prompt")),
+        "unsupported": Bad([str(unsupported(root / "bigcode"))], ("bigcode", "unsupported architecture 'gpt_bigcode'", "llama")),
+    }
+
+
+@pytest.fixture(scope="module")
+def runs(inputs, tiny, tmp_path_factory) -> tuple[dict[str, subprocess.CompletedProcess], Path]:
+    """Every bad input, plus the pickle checkpoint with --allow-pickle, which must load."""
+    out = tmp_path_factory.mktemp("out")
+    commands = {name: [*SCAN, *bad.args, "--json", str(out / f"{name}.json")] for name, bad in inputs.items()}
+    pickle_dir = inputs["pickle_refused"].args[-1]
+    commands["pickle_allowed"] = [*SCAN, "--allow-pickle", pickle_dir, "--json", str(out / "pickle_allowed.json")]
+    return run_many(commands, isolated_env(tmp_path_factory.mktemp("env"))), out
+
+
+@pytest.mark.parametrize("name", [
+    "missing_path", "unknown_repo", "no_config", "cut_gguf", "cut_safetensors", "pickle_refused", "pickle_unsafe",
+    "remote_code", "remote_code_trusted", "empty_prompt", "blank_prompt", "unsupported",
+])
+def test_bad_input_is_one_line_naming_the_input_and_the_fix(inputs, runs, name):
+    results, out = runs
+    line = one_line_error(results[name])
+    assert all(part in line for part in inputs[name].says), line
+    assert not list(out.glob(f"{name}.json*"))  # nothing half-written
+
+
+def test_pickle_checkpoint_loads_with_allow_pickle(tiny, runs):
+    results, out = runs
+    assert results["pickle_allowed"].returncode == 0, results["pickle_allowed"].stderr
+    data = json.loads((out / "pickle_allowed.json").read_text())
+    planted = tiny("llama")
+    assert data["model"]["format"] == "pytorch"
+    assert [(w["layer"], w["row"], w["col"]) for w in data["super_weights"]] == [(planted.layer, planted.row, planted.col)]
+
+
+def test_allowed_pickle_is_still_loaded_with_weights_only(inputs, runs):
+    """--allow-pickle must not run code: the pickle's os.mkdir is refused by weights_only=True."""
+    results, _ = runs
+    one_line_error(results["pickle_unsafe"])
+    evil = Path(inputs["pickle_unsafe"].args[-1])
+    assert not (evil.parent / "pwned").exists()
+
+
+def test_remote_code_runs_only_when_trusted(inputs, runs):
+    """Refused: the repo's Python never ran. Trusted: it ran, and the unknown type is then refused."""
+    results, _ = runs
+    refused, trusted = (Path(inputs[name].args[-1]) for name in ("remote_code", "remote_code_trusted"))
+    assert "needs remote code" in one_line_error(results["remote_code"])
+    assert not refused.with_suffix(".ran").exists()
+    assert "needs remote code" not in one_line_error(results["remote_code_trusted"])
+    assert trusted.with_suffix(".ran").exists()

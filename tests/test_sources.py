@@ -1,0 +1,79 @@
+"""The Hub path, offline, as a user runs it: `superweights scan org/name[@rev]` over an HF_HOME
+cache laid out as huggingface_hub lays it out, with HF_HUB_OFFLINE=1 and nothing patched.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from catalog.sources import resolve
+from superweights_cli import isolated_env, one_line_error, run_many
+from tiny import add_to_hub_cache
+
+REPO = "org/tiny-llama"
+SCAN = ["scan", "--no-verify", "--no-save", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def hub(tiny, tmp_path_factory):
+    """An isolated environment whose HF_HOME caches REPO at one commit; returns (env, sha, planted)."""
+    env = isolated_env(tmp_path_factory.mktemp("hub-env"))
+    planted = tiny("llama")
+    sha = add_to_hub_cache(Path(env["HF_HOME"]), REPO, planted.path)
+    return env, sha, planted
+
+
+@pytest.fixture(scope="module")
+def runs(hub, tmp_path_factory):
+    env, sha, _ = hub
+    out = tmp_path_factory.mktemp("out")
+    commands = {
+        "latest": [REPO],
+        "pinned": [f"{REPO}@{sha}"],
+        "unknown_repo": ["org/not-cached"],
+        "unknown_revision": [f"{REPO}@{'0' * 40}"],
+    }
+    results = run_many({name: [*SCAN, *args, "--json", str(out / f"{name}.json")] for name, args in commands.items()}, env)
+    return results, out
+
+
+@pytest.mark.parametrize("name", ["latest", "pinned"])
+def test_scan_of_a_cached_repo_records_the_commit_it_scanned(hub, runs, name):
+    _, sha, planted = hub
+    results, out = runs
+    assert results[name].returncode == 0, results[name].stderr
+    model = json.loads((out / f"{name}.json").read_text())["model"]
+    assert (model["repo_id"], model["revision"], model["format"]) == (REPO, sha, "safetensors")
+    weights = json.loads((out / f"{name}.json").read_text())["super_weights"]
+    assert [(w["layer"], w["row"], w["col"]) for w in weights] == [(planted.layer, planted.row, planted.col)]
+
+
+def test_unknown_repo_offline_says_how_to_get_it(runs):
+    results, out = runs
+    line = one_line_error(results["unknown_repo"])
+    assert "org/not-cached" in line and "HF_HUB_OFFLINE" in line
+    assert not list(out.glob("unknown_repo.json*"))
+
+
+def test_revision_not_in_the_offline_cache_is_a_clear_error(runs):
+    results, out = runs
+    line = one_line_error(results["unknown_revision"])
+    assert f"{REPO}@{'0' * 40}" in line and f"revision '{'0' * 40}' is not in the HF_HOME cache" in line
+    assert not list(out.glob("unknown_revision.json*"))
+
+
+def test_local_directory_keeps_no_repo_or_revision(tiny):
+    resolved = resolve(str(tiny("llama").path))
+    assert (resolved.format, resolved.repo_id, resolved.revision) == ("safetensors", None, None)
+
+
+@pytest.mark.parametrize("spec", ["./missing-dir", "missing.gguf", "not a repo id", "org/name/extra"])
+def test_what_is_neither_a_path_nor_a_repo_id_is_not_looked_up_on_the_hub(spec, tmp_path, monkeypatch):
+    from catalog.errors import SourceNotFoundError
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SourceNotFoundError, match="Give an existing checkpoint directory"):
+        resolve(spec)
