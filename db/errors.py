@@ -42,6 +42,14 @@ class CatalogOutOfDateError(CatalogError):
         self.url = url
 
 
+class CatalogTooNewError(CatalogError):
+    """A schema revision these migrations do not know: a newer superweights created it."""
+
+    def __init__(self, url: str, current: str) -> None:
+        super().__init__(f"catalog {url}: schema at revision {current}, newer than this version knows. Upgrade superweights (pip install -U superweight-catalog).")
+        self.url = url
+
+
 class CatalogWriteError(CatalogError):
     def __init__(self, url: str, source: str, reason: str) -> None:
         super().__init__(f"catalog {url}: could not save the scan of {source} ({reason}); nothing was written.")

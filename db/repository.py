@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, joinedload, selectinload
 from catalog.result import CONFIRMED, SCHEMA, ScanResult
 from db import migrate
 from db.engine import engine_for
-from db.errors import CatalogOutOfDateError, CatalogWriteError, UnknownModelError
+from db.errors import CatalogOutOfDateError, CatalogTooNewError, CatalogWriteError, UnknownModelError
 from db.lineage import Coordinate, LineageMatch, ModelKey, rank
 from db.location import CatalogURL, locate
 from db.models import STATUS_FAILED, STATUS_OK, AblationRow, Base, LayerStatRow, Model, Scan, SuperWeightRow
@@ -64,6 +64,8 @@ class Catalog:
         current, head = migrate.current(self._engine), migrate.head()
         if current == head:
             return
+        if current is not None and not migrate.known(current):
+            raise CatalogTooNewError(self.display, current)
         if self.location.backend != "sqlite":
             raise CatalogOutOfDateError(self.display, current, head)
         migrate.upgrade(self._engine)

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Engine, inspect
+from sqlalchemy import Engine, inspect, text
 
 from db import migrate
 from db.engine import engine_for
-from db.errors import CatalogOutOfDateError
+from db.errors import CatalogOutOfDateError, CatalogTooNewError
 from db.location import parse
 from db.models import TABLES, Base
 from db.repository import Catalog, upgrade
@@ -64,3 +64,19 @@ def test_a_server_is_not_migrated_implicitly(postgres_server):
     with pytest.raises(CatalogOutOfDateError, match="superweights db upgrade"):
         Catalog(url)
     assert inspect(_engine(url)).get_table_names() == []
+
+
+def test_a_catalog_from_a_newer_version_is_refused_untouched(catalog_url):
+    engine = _engine(catalog_url)
+    _stamp(engine, "f00d")
+    try:
+        with pytest.raises(CatalogTooNewError, match="revision f00d, newer than this version knows"):
+            Catalog(catalog_url)
+        assert migrate.current(engine) == "f00d"
+    finally:
+        _stamp(engine, migrate.head())  # the PostgreSQL catalog is shared by the session
+
+
+def _stamp(engine: Engine, revision: str) -> None:
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE alembic_version SET version_num = :r"), {"r": revision})
