@@ -7,14 +7,20 @@ namespace: `tests/isolated.sh .venv/bin/python -m pytest tests/test_survey.py`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import http.server
 import json
 import logging
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
+import urllib.parse
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -126,10 +132,22 @@ def test_survey_on_two_nodes_records_every_model_and_skips_them_next_time(cluste
     assert "corrupt" in rows[BROKEN][0].error and "HF_HUB_OFFLINE" in rows[MISSING][0].error
     assert all(any(w.row == 17 and w.col == 23 for w in rows[s][0].result.super_weights) for s in GOOD)
 
-    again = Survey(catalog, options).run(from_specs([*GOOD, MISSING]))  # after an interruption, or tomorrow night
-    print_summary(again)
-    assert {r.spec: r.status for r in again.rows} == {**dict.fromkeys(GOOD, "skipped"), MISSING: "failed"}
+    # Started again (after an interruption, or the next night), through the CLI: nothing is rescanned.
+    again = survey_cli(cluster, hub, catalog, options, *GOOD, MISSING)
+    print(again.stderr)
+    assert again.returncode == 0
+    assert "Survey: 0 scanned, 1 failed, 3 skipped" in again.stderr
+    assert all(f"{s}: already in the catalog at {hub[s][:12]}; skipped" in again.stderr for s in GOOD)
     assert {s: len(rs) for s, rs in rows_by_source(catalog).items()} == dict.fromkeys(specs, 1)
+
+
+def survey_cli(cluster, hub, catalog, options, *models: str) -> subprocess.CompletedProcess:
+    """`superweights survey` in its own process, as a second driver on the running cluster."""
+    env = {**os.environ, "HF_HOME": hub["HF_HOME"], "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
+    args = ["--ray-address", cluster.address, "--db", catalog.url, "--device", "cpu", "--eval-text", str(options.eval_text),
+            "--eval-tokens", str(options.eval_tokens), "--seq-len", str(options.seq_len)]
+    exe = Path(sys.executable).with_name("superweights")
+    return subprocess.run([str(exe), "survey", *models, *args], env=env, capture_output=True, text=True, timeout=120)
 
 
 def print_summary(summary) -> None:
@@ -199,3 +217,61 @@ def test_scan_past_timeout_is_killed_and_recorded_as_failed(cluster, catalog, op
     [row] = summary.rows
     assert (row.status, row.attempts) == ("failed", 1) and "timed out after 3s" in row.error
     assert [r.status for r in rows_by_source(catalog)["org/tiny-llama"]] == ["failed"]
+
+
+def test_hub_discovery_lists_text_generation_models_and_skips_known_revisions(hub, catalog, options, monkeypatch):
+    """`list_models` against a loopback stand-in for the Hub API: the query sent, the shas read,
+    and a model catalogued at the listed sha skipped before any download (no Ray needed)."""
+    from huggingface_hub import HfApi
+
+    from workers.discovery import Candidate, HubQuery, discover
+    from workers.driver import Survey, SurveySettings
+
+    listing = [{"id": "org/tiny-llama", "sha": hub["org/tiny-llama"], "downloads": 42},
+               {"id": "org/tiny-gpt2", "sha": hub["org/tiny-gpt2"], "downloads": 7}]
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # the "Hub" is on loopback
+    with hub_api(listing) as (url, queries):
+        found = discover(HubQuery("tiny", author="org", sort="last_modified", limit=2), api=HfApi(endpoint=url))
+    [query] = queries
+    assert {k: query[k] for k in ("search", "author", "pipeline_tag", "filter", "sort", "limit")} == {
+        "search": ["tiny"], "author": ["org"], "pipeline_tag": ["text-generation"], "filter": ["transformers"],
+        "sort": ["lastModified"], "limit": ["2"]}
+    assert "sha" in query["expand"]
+    assert found == [Candidate("org/tiny-llama", hub["org/tiny-llama"], 42), Candidate("org/tiny-gpt2", hub["org/tiny-gpt2"], 7)]
+
+    now = datetime.now(timezone.utc)
+    for c in found:  # both failed before at these revisions; --skip-failed skips them without downloading
+        catalog.record_failure(source=c.spec, repo_id=c.spec, revision=c.revision, config_hash=options.config_hash(),
+                               config=options.to_config(), error="gated", started_at=now, finished_at=now)
+    summary = Survey(catalog, options, SurveySettings(skip_failed=True)).run(found)
+    assert [(r.spec, r.status) for r in summary.rows] == [("org/tiny-llama", "skipped"), ("org/tiny-gpt2", "skipped")]
+
+
+@contextlib.contextmanager
+def hub_api(listing: list[dict]):
+    """A loopback HTTP server answering GET /api/models with `listing`; yields (url, queries seen)."""
+    queries = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            url = urllib.parse.urlparse(self.path)
+            assert url.path == "/api/models", url.path
+            queries.append(urllib.parse.parse_qs(url.query))
+            body = json.dumps(listing).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", queries
+    finally:
+        server.shutdown()

@@ -44,6 +44,8 @@ def discover(query: HubQuery, api=None) -> list[Candidate]:
 
     query.validate()
     api = api or HfApi()
+    from huggingface_hub.errors import OfflineModeIsEnabled
+
     found = api.list_models(
         search=query.search or None,
         author=query.author,
@@ -53,7 +55,13 @@ def discover(query: HubQuery, api=None) -> list[Candidate]:
         limit=query.limit,
         expand=["sha", "downloads", "pipeline_tag", "library_name"],
     )
-    return [Candidate(m.id, m.sha, m.downloads) for m in found]
+    try:
+        return [Candidate(m.id, m.sha, m.downloads) for m in found]
+    except OfflineModeIsEnabled as exc:
+        raise BadOptionError("--from-hub", "HF_HUB_OFFLINE is set and discovery needs the Hub; unset it, or name the MODELs instead.") from exc
+    except Exception as exc:  # HTTP errors, DNS, refused connections: huggingface_hub raises many types
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise BadOptionError("--from-hub", f"cannot list the Hub's models ({first[:200]}); check the network, HF_ENDPOINT and HF_TOKEN.") from exc
 
 
 def from_specs(specs: list[str]) -> list[Candidate]:
