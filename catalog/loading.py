@@ -56,7 +56,7 @@ def load(source: ResolvedSource, *, device: str = "auto", dtype: str = "auto", t
     dev = pick_device(device)
     torch_dtype = pick_dtype(dtype, dev)
     kwargs = {"gguf_file": source.gguf_file} if source.gguf_file else {}
-    _check_remote_code(source, trust_remote_code)
+    _check_config(source, trust_remote_code)
     with _as_invalid(source):
         config = AutoConfig.from_pretrained(source.path, trust_remote_code=trust_remote_code, **kwargs)
     adapter = adapter_for(config.model_type, source.spec)
@@ -74,19 +74,26 @@ def load(source: ResolvedSource, *, device: str = "auto", dtype: str = "auto", t
     return LoadedModel(model, tokenizer, adapter, info, dev, time.perf_counter() - start)
 
 
-def _check_remote_code(source: ResolvedSource, trust_remote_code: bool) -> None:
-    """Refuse configs whose model class lives in the repo's own Python files, unless trusted."""
+def _check_config(source: ResolvedSource, trust_remote_code: bool) -> None:
+    """Read config.json before transformers does: refuse a model class that lives in the repo's own
+    Python files unless trusted, and a model type without an adapter (transformers would report a
+    type it does not know as a broken checkpoint).
+    """
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 
     config_file = source.path / "config.json"
-    if source.gguf_file or trust_remote_code or not config_file.is_file():
+    if source.gguf_file or not config_file.is_file():
         return
     try:
         config = json.loads(config_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InvalidSourceError(source.spec, f"config.json is not valid JSON ({exc}).") from exc
-    if "auto_map" in config and config.get("model_type") not in CONFIG_MAPPING_NAMES:
-        raise InvalidSourceError(source.spec, "this model needs remote code from its repo; review it, then pass --trust-remote-code.")
+    model_type = str(config.get("model_type"))
+    if "auto_map" in config and model_type not in CONFIG_MAPPING_NAMES:
+        if not trust_remote_code:
+            raise InvalidSourceError(source.spec, "this model needs remote code from its repo; review it, then pass --trust-remote-code.")
+        return  # the repo's code defines the type; its adapter is looked up once the config is built
+    adapter_for(model_type, source.spec)
 
 
 @contextmanager

@@ -86,6 +86,14 @@ def remote_code(tiny, path: Path) -> Path:
     return path
 
 
+def unknown_type(tiny, path: Path) -> Path:
+    """The tiny Llama with a model type that the installed transformers does not know either."""
+    path = copy_checkpoint(tiny("llama").path, path)
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps(config | {"model_type": "brand_new_arch"}))
+    return path
+
+
 def unsupported(path: Path) -> Path:
     """A real tiny GPT-BigCode checkpoint: transformers knows it, the adapter registry does not."""
     from transformers import AutoModelForCausalLM, GPTBigCodeConfig
@@ -120,6 +128,7 @@ def inputs(tiny, smollm2_gguf, tmp_path_factory) -> dict[str, Bad]:
         "empty_prompt": Bad(["--prompt", "", str(llama)], ("--prompt", "empty prompt")),
         "blank_prompt": Bad(["--prompt", "ok", "--prompt", "  ", str(llama)], ("--prompt", "empty prompt")),
         "unsupported": Bad([str(unsupported(root / "bigcode"))], ("bigcode", "unsupported architecture 'gpt_bigcode'", "llama")),
+        "unknown_type": Bad([str(unknown_type(tiny, root / "new"))], ("new", "unsupported architecture 'brand_new_arch'", "llama")),
     }
 
 
@@ -135,7 +144,7 @@ def runs(inputs, tiny, tmp_path_factory) -> tuple[dict[str, subprocess.Completed
 
 @pytest.mark.parametrize("name", [
     "missing_path", "unknown_repo", "no_config", "cut_gguf", "cut_safetensors", "pickle_refused", "pickle_unsafe",
-    "remote_code", "remote_code_trusted", "empty_prompt", "blank_prompt", "unsupported",
+    "remote_code", "remote_code_trusted", "empty_prompt", "blank_prompt", "unsupported", "unknown_type",
 ])
 def test_bad_input_is_one_line_naming_the_input_and_the_fix(inputs, runs, name):
     results, out = runs
