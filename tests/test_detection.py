@@ -13,7 +13,7 @@ import torch
 
 from catalog.architectures import down_projections
 from catalog.detection import SpikeRule, detect
-from catalog.hooks import zeroed
+from catalog.hooks import capture, zeroed
 from catalog.loading import load
 from catalog.result import ScanResult
 from catalog.scan import DEFAULT_PROMPT, ScanOptions, scan
@@ -178,6 +178,21 @@ def test_weights_are_restored_bit_for_bit_and_hooks_removed(tiny):
     after = loaded.model.state_dict()
     assert before.keys() == after.keys()
     assert all(torch.equal(before[name], after[name]) for name in before)
+    assert all(not site.module._forward_hooks for site in sites)
+
+
+def test_bfloat16_scan_finds_the_same_weight(tiny):
+    planted = tiny("gpt2")
+    (found,) = scan_tiny(planted, dtype="bfloat16").super_weights
+    assert (found.layer, found.row, found.col, tuple(found.tensor_index), found.value) == (
+        planted.layer, planted.row, planted.col, planted.tensor_index, planted.value)
+
+
+def test_capture_hooks_come_off_when_the_forward_pass_fails(tiny):
+    loaded = load(resolve(str(tiny("llama").path)), device="cpu")
+    sites = down_projections(loaded.model, loaded.adapter, loaded.info.hidden_size)
+    with pytest.raises(IndexError), capture(sites):
+        loaded.model(input_ids=torch.tensor([[10_000]]))  # an id past the vocabulary
     assert all(not site.module._forward_hooks for site in sites)
 
 
