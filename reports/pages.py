@@ -77,7 +77,9 @@ def model_page(site: Site, model: ModelEntry, prov: Provenance) -> ModelPage:
         family=Link(model.family, family_href(site, model.family, root)),
         facts=model_facts(result), scan=scan_facts(model.latest, result),
         weights=[weight_row(site, model, w, root) for w in result.super_weights],
-        summary=[Fact(k.replace("_", " ").capitalize(), format_value(v)) for k, v in result.summary.items()],
+        summary=[Fact(k.replace("_", " ").capitalize(), format_value(v)) for k, v in result.summary.items()
+                 if not isinstance(v, (dict, list))],
+        summary_json=nested_json(result.summary),
         ablations=[AblationRow(a.name, a.ppl, a.ratio, a.tokens, a.detail, a.stopword_mass) for a in result.ablations],
         layer_chart=layer_chart(result.layers, f"Down-projection activations per layer: {model.name}"),
         ablation_chart=ablation_chart(result.ablations, f"Perplexity per ablation condition: {model.name}")
@@ -151,6 +153,12 @@ def strength(row: WeightRow) -> tuple[bool, float]:
     if row.ppl_ratio is not None:
         return (True, row.ppl_ratio)
     return (False, abs(row.output_activation))
+
+
+def nested_json(summary: dict) -> str:
+    """The summary's dict and list values, which do not fit one line of a facts list."""
+    nested = {k: v for k, v in summary.items() if isinstance(v, (dict, list))}
+    return json.dumps(nested, indent=2, sort_keys=True) if nested else ""
 
 
 def format_value(value: object) -> str:

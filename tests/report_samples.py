@@ -53,7 +53,7 @@ def result(repo_id: str, family: str, weights: list[tuple[int, int, int]], *, ab
     return ScanResult(model, {"prompts": ["Apple Inc. is a worldwide tech company."], "max_iterations": 3},
                       layers, supers, conditions, timings={"load": 1.5, "detect": 0.25},
                       environment={"torch": "2.13.0", "device": "cpu"}, config_hash="c0ffee01",
-                      summary={"stopword_shift": 0.375} if ablations else {})
+                      summary={"stopword_shift": 0.375, "intervals": {"baseline": {"ratio_low": 0.98}}} if ablations else {})
 
 
 def stored(scan_id: int, res: ScanResult | None, *, minutes: int, source: str = "", error: str | None = None) -> StoredScan:

@@ -117,9 +117,9 @@ def test_model_page_has_facts_weights_charts_ablations_and_downloads(site: Path)
     html = page(site, "models/meta-llama-llama-2-7b-chat-hf.html")
     for text in ("0123abcd", "LlamaForCausalLM", "model.layers.4.mlp.down_proj.weight", "random control",
                  "&#34;max_iterations&#34;: 3", "2.13.0", 'href="meta-llama-llama-2-7b-chat-hf.super-weights.csv"',
-                 "<dt>Stopword shift</dt><dd>0.375</dd>", '<td class="num">0.125</td>'):
+                 "<dt>Stopword shift</dt><dd>0.375</dd>", '<td class="num">0.125</td>', "&#34;ratio_low&#34;: 0.98"):
         assert text in html, text
-    assert html.count("<svg") == 2
+    assert html.count("<svg") == 2 and "<dt>Intervals</dt>" not in html
     assert "Perplexity per ablation condition" in html and "max |activation| (log scale)" in html
 
 
