@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+from datetime import datetime, timezone
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Protocol
@@ -34,11 +35,11 @@ class ScanSink(Protocol):
 
     options: list[click.Option]
 
-    def existing(self, source: ResolvedSource, config: dict, params: dict[str, Any]) -> str | None:
+    def existing(self, source: ResolvedSource, config_hash: str, params: dict[str, Any]) -> str | None:
         """A message if this exact scan is already kept and should be skipped, else None."""
 
-    def save(self, result: ScanResult, params: dict[str, Any]) -> str:
-        """Keep the result; return where it went."""
+    def save(self, result: ScanResult, params: dict[str, Any], started_at: datetime) -> str:
+        """Keep the result of the scan started at `started_at` (UTC); return where it went."""
 
 
 SCAN_SINKS: list[ScanSink] = []
@@ -103,9 +104,10 @@ def scan(ctx: click.Context, source: str, json_path: Path | None, **params: Any)
     options.validate()
     resolved = resolve(source, allow_pickle=options.allow_pickle)
     for sink in SCAN_SINKS:
-        if message := sink.existing(resolved, options.to_config(), ctx.params):
-            console.print(message)
+        if message := sink.existing(resolved, options.config_hash(), ctx.params):
+            console.print(message, soft_wrap=True)
             return
+    started_at = datetime.now(timezone.utc)
     with console.status("scanning") as status:
         result = scan_source(resolved, options, progress=status.update)
     out.print(layers_table(result))
@@ -116,7 +118,7 @@ def scan(ctx: click.Context, source: str, json_path: Path | None, **params: Any)
         result.to_json(json_path)
         console.print(f"wrote {json_path}")
     for sink in SCAN_SINKS:
-        console.print(sink.save(result, ctx.params))
+        console.print(sink.save(result, ctx.params, started_at), soft_wrap=True)
 
 
 def add_scan_sink(sink: ScanSink) -> None:
@@ -124,9 +126,16 @@ def add_scan_sink(sink: ScanSink) -> None:
     scan.params.extend(sink.options)
 
 
+_plugins_loaded = False
+
+
 def load_plugins() -> None:
-    for plugin in entry_points(group="superweights.plugins"):
-        plugin.load()(cli)
+    """Register the installed plugins' commands and sinks, once per process."""
+    global _plugins_loaded
+    if not _plugins_loaded:
+        _plugins_loaded = True
+        for plugin in entry_points(group="superweights.plugins"):
+            plugin.load()(cli)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,9 +6,7 @@ Each command calls one library function; their typed errors reach `catalog.cli.m
 
 from __future__ import annotations
 
-import hashlib
-import json
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -103,25 +101,17 @@ class CatalogSink:
         click.Option(["--skip-existing"], is_flag=True, help="Skip the scan when the catalog has it (same source, revision and config)."),
     ]
 
-    def existing(self, source: ResolvedSource, config: dict, params: dict[str, Any]) -> str | None:
+    def existing(self, source: ResolvedSource, config_hash: str, params: dict[str, Any]) -> str | None:
         if params["no_save"]:
             return None
         catalog = Catalog(params["db"])  # a bad or unreachable catalog fails here, before a long scan
-        if params["skip_existing"] and catalog.has_scan(source.spec, source.revision, config_hash(config)):
+        if params["skip_existing"] and catalog.has_scan(source.spec, source.revision, config_hash):
             return f"{source.spec}: already in the catalog {catalog.display} with this revision and config; skipped (drop --skip-existing to scan again)"
         return None
 
-    def save(self, result: ScanResult, params: dict[str, Any]) -> str:
+    def save(self, result: ScanResult, params: dict[str, Any], started_at: datetime) -> str:
         if params["no_save"]:
             return "not saved (--no-save)"
         catalog = Catalog(params["db"])
-        finished = datetime.now(UTC)
-        started = finished - timedelta(seconds=sum(result.timings.values()))
-        scan_id = catalog.save(result, started_at=started, finished_at=finished)
+        scan_id = catalog.save(result, started_at=started_at, finished_at=datetime.now(UTC))
         return f"saved scan {scan_id} to {catalog.display}"
-
-
-def config_hash(config: dict) -> str:
-    """`ScanOptions.config_hash()` of the options whose `to_config()` is `config` (same formula)."""
-    blob = json.dumps(config, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]

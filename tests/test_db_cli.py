@@ -20,10 +20,7 @@ BIN = Path(sys.executable).parent / "superweights"
 
 @pytest.fixture
 def superweights(monkeypatch, capsys):
-    """Run `catalog.cli.main` in-process (plugins loaded once); returns (exit status, stdout, stderr)."""
-    if "sql" not in catalog.cli.cli.commands:
-        catalog.cli.load_plugins()
-    monkeypatch.setattr(catalog.cli, "load_plugins", lambda: None)
+    """Run `catalog.cli.main` in-process; returns (exit status, stdout, stderr)."""
 
     def run(*args: str) -> tuple[int, str, str]:
         status = catalog.cli.main(list(args))
