@@ -275,3 +275,24 @@ def hub_api(listing: list[dict]):
         yield f"http://127.0.0.1:{server.server_address[1]}", queries
     finally:
         server.shutdown()
+
+
+def test_interrupted_survey_started_again_scans_only_what_is_left(cluster, catalog, options):
+    """Ctrl-C after the first save: that scan is kept; the next run skips it and scans the rest, once each."""
+    from workers.discovery import from_specs
+    from workers.driver import Survey
+
+    def interrupt_after_first(counts):
+        if counts.scanned == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    first = Survey(catalog, options, on_update=interrupt_after_first).run(from_specs(list(GOOD)))
+    print_summary(first)
+    assert first.interrupted
+    [done] = [r.spec for r in first.rows if r.status == "scanned"]
+    assert list(rows_by_source(catalog)) == [done]
+
+    second = Survey(catalog, options).run(from_specs(list(GOOD)))
+    print_summary(second)
+    assert {r.spec: r.status for r in second.rows} == {**dict.fromkeys(GOOD, "scanned"), done: "skipped"}
+    assert {s: [r.status for r in rs] for s, rs in rows_by_source(catalog).items()} == dict.fromkeys(GOOD, ["ok"])

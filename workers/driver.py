@@ -113,10 +113,11 @@ class _Slot:
     job: _Job | None = None
 
 
-def ray_remote(cls: type) -> Any:
+def ray_remote(stage: Any) -> Any:
+    """The Ray form of a stage. Scan actors are never restarted by Ray: the driver replaces them."""
     import ray
 
-    return ray.remote(max_restarts=0, max_task_retries=0)(cls)
+    return ray.remote(max_restarts=0, max_task_retries=0)(stage) if isinstance(stage, type) else ray.remote(stage)
 
 
 def start_ray(address: str | None = None, **init: Any) -> None:
@@ -153,6 +154,7 @@ class Survey:
         self.catalog, self.options = catalog, options
         self.settings = settings or SurveySettings()
         self.worker_class = ray_remote(scanner)
+        self.fetch_task = ray_remote(fetch)
         self.on_update = on_update or (lambda _counts: None)
         self.config, self.config_hash = options.to_config(), options.config_hash()
 
@@ -209,14 +211,13 @@ class Survey:
 
     def _feed(self) -> None:
         """Start downloads on each worker's node, up to `prefetch` models ahead of its scan."""
-        import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         for slot in sorted(self.slots, key=lambda s: len(s.ready) + s.fetching + (s.job is not None)):
             while slot.node and self.pending and len(slot.ready) + slot.fetching + (slot.job is not None) <= self.settings.prefetch:
                 candidate = self.pending.popleft()
                 place = NodeAffinitySchedulingStrategy(slot.node, soft=True)  # soft: the node may die
-                task = ray.remote(fetch).options(num_cpus=0, scheduling_strategy=place, max_retries=self.settings.retries)
+                task = self.fetch_task.options(num_cpus=0, scheduling_strategy=place, max_retries=self.settings.retries)
                 self.inflight[task.remote(candidate.spec, self.settings.allow_pickle)] = ("fetch", slot, candidate)
                 slot.fetching += 1
 
