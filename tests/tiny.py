@@ -8,10 +8,10 @@ here plants exactly that chain in a randomly initialised (seeded) model from a t
 1. the token embedding gets a large component `SOURCE` in a residual dimension `source`
    (only for [BOS], the first token, as in real models; or for every token, see `effect`);
 2. the chosen layer's MLP reads it: the up (and gate) rows of input channel `col` get weight
-   `READ` on `source`, so after the pre-MLP norm x[col] becomes ~80-125;
-3. the down projection's W[row, col] = `VALUE` (-8) turns that into y[row] ~ -600 to -1000,
-   against ~0.1-0.5 in the other layers (see `ACTIVITY`). For Mixtral the chain is planted in
-   one expert and the router is set to send the tokens carrying `source` there.
+   `READ` on `source` (and nothing else), so after the pre-MLP norm x[col] becomes ~50-70;
+3. the down projection's W[row, col] = `VALUE` (-8) turns that into y[row] ~ -430 to -560,
+   against ~0.1-0.6 in the other layers (see `ACTIVITY`, `SINK`). For Mixtral the chain is
+   planted in one expert and the router is set to send the tokens carrying `source` there.
 
 What zeroing the weight does downstream (for the causal checks of issue 3):
 
@@ -23,9 +23,9 @@ What zeroing the weight does downstream (for the causal checks of issue 3):
   state is dominated by `source`, which the lm_head ignores, and the logits are near uniform:
   perplexity on the Zipf text goes from exp(entropy) (~29) to ~vocab size (~250), a ratio ~8.
 - `effect=False`: the spike is at token 0 only and the lm_head column `row` is zero: zeroing
-  the weight changes the perplexity by 1-4%.
-- `inert=True` adds a second, weaker spike (~ -80) at token 0 in layer 0, in a row the lm_head
-  ignores: a candidate that a causal check must not confirm (zeroing it: ratio ~1.000).
+  the weight changes the perplexity by well under 1%.
+- `inert=True` adds a second, weaker spike (~ -50 to -90) at token 0 in layer 0, in a row the
+  lm_head ignores: a candidate that a causal check must not confirm (zeroing it: ratio ~1.000).
 - `masked=True` adds a super weight in layer 2 whose gate (GPT-2, NeoX: up) row also reads
   `row`, against its sign: while the first super activation is there, that MLP channel is shut;
   zeroing the first one exposes the second spike (the paper's iteration: `iteration` 2).
@@ -61,15 +61,16 @@ POSITIONS = 2048
 
 # Random init (std 0.02) leaves MLP inputs at ~0.01, far quieter than a trained model's ~1; then
 # every weight on the spike's input channel would spike too. Scaling the MLP input weights by
-# ACTIVITY gives x ~ 1 at ordinary channels, x[col] ~ 50 at the planted one, y[row] ~ 400, and
-# ordinary outputs ~ 1: the planted layer is ~500x the median layer (SmolLM2: ~800x).
+# ACTIVITY gives x ~ 1 at ordinary channels, x[col] ~ 50-70 at the planted one, y[row] ~ 500 and
+# ordinary outputs ~ 0.1-0.6: the planted layer is ~1000x the median layer (SmolLM2: ~700x),
+# while W[r, col] * x[col] of an ordinary weight stays under the spike rule's 50x.
 ACTIVITY = 6.0
 SOURCE = 100.0  # residual component in the embedding
 READ = {"gated": 1.4, "linear": 10.0}  # up/gate weight on the source dimension: x[col] ~ 50
 MASK = 4.0  # times READ: how strongly a masked plant's gate reads (against) the first super activation
 ROUTE = 4.0  # router weight on the source dimension (Mixtral): the expert gets ~all the weight
 VALUE = -8.0  # the planted W[row, col]
-INERT_VALUE = -2.0  # a weaker spike (~100) that must not mask the super weight's source
+INERT_VALUE = -2.0  # a weaker spike (~ -50 to -90) that must not mask the super weight's source
 SUPER, MASKED, INERT = (1, 17, 23), (2, 33, 71), (0, 45, 101)  # (layer, row, col) of each plant
 SOURCES = {"super": 5, "masked": 9, "inert": 13}  # residual dimension each plant's MLP reads
 SINK = 3  # residual dimension every token carries at SOURCE (see `_add_sink`)
@@ -107,7 +108,6 @@ class Kind:
 
     config: Callable[[int], object]  # num_layers -> transformers config
     embed: str
-    final_norm: str
     lm_head: str
     block: str
     reads: Callable[[str, int, int | slice, int | None], list[tuple[str, tuple]]]  # MLP input weights
@@ -166,22 +166,22 @@ def _common() -> dict:
 
 KIND: dict[str, Kind] = {
     "llama": Kind(
-        _llama_config, "model.embed_tokens.weight", "model.norm", "lm_head.weight", "model.layers.{}", _gated_reads,
+        _llama_config, "model.embed_tokens.weight", "lm_head.weight", "model.layers.{}", _gated_reads,
         lambda p, row, col, e: (f"{p}.mlp.down_proj.weight", (row, col)), "gated", ("gate_proj.weight", "up_proj.weight"),
     ),
     "gpt2": Kind(
-        _gpt2_config, "transformer.wte.weight", "transformer.ln_f", "lm_head.weight", "transformer.h.{}",
+        _gpt2_config, "transformer.wte.weight", "lm_head.weight", "transformer.h.{}",
         # Conv1D stores [in, out]: c_fc is (hidden, intermediate), c_proj (intermediate, hidden)
         lambda p, col, dim, e: [(f"{p}.mlp.c_fc.weight", (dim, col))],
         lambda p, row, col, e: (f"{p}.mlp.c_proj.weight", (col, row)), "linear", ("mlp.c_fc.weight",),
     ),
     "gpt_neox": Kind(
-        _neox_config, "gpt_neox.embed_in.weight", "gpt_neox.final_layer_norm", "lm_head.weight", "gpt_neox.layers.{}",
+        _neox_config, "gpt_neox.embed_in.weight", "lm_head.weight", "gpt_neox.layers.{}",
         lambda p, col, dim, e: [(f"{p}.mlp.dense_h_to_4h.weight", (col, dim))],
         lambda p, row, col, e: (f"{p}.mlp.dense_4h_to_h.weight", (row, col)), "linear", ("dense_h_to_4h.weight",),
     ),
     "mixtral": Kind(
-        _mixtral_config, "model.embed_tokens.weight", "model.norm", "lm_head.weight", "model.layers.{}", _expert_reads,
+        _mixtral_config, "model.embed_tokens.weight", "lm_head.weight", "model.layers.{}", _expert_reads,
         lambda p, row, col, e: (f"{p}.mlp.experts.down_proj", (e, row, col)), "gated", ("gate_up_proj",),
         router="mlp.gate.weight",
     ),
@@ -237,7 +237,7 @@ def build_tiny(
         extra["masked"] = _plant(spec, state, MASKED, "masked", expert["masked"], every_token=False, value=VALUE, mask=main.row)
     if inert:
         extra["inert"] = _plant(spec, state, INERT, "inert", expert["inert"], every_token=False, value=INERT_VALUE)
-    _set_lm_head(spec, model, state, main.row, effect)
+    _set_lm_head(spec, state, main.row, effect)
     model.save_pretrained(path)
     build_tokenizer().save_pretrained(path)
     return Planted(**vars(main), kind=kind, path=path, effect=effect, **extra)
@@ -287,7 +287,7 @@ def _plant(
     return Plant(layer, param, expert, row, col, index, value, None if every_token else 0)
 
 
-def _set_lm_head(spec: Kind, model, state: dict, row: int, effect: bool) -> None:
+def _set_lm_head(spec: Kind, state: dict, row: int, effect: bool) -> None:
     """lm_head column `row`: the log unigram distribution when it must matter, else zero."""
     with torch.no_grad():
         head = state[spec.lm_head]  # (vocab, hidden)
