@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import sys
 from typing import Any
@@ -13,8 +12,7 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from catalog.detection import SpikeRule
-from catalog.scan import DEFAULT_PROMPT, ScanOptions
+from catalog.cli import options_from, scan_config_options
 from workers.discovery import SORTS, Candidate, HubQuery, discover, from_specs
 from workers.driver import Counts, Survey, SurveySettings, SurveySummary, start_ray
 
@@ -38,6 +36,7 @@ console = Console(stderr=True)
 @click.option("--timeout", type=float, default=3600, show_default=True, help="Seconds per scan, then its worker is killed and the model fails (0: none).")
 @click.option("--skip-failed", is_flag=True, help="Also skip models whose scan at this revision and config failed before.")
 @click.option("--db", "db_url", metavar="URL", help="Catalog URL [default: $SUPERWEIGHTS_DB, else the SQLite file in SUPERWEIGHTS_HOME].")
+@scan_config_options
 def survey(models: tuple[str, ...], query: str | None, author: str | None, task: str, library: str, sort: str, limit: int,
            ray_address: str | None, gpus_per_scan: float, cpus_per_scan: float, workers: int | None, prefetch: int,
            retries: int, timeout: float | None, skip_failed: bool, db_url: str | None, **scan: Any) -> None:
@@ -48,7 +47,7 @@ def survey(models: tuple[str, ...], query: str | None, author: str | None, task:
     """
     from db.repository import Catalog
 
-    options = scan_options(scan)
+    options = options_from(scan)
     catalog = Catalog(db_url)
     candidates = from_specs(list(models))
     if query is not None or author:
@@ -113,23 +112,5 @@ class _logging_to:
         self.logger.removeHandler(self.handler)
 
 
-# Options shared with `scan`: copied from that command, so both always offer the same ones.
-RULE = {"spike_ratio": "ratio", "spike_min": "min_abs"}
-
-
-def scan_options(params: dict[str, Any]) -> ScanOptions:
-    """ScanOptions from the `scan` options this command copied (see `register`)."""
-    names = {f.name for f in dataclasses.fields(ScanOptions)}
-    values = {k: v for k, v in params.items() if k in names}
-    values["prompts"] = list(values.get("prompts") or [DEFAULT_PROMPT])
-    rule = {RULE[k]: v for k, v in params.items() if k in RULE}
-    return ScanOptions(**values, rule=SpikeRule(**rule))
-
-
 def register(cli: click.Group) -> None:
-    """Add `survey`, with every option of `scan` that sets a `ScanOptions` field or the spike rule."""
-    names = {f.name for f in dataclasses.fields(ScanOptions)} | set(RULE)
-    scan = cli.commands["scan"]
-    survey.params.extend(p for p in scan.params if isinstance(p, click.Option) and p.name in names
-                         and p.name not in {q.name for q in survey.params})
     cli.add_command(survey)
