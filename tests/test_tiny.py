@@ -15,7 +15,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 @pytest.fixture(scope="module")
 def zipf_text(tmp_path_factory) -> str:
-    return write_zipf_text(tmp_path_factory.mktemp("text") / "zipf.txt", words=1500).read_text()
+    return write_zipf_text(tmp_path_factory.mktemp("text") / "zipf.txt", words=600).read_text()
 
 
 def ppl_ratio(planted: Planted, plant: Plant, text: str) -> float:
