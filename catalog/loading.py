@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 import re
 import time
 from collections.abc import Iterator
@@ -104,10 +105,16 @@ def _as_invalid(source: ResolvedSource) -> Iterator[None]:
     except SuperweightsError:
         raise
     except Exception as exc:  # transformers, safetensors and gguf raise many types for bad files
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise InvalidSourceError(
-            source.spec, f"cannot load the checkpoint ({first[:200]}); the file may be truncated or corrupt: download it again."
-        ) from exc
+        raise InvalidSourceError(source.spec, _problem(exc)) from exc
+
+
+def _problem(exc: Exception) -> str:
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    if isinstance(exc, pickle.UnpicklingError) and first.startswith("Weights only load failed"):
+        # torch's own advice here is to retry with weights_only=False: the one thing not to do
+        return ("its pickle weights hold objects other than tensors, which can run code when loaded; "
+                "weights_only=True refused them. Use safetensors weights from a source you trust.")
+    return f"cannot load the checkpoint ({first[:200]}); the file may be truncated or corrupt: download it again."
 
 
 def card_metadata(path) -> dict:

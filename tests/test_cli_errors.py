@@ -122,7 +122,7 @@ def inputs(tiny, smollm2_gguf, tmp_path_factory) -> dict[str, Bad]:
         "cut_gguf": Bad([str(truncated(smollm2_gguf, root / "cut.gguf", 3 * 2**20))], ("cut.gguf", "truncated or corrupt", "download it again")),
         "cut_safetensors": Bad([str(cut)], (str(cut), "truncated or corrupt", "download it again")),
         "pickle_refused": Bad([str(pickle_only(tiny, root / "pickle"))], ("pickle", "--allow-pickle", "convert to safetensors")),
-        "pickle_unsafe": Bad(["--allow-pickle", str(evil)], (str(evil), "cannot load the checkpoint")),
+        "pickle_unsafe": Bad(["--allow-pickle", str(evil)], (str(evil), "objects other than tensors", "weights_only=True refused")),
         "remote_code": Bad([str(remote_code(tiny, root / "custom"))], ("custom", "needs remote code", "--trust-remote-code")),
         "remote_code_trusted": Bad(["--trust-remote-code", str(remote_code(tiny, root / "trusted"))], ("unsupported architecture 'tiny_custom'",)),
         "empty_prompt": Bad(["--prompt", "ok", "--prompt", "", str(llama)], ("--prompt", "empty prompt")),
@@ -132,7 +132,7 @@ def inputs(tiny, smollm2_gguf, tmp_path_factory) -> dict[str, Bad]:
 
 
 @pytest.fixture(scope="module")
-def runs(inputs, tiny, tmp_path_factory) -> tuple[dict[str, subprocess.CompletedProcess], Path]:
+def runs(inputs, tmp_path_factory) -> tuple[dict[str, subprocess.CompletedProcess], Path]:
     """Every bad input, plus the pickle checkpoint with --allow-pickle, which must load."""
     out = tmp_path_factory.mktemp("out")
     commands = {name: [*SCAN, *bad.args, "--json", str(out / f"{name}.json")] for name, bad in inputs.items()}
