@@ -21,6 +21,7 @@ class Adapter:
     model_types: tuple[str, ...]
     blocks: str  # dotted path from the model to its list of transformer blocks
     down: tuple[str, ...]  # dotted paths, inside a block, of each down projection (MoE: experts)
+    dense: tuple[str, ...] = ()  # MoE: the same for a block without experts (`mlp_only_layers`)
 
 
 ADAPTERS: tuple[Adapter, ...] = (
@@ -40,8 +41,8 @@ ADAPTERS: tuple[Adapter, ...] = (
     Adapter("OPT", ("opt",), "model.decoder.layers", ("fc2",)),
     Adapter("BLOOM", ("bloom",), "transformer.h", ("mlp.dense_4h_to_h",)),
     Adapter("Mixtral", ("mixtral",), "model.layers", ("mlp.experts",)),
-    Adapter("Qwen-MoE", ("qwen2_moe",), "model.layers", ("mlp.experts", "mlp.shared_expert.down_proj")),
-    Adapter("Qwen3-MoE", ("qwen3_moe",), "model.layers", ("mlp.experts",)),
+    Adapter("Qwen-MoE", ("qwen2_moe",), "model.layers", ("mlp.experts", "mlp.shared_expert.down_proj"), ("mlp.down_proj",)),
+    Adapter("Qwen3-MoE", ("qwen3_moe",), "model.layers", ("mlp.experts",), ("mlp.down_proj",)),
 )
 
 
@@ -88,11 +89,22 @@ def down_projections(model: nn.Module, adapter: Adapter, hidden_size: int) -> li
     blocks = model.get_submodule(adapter.blocks)
     found = []
     for layer, block in enumerate(blocks):
-        for path in adapter.down:
+        for path in _paths(block, adapter):
             module = block.get_submodule(path)
             param = f"{adapter.blocks}.{layer}.{path}" + (".down_proj" if path.endswith("experts") else ".weight")
             found.append(_describe(layer, param, module, hidden_size))
     return found
+
+
+def _paths(block: nn.Module, adapter: Adapter) -> tuple[str, ...]:
+    """The block's down projections: MoE models may keep some layers dense."""
+    try:
+        block.get_submodule(adapter.down[0])
+    except AttributeError:
+        if adapter.dense:
+            return adapter.dense
+        raise
+    return adapter.down
 
 
 def _describe(layer: int, param: str, module: nn.Module, hidden_size: int) -> DownProjection:

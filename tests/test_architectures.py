@@ -33,15 +33,21 @@ CONFIGS = {
     "qwen2_moe": dict(MOE, shared_expert_intermediate_size=112, mlp_only_layers=[]),
     "qwen3_moe": dict(MOE, mlp_only_layers=[]),
 }
-SITES_PER_LAYER = {"qwen2_moe": 2}
+SITES_PER_LAYER = {"qwen2_moe": [2, 2]}
 MODEL_TYPES = [t for adapter in ADAPTERS for t in adapter.model_types]
+# MoE models whose first layer is dense (`mlp_only_layers`), as some Qwen-MoE checkpoints are
+MIXED = {
+    "qwen2_moe-dense-0": ("qwen2_moe", dict(mlp_only_layers=[0]), [1, 2]),
+    "qwen3_moe-dense-0": ("qwen3_moe", dict(mlp_only_layers=[0]), [1, 1]),
+}
+CASES = {t: (t, {}, SITES_PER_LAYER.get(t, [1] * LAYERS)) for t in MODEL_TYPES} | MIXED
 
 
-def tiny_model(model_type: str) -> torch.nn.Module:
+def tiny_model(model_type: str, **overrides) -> torch.nn.Module:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     torch.manual_seed(0)
-    sizes = {k: v for k, v in {**COMMON, **CONFIGS.get(model_type, {})}.items() if v is not None}
+    sizes = {k: v for k, v in {**COMMON, **CONFIGS.get(model_type, {}), **overrides}.items() if v is not None}
     config = AutoConfig.for_model(model_type, **sizes)
     return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
 
@@ -53,13 +59,13 @@ def test_the_registry_covers_the_issue_s_architectures():
     assert len(MODEL_TYPES) == len(set(MODEL_TYPES))  # each model type registered once
 
 
-@pytest.mark.parametrize("model_type", MODEL_TYPES)
-def test_adapter_finds_down_projections_and_their_layout(model_type):
-    model = tiny_model(model_type)
+@pytest.mark.parametrize("case", CASES)
+def test_adapter_finds_down_projections_and_their_layout(case):
+    model_type, overrides, per_layer = CASES[case]
+    model = tiny_model(model_type, **overrides)
     adapter = adapter_for(model_type, "test")
     sites = down_projections(model, adapter, HIDDEN)
-    per_layer = SITES_PER_LAYER.get(model_type, 1)
-    assert [site.layer for site in sites] == [layer for layer in range(LAYERS) for _ in range(per_layer)]
+    assert [site.layer for site in sites] == [layer for layer, n in enumerate(per_layer) for _ in range(n)]
     params = dict(model.named_parameters())
     assert all(params[site.param] is site.weight for site in sites)  # `param` is the state-dict name
 
