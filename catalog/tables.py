@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from rich.markup import escape
 from rich.table import Table
 
 from catalog.result import ScanResult
 
 
 def layers_table(result: ScanResult) -> Table:
-    table = Table(title=f"Down-projection activations: {result.model.source}")
+    table = Table(title=escape(f"Down-projection activations: {result.model.source}"))
     for name in ("layer", "max |in|", "in ch", "max |out|", "out ch", "token", "spike"):
         table.add_column(name, justify="right")
     for row in result.layers:
@@ -23,11 +24,11 @@ def layers_table(result: ScanResult) -> Table:
 def super_weights_table(result: ScanResult) -> Table:
     table = Table(title=f"Super weights ({len(result.super_weights)} found, {len(result.confirmed)} confirmed)")
     for name in ("layer", "param", "expert", "[row, col]", "tensor index", "value", "x[col]", "y[row]", "share", "iter", "verdict", "ppl ×"):
-        table.add_column(name, justify="left" if name in ("param", "verdict") else "right")
+        table.add_column(escape(name), justify="left" if name in ("param", "verdict") else "right")
     for w in result.super_weights:
         table.add_row(
-            str(w.layer), w.param, "" if w.expert is None else str(w.expert), f"[{w.row}, {w.col}]",
-            str(w.tensor_index), f"{w.value:.4g}", f"{w.input_activation:.4g}", f"{w.output_activation:.4g}",
+            str(w.layer), escape(w.param), "" if w.expert is None else str(w.expert), escape(f"[{w.row}, {w.col}]"),
+            escape(str(w.tensor_index)), f"{w.value:.4g}", f"{w.input_activation:.4g}", f"{w.output_activation:.4g}",
             f"{w.share:.2f}", str(w.iteration), w.verdict, "" if w.ppl_ratio is None else f"{w.ppl_ratio:.3g}",
             style="bold green" if w.verdict == "confirmed" else None,
         )
@@ -39,5 +40,5 @@ def ablations_table(result: ScanResult) -> Table:
     for name in ("condition", "ppl", "× baseline", "tokens", "detail"):
         table.add_column(name, justify="left" if name in ("condition", "detail") else "right")
     for a in result.ablations:
-        table.add_row(a.name, f"{a.ppl:.4g}", "" if a.ratio is None else f"{a.ratio:.3g}", str(a.tokens), a.detail)
+        table.add_row(escape(a.name), f"{a.ppl:.4g}", "" if a.ratio is None else f"{a.ratio:.3g}", str(a.tokens), escape(a.detail))
     return table

@@ -79,7 +79,6 @@ def test_the_printed_tables_mark_the_spikes_and_the_super_weight(scanned):
     assert re.search(r"│\s+11\s+│", row) and "[507, 1229]" in row and "candidate" in row
 
 
-@pytest.mark.xfail(strict=True, reason="catalog/tables.py: rich reads '[row, col]', 'x[col]', 'y[row]' headers as markup")
 def test_the_super_weights_table_headers_name_the_paper_s_coordinates(scanned):
     _, printed = scanned
     assert "[row, col]" in printed and "x[col]" in printed and "y[row]" in printed
