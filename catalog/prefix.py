@@ -1,0 +1,105 @@
+"""Shared layer prefix: evaluate a condition from its first modified layer on.
+
+Zeroing a scalar of layer L's down projection changes nothing before block L, so the hidden
+states entering block L are the baseline's. During the baseline pass the output of block L-1 is
+recorded for every window; a condition whose changes start at block L then runs with blocks
+0..L-1 short-circuited: blocks below L-1 pass their input through, block L-1 returns the recorded
+output. Everything else (embeddings, masks, rotary embeddings, the blocks from L on, the final
+norm, the head) is the model's own code, called as in a plain forward, so the result is the plain
+evaluation's up to floating-point rounding.
+
+This holds where a model calls its blocks once each, in order, each returning the hidden-state
+tensor fed to the next (transformers' decoder models). Anything else (a block that returns a
+tuple, blocks not in an `nn.ModuleList`) makes `PrefixCache.build` return None: plain evaluation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from catalog.architectures import DownProjection
+
+
+def blocks_of(model: nn.Module, sites: list[DownProjection]) -> nn.ModuleList | None:
+    """The model's list of blocks, found from the sites' state-dict names ("<blocks>.<layer>.<path>")."""
+    site = sites[0]
+    marker = f".{site.layer}."
+    if marker not in site.param:
+        return None
+    try:
+        blocks = model.get_submodule(site.param[: site.param.index(marker)])
+    except AttributeError:
+        return None
+    if not isinstance(blocks, nn.ModuleList) or not any(m is site.module for m in blocks[site.layer].modules()):
+        return None
+    return blocks
+
+
+class PrefixCache:
+    """Records the outputs of the blocks just before each condition's first layer; replays them."""
+
+    def __init__(self, blocks: nn.ModuleList, first_layers: set[int]) -> None:
+        self.blocks = blocks
+        self.layers = sorted(layer for layer in first_layers if 0 < layer < len(blocks))
+        self.outputs: dict[int, list[torch.Tensor]] = {layer: [] for layer in self.layers}  # batches, (b, seq, hidden)
+        self.supported = True
+
+    @classmethod
+    def build(cls, model: nn.Module, sites: list[DownProjection], first_layers: set[int]) -> PrefixCache | None:
+        blocks = blocks_of(model, sites) if sites else None
+        return cls(blocks, first_layers) if blocks is not None else None
+
+    @contextlib.contextmanager
+    def record(self) -> Iterator[None]:
+        """Keep block L-1's output, per batch, for every shared first layer L."""
+        def make(layer: int):
+            def hook(module, args, output):
+                if isinstance(output, torch.Tensor):
+                    self.outputs[layer].append(output.detach())
+                else:
+                    self.supported = False
+            return hook
+        handles = [self.blocks[layer - 1].register_forward_hook(make(layer)) for layer in self.layers]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def start(self, first_layer: int) -> int:
+        """The block evaluation will actually start at for a condition first modifying `first_layer`."""
+        return first_layer if self.supported and first_layer in self.outputs and self.outputs[first_layer] else 0
+
+    @contextlib.contextmanager
+    def skipping(self, first_layer: int) -> Iterator[None]:
+        """Short-circuit blocks < first_layer with the recorded outputs (windows replayed in order)."""
+        start = self.start(first_layer)
+        if start == 0:
+            yield
+            return
+        recorded = torch.cat(self.outputs[start])  # (windows, seq, hidden)
+        cursor = 0
+
+        def passthrough(hidden_states, *args, **kwargs):
+            return hidden_states
+
+        def replay(hidden_states, *args, **kwargs):
+            nonlocal cursor
+            n = hidden_states.shape[0]
+            cursor += n
+            return recorded[cursor - n: cursor]
+
+        patched = []
+        try:
+            for i in range(start):
+                block = self.blocks[i]
+                block.forward = replay if i == start - 1 else passthrough
+                patched.append(block)
+            yield
+        finally:
+            for block in patched:
+                del block.forward  # the instance attribute; the class's forward shows again

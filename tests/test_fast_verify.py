@@ -1,0 +1,130 @@
+"""The faster verification paths (issue 7) against plain per-condition evaluation.
+
+Prefix sharing must give the plain perplexities up to floating-point rounding, on every tiny
+architecture of the registry and on the real SmolLM2; early stopping must keep each verdict and
+report an interval that holds the plain ratio.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from catalog.architectures import down_projections
+from catalog.causal import VerifyOptions, Verification, verify, zeroed_together
+from catalog.detection import SpikeRule, detect
+from catalog.evaltext import load_eval_text
+from catalog.loading import LoadedModel, load
+from catalog.perplexity import paired_interval
+from catalog.scan import DEFAULT_PROMPT
+from catalog.sources import resolve
+from tiny import KINDS, write_zipf_text
+
+PLAIN = VerifyOptions(share_prefix=False)
+
+
+@dataclasses.dataclass
+class Setup:
+    loaded: LoadedModel
+    sites: list
+    weights: list
+    windows: torch.Tensor
+
+    def verify(self, options: VerifyOptions) -> Verification:
+        return verify(self.loaded.model, self.windows, self.sites, [dataclasses.replace(w) for w in self.weights], options)
+
+
+def setup(spec: str, text_path, tokens: int, seq_len: int, iterations: int = 3) -> Setup:
+    loaded = load(resolve(spec), device="cpu", dtype="float32")
+    sites = down_projections(loaded.model, loaded.adapter, loaded.info.hidden_size)
+    ids = loaded.tokenizer(DEFAULT_PROMPT, return_tensors="pt").input_ids
+    found = detect(loaded.model, [ids], sites, SpikeRule(), iterations)
+    windows = load_eval_text(text_path).windows(loaded.tokenizer, tokens, seq_len)
+    return Setup(loaded, sites, found.super_weights, windows)
+
+
+def assert_same_rows(fast: Verification, plain: Verification, rel: float) -> None:
+    assert [r.name for r in fast.ablations] == [r.name for r in plain.ablations]
+    for f, p in zip(fast.ablations, plain.ablations):
+        assert f.tokens == p.tokens, f.name
+        assert f.ppl == pytest.approx(p.ppl, rel=rel), f.name
+        assert f.ratio == pytest.approx(p.ratio, rel=rel), f.name
+    assert [w.verdict for w in fast.super_weights] == [w.verdict for w in plain.super_weights]
+
+
+def assert_intervals_hold(fast: Verification, plain: Verification) -> None:
+    """Every early-stopped row's interval holds the plain ratio; rows that ran to the end match it."""
+    plain_ratio = {r.name: r.ratio for r in plain.ablations}
+    for name, iv in fast.summary["intervals"].items():
+        if iv["stopped_early"]:
+            assert iv["ratio_low"] <= plain_ratio[name] <= iv["ratio_high"], (name, iv, plain_ratio[name])
+        else:
+            assert iv["ratio"] == pytest.approx(plain_ratio[name], rel=1e-4), name
+
+
+@pytest.fixture(scope="module")
+def zipf(tmp_path_factory):
+    return write_zipf_text(tmp_path_factory.mktemp("text") / "zipf.txt", words=2200)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_prefix_sharing_matches_plain_on_tiny_models(tiny, zipf, kind):
+    planted = tiny(kind, effect=True, inert=True)
+    s = setup(str(planted.path), zipf, tokens=1024, seq_len=128)
+    assert len(s.weights) >= 2
+    shared, plain = s.verify(VerifyOptions()), s.verify(PLAIN)
+    assert_same_rows(shared, plain, rel=1e-5)
+    starts = {name: iv["start_layer"] for name, iv in shared.summary["intervals"].items()}
+    assert starts[f"zero L{planted.layer}" + (f" expert {planted.expert}" if planted.expert is not None else "")
+                  + f" [{planted.row}, {planted.col}]"] == planted.layer > 0  # the prefix was really skipped
+
+
+def test_early_stop_keeps_verdicts_and_intervals_on_tiny_llama(tiny, zipf):
+    s = setup(str(tiny("llama", effect=True, inert=True).path), zipf, tokens=2048, seq_len=128)
+    plain, fast = s.verify(PLAIN), s.verify(VerifyOptions(early_stop=True))
+    assert [w.verdict for w in fast.super_weights] == [w.verdict for w in plain.super_weights] == ["candidate", "confirmed"]
+    assert_intervals_hold(fast, plain)
+    assert any(iv["stopped_early"] for iv in fast.summary["intervals"].values())
+    assert sum(r.tokens for r in fast.ablations) < sum(r.tokens for r in plain.ablations)
+
+
+def test_early_stop_is_recorded_in_config_only_when_on():
+    assert "early_stop" not in VerifyOptions().to_config()
+    assert "share_prefix" not in VerifyOptions().to_config()
+    assert VerifyOptions(early_stop=True).to_config()["early_stop"] is True
+
+
+def test_zeroed_together_zeroes_repeats_and_restores_exactly():
+    a, b = torch.randn(6, 5), torch.randn(2, 3, 4)
+    before = a.clone(), b.clone()
+    entries = [(a, (1, 2)), (b, (1, 2, 3)), (a, (1, 2)), (a, (5, 0))]
+    with zeroed_together(entries):
+        assert a[1, 2] == a[5, 0] == b[1, 2, 3] == 0
+        assert torch.count_nonzero(a == 0) + torch.count_nonzero(b == 0) == 3
+    assert torch.equal(a, before[0]) and torch.equal(b, before[1])
+
+
+def test_paired_interval_is_the_ppl_ratio():
+    base, cond = [2.0, 2.5, 3.0], [2.1, 2.4, 3.5]
+    iv = paired_interval(cond, base)
+    ppl = lambda nll: math.exp(sum(nll) / len(nll))  # noqa: E731
+    assert iv.ratio == pytest.approx(ppl(cond) / ppl(base))
+    assert iv.low < iv.ratio < iv.high and iv.windows == 3
+
+
+@pytest.mark.integration
+def test_fast_paths_on_smollm2(smollm2_gguf, eval_text):
+    """Layer 11 W[507, 1229] is confirmed whichever path runs; prefix sharing gives the plain figures
+    (its late candidates of layers 28-29 then run only the last blocks)."""
+    s = setup(str(smollm2_gguf), eval_text, tokens=512, seq_len=64, iterations=1)
+    plain, shared = s.verify(PLAIN), s.verify(VerifyOptions())
+    early = s.verify(VerifyOptions(early_stop=True))
+    assert_same_rows(shared, plain, rel=1e-4)
+    assert_intervals_hold(early, plain)
+    for result in (plain, shared, early):
+        confirmed = {(w.layer, w.row, w.col) for w in result.super_weights if w.verdict == "confirmed"}
+        assert (11, 507, 1229) in confirmed
+    assert [w.verdict for w in early.super_weights] == [w.verdict for w in plain.super_weights]
