@@ -70,6 +70,7 @@ def scan_config_options(command):
         click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random control."),
         click.option("--quant-check", is_flag=True, help="Also measure int8/int4 round-to-nearest quantization of the down projections."),
         click.option("--quant-block", type=int, default=VerifyOptions.quant_block, show_default=True, help="Quantization block size (input channels)."),
+        click.option("--early-stop", is_flag=True, help="Stop each condition once its verdict is settled (95% interval); faster, on fewer tokens."),
         click.option("--trust-remote-code", is_flag=True, help="Allow model code from the repo itself (review it first)."),
         click.option("--allow-pickle", is_flag=True, help="Allow pickle .bin checkpoints (loaded with weights_only=True)."),
     ]
@@ -82,7 +83,7 @@ def options_from(params: dict[str, Any]) -> ScanOptions:
     """Build `ScanOptions` from the parsed values of `scan_config_options`."""
     checks = VerifyOptions(
         confirm_ratio=params["confirm_ratio"], control_max=params["control_max"], seed=params["seed"],
-        quant_check=params["quant_check"], quant_block=params["quant_block"],
+        quant_check=params["quant_check"], quant_block=params["quant_block"], early_stop=params["early_stop"],
     )
     return ScanOptions(
         device=params["device"], dtype=params["dtype"], prompts=list(params["prompts"]) or [DEFAULT_PROMPT],
