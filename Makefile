@@ -49,5 +49,11 @@ demo: $(STAMP) fixtures
 test: $(STAMP) fixtures
 	tests/isolated.sh $(BIN)/python -m pytest -q -ra
 
+# Issue 7, CPU part: a small synthetic checkpoint (floor, scan variants, naive) and the real
+# SmolLM2 scan end to end (wall time, peak RSS, phases); JSON into benchmarks/results/. The GPU
+# part runs through the device tool: benchmarks/README.md gives the command.
+bench: $(STAMP) fixtures
+	$(BIN)/python benchmarks/bench.py --sizes small --device cpu --smollm2
+
 clean:
 	rm -rf out .pytest_cache

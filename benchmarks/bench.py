@@ -1,0 +1,263 @@
+"""Scan cost against the cost of reading the weights once (issue 7).
+
+For each synthetic checkpoint (`benchmarks/synth.py`), in one process, page cache warm:
+- floor: `safetensors.torch.load_file(shard, device=...)` for every shard in turn, no model code;
+- scan: the product's `scan_source` (load once, detection with iterations, every verification
+  condition over `--eval-tokens` tokens), in three variants: `plain` (every condition over the
+  whole model), `prefix` (the default: shared layer prefix) and `early` (prefix plus early stopping);
+- naive: the paper scripts' recipe, a fresh load and one evaluation per condition.
+Prints the ratios and per-phase times and appends one JSON row per checkpoint to `--results`.
+
+    python benchmarks/bench.py --sizes small --device cpu            # make bench (with --smollm2)
+    python benchmarks/bench.py --sizes 1b 7b --device cuda --work /tmp/sw-bench   # on the GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import gc
+import json
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # synth, run as a script
+
+import synth  # noqa: E402
+from catalog.architectures import down_projections  # noqa: E402
+from catalog.causal import RESTORE_SA, ActivationRecorder, VerifyOptions, conditions  # noqa: E402
+from catalog.evaltext import load_eval_text  # noqa: E402
+from catalog.loading import load  # noqa: E402
+from catalog.perplexity import evaluate, frequent_tokens  # noqa: E402
+from catalog.scan import ScanOptions, scan, scan_source  # noqa: E402
+from catalog.sources import resolve  # noqa: E402
+
+VARIANTS = {
+    "plain": VerifyOptions(share_prefix=False),
+    "prefix": VerifyOptions(),
+    "early": VerifyOptions(early_stop=True),
+}
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def release() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def warm_page_cache(files: list[Path]) -> None:
+    for file in files:
+        with open(file, "rb") as f:
+            while f.read(64 << 20):
+                pass
+
+
+def warm_up(checkpoint: synth.Checkpoint, device: str, seq_len: int) -> None:
+    """A throwaway scan over one window, so that the CUDA context, cuBLAS and the model's kernels
+    start here and not inside the first measured variant (a bare matmul warmed too little: the
+    2026-11-28 run still put ~2 s of start-up into `plain`, which ran first)."""
+    run_scan(checkpoint, device, VerifyOptions(), seq_len, seq_len)
+
+
+def floor(shards: list[Path], device: str, repeats: int = 2) -> float:
+    """Best of `repeats`: every shard read onto the device in turn, nothing else."""
+    from safetensors.torch import load_file
+
+    best = float("inf")
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        for shard in shards:
+            tensors = load_file(shard, device=device)
+            sync(device)
+            del tensors
+        best = min(best, time.perf_counter() - start)
+        release()
+    return best
+
+
+def peak_memory_reset(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_gpu_gb(device: str) -> float | None:
+    return round(torch.cuda.max_memory_allocated() / 1e9, 2) if device.startswith("cuda") else None
+
+
+def run_scan(checkpoint: synth.Checkpoint, device: str, checks: VerifyOptions, tokens: int, seq_len: int) -> dict:
+    options = ScanOptions(device=device, dtype="bfloat16" if device.startswith("cuda") else "float32",
+                          eval_text=checkpoint.eval_text, eval_tokens=tokens, seq_len=seq_len, checks=checks)
+    release()
+    peak_memory_reset(device)
+    start = time.perf_counter()
+    result = scan_source(resolve(str(checkpoint.path)), options)
+    wall = time.perf_counter() - start
+    conditions_run = len(result.ablations)
+    baseline = result.summary["evaluation"]["baseline_seconds"]
+    return {"wall_s": round(wall, 3), "phases": result.timings | {"verify_baseline": baseline}, "peak_gpu_gb": peak_gpu_gb(device),
+            "conditions": conditions_run,
+            "extra_condition_cost": extra_condition_cost(result.timings["verify"], baseline, conditions_run),
+            "verdicts": {f"L{w.layer}[{w.row},{w.col}]": (w.verdict, round(w.ppl_ratio, 4)) for w in result.super_weights},
+            "tokens": sum(a.tokens for a in result.ablations), "result": result}
+
+
+def naive(checkpoint: synth.Checkpoint, device: str, scanned, tokens: int, seq_len: int) -> dict:
+    """A fresh load and one evaluation per condition (+SA also needs its baseline recording)."""
+    source = resolve(str(checkpoint.path))
+    dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    weights = scanned.super_weights
+    n = 1 + len(scanned.ablations[1:])
+    load_s, eval_s, baseline_eval_s = 0.0, 0.0, None
+    start = time.perf_counter()
+    for k in range(n):
+        release()
+        t0 = time.perf_counter()
+        loaded = load(source, device=device, dtype=dtype)
+        load_s += time.perf_counter() - t0
+        windows = load_eval_text(checkpoint.eval_text).windows(loaded.tokenizer, tokens, seq_len)
+        sites = down_projections(loaded.model, loaded.adapter, loaded.info.hidden_size)
+        recorder = ActivationRecorder(sites, weights)
+        plan = conditions(sites, weights, VerifyOptions(), recorder)
+        stop = frequent_tokens(windows)
+        t0 = time.perf_counter()
+        if k == 0:
+            evaluate(loaded.model, windows, stop)
+            baseline_eval_s = time.perf_counter() - t0
+        else:
+            condition = plan[k - 1]
+            if condition.name == RESTORE_SA:
+                with recorder.record():
+                    evaluate(loaded.model, windows, stop)
+            with condition.context():
+                evaluate(loaded.model, windows, stop)
+        eval_s += time.perf_counter() - t0
+        del loaded, sites, recorder, plan
+    return {"naive_s": round(time.perf_counter() - start, 3), "naive_load_s": round(load_s, 3), "naive_eval_s": round(eval_s, 3),
+            "baseline_eval_s": round(baseline_eval_s, 4), "conditions": n}
+
+
+def direct_load(checkpoint: synth.Checkpoint, device: str) -> float:
+    """`from_pretrained` straight onto the device (what an overlapped loader would start from)."""
+    from transformers import AutoModelForCausalLM
+
+    release()
+    start = time.perf_counter()
+    model = AutoModelForCausalLM.from_pretrained(checkpoint.path, dtype=torch.bfloat16 if device.startswith("cuda") else torch.float32,
+                                                 device_map=device)
+    sync(device)
+    seconds = time.perf_counter() - start
+    del model
+    release()
+    return seconds
+
+
+def extra_condition_cost(verify_s: float, baseline_eval_s: float, conditions: int) -> float:
+    """Fraction of one baseline evaluation that each condition beyond the baseline adds to verification
+    (everything in verification but the baseline pass: condition set-up included)."""
+    return round((verify_s - baseline_eval_s) / (conditions - 1) / baseline_eval_s, 3)
+
+
+def environment(device: str) -> dict:
+    import safetensors
+    import transformers
+
+    name = torch.cuda.get_device_name() if device.startswith("cuda") else (platform.processor() or platform.machine())
+    return {"device": name, "torch": torch.__version__, "transformers": transformers.__version__,
+            "safetensors": safetensors.__version__, "python": platform.python_version()}
+
+
+def bench_size(size: str, args) -> dict:
+    checkpoint = synth.build(size, args.work / size, device=args.device if args.device.startswith("cuda") else "cpu")
+    print(f"[{size}] built {checkpoint.bytes / 1e9:.2f} GB in {len(checkpoint.shards)} shards, {checkpoint.build_seconds:.1f} s", flush=True)
+    warm_page_cache(checkpoint.shards)
+    warm_up(checkpoint, args.device, args.seq_len)
+    floor_s = floor(checkpoint.shards, args.device)
+    print(f"[{size}] floor {floor_s:.3f} s", flush=True)
+    scans = {name: run_scan(checkpoint, args.device, checks, args.eval_tokens, args.seq_len) for name, checks in VARIANTS.items()}
+    for name, s in scans.items():
+        print(f"[{size}] scan {name}: {s['wall_s']:.3f} s  phases {s['phases']}  peak {s['peak_gpu_gb']} GB  tokens {s['tokens']}", flush=True)
+    main_scan = scans["prefix"]
+    naive_run = naive(checkpoint, args.device, main_scan["result"], args.eval_tokens, args.seq_len) if args.naive else {}
+    direct_s = direct_load(checkpoint, args.device)
+    row = {
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        **environment(args.device),
+        "model_size": size,
+        "checkpoint": synth.describe(checkpoint),
+        "eval_tokens": args.eval_tokens, "seq_len": args.seq_len, "conditions": main_scan["conditions"],
+        "floor_s": round(floor_s, 3),
+        "scan_s": main_scan["wall_s"],
+        "naive_s": naive_run.get("naive_s"),
+        "scan_over_floor": round(main_scan["wall_s"] / floor_s, 2),
+        "naive_over_scan": round(naive_run["naive_s"] / main_scan["wall_s"], 2) if naive_run else None,
+        "extra_condition_cost": main_scan["extra_condition_cost"],
+        "peak_gpu_gb": main_scan["peak_gpu_gb"],
+        "direct_load_s": round(direct_s, 3),
+        "baseline_eval_s": main_scan["phases"]["verify_baseline"],
+        "naive": naive_run,
+        "variants": {name: {k: v for k, v in s.items() if k != "result"} for name, s in scans.items()},
+        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2),
+    }
+    print_row(row)
+    return row
+
+
+def print_row(row: dict) -> None:
+    print(f"[{row['model_size']}] floor {row['floor_s']} s | scan {row['scan_s']} s | naive {row['naive_s']} s | "
+          f"scan/floor {row['scan_over_floor']} | naive/scan {row['naive_over_scan']} | "
+          f"extra condition {row['extra_condition_cost']} of a baseline eval | peak GPU {row['peak_gpu_gb']} GB | "
+          f"direct load {row['direct_load_s']} s", flush=True)
+    for name, v in row["variants"].items():
+        print(f"    {name:6s} scan {v['wall_s']:8.3f} s  extra/cond {v.get('extra_condition_cost')}  phases {v['phases']}", flush=True)
+
+
+def smollm2(args) -> dict:
+    """The real SmolLM2-135M GGUF scan end to end on this machine: wall time, peak RSS, phases."""
+    from catalog import settings
+
+    gguf = settings.home() / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    rows = {}
+    for name in ("prefix", "early"):
+        start = time.perf_counter()
+        result = scan(str(gguf), ScanOptions(device="cpu", checks=VARIANTS[name]))
+        rows[name] = {"wall_s": round(time.perf_counter() - start, 2), "phases": result.timings,
+                      "confirmed": [f"L{w.layer}[{w.row},{w.col}]" for w in result.confirmed], "tokens": sum(a.tokens for a in result.ablations)}
+        print(f"[smollm2 cpu] {name}: {rows[name]}", flush=True)
+    return {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), **environment("cpu"), "model_size": "smollm2-135m-q4_1",
+            "scans": rows, "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", nargs="+", default=["small"], choices=list(synth.SHAPES))
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/superweights-bench"))
+    parser.add_argument("--results", type=Path, default=Path(__file__).resolve().parent / "results")
+    parser.add_argument("--eval-tokens", type=int, default=4096)
+    parser.add_argument("--seq-len", type=int, default=512)
+    parser.add_argument("--no-naive", dest="naive", action="store_false")
+    parser.add_argument("--smollm2", action="store_true", help="also scan the real SmolLM2 GGUF on the CPU")
+    args = parser.parse_args(argv)
+    rows = [bench_size(size, args) for size in args.sizes]
+    if args.smollm2:
+        rows.append(smollm2(args))
+    args.results.mkdir(parents=True, exist_ok=True)
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
+    out = args.results / f"{stamp}-{args.device.split(':')[0]}-{'-'.join(args.sizes)}.json"
+    out.write_text(json.dumps(rows, indent=1, default=str) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
