@@ -20,7 +20,7 @@ from rich.console import Console
 
 from catalog.causal import VerifyOptions
 from catalog.detection import SpikeRule
-from catalog.errors import SuperweightsError
+from catalog.errors import BadOptionError, SuperweightsError
 from catalog.result import ScanResult
 from catalog.scan import DEFAULT_PROMPT, ScanOptions, scan_source
 from catalog.sources import ResolvedSource, resolve
@@ -103,6 +103,8 @@ def scan(ctx: click.Context, source: str, json_path: Path | None, **params: Any)
     """Scan SOURCE for super weights: a Hub repo id (org/name[@revision]), a checkpoint directory or a .gguf file."""
     options = options_from(params)
     options.validate()
+    if json_path and not json_path.parent.is_dir():
+        raise BadOptionError("--json", f"{json_path.parent} is not a directory; create it or write the JSON elsewhere.")
     resolved = resolve(source, allow_pickle=options.allow_pickle)
     for sink in SCAN_SINKS:
         if message := sink.existing(resolved, options.config_hash(), ctx.params):

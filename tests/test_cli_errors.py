@@ -138,6 +138,7 @@ def runs(inputs, tmp_path_factory) -> tuple[dict[str, subprocess.CompletedProces
     commands = {name: [*SCAN, *bad.args, "--json", str(out / f"{name}.json")] for name, bad in inputs.items()}
     pickle_dir = inputs["pickle_refused"].args[-1]
     commands["pickle_allowed"] = [*SCAN, "--allow-pickle", pickle_dir, "--json", str(out / "pickle_allowed.json")]
+    commands["json_dir_missing"] = [*SCAN, inputs["empty_prompt"].args[-1], "--json", str(out / "no-such-dir" / "scan.json")]
     return run_many(commands, isolated_env(tmp_path_factory.mktemp("env"))), out
 
 
@@ -150,6 +151,12 @@ def test_bad_input_is_one_line_naming_the_input_and_the_fix(inputs, runs, name):
     line = one_line_error(results[name])
     assert all(part in line for part in inputs[name].says), line
     assert not list(out.glob(f"{name}.json*"))  # nothing half-written
+
+
+def test_json_into_a_missing_directory_fails_before_scanning(runs):
+    results, out = runs
+    line = one_line_error(results["json_dir_missing"])
+    assert "--json" in line and str(out / "no-such-dir") in line and "Loading" not in results["json_dir_missing"].stderr
 
 
 def test_pickle_checkpoint_loads_with_allow_pickle(tiny, runs):
