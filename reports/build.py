@@ -24,7 +24,8 @@ from reports.downloads import write_downloads
 from reports.formats import format_number, format_ratio
 from reports.pages import Provenance, family_page, index_page, model_page
 from reports.search import index_script
-from reports.site import ScanRecord, Site, when
+from db.repository import StoredScan
+from reports.site import Site, when
 
 MARKER = ".superweights-report"
 PACKAGE = files("reports")
@@ -42,7 +43,7 @@ class SiteSummary:
     scans: int
 
 
-def build_site(scans: list[ScanRecord], out_dir: Path, now: datetime | None = None) -> SiteSummary:
+def build_site(scans: list[StoredScan], out_dir: Path, now: datetime | None = None) -> SiteSummary:
     """Render every page of the catalog's scans into `out_dir`, replacing a site built there before."""
     out_dir = Path(out_dir)
     check_replaceable(out_dir)

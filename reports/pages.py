@@ -13,7 +13,8 @@ from reports.contexts import (
 )
 from reports.downloads import DOWNLOADS
 from reports.formats import format_number
-from reports.site import ModelEntry, ScanRecord, Site, when
+from db.repository import StoredScan
+from reports.site import ModelEntry, Site, when
 
 RECENT_SCANS = 20
 STRONGEST = 15
@@ -104,7 +105,7 @@ def model_facts(result: ScanResult) -> list[Fact]:
     return [Fact(label, value) for label, value in facts if value]
 
 
-def scan_facts(scan: ScanRecord, result: ScanResult) -> list[Fact]:
+def scan_facts(scan: StoredScan, result: ScanResult) -> list[Fact]:
     timings = ", ".join(f"{k} {v:.1f} s" for k, v in result.timings.items())
     facts = [("Scan id", str(scan.scan_id)), ("Started", when(scan.started_at)), ("Finished", when(scan.finished_at)),
              ("Config hash", scan.config_hash or result.config_hash), ("Timings", timings)]
@@ -136,7 +137,7 @@ def weight_row(site: Site, model: ModelEntry, w: SuperWeight, root: str) -> Weig
     )
 
 
-def scan_row(site: Site, scan: ScanRecord, root: str) -> ScanRow:
+def scan_row(site: Site, scan: StoredScan, root: str) -> ScanRow:
     model = site.model_for(scan) if scan.status == "ok" else None
     target = Link(model.name, model_href(model, root)) if model else None
     found = len(scan.result.super_weights) if scan.result else 0

@@ -13,24 +13,9 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import PurePath
-from typing import Protocol
 
 from catalog.result import ScanResult, SuperWeight
-
-
-class ScanRecord(Protocol):
-    """What the site reads of a stored scan (`db.repository.StoredScan`)."""
-
-    scan_id: int
-    status: str
-    error: str | None
-    started_at: datetime
-    finished_at: datetime
-    config_hash: str
-    source: str
-    repo_id: str | None
-    revision: str | None
-    result: ScanResult | None
+from db.repository import StoredScan
 
 
 @dataclass
@@ -40,8 +25,8 @@ class ModelEntry:
     key: str
     name: str
     slug: str
-    latest: ScanRecord
-    scans: list[ScanRecord]
+    latest: StoredScan
+    scans: list[StoredScan]
 
     @property
     def result(self) -> ScanResult:
@@ -57,13 +42,13 @@ class ModelEntry:
 class Site:
     """Everything the pages are made from, in display order."""
 
-    scans: list[ScanRecord]  # newest first
+    scans: list[StoredScan]  # newest first
     models: list[ModelEntry]  # by name
     family_slugs: dict[str, str] = field(default_factory=dict)
     shared: Counter[tuple[str, int, int, int]] = field(default_factory=Counter)
 
     @classmethod
-    def from_scans(cls, scans: list[ScanRecord]) -> Site:
+    def from_scans(cls, scans: list[StoredScan]) -> Site:
         scans = sorted(scans, key=lambda s: (utc(s.finished_at), s.scan_id), reverse=True)
         models = collect_models(scans)
         families = unique_slugs(sorted({m.family for m in models}))
@@ -79,23 +64,23 @@ class Site:
     def shared_count(self, family: str, weight: SuperWeight) -> int:
         return self.shared[(family, weight.layer, weight.row, weight.col)]
 
-    def model_for(self, scan: ScanRecord) -> ModelEntry | None:
+    def model_for(self, scan: StoredScan) -> ModelEntry | None:
         key = model_key(scan)
         return next((m for m in self.models if m.key == key), None)
 
 
-def model_key(scan: ScanRecord) -> str:
+def model_key(scan: StoredScan) -> str:
     return scan.repo_id or scan.source
 
 
-def display_name(scan: ScanRecord) -> str:
+def display_name(scan: StoredScan) -> str:
     """Repo id, else the last part of the path (a .gguf file or checkpoint directory name)."""
     return scan.repo_id or PurePath(scan.source).name or scan.source
 
 
-def collect_models(scans: list[ScanRecord]) -> list[ModelEntry]:
+def collect_models(scans: list[StoredScan]) -> list[ModelEntry]:
     """One entry per model with a successful scan; `scans` must be newest first."""
-    by_key: dict[str, list[ScanRecord]] = defaultdict(list)
+    by_key: dict[str, list[StoredScan]] = defaultdict(list)
     for scan in scans:
         by_key[model_key(scan)].append(scan)
     entries = []

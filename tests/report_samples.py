@@ -1,32 +1,18 @@
 """Catalog scans for the report tests, built directly from `ScanResult`s (no model, no database).
 
-`StoredScan` mirrors `db.repository.StoredScan`, the report's input; the CLI test uses the
-real catalog.
+They are `db.repository.StoredScan`s, the report's input, as the catalog returns them; the CLI
+test goes through a real catalog.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from catalog.result import CANDIDATE, CONFIRMED, Ablation, LayerStat, ModelInfo, ScanResult, SuperWeight
+from db.repository import StoredScan
 
 HOSTILE = "<script>alert(1)</script>"
 T0 = datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc)
-
-
-@dataclass
-class StoredScan:
-    scan_id: int
-    status: str
-    error: str | None
-    started_at: datetime
-    finished_at: datetime
-    config_hash: str
-    source: str
-    repo_id: str | None
-    revision: str | None
-    result: ScanResult | None
 
 
 def result(repo_id: str, family: str, weights: list[tuple[int, int, int]], *, ablations: bool = True,
