@@ -19,12 +19,12 @@ from pathlib import Path
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
 from catalog.errors import BadOptionError
+from db.repository import StoredScan
 from reports.contexts import Page
 from reports.downloads import write_downloads
 from reports.formats import format_number, format_ratio
 from reports.pages import Provenance, family_page, index_page, model_page
 from reports.search import index_script
-from db.repository import StoredScan
 from reports.site import Site, when
 
 MARKER = ".superweights-report"

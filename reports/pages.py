@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass
 
 from catalog.result import CONFIRMED, ScanResult, SuperWeight
+from db.repository import StoredScan
 from reports.charts import ablation_chart, layer_chart
 from reports.contexts import (
     AblationRow, Fact, FamilyPage, FamilyRow, IndexPage, Link, ModelPage, ModelRow, ScanRow,
@@ -13,7 +14,6 @@ from reports.contexts import (
 )
 from reports.downloads import DOWNLOADS
 from reports.formats import format_number
-from db.repository import StoredScan
 from reports.site import ModelEntry, Site, when
 
 RECENT_SCANS = 20
