@@ -45,7 +45,7 @@ class PrefixCache:
     def __init__(self, blocks: nn.ModuleList, first_layers: set[int]) -> None:
         self.blocks = blocks
         self.layers = sorted(layer for layer in first_layers if 0 < layer < len(blocks))
-        self.outputs: dict[int, list[torch.Tensor]] = {layer: [] for layer in self.layers}  # batches, (b, seq, hidden)
+        self.outputs: dict[int, torch.Tensor] = {}  # first layer -> block L-1's output, (windows, seq, hidden)
         self.supported = True
 
     @classmethod
@@ -55,11 +55,13 @@ class PrefixCache:
 
     @contextlib.contextmanager
     def record(self) -> Iterator[None]:
-        """Keep block L-1's output, per batch, for every shared first layer L."""
+        """Keep block L-1's output, for every window, for every shared first layer L."""
+        batches: dict[int, list[torch.Tensor]] = {layer: [] for layer in self.layers}
+
         def make(layer: int):
             def hook(module, args, output):
                 if isinstance(output, torch.Tensor):
-                    self.outputs[layer].append(output.detach())
+                    batches[layer].append(output.detach())
                 else:
                     self.supported = False
             return hook
@@ -69,10 +71,11 @@ class PrefixCache:
         finally:
             for handle in handles:
                 handle.remove()
+        self.outputs = {layer: torch.cat(kept) for layer, kept in batches.items() if kept}
 
     def start(self, first_layer: int) -> int:
         """The block evaluation will actually start at for a condition first modifying `first_layer`."""
-        return first_layer if self.supported and first_layer in self.outputs and self.outputs[first_layer] else 0
+        return first_layer if self.supported and first_layer in self.outputs else 0
 
     @contextlib.contextmanager
     def skipping(self, first_layer: int) -> Iterator[None]:
@@ -81,8 +84,7 @@ class PrefixCache:
         if start == 0:
             yield
             return
-        recorded = torch.cat(self.outputs[start])  # (windows, seq, hidden)
-        cursor = 0
+        recorded, cursor = self.outputs[start], 0
 
         def passthrough(hidden_states, *args, **kwargs):
             return hidden_states
