@@ -109,7 +109,7 @@ def run_scan(checkpoint: synth.Checkpoint, device: str, checks: VerifyOptions, t
             "conditions": conditions_run,
             "extra_condition_cost": extra_condition_cost(result.timings["verify"], baseline, conditions_run),
             "verdicts": {f"L{w.layer}[{w.row},{w.col}]": (w.verdict, round(w.ppl_ratio, 4)) for w in result.super_weights},
-            "tokens": sum(a.tokens for a in result.ablations), "result": result}
+            "tokens": sum(a.tokens for a in result.ablations), "intervals": result.summary.get("intervals"), "result": result}
 
 
 def naive(checkpoint: synth.Checkpoint, device: str, scanned, tokens: int, seq_len: int) -> dict:
