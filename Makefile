@@ -41,6 +41,7 @@ $(EVAL): | $(STAMP)
 	mv $@.tmp $@
 
 demo: $(STAMP) fixtures
+	mkdir -p out
 	$(BIN)/superweights scan $(GGUF) --json out/smollm2-scan.json
 	$(BIN)/superweights report --out $(REPORT)
 	@echo "report: file://$(abspath $(REPORT))/index.html"
