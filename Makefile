@@ -44,7 +44,6 @@ demo: $(STAMP) fixtures
 	mkdir -p out
 	$(BIN)/superweights scan $(GGUF) --json out/smollm2-scan.json
 	$(BIN)/superweights report --out $(REPORT)
-	@echo "report: file://$(abspath $(REPORT))/index.html"
 
 # Tests run in a fresh network namespace when possible, so Ray and PostgreSQL stay on loopback.
 test: $(STAMP) fixtures
