@@ -138,27 +138,6 @@ def _unravel(flat: int, shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(reversed(index))
 
 
-@contextlib.contextmanager
-def zeroed_together(entries: Entries) -> Iterator[None]:
-    """`hooks.zeroed` for many scalars: one gather and one scatter per tensor instead of a few
-    kernel launches per scalar (control B of a 7B model: ~7000 scalars). Restored exactly."""
-    groups: dict[int, tuple[torch.Tensor, list[tuple[int, ...]]]] = {}
-    for tensor, index in entries:
-        groups.setdefault(id(tensor), (tensor, []))[1].append(index)
-    saved = []
-    try:
-        with torch.no_grad():
-            for tensor, indices in groups.values():
-                idx = tuple(torch.tensor(dim, device=tensor.device) for dim in zip(*indices))
-                saved.append((tensor, idx, tensor[idx].clone()))  # gathered before zeroing: repeats keep the original
-                tensor.index_put_(idx, torch.zeros((), dtype=tensor.dtype, device=tensor.device))
-        yield
-    finally:
-        with torch.no_grad():
-            for tensor, idx, values in reversed(saved):
-                tensor.index_put_(idx, values)
-
-
 class ActivationRecorder:
     """Records a baseline pass's spike-channel outputs, then writes them back in a later pass (+SA).
 
@@ -219,7 +198,7 @@ def conditions(sites: list[DownProjection], weights: list[SuperWeight], options:
     found += [
         Condition("zero all candidates", lambda: zeroed(everything), f"{len(weights)} weights", first),
         Condition("control A: random", lambda: zeroed(random_control(sites, weights, options.seed)), f"{len(weights)} seeded random weights in the same matrices (seed {options.seed})", first, control),
-        Condition("control B: outliers", lambda: zeroed_together(outliers), f"{len(outliers)} largest-magnitude non-candidate weights", _first_layer(sites, outliers)),
+        Condition("control B: outliers", lambda: zeroed(outliers), f"{len(outliers)} largest-magnitude non-candidate weights", _first_layer(sites, outliers)),
         Condition(RESTORE_SA, lambda: _stacked(zeroed(everything), recorder.restore()), first_layer=first),
     ]
     if options.quant_check:

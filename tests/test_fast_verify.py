@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from catalog.architectures import down_projections
-from catalog.causal import VerifyOptions, Verification, verify, zeroed_together
+from catalog.causal import VerifyOptions, Verification, verify
+from catalog.hooks import zeroed
 from catalog.detection import SpikeRule, detect
 from catalog.evaltext import load_eval_text
 from catalog.loading import LoadedModel, load
@@ -97,11 +98,11 @@ def test_early_stop_is_recorded_in_config_only_when_on():
     assert VerifyOptions(early_stop=True).to_config()["early_stop"] is True
 
 
-def test_zeroed_together_zeroes_repeats_and_restores_exactly():
+def test_zeroed_zeroes_repeats_and_restores_exactly():
     a, b = torch.randn(6, 5), torch.randn(2, 3, 4)
     before = a.clone(), b.clone()
     entries = [(a, (1, 2)), (b, (1, 2, 3)), (a, (1, 2)), (a, (5, 0))]
-    with zeroed_together(entries):
+    with zeroed(entries):
         assert a[1, 2] == a[5, 0] == b[1, 2, 3] == 0
         assert torch.count_nonzero(a == 0) + torch.count_nonzero(b == 0) == 3
     assert torch.equal(a, before[0]) and torch.equal(b, before[1])
