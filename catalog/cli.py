@@ -24,6 +24,7 @@ from catalog.errors import BadOptionError, SuperweightsError
 from catalog.result import ScanResult
 from catalog.scan import DEFAULT_PROMPT, ScanOptions, scan_source
 from catalog.sources import ResolvedSource, resolve
+from catalog.streaming import parse_size
 from catalog.tables import ablations_table, layers_table, super_weights_table
 
 console = Console(stderr=True)
@@ -71,6 +72,7 @@ def scan_config_options(command):
         click.option("--quant-check", is_flag=True, help="Also measure int8/int4 round-to-nearest quantization of the down projections."),
         click.option("--quant-block", type=int, default=VerifyOptions.quant_block, show_default=True, help="Quantization block size (input channels)."),
         click.option("--early-stop", is_flag=True, help="Stop each condition once its verdict is settled (95% interval); faster, on fewer tokens."),
+        click.option("--max-gpu-memory", metavar="SIZE", help="Stream the model's blocks through the GPU within this budget (e.g. 4GiB): models larger than the GPU. Llama-family safetensors only."),
         click.option("--trust-remote-code", is_flag=True, help="Allow model code from the repo itself (review it first)."),
         click.option("--allow-pickle", is_flag=True, help="Allow pickle .bin checkpoints (loaded with weights_only=True)."),
     ]
@@ -91,6 +93,7 @@ def options_from(params: dict[str, Any]) -> ScanOptions:
         trust_remote_code=params["trust_remote_code"], allow_pickle=params["allow_pickle"], verify=params["verify"],
         eval_text=params["eval_text"], eval_dataset=params["eval_dataset"], eval_tokens=params["eval_tokens"],
         seq_len=params["seq_len"], checks=checks,
+        max_gpu_memory=parse_size(params["max_gpu_memory"]) if params["max_gpu_memory"] else None,
     )
 
 

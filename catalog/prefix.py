@@ -53,6 +53,14 @@ class PrefixCache:
         blocks = blocks_of(model, sites) if sites else None
         return cls(blocks, first_layers) if blocks is not None else None
 
+    @classmethod
+    def replaying(cls, blocks: nn.ModuleList, outputs: dict[int, torch.Tensor]) -> PrefixCache:
+        """A cache of outputs computed elsewhere (a streamed scan's, block by block): `skipping(L)`
+        then replays `outputs[L]` as block L-1's output, L = len(blocks) included."""
+        cache = cls(blocks, set(outputs))
+        cache.outputs = outputs
+        return cache
+
     @contextlib.contextmanager
     def record(self) -> Iterator[None]:
         """Keep block L-1's output, for every window, for every shared first layer L."""

@@ -7,10 +7,11 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 
 import torch
@@ -24,6 +25,7 @@ from catalog.evaltext import EvalText, load_eval_text
 from catalog.loading import LoadedModel, load
 from catalog.result import ScanResult
 from catalog.sources import ResolvedSource, resolve
+from catalog.streaming import open_streamed
 
 DEFAULT_PROMPT = "Apple Inc. is a worldwide tech company."  # the paper's detection prompt
 
@@ -45,6 +47,7 @@ class ScanOptions:
     eval_tokens: int = 4096
     seq_len: int = 512
     checks: VerifyOptions = field(default_factory=VerifyOptions)
+    max_gpu_memory: int | None = None  # bytes; set: stream the blocks (`catalog.streaming`), the same scan
 
     def validate(self) -> None:
         if not self.prompts or any(not p.strip() for p in self.prompts):
@@ -101,15 +104,27 @@ def scan_source(source: ResolvedSource, options: ScanOptions, progress: Progress
     say = progress or (lambda _msg: None)
     options.validate()
     config = options.to_config()  # reads the evaluation text now: a bad --eval-text fails before loading
+    with contextlib.ExitStack() as stack:
+        return _scan_loaded(source, options, config, say, stack)
+
+
+def _scan_loaded(source: ResolvedSource, options: ScanOptions, config: dict, say: Progress, stack: contextlib.ExitStack) -> ScanResult:
+    """Load (or, under a memory budget, open for streaming), detect, verify."""
     say(f"loading {source.spec}")
-    loaded = load(source, device=options.device, dtype=options.dtype, trust_remote_code=options.trust_remote_code)
+    where = {"device": options.device, "dtype": options.dtype, "trust_remote_code": options.trust_remote_code}
+    if options.max_gpu_memory is None:
+        loaded = load(source, **where)
+        run_detect, run_verify = partial(detect, loaded.model), partial(verify, loaded.model)
+    else:
+        streamed = open_streamed(source, stack, budget=options.max_gpu_memory, **where)
+        loaded, run_detect, run_verify = streamed.loaded, streamed.detect, streamed.verify
     timings = {"load": round(loaded.load_seconds, 3)}
 
     say("detecting")
     start = time.perf_counter()
     sites = down_projections(loaded.model, loaded.adapter, loaded.info.hidden_size)
     prompts = [loaded.tokenizer(p, return_tensors="pt").input_ids.to(loaded.device) for p in options.prompts]
-    found = detect(loaded.model, prompts, sites, options.rule, options.max_iterations)
+    found = run_detect(prompts, sites, options.rule, options.max_iterations)
     timings["detect"] = round(time.perf_counter() - start, 3)
     summary = {"detection_passes": found.iterations, "reference_out_max": found.reference}
 
@@ -118,7 +133,7 @@ def scan_source(source: ResolvedSource, options: ScanOptions, progress: Progress
         start = time.perf_counter()
         windows = options.text.windows(loaded.tokenizer, options.eval_tokens, options.seq_len)
         config["eval_token_count"] = windows.numel()
-        checked = verify(loaded.model, windows, sites, weights, options.checks, say)
+        checked = run_verify(windows, sites, weights, options.checks, say)
         ablations, weights = checked.ablations, checked.super_weights
         summary |= checked.summary
         timings["verify"] = round(time.perf_counter() - start, 3)

@@ -1,0 +1,339 @@
+"""Layer streaming (`--max-gpu-memory`): scan a model larger than the GPU budget.
+
+The model is built without weights (its parameters on the meta device); only the embeddings,
+the final norm, the head and the rotary buffers are put on the device. Each pass then reads one
+block at a time from the safetensors shards onto the device (the next block is read in a
+background thread while the current one computes), runs every stream's hidden states through it
+and frees it: at most two blocks of weights are resident at once.
+
+Verification is one pass over the blocks carrying every condition: the baseline windows, and,
+forked from the baseline's input to the block where the condition first changes something (the
+prefix sharing of `catalog.prefix`, streamed), each condition's own hidden states. A condition's
+context (`catalog.causal.conditions`) is entered per block around that block's call only: its
+zeroed scalars and quantized matrices in other blocks sit on the meta device, where writes are
+no-ops. The head and loss are the model's own: the final hidden states are replayed into its
+forward with `PrefixCache.replaying`. Detection makes one pass per iteration (a short prompt).
+
+Supported: safetensors checkpoints of the model types whose blocks take Llama's call and return
+the hidden-state tensor (`STREAMABLE`); anything else is refused with one line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import NoReturn
+
+import torch
+from torch import nn
+
+from catalog.architectures import DownProjection, adapter_for
+from catalog.causal import (RESTORE_SA, ActivationRecorder, Verification, VerifyOptions, _ablation, _interval_summary,
+                            _summary, _verdicts, conditions)
+from catalog.detection import Detection, SpikeRule, candidate, layer_stats, spiking_sites, weight_entries
+from catalog.errors import BadOptionError
+from catalog.hooks import Capture, capture, zeroed
+from catalog.loading import LoadedModel, _as_invalid, _check_config, _model_info, pick_device, pick_dtype
+from catalog.perplexity import Evaluation, evaluate, frequent_tokens, paired_interval
+from catalog.prefix import PrefixCache
+from catalog.result import SuperWeight
+from catalog.sources import ResolvedSource
+
+STREAMABLE = ("llama", "mistral", "qwen2", "qwen3")
+OPTION = "--max-gpu-memory"
+UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+         "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$", re.IGNORECASE)
+BlockCall = tuple[torch.Tensor, dict]  # a block's hidden-state input and the other arguments of its call
+
+
+def parse_size(text: str) -> int:
+    """Bytes of a size such as 4GiB, 500MB or 2.5GB (decimal and binary units)."""
+    match = SIZE.match(text)
+    if not match or match.group(2).lower() not in UNITS:
+        raise BadOptionError(OPTION, f"cannot read {text!r} as a size; write e.g. 4GiB or 500MB.")
+    size = int(float(match.group(1)) * UNITS[match.group(2).lower()])
+    if size <= 0:
+        raise BadOptionError(OPTION, "must be more than zero.")
+    return size
+
+
+@dataclass
+class ShardStore:
+    """Reads tensors by name from a checkpoint's safetensors shards; counts the block bytes read
+    onto the device and not yet released (`resident`, `peak`), so that tests can bound them."""
+
+    handles: dict[str, object]  # tensor name -> open `safe_open` of its shard
+    device: torch.device
+    dtype: torch.dtype
+    resident: int = 0
+    peak: int = 0
+
+    @classmethod
+    def open(cls, source: ResolvedSource, stack: contextlib.ExitStack, device: torch.device, dtype: torch.dtype) -> ShardStore:
+        from safetensors import safe_open
+
+        handles = {}
+        for shard in sorted(source.path.glob("*.safetensors")):
+            handle = stack.enter_context(safe_open(str(shard), framework="pt", device="cpu"))
+            handles |= dict.fromkeys(handle.keys(), handle)
+        return cls(handles, device, dtype)
+
+    def read(self, name: str, device: torch.device | None = None) -> torch.Tensor:
+        tensor = self.handles[name].get_tensor(name)
+        return tensor.to(device or self.device, self.dtype if tensor.is_floating_point() else tensor.dtype)
+
+    def read_block(self, prefix: str) -> dict[str, torch.Tensor]:
+        """Every tensor named `prefix...`, on the device, keyed by its name inside the block."""
+        tensors = {name.removeprefix(prefix): self.read(name) for name in self.handles if name.startswith(prefix)}
+        self.resident += sum(t.nbytes for t in tensors.values())
+        self.peak = max(self.peak, self.resident)
+        return tensors
+
+    def release(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.resident -= sum(t.nbytes for t in tensors.values())
+
+
+def _swap(module: nn.Module, name: str, tensor: torch.Tensor) -> None:
+    """Give parameter `name` new contents, keeping the Python object: sites and condition entries
+    hold references to it."""
+    torch.utils.swap_tensors(module.get_parameter(name), nn.Parameter(tensor, requires_grad=False))
+
+
+@contextlib.contextmanager
+def resident(module: nn.Module, tensors: dict[str, torch.Tensor], store: ShardStore) -> Iterator[None]:
+    """The module's parameters hold `tensors` inside the block; back on the meta device after."""
+    try:
+        for name, tensor in tensors.items():
+            _swap(module, name, tensor)
+        yield
+    finally:
+        for name, tensor in tensors.items():
+            _swap(module, name, torch.empty(tensor.shape, dtype=tensor.dtype, device="meta"))
+        store.release(tensors)
+
+
+class _Captured(Exception):
+    def __init__(self, call: BlockCall) -> None:
+        self.call = call
+
+
+def block_input(model: nn.Module, first: nn.Module, ids: torch.Tensor) -> BlockCall:
+    """The first block's call for `ids`, from the model's own forward (embeddings, mask, rotary
+    embeddings), stopped before the first block runs."""
+    def stop(module, args, kwargs):
+        raise _Captured((args[0], kwargs) if args else (kwargs.pop("hidden_states"), kwargs))
+    handle = first.register_forward_pre_hook(stop, with_kwargs=True)
+    try:
+        model(input_ids=ids, use_cache=False)
+    except _Captured as captured:
+        return captured.call
+    finally:
+        handle.remove()
+    raise AssertionError("the model never called its first block")
+
+
+@dataclass
+class Stream:
+    """Hidden states of one evaluation (baseline, a condition, a detection prompt), batch by
+    batch, and the change it makes to whichever block it runs through."""
+
+    hidden: list[torch.Tensor]
+    kwargs: list[dict]
+    context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+
+    def fork(self, context: Callable[[], contextlib.AbstractContextManager]) -> Stream:
+        return Stream(list(self.hidden), self.kwargs, context)
+
+    def through(self, block: nn.Module) -> None:
+        with self.context():
+            self.hidden = [block(h, **kw) for h, kw in zip(self.hidden, self.kwargs)]
+
+
+class LayerRecorder(ActivationRecorder):
+    """`ActivationRecorder` whose +SA write-back covers only the targets recorded so far: a
+    streamed baseline has recorded the blocks up to the current one."""
+
+    @contextlib.contextmanager
+    def restore(self) -> Iterator[None]:
+        ready = [i for i, kept in enumerate(self.recorded) if kept]
+        targets, recorded = self.targets, self.recorded
+        self.targets, self.recorded = [targets[i] for i in ready], [recorded[i] for i in ready]
+        try:
+            with super().restore():
+                yield
+        finally:
+            self.targets, self.recorded = targets, recorded
+
+
+@dataclass
+class StreamedModel:
+    """A model whose blocks live in the checkpoint until a pass reads them, one at a time."""
+
+    loaded: LoadedModel
+    blocks: nn.ModuleList
+    blocks_path: str
+    store: ShardStore
+
+    def layers(self) -> Iterator[tuple[int, nn.Module]]:
+        """Each block in turn with its weights on the device; the next one is read meanwhile."""
+        prefix = [f"{self.blocks_path}.{i}." for i in range(len(self.blocks))]
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(self.store.read_block, prefix[0])
+            for i, block in enumerate(self.blocks):
+                tensors = pending.result()
+                if i + 1 < len(self.blocks):
+                    pending = pool.submit(self.store.read_block, prefix[i + 1])
+                with resident(block, tensors, self.store):
+                    yield i, block
+
+    def inputs(self, ids: list[torch.Tensor]) -> list[BlockCall]:
+        return [block_input(self.loaded.model, self.blocks[0], batch.to(self.loaded.device)) for batch in ids]
+
+    @torch.inference_mode()
+    def detect(self, prompts: list[torch.Tensor], sites: list[DownProjection], rule: SpikeRule, max_iterations: int) -> Detection:
+        """`catalog.detection.detect`, one streamed pass per iteration."""
+        calls = self.inputs(prompts)
+        captures, named = self._detection_pass(calls, sites, [], 1)
+        reference = statistics.median(c.out_max for c in captures.values())
+        layers = layer_stats(sites, captures, spiking_sites(captures, rule, reference))
+        found: list[SuperWeight] = []
+        passes = 1
+        for iteration in range(1, max_iterations + 1):
+            seen = {(w.param, w.expert, w.row, w.col) for w in found}
+            new = [named[i] for i in sorted(spiking_sites(captures, rule, reference))]
+            new = [w for w in new if (w.param, w.expert, w.row, w.col) not in seen]
+            if not new:
+                break
+            found += new
+            if iteration == max_iterations:
+                break
+            captures, named = self._detection_pass(calls, sites, list(found), iteration + 1)
+            passes += 1
+        return Detection(layers, found, passes, reference)
+
+    def _detection_pass(self, calls: list[BlockCall], sites: list[DownProjection], found: list[SuperWeight],
+                        iteration: int) -> tuple[dict[int, Capture], dict[int, SuperWeight]]:
+        """Per site the largest-spike capture over the prompts (`detection.run_prompts`), with
+        `found` zeroed, and the candidate it names (read while its block is resident)."""
+        streams = [Stream([h], [kw], lambda: zeroed(weight_entries(sites, found))) for h, kw in calls]
+        best: dict[int, Capture] = {}
+        named: dict[int, SuperWeight] = {}
+        with capture(sites) as captured:
+            for layer, block in self.layers():
+                for stream in streams:
+                    stream.through(block)
+                    for i in (i for i, site in enumerate(sites) if site.layer == layer):
+                        if i not in best or captured[i].out_max > best[i].out_max:
+                            best[i] = captured[i]
+                            named[i] = candidate(sites[i], captured[i], iteration)
+        return best, named
+
+    @torch.inference_mode()
+    def verify(self, windows: torch.Tensor, sites: list[DownProjection], weights: list[SuperWeight],
+               options: VerifyOptions, progress: Callable[[str], None] = lambda _m: None) -> Verification:
+        """`catalog.causal.verify` (with its prefix sharing) in one streamed pass over the blocks."""
+        if options.early_stop:
+            raise BadOptionError("--early-stop", f"not available with {OPTION} yet: a streamed pass carries every window.")
+        stopwords = frequent_tokens(windows)
+        recorder = LayerRecorder(sites, weights)
+        with self._down_projections_on_cpu(sites):  # control B's global top-k is taken when the plan is made
+            plan = conditions(sites, weights, options, recorder) if weights else []
+        base = Stream(*map(list, zip(*self.inputs(windows.split(options.batch_size)))), context=recorder.record)
+        streams: dict[str, Stream] = {}
+        for layer, block in self.layers():
+            progress(f"verifying, streamed: block {layer + 1}/{len(self.blocks)}, {len(plan) + 1} conditions")
+            streams |= {c.name: base.fork(c.context) for c in plan if c.first_layer == layer}
+            base.through(block)
+            for stream in streams.values():
+                stream.through(block)
+        started = time.perf_counter()
+        baseline = self._evaluation(windows, stopwords, base, options.batch_size)
+        baseline_seconds = time.perf_counter() - started
+        rows, intervals = [_ablation("baseline", baseline, paired_interval(baseline.nll, baseline.nll))], {}
+        for condition in plan:
+            ev = self._evaluation(windows, stopwords, streams[condition.name], options.batch_size)
+            interval = paired_interval(ev.nll, baseline.nll)
+            detail = f"{recorder.restored_positions} positions restored" if condition.name == RESTORE_SA else condition.detail
+            rows.append(_ablation(condition.name, ev, interval, detail, len(baseline.nll)))
+            intervals[condition.name] = _interval_summary(interval, len(baseline.nll), condition.first_layer)
+        evaluation = {"prefix_shared": True, "early_stop": False, "streamed": True,
+                      "head_seconds": round(baseline_seconds, 4)}  # the head and loss of one condition, after the pass
+        summary = _summary(rows) | {"evaluation": evaluation} | ({"intervals": intervals} if intervals else {})
+        return Verification(rows, _verdicts(weights, rows, options), summary)
+
+    def _evaluation(self, windows: torch.Tensor, stopwords: torch.Tensor, stream: Stream, batch_size: int) -> Evaluation:
+        """Perplexity from a stream's final hidden states, through the model's own norm and head."""
+        final = PrefixCache.replaying(self.blocks, {len(self.blocks): torch.cat(stream.hidden)})
+        with final.skipping(len(self.blocks)):
+            return evaluate(self.loaded.model, windows, stopwords, batch_size)
+
+    @contextlib.contextmanager
+    def _down_projections_on_cpu(self, sites: list[DownProjection]) -> Iterator[None]:
+        """Every down projection in host memory for a moment, never on the device."""
+        tensors = [(site, self.store.read(site.param, torch.device("cpu"))) for site in sites]
+        try:
+            for site, tensor in tensors:
+                torch.utils.swap_tensors(site.weight, nn.Parameter(tensor, requires_grad=False))
+            yield
+        finally:
+            for site, tensor in tensors:
+                torch.utils.swap_tensors(site.weight, nn.Parameter(torch.empty(tensor.shape, dtype=tensor.dtype, device="meta"), requires_grad=False))
+
+
+def open_streamed(source: ResolvedSource, stack: contextlib.ExitStack, *, budget: int, device: str = "auto",
+                  dtype: str = "auto", trust_remote_code: bool = False) -> StreamedModel:
+    """The model skeleton with its non-block weights on the device; blocks stay in the shards."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    start = time.perf_counter()
+    dev = pick_device(device)
+    torch_dtype = pick_dtype(dtype, dev)
+    if source.format != "safetensors" or source.gguf_file:
+        _unstreamable(source, source.format)
+    _check_config(source, trust_remote_code)
+    with _as_invalid(source):
+        config = AutoConfig.from_pretrained(source.path, trust_remote_code=trust_remote_code)
+    adapter = adapter_for(config.model_type, source.spec)
+    if config.model_type not in STREAMABLE:
+        _unstreamable(source, f"model type {config.model_type!r}")
+    with _as_invalid(source):
+        tokenizer = AutoTokenizer.from_pretrained(source.path, trust_remote_code=trust_remote_code)
+        with init_empty_weights():
+            model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+        store = ShardStore.open(source, stack, dev, torch_dtype)
+    model.eval()
+    _check_budget(model, adapter.blocks, torch_dtype, budget, source.spec)
+    with _as_invalid(source):
+        for name, _ in model.named_parameters():
+            if not name.startswith(f"{adapter.blocks}."):
+                _swap(model, name, store.read(name))
+    for module in model.modules():
+        for name, buffer in module.named_buffers(recurse=False):
+            module._buffers[name] = buffer.to(dev)
+    info = _model_info(source, model, config, adapter, torch_dtype)
+    loaded = LoadedModel(model, tokenizer, adapter, info, dev, time.perf_counter() - start)
+    return StreamedModel(loaded, model.get_submodule(adapter.blocks), adapter.blocks, store)
+
+
+def _unstreamable(source: ResolvedSource, what: str) -> NoReturn:
+    raise BadOptionError(OPTION, f"{source.spec}: streaming supports safetensors checkpoints of model types "
+                                 f"{', '.join(STREAMABLE)}, not {what}; scan it without {OPTION}.")
+
+
+def _check_budget(model: nn.Module, blocks_path: str, dtype: torch.dtype, budget: int, spec: str) -> None:
+    """The weights a pass holds at once (everything outside the blocks, plus two blocks) must fit."""
+    size = dtype.itemsize
+    outer = sum(p.numel() for n, p in model.named_parameters() if not n.startswith(f"{blocks_path}.")) * size
+    block = max(sum(p.numel() for p in b.parameters()) for b in model.get_submodule(blocks_path)) * size
+    needed = outer + 2 * block
+    if needed > budget:
+        raise BadOptionError(OPTION, f"{spec} needs at least {needed / 2**30:.2f} GiB of weights on the device while "
+                                     f"streaming (embeddings, head and two blocks), more than {budget / 2**30:.2f} GiB.")
+

@@ -1,0 +1,113 @@
+"""Layer streaming (`--max-gpu-memory`, issue 7): the same scan as in memory, two blocks at a time."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from transformers import AutoModelForCausalLM
+
+from catalog import streaming
+from catalog.causal import VerifyOptions
+from catalog.errors import BadOptionError
+from catalog.scan import ScanOptions, scan
+from tiny import write_zipf_text
+
+BUDGET = 1 << 30
+
+
+@pytest.fixture(scope="module")
+def zipf_text(tmp_path_factory):
+    return write_zipf_text(tmp_path_factory.mktemp("text") / "zipf.txt")
+
+
+@pytest.fixture(scope="module")
+def peaks(monkeypatch_module):
+    """The `resident` peaks of every streamed scan of this module, by shard store."""
+    seen = []
+    original = streaming.ShardStore.open.__func__
+
+    def recording(cls, *args):
+        store = original(cls, *args)
+        seen.append(store)
+        return store
+    monkeypatch_module.setattr(streaming.ShardStore, "open", classmethod(recording))
+    return seen
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
+
+
+@pytest.fixture(scope="module")
+def sharded(tiny, tmp_path_factory):
+    """The planted tiny Llama saved again in several safetensors shards."""
+    planted = tiny("llama", effect=True, inert=True)
+    path = tmp_path_factory.mktemp("sharded")
+    AutoModelForCausalLM.from_pretrained(planted.path).save_pretrained(path, max_shard_size="100KB")
+    for extra in planted.path.glob("*token*"):
+        (path / extra.name).write_bytes(extra.read_bytes())
+    assert len(list(path.glob("*.safetensors"))) > 2
+    return path
+
+
+def options(text, **kw) -> ScanOptions:
+    checks = VerifyOptions(quant_check=True)
+    return ScanOptions(device="cpu", eval_text=text, eval_tokens=1024, seq_len=64, checks=checks, **kw)
+
+
+@pytest.mark.parametrize("layout", ["single", "sharded"])
+def test_streamed_scan_equals_the_scan_in_memory(layout, tiny, sharded, zipf_text, peaks):
+    path = tiny("llama", effect=True, inert=True).path if layout == "single" else sharded
+    plain = scan(str(path), options(zipf_text))
+    streamed = scan(str(path), options(zipf_text, max_gpu_memory=BUDGET))
+    assert streamed.config_hash == plain.config_hash
+    assert [dataclasses.astuple(r) for r in streamed.layers] == [dataclasses.astuple(r) for r in plain.layers]
+    assert [(w.param, w.row, w.col, w.iteration, w.verdict) for w in streamed.super_weights] == \
+           [(w.param, w.row, w.col, w.iteration, w.verdict) for w in plain.super_weights]
+    assert any(w.verdict == "confirmed" for w in plain.super_weights)
+    for ours, theirs in zip(streamed.super_weights, plain.super_weights, strict=True):
+        assert ours.ppl_ratio == pytest.approx(theirs.ppl_ratio, rel=1e-5)
+    assert [a.name for a in streamed.ablations] == [a.name for a in plain.ablations]
+    assert any(a.name.startswith("int4") for a in streamed.ablations)
+    for ours, theirs in zip(streamed.ablations, plain.ablations, strict=True):
+        assert (ours.ppl, ours.tokens, ours.detail) == (pytest.approx(theirs.ppl, rel=1e-5), theirs.tokens, theirs.detail)
+
+
+def test_at_most_two_blocks_are_resident(tiny, peaks):
+    """Counted by the store itself: block bytes read onto the device and not yet released."""
+    model = AutoModelForCausalLM.from_pretrained(tiny("llama", effect=True, inert=True).path)
+    block = max(sum(p.nbytes for p in layer.parameters()) for layer in model.model.layers)
+    assert len(peaks) == 2, "the equality tests streamed nothing"
+    for store in peaks:
+        assert block <= store.peak <= 2 * block
+        assert store.resident == 0
+
+
+@pytest.mark.parametrize("spec", ["gpt2", "mixtral"])
+def test_unsupported_architecture_is_one_line(spec, tiny, zipf_text):
+    with pytest.raises(BadOptionError, match=r"--max-gpu-memory: .*streaming supports safetensors checkpoints of model types llama"):
+        scan(str(tiny(spec).path), options(zipf_text, max_gpu_memory=BUDGET))
+
+
+def test_gguf_is_one_line(smollm2_gguf, zipf_text):
+    with pytest.raises(BadOptionError, match=r"--max-gpu-memory: .*streaming supports safetensors .* not gguf"):
+        scan(str(smollm2_gguf), options(zipf_text, max_gpu_memory=BUDGET))
+
+
+def test_budget_below_two_blocks_is_refused(tiny, zipf_text):
+    with pytest.raises(BadOptionError, match="needs at least"):
+        scan(str(tiny("llama").path), options(zipf_text, max_gpu_memory=1000))
+
+
+@pytest.mark.parametrize("text,size", [("4GiB", 4 << 30), ("500MB", 500_000_000), ("2.5 gb", 2_500_000_000), ("123", 123)])
+def test_sizes(text, size):
+    assert streaming.parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["lots", "4 parsecs", "0GB", "-1GB"])
+def test_bad_size_is_one_line(text):
+    with pytest.raises(BadOptionError, match="--max-gpu-memory: "):
+        streaming.parse_size(text)
