@@ -246,18 +246,18 @@ def verify(model: nn.Module, windows: torch.Tensor, sites: list[DownProjection],
     with recorder.record(), prefix.record() if prefix else contextlib.nullcontext():
         base = evaluate(model, windows, stopwords, options.batch_size)
     baseline_seconds = time.perf_counter() - started
-    rows, intervals = [_ablation("baseline", base, paired_interval(base.nll, base.nll))], {}
+    rows, intervals = [ablation_row("baseline", base, paired_interval(base.nll, base.nll))], {}
     for i, condition in enumerate(plan, start=2):
         progress(f"verifying: {condition.name} ({i}/{len(plan) + 1})")
         ev = _evaluate_condition(model, windows, stopwords, condition, base, prefix, options)
         interval = _reported(paired_interval(ev.nll, base.nll), len(base.nll), options.stop_precision)
         detail = f"{recorder.restored_positions} positions restored" if condition.name == RESTORE_SA else condition.detail
-        rows.append(_ablation(condition.name, ev, interval, detail, len(base.nll)))
-        intervals[condition.name] = _interval_summary(interval, len(base.nll), prefix.start(condition.first_layer) if prefix else 0)
+        rows.append(ablation_row(condition.name, ev, interval, detail, len(base.nll)))
+        intervals[condition.name] = interval_summary(interval, len(base.nll), prefix.start(condition.first_layer) if prefix else 0)
     evaluation = {"prefix_shared": prefix is not None and prefix.supported, "early_stop": options.early_stop,
                   "baseline_seconds": round(baseline_seconds, 4)}  # what each extra condition is measured against
-    summary = _summary(rows) | {"evaluation": evaluation} | ({"intervals": intervals} if intervals else {})
-    return Verification(rows, _verdicts(weights, rows, options), summary)
+    summary = summarize(rows) | {"evaluation": evaluation} | ({"intervals": intervals} if intervals else {})
+    return Verification(rows, apply_verdicts(weights, rows, options), summary)
 
 
 def _evaluate_condition(model: nn.Module, windows: torch.Tensor, stopwords: torch.Tensor, condition: Condition,
@@ -296,12 +296,12 @@ def _reported(interval: Interval, total_windows: int, precision: float) -> Inter
     return interval if interval.windows == total_windows else _widened(interval, precision)
 
 
-def _interval_summary(interval: Interval, total_windows: int, start_layer: int) -> dict:
+def interval_summary(interval: Interval, total_windows: int, start_layer: int) -> dict:
     return {"ratio": interval.ratio, "ratio_low": interval.low, "ratio_high": interval.high, "windows": interval.windows,
             "stopped_early": interval.windows < total_windows, "start_layer": start_layer}
 
 
-def _ablation(name: str, ev: Evaluation, interval: Interval, detail: str = "", total_windows: int = 0) -> Ablation:
+def ablation_row(name: str, ev: Evaluation, interval: Interval, detail: str = "", total_windows: int = 0) -> Ablation:
     """The row; its ratio is paired (same windows as the baseline), which is ppl / baseline ppl when all ran."""
     if interval.windows < total_windows:
         stop = f"stopped after {interval.windows}/{total_windows} windows, ratio 95% CI [{interval.low:.4g}, {interval.high:.4g}]"
@@ -309,7 +309,7 @@ def _ablation(name: str, ev: Evaluation, interval: Interval, detail: str = "", t
     return Ablation(name, ev.ppl, ev.tokens, interval.ratio, detail, ev.stopword_mass)
 
 
-def _verdicts(weights: list[SuperWeight], rows: list[Ablation], options: VerifyOptions) -> list[SuperWeight]:
+def apply_verdicts(weights: list[SuperWeight], rows: list[Ablation], options: VerifyOptions) -> list[SuperWeight]:
     by_name = {row.name: row for row in rows}
     control_ok = not weights or by_name["control A: random"].ratio <= options.control_max
     for w in weights:
@@ -318,7 +318,7 @@ def _verdicts(weights: list[SuperWeight], rows: list[Ablation], options: VerifyO
     return weights
 
 
-def _summary(rows: list[Ablation]) -> dict:
+def summarize(rows: list[Ablation]) -> dict:
     by_name = {row.name: row for row in rows}
     if "zero all candidates" not in by_name:
         return {}

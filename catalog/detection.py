@@ -11,6 +11,7 @@ ones; that repeats until no new spike or `max_iterations`. Weights are restored 
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -96,22 +97,36 @@ def weight_entries(sites: list[DownProjection], weights: list[SuperWeight]) -> l
     return [(by_param[w.param], tuple(w.tensor_index)) for w in weights]
 
 
-def detect(model: nn.Module, prompts: list[torch.Tensor], sites: list[DownProjection], rule: SpikeRule, max_iterations: int) -> Detection:
-    baseline = run_prompts(model, prompts, sites)
-    reference = statistics.median(c.out_max for c in baseline.values())
-    layers = layer_stats(sites, baseline, spiking_sites(baseline, rule, reference))
+# One detection pass with `found` zeroed, at iteration `iteration`: per site the capture and the
+# candidate it names (in memory, or block by block in `catalog.streaming`).
+Pass = Callable[[list[SuperWeight], int], tuple[dict[int, Capture], dict[int, SuperWeight]]]
+
+
+def iterate(run_pass: Pass, sites: list[DownProjection], rule: SpikeRule, max_iterations: int) -> Detection:
+    """The paper's iteration: zero what was found and detect again, until nothing new spikes."""
+    captures, named = run_pass([], 1)
+    reference = statistics.median(c.out_max for c in captures.values())
+    layers = layer_stats(sites, captures, spiking_sites(captures, rule, reference))
     found: list[SuperWeight] = []
-    captures, passes = baseline, 1
+    passes = 1
     for iteration in range(1, max_iterations + 1):
         seen = {(w.param, w.expert, w.row, w.col) for w in found}
-        new = [candidate(sites[i], captures[i], iteration) for i in sorted(spiking_sites(captures, rule, reference))]
+        new = [named[i] for i in sorted(spiking_sites(captures, rule, reference))]
         new = [w for w in new if (w.param, w.expert, w.row, w.col) not in seen]
         if not new:
             break
         found += new
         if iteration == max_iterations:
             break
-        with zeroed(weight_entries(sites, found)):
-            captures = run_prompts(model, prompts, sites)
+        captures, named = run_pass(list(found), iteration + 1)
         passes += 1
     return Detection(layers, found, passes, reference)
+
+
+def detect(model: nn.Module, prompts: list[torch.Tensor], sites: list[DownProjection], rule: SpikeRule, max_iterations: int) -> Detection:
+    def run_pass(found: list[SuperWeight], iteration: int) -> tuple[dict[int, Capture], dict[int, SuperWeight]]:
+        with zeroed(weight_entries(sites, found)):
+            captures = run_prompts(model, prompts, sites)
+        return captures, {i: candidate(sites[i], c, iteration) for i, c in captures.items()}
+
+    return iterate(run_pass, sites, rule, max_iterations)

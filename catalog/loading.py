@@ -57,11 +57,11 @@ def load(source: ResolvedSource, *, device: str = "auto", dtype: str = "auto", t
     dev = pick_device(device)
     torch_dtype = pick_dtype(dtype, dev)
     kwargs = {"gguf_file": source.gguf_file} if source.gguf_file else {}
-    _check_config(source, trust_remote_code)
-    with _as_invalid(source):
+    check_config(source, trust_remote_code)
+    with as_invalid(source):
         config = AutoConfig.from_pretrained(source.path, trust_remote_code=trust_remote_code, **kwargs)
     adapter = adapter_for(config.model_type, source.spec)
-    with _as_invalid(source):
+    with as_invalid(source):
         tokenizer = AutoTokenizer.from_pretrained(source.path, trust_remote_code=trust_remote_code, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(
             source.path,
@@ -71,11 +71,11 @@ def load(source: ResolvedSource, *, device: str = "auto", dtype: str = "auto", t
             **kwargs,
         )
     model.to(dev).eval()
-    info = _model_info(source, model, config, adapter, torch_dtype)
+    info = model_info(source, model, config, adapter, torch_dtype)
     return LoadedModel(model, tokenizer, adapter, info, dev, time.perf_counter() - start)
 
 
-def _check_config(source: ResolvedSource, trust_remote_code: bool) -> None:
+def check_config(source: ResolvedSource, trust_remote_code: bool) -> None:
     """Read config.json before transformers does: refuse a model class that lives in the repo's own
     Python files unless trusted, and a model type without an adapter (transformers would report a
     type it does not know as a broken checkpoint).
@@ -98,7 +98,7 @@ def _check_config(source: ResolvedSource, trust_remote_code: bool) -> None:
 
 
 @contextmanager
-def _as_invalid(source: ResolvedSource) -> Iterator[None]:
+def as_invalid(source: ResolvedSource) -> Iterator[None]:
     """Turn errors raised while reading the files into one `InvalidSourceError` line."""
     try:
         yield
@@ -132,7 +132,7 @@ def card_metadata(path) -> dict:
     return {"license": data.license, "base_model": base, "tags": list(data.tags or [])}
 
 
-def _model_info(source: ResolvedSource, model: nn.Module, config, adapter: Adapter, dtype: torch.dtype) -> ModelInfo:
+def model_info(source: ResolvedSource, model: nn.Module, config, adapter: Adapter, dtype: torch.dtype) -> ModelInfo:
     card = card_metadata(source.path) if not source.gguf_file else {}
     names = [source.repo_id, card.get("base_model"), source.gguf_file, getattr(config, "_name_or_path", None), source.path.name]
     return ModelInfo(

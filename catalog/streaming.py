@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import statistics
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -33,12 +32,12 @@ import torch
 from torch import nn
 
 from catalog.architectures import DownProjection, adapter_for
-from catalog.causal import (RESTORE_SA, ActivationRecorder, Verification, VerifyOptions, _ablation, _interval_summary,
-                            _summary, _verdicts, conditions)
-from catalog.detection import Detection, SpikeRule, candidate, layer_stats, spiking_sites, weight_entries
+from catalog.causal import (RESTORE_SA, ActivationRecorder, Verification, VerifyOptions, ablation_row, interval_summary,
+                            summarize, apply_verdicts, conditions)
+from catalog.detection import Detection, SpikeRule, candidate, iterate, weight_entries
 from catalog.errors import BadOptionError
 from catalog.hooks import Capture, capture, zeroed
-from catalog.loading import LoadedModel, _as_invalid, _check_config, _model_info, pick_device, pick_dtype
+from catalog.loading import LoadedModel, as_invalid, check_config, model_info, pick_device, pick_dtype
 from catalog.perplexity import Evaluation, evaluate, frequent_tokens, paired_interval
 from catalog.prefix import PrefixCache
 from catalog.result import SuperWeight
@@ -199,23 +198,7 @@ class StreamedModel:
     def detect(self, prompts: list[torch.Tensor], sites: list[DownProjection], rule: SpikeRule, max_iterations: int) -> Detection:
         """`catalog.detection.detect`, one streamed pass per iteration."""
         calls = self.inputs(prompts)
-        captures, named = self._detection_pass(calls, sites, [], 1)
-        reference = statistics.median(c.out_max for c in captures.values())
-        layers = layer_stats(sites, captures, spiking_sites(captures, rule, reference))
-        found: list[SuperWeight] = []
-        passes = 1
-        for iteration in range(1, max_iterations + 1):
-            seen = {(w.param, w.expert, w.row, w.col) for w in found}
-            new = [named[i] for i in sorted(spiking_sites(captures, rule, reference))]
-            new = [w for w in new if (w.param, w.expert, w.row, w.col) not in seen]
-            if not new:
-                break
-            found += new
-            if iteration == max_iterations:
-                break
-            captures, named = self._detection_pass(calls, sites, list(found), iteration + 1)
-            passes += 1
-        return Detection(layers, found, passes, reference)
+        return iterate(lambda found, iteration: self._detection_pass(calls, sites, found, iteration), sites, rule, max_iterations)
 
     def _detection_pass(self, calls: list[BlockCall], sites: list[DownProjection], found: list[SuperWeight],
                         iteration: int) -> tuple[dict[int, Capture], dict[int, SuperWeight]]:
@@ -255,17 +238,17 @@ class StreamedModel:
         started = time.perf_counter()
         baseline = self._evaluation(windows, stopwords, base, options.batch_size)
         baseline_seconds = time.perf_counter() - started
-        rows, intervals = [_ablation("baseline", baseline, paired_interval(baseline.nll, baseline.nll))], {}
+        rows, intervals = [ablation_row("baseline", baseline, paired_interval(baseline.nll, baseline.nll))], {}
         for condition in plan:
             ev = self._evaluation(windows, stopwords, streams[condition.name], options.batch_size)
             interval = paired_interval(ev.nll, baseline.nll)
             detail = f"{recorder.restored_positions} positions restored" if condition.name == RESTORE_SA else condition.detail
-            rows.append(_ablation(condition.name, ev, interval, detail, len(baseline.nll)))
-            intervals[condition.name] = _interval_summary(interval, len(baseline.nll), condition.first_layer)
+            rows.append(ablation_row(condition.name, ev, interval, detail, len(baseline.nll)))
+            intervals[condition.name] = interval_summary(interval, len(baseline.nll), condition.first_layer)
         evaluation = {"prefix_shared": True, "early_stop": False, "streamed": True,
                       "head_seconds": round(baseline_seconds, 4)}  # the head and loss of one condition, after the pass
-        summary = _summary(rows) | {"evaluation": evaluation} | ({"intervals": intervals} if intervals else {})
-        return Verification(rows, _verdicts(weights, rows, options), summary)
+        summary = summarize(rows) | {"evaluation": evaluation} | ({"intervals": intervals} if intervals else {})
+        return Verification(rows, apply_verdicts(weights, rows, options), summary)
 
     def _evaluation(self, windows: torch.Tensor, stopwords: torch.Tensor, stream: Stream, batch_size: int) -> Evaluation:
         """Perplexity from a stream's final hidden states, through the model's own norm and head."""
@@ -297,27 +280,27 @@ def open_streamed(source: ResolvedSource, stack: contextlib.ExitStack, *, budget
     torch_dtype = pick_dtype(dtype, dev)
     if source.format != "safetensors" or source.gguf_file:
         _unstreamable(source, source.format)
-    _check_config(source, trust_remote_code)
-    with _as_invalid(source):
+    check_config(source, trust_remote_code)
+    with as_invalid(source):
         config = AutoConfig.from_pretrained(source.path, trust_remote_code=trust_remote_code)
     adapter = adapter_for(config.model_type, source.spec)
     if config.model_type not in STREAMABLE:
         _unstreamable(source, f"model type {config.model_type!r}")
-    with _as_invalid(source):
+    with as_invalid(source):
         tokenizer = AutoTokenizer.from_pretrained(source.path, trust_remote_code=trust_remote_code)
         with init_empty_weights():
             model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype, trust_remote_code=trust_remote_code)
         store = ShardStore.open(source, stack, dev, torch_dtype)
     model.eval()
     _check_budget(model, adapter.blocks, torch_dtype, budget, source.spec)
-    with _as_invalid(source):
+    with as_invalid(source):
         for name, _ in model.named_parameters():
             if not name.startswith(f"{adapter.blocks}."):
                 _swap(model, name, store.read(name))
     for module in model.modules():
         for name, buffer in module.named_buffers(recurse=False):
             module._buffers[name] = buffer.to(dev)
-    info = _model_info(source, model, config, adapter, torch_dtype)
+    info = model_info(source, model, config, adapter, torch_dtype)
     loaded = LoadedModel(model, tokenizer, adapter, info, dev, time.perf_counter() - start)
     return StreamedModel(loaded, model.get_submodule(adapter.blocks), adapter.blocks, store)
 
