@@ -252,11 +252,17 @@ def main(argv: list[str] | None = None) -> None:
     rows = [bench_size(size, args) for size in args.sizes]
     if args.smollm2:
         rows.append(smollm2(args))
-    args.results.mkdir(parents=True, exist_ok=True)
+    write_results(rows, args.results, f"{args.device.split(':')[0]}-{'-'.join(args.sizes)}")
+
+
+def write_results(rows: list[dict], results: Path, name: str) -> Path:
+    """One JSON file of rows, named by the UTC time of writing and `name`."""
+    results.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
-    out = args.results / f"{stamp}-{args.device.split(':')[0]}-{'-'.join(args.sizes)}.json"
+    out = results / f"{stamp}-{name}.json"
     out.write_text(json.dumps(rows, indent=1, default=str) + "\n")
     print(f"wrote {out}")
+    return out
 
 
 if __name__ == "__main__":

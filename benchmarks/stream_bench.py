@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import sys
 import time
 from pathlib import Path
@@ -70,11 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seq-len", type=int, default=512)
     args = parser.parse_args(argv)
     rows = [bench_size(size, args) for size in args.sizes]
-    args.results.mkdir(parents=True, exist_ok=True)
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
-    out = args.results / f"{stamp}-{args.device.split(':')[0]}-{'-'.join(args.sizes)}-streamed.json"
-    out.write_text(json.dumps(rows, indent=1, default=str) + "\n")
-    print(f"wrote {out}")
+    bench.write_results(rows, args.results, f"{args.device.split(':')[0]}-{'-'.join(args.sizes)}-streamed")
 
 
 if __name__ == "__main__":
