@@ -2,10 +2,11 @@
 
 For each synthetic checkpoint (`benchmarks/synth.py`), in one process, page cache warm:
 - floor: `safetensors.torch.load_file(shard, device=...)` for every shard in turn, no model code;
+- parallel read: `catalog.reader` reading every tensor onto the device (the scan's own load
+  before any model code), checked bit for bit against safetensors on the GPU;
 - scan: the product's `scan_source` (load once, detection with iterations, every verification
-  condition over `--eval-tokens` tokens), in three variants: `plain` (every condition over the
-  whole model), `prefix` (the default: shared layer prefix) and `early` (prefix plus early stopping);
-- naive: the paper scripts' recipe, a fresh load and one evaluation per condition.
+  condition over `--eval-tokens` tokens), `default` (early stopping) and `full` (`--full-eval`);
+- naive: the paper scripts' recipe, a fresh `from_pretrained` and one full evaluation per condition.
 Prints the ratios and per-phase times and appends one JSON row per checkpoint to `--results`.
 
     python benchmarks/bench.py --sizes small --device cpu            # make bench (with --smollm2)
@@ -29,19 +30,19 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # synth, run as a script
 
 import synth  # noqa: E402
-from catalog.architectures import down_projections  # noqa: E402
+from catalog.architectures import adapter_for, down_projections  # noqa: E402
 from catalog.causal import RESTORE_SA, ActivationRecorder, VerifyOptions, conditions  # noqa: E402
 from catalog.evaltext import load_eval_text  # noqa: E402
-from catalog.loading import load  # noqa: E402
+from catalog.reader import ShardReader  # noqa: E402
 from catalog.perplexity import evaluate, frequent_tokens  # noqa: E402
 from catalog.scan import ScanOptions, scan, scan_source  # noqa: E402
 from catalog.sources import resolve  # noqa: E402
 
 VARIANTS = {
-    "plain": VerifyOptions(share_prefix=False),
-    "prefix": VerifyOptions(),
-    "early": VerifyOptions(early_stop=True),
+    "full": VerifyOptions(early_stop=False),  # every condition on every window (`--full-eval`)
+    "default": VerifyOptions(),
 }
+MAIN = "default"
 
 
 def sync(device: str) -> None:
@@ -86,6 +87,34 @@ def floor(shards: list[Path], device: str, repeats: int = 2) -> float:
     return best
 
 
+def parallel_read(shards: list[Path], device: str, threads: int | None = None, repeats: int = 2) -> float:
+    """Best of `repeats`: every tensor of every shard read onto the device by `catalog.reader`
+    (what the scan's load does before any model code)."""
+    best = float("inf")
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        with ShardReader.open(shards, torch.device(device), threads=threads) as reader:
+            tensors = reader.read(list(reader.spans))
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+        del tensors
+        release()
+    return best
+
+
+def check_reader(shards: list[Path], device: str) -> None:
+    """The reader's tensors on the device equal safetensors' own, bit for bit (first shard)."""
+    from safetensors.torch import load_file
+
+    expected = load_file(shards[0], device=device)
+    with ShardReader.open(shards[:1], torch.device(device)) as reader:
+        got = reader.read(list(expected))
+    assert all(torch.equal(got[k], v) for k, v in expected.items()), "the parallel reader differs from safetensors"
+    del expected, got
+    release()
+
+
 def peak_memory_reset(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
@@ -109,13 +138,22 @@ def run_scan(checkpoint: synth.Checkpoint, device: str, checks: VerifyOptions, t
             "conditions": conditions_run,
             "extra_condition_cost": extra_condition_cost(result.timings["verify"], baseline, conditions_run),
             "verdicts": {f"L{w.layer}[{w.row},{w.col}]": (w.verdict, round(w.ppl_ratio, 4)) for w in result.super_weights},
-            "tokens": sum(a.tokens for a in result.ablations), "intervals": result.summary.get("intervals"), "result": result}
+            "tokens": sum(a.tokens for a in result.ablations), "intervals": result.summary.get("intervals"),
+            "loader": result.summary.get("loader"), "result": result}
+
+
+def paper_load(path: Path, device: str):
+    """The paper scripts' load: transformers' `from_pretrained` straight onto the device."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16 if device.startswith("cuda") else torch.float32,
+                                                 device_map=device).eval()
+    return model, AutoTokenizer.from_pretrained(path)
 
 
 def naive(checkpoint: synth.Checkpoint, device: str, scanned, tokens: int, seq_len: int) -> dict:
-    """A fresh load and one evaluation per condition (+SA also needs its baseline recording)."""
-    source = resolve(str(checkpoint.path))
-    dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    """The paper scripts' recipe: a fresh `from_pretrained` and one full evaluation per condition
+    (+SA also needs its baseline recording)."""
     weights = scanned.super_weights
     n = 1 + len(scanned.ablations[1:])
     load_s, eval_s, baseline_eval_s = 0.0, 0.0, None
@@ -123,38 +161,36 @@ def naive(checkpoint: synth.Checkpoint, device: str, scanned, tokens: int, seq_l
     for k in range(n):
         release()
         t0 = time.perf_counter()
-        loaded = load(source, device=device, dtype=dtype)
+        model, tokenizer = paper_load(checkpoint.path, device)
+        sync(device)
         load_s += time.perf_counter() - t0
-        windows = load_eval_text(checkpoint.eval_text).windows(loaded.tokenizer, tokens, seq_len)
-        sites = down_projections(loaded.model, loaded.adapter, loaded.info.hidden_size)
+        windows = load_eval_text(checkpoint.eval_text).windows(tokenizer, tokens, seq_len)
+        sites = down_projections(model, adapter_for(model.config.model_type, str(checkpoint.path)), model.config.hidden_size)
         recorder = ActivationRecorder(sites, weights)
         plan = conditions(sites, weights, VerifyOptions(), recorder)
         stop = frequent_tokens(windows)
         t0 = time.perf_counter()
         if k == 0:
-            evaluate(loaded.model, windows, stop)
+            evaluate(model, windows, stop)
             baseline_eval_s = time.perf_counter() - t0
         else:
             condition = plan[k - 1]
             if condition.name == RESTORE_SA:
                 with recorder.record():
-                    evaluate(loaded.model, windows, stop)
+                    evaluate(model, windows, stop)
             with condition.context():
-                evaluate(loaded.model, windows, stop)
+                evaluate(model, windows, stop)
         eval_s += time.perf_counter() - t0
-        del loaded, sites, recorder, plan
+        del model, sites, recorder, plan
     return {"naive_s": round(time.perf_counter() - start, 3), "naive_load_s": round(load_s, 3), "naive_eval_s": round(eval_s, 3),
             "baseline_eval_s": round(baseline_eval_s, 4), "conditions": n}
 
 
 def direct_load(checkpoint: synth.Checkpoint, device: str) -> float:
-    """`from_pretrained` straight onto the device (what an overlapped loader would start from)."""
-    from transformers import AutoModelForCausalLM
-
+    """`paper_load` alone: transformers' own load onto the device."""
     release()
     start = time.perf_counter()
-    model = AutoModelForCausalLM.from_pretrained(checkpoint.path, dtype=torch.bfloat16 if device.startswith("cuda") else torch.float32,
-                                                 device_map=device)
+    model, _ = paper_load(checkpoint.path, device)
     sync(device)
     seconds = time.perf_counter() - start
     del model
@@ -184,10 +220,14 @@ def bench_size(size: str, args) -> dict:
     warm_up(checkpoint, args.device, args.seq_len)
     floor_s = floor(checkpoint.shards, args.device)
     print(f"[{size}] floor {floor_s:.3f} s", flush=True)
+    if args.device.startswith("cuda"):
+        check_reader(checkpoint.shards, args.device)
+    reads = {threads: round(parallel_read(checkpoint.shards, args.device, threads), 3) for threads in args.read_threads}
+    print(f"[{size}] parallel read by threads: {reads}", flush=True)
     scans = {name: run_scan(checkpoint, args.device, checks, args.eval_tokens, args.seq_len) for name, checks in VARIANTS.items()}
     for name, s in scans.items():
         print(f"[{size}] scan {name}: {s['wall_s']:.3f} s  phases {s['phases']}  peak {s['peak_gpu_gb']} GB  tokens {s['tokens']}", flush=True)
-    main_scan = scans["prefix"]
+    main_scan = scans[MAIN]
     naive_run = naive(checkpoint, args.device, main_scan["result"], args.eval_tokens, args.seq_len) if args.naive else {}
     direct_s = direct_load(checkpoint, args.device)
     row = {
@@ -204,6 +244,8 @@ def bench_size(size: str, args) -> dict:
         "extra_condition_cost": main_scan["extra_condition_cost"],
         "peak_gpu_gb": main_scan["peak_gpu_gb"],
         "direct_load_s": round(direct_s, 3),
+        "parallel_read_s": reads,
+        "loader": main_scan["loader"],
         "baseline_eval_s": main_scan["phases"]["verify_baseline"],
         "naive": naive_run,
         "variants": {name: {k: v for k, v in s.items() if k != "result"} for name, s in scans.items()},
@@ -228,7 +270,7 @@ def smollm2(args) -> dict:
 
     gguf = settings.home() / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
     rows = {}
-    for name in ("prefix", "early"):
+    for name in VARIANTS:
         start = time.perf_counter()
         result = scan(str(gguf), ScanOptions(device="cpu", checks=VARIANTS[name]))
         rows[name] = {"wall_s": round(time.perf_counter() - start, 2), "phases": result.timings,
@@ -247,6 +289,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval-tokens", type=int, default=4096)
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--no-naive", dest="naive", action="store_false")
+    parser.add_argument("--read-threads", nargs="+", type=int, default=[8], help="thread counts to time the parallel read with")
     parser.add_argument("--smollm2", action="store_true", help="also scan the real SmolLM2 GGUF on the CPU")
     args = parser.parse_args(argv)
     rows = [bench_size(size, args) for size in args.sizes]

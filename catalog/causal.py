@@ -108,15 +108,24 @@ def random_control(sites: list[DownProjection], weights: list[SuperWeight], seed
     return entries
 
 
-def outlier_control(sites: list[DownProjection], weights: list[SuperWeight], count: int) -> Entries:
+WeightOf = Callable[[DownProjection], torch.Tensor]  # a down projection's values (streaming reads them from the shards)
+
+
+def own_weight(site: DownProjection) -> torch.Tensor:
+    return site.weight
+
+
+def outlier_control(sites: list[DownProjection], weights: list[SuperWeight], count: int,
+                    weight_of: WeightOf = own_weight) -> Entries:
     """The `count` largest-magnitude down-projection weights that are not candidates.
 
     Selected on the weights' device in a few tensor operations: a 7B model's control B has ~7000
-    entries, and one Python step per entry cost about half a second on a GPU.
+    entries, and one Python step per entry cost about half a second on a GPU. Each projection's
+    top-k is taken in turn, so `weight_of` may read one at a time.
     """
     skip = {(w.param, tuple(w.tensor_index)) for w in weights}
     k = count + len(weights)
-    tops = [site.weight.detach().abs().flatten().topk(min(k, site.weight.numel())) for site in sites]
+    tops = [weight_of(site).detach().abs().flatten().topk(min(k, site.weight.numel())) for site in sites]
     values = torch.cat([top.values.float() for top in tops])  # (sites * k,)
     site_ids = torch.cat([torch.full_like(top.indices, s) for s, top in enumerate(tops)])
     flat = torch.cat([top.indices for top in tops])
@@ -188,10 +197,11 @@ class ActivationRecorder:
         return self._hooks(make)
 
 
-def conditions(sites: list[DownProjection], weights: list[SuperWeight], options: VerifyOptions, recorder: ActivationRecorder) -> list[Condition]:
+def conditions(sites: list[DownProjection], weights: list[SuperWeight], options: VerifyOptions, recorder: ActivationRecorder,
+               weight_of: WeightOf = own_weight) -> list[Condition]:
     everything = weight_entries(sites, weights)
     total = sum(site.weight.numel() for site in sites)
-    outliers = outlier_control(sites, weights, max(len(weights), round(options.outlier_fraction * total)))
+    outliers = outlier_control(sites, weights, max(len(weights), round(options.outlier_fraction * total)), weight_of)
     first = min(w.layer for w in weights)  # zero all, control A (same matrices) and +SA start here
     confirm, control = (options.confirm_ratio,), (options.control_max,)
     found = [Condition(label(w), lambda w=w: zeroed(weight_entries(sites, [w])), first_layer=w.layer, thresholds=confirm) for w in weights]

@@ -16,6 +16,7 @@ from torch import nn
 from catalog.architectures import Adapter, adapter_for
 from catalog.errors import BadOptionError, InvalidSourceError, SuperweightsError
 from catalog.family import family_name
+from catalog.reader import ShardReader, Span, index_shards
 from catalog.result import ModelInfo
 from catalog.sources import ResolvedSource
 
@@ -31,6 +32,7 @@ class LoadedModel:
     info: ModelInfo
     device: torch.device
     load_seconds: float
+    loader: str = "transformers"  # or "parallel": `catalog.reader` put the checkpoint's tensors in place
 
 
 def pick_device(device: str) -> torch.device:
@@ -63,16 +65,100 @@ def load(source: ResolvedSource, *, device: str = "auto", dtype: str = "auto", t
     adapter = adapter_for(config.model_type, source.spec)
     with as_invalid(source):
         tokenizer = AutoTokenizer.from_pretrained(source.path, trust_remote_code=trust_remote_code, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(
-            source.path,
-            dtype=torch_dtype,
-            trust_remote_code=trust_remote_code,
-            use_safetensors=source.format != "pytorch",
-            **kwargs,
-        )
-    model.to(dev).eval()
+        model = read_parallel(source, config, dev, torch_dtype, trust_remote_code) if source.format == "safetensors" else None
+        loader = "parallel" if model is not None else "transformers"
+        if model is None:
+            model = AutoModelForCausalLM.from_pretrained(
+                source.path,
+                dtype=torch_dtype,
+                trust_remote_code=trust_remote_code,
+                use_safetensors=source.format != "pytorch",
+                **kwargs,
+            ).to(dev)
+    model.eval()
     info = model_info(source, model, config, adapter, torch_dtype)
-    return LoadedModel(model, tokenizer, adapter, info, dev, time.perf_counter() - start)
+    return LoadedModel(model, tokenizer, adapter, info, dev, time.perf_counter() - start, loader)
+
+
+def skeleton(config, dtype: torch.dtype, trust_remote_code: bool) -> nn.Module:
+    """The model without weights: parameters on the meta device, buffers made on the host."""
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    with init_empty_weights():
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
+    model.tie_weights()  # tied weights become one parameter, as from_pretrained leaves them
+    return model.eval()
+
+
+def assign(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
+    """Give parameter or buffer `name` new contents. A parameter keeps its Python object: tied
+    weights share it, and detection sites and conditions hold references to it."""
+    module_name, _, attr = name.rpartition(".")
+    module = model.get_submodule(module_name)
+    if attr in module._parameters:
+        torch.utils.swap_tensors(module._parameters[attr], nn.Parameter(tensor, requires_grad=False))
+    else:
+        module._buffers[attr] = tensor
+
+
+def read_parallel(source: ResolvedSource, config, device: torch.device, dtype: torch.dtype,
+                  trust_remote_code: bool) -> nn.Module | None:
+    """The model with its weights read by `catalog.reader` (several threads, straight onto the
+    device), or None where transformers must convert the checkpoint: tensors renamed, fused,
+    quantized or kept in float32, or any name or shape that differs from the model's own."""
+    if getattr(config, "quantization_config", None):
+        return None
+    model = skeleton(config, dtype, trust_remote_code)
+    spans = index_shards(sorted(source.path.glob("*.safetensors")))
+    names = checkpoint_names(model, spans)
+    if names is None or getattr(model, "_keep_in_fp32_modules", None):
+        return None
+    with ShardReader(spans, device) as reader:
+        for batch in _batches(names, spans):
+            for name, tensor in reader.read(batch).items():
+                for alias in names[name]:
+                    assign(model, alias, tensor.to(dtype) if tensor.is_floating_point() else tensor)
+    buffers_to(model, device)
+    return model
+
+
+def buffers_to(model: nn.Module, device: torch.device) -> None:
+    """The buffers the model computed itself in the skeleton (rotary frequencies, masks), onto the device."""
+    for module in model.modules():
+        for name, buffer in module.named_buffers(recurse=False):
+            module._buffers[name] = buffer.to(device)
+
+
+def checkpoint_names(model: nn.Module, spans: dict[str, Span]) -> dict[str, list[str]] | None:
+    """Checkpoint name -> the state-dict names it fills (tied weights: several), or None unless
+    every checkpoint tensor fills the model's tensors of its name and shape, and every one is filled."""
+    by_tensor: dict[int, list[str]] = {}
+    state = model.state_dict(keep_vars=True)
+    for name, tensor in state.items():
+        by_tensor.setdefault(id(tensor), []).append(name)
+    if not set(spans) <= set(state):
+        return None
+    names = {}
+    for aliases in by_tensor.values():
+        stored = [a for a in aliases if a in spans]
+        if not stored or spans[stored[0]].shape != tuple(state[stored[0]].shape):
+            return None
+        names[stored[0]] = aliases
+    return names
+
+
+def _batches(names: dict[str, list[str]], spans: dict[str, Span], size: int = 1 << 30) -> Iterator[list[str]]:
+    """Checkpoint names in groups of about `size` bytes: a dtype conversion holds one group twice."""
+    batch, held = [], 0
+    for name in names:
+        batch.append(name)
+        held += spans[name].nbytes
+        if held >= size:
+            yield batch
+            batch, held = [], 0
+    if batch:
+        yield batch
 
 
 def check_config(source: ResolvedSource, trust_remote_code: bool) -> None:

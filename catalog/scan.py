@@ -126,7 +126,7 @@ def _scan_loaded(source: ResolvedSource, options: ScanOptions, config: dict, say
     prompts = [loaded.tokenizer(p, return_tensors="pt").input_ids.to(loaded.device) for p in options.prompts]
     found = run_detect(prompts, sites, options.rule, options.max_iterations)
     timings["detect"] = round(time.perf_counter() - start, 3)
-    summary = {"detection_passes": found.iterations, "reference_out_max": found.reference}
+    summary = {"detection_passes": found.iterations, "reference_out_max": found.reference, "loader": loaded.loader}
 
     ablations, weights = [], found.super_weights
     if options.verify:

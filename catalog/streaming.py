@@ -37,7 +37,9 @@ from catalog.causal import (RESTORE_SA, ActivationRecorder, Verification, Verify
 from catalog.detection import Detection, SpikeRule, candidate, iterate, weight_entries
 from catalog.errors import BadOptionError
 from catalog.hooks import Capture, capture, zeroed
-from catalog.loading import LoadedModel, as_invalid, check_config, model_info, pick_device, pick_dtype
+from catalog.loading import (LoadedModel, as_invalid, assign, buffers_to, check_config, checkpoint_names, model_info, pick_device,
+                             pick_dtype, skeleton)
+from catalog.reader import ShardReader
 from catalog.perplexity import Evaluation, evaluate, frequent_tokens, paired_interval
 from catalog.prefix import PrefixCache
 from catalog.result import SuperWeight
@@ -64,32 +66,27 @@ def parse_size(text: str) -> int:
 
 @dataclass
 class ShardStore:
-    """Reads tensors by name from a checkpoint's safetensors shards; counts the block bytes read
-    onto the device and not yet released (`resident`, `peak`), so that tests can bound them."""
+    """Reads tensors by name from a checkpoint's safetensors shards (`catalog.reader`); counts the
+    block bytes read onto the device and not yet released (`resident`, `peak`), so that tests can
+    bound them."""
 
-    handles: dict[str, object]  # tensor name -> open `safe_open` of its shard
-    device: torch.device
+    reader: ShardReader
     dtype: torch.dtype
     resident: int = 0
     peak: int = 0
 
     @classmethod
     def open(cls, source: ResolvedSource, stack: contextlib.ExitStack, device: torch.device, dtype: torch.dtype) -> ShardStore:
-        from safetensors import safe_open
+        reader = stack.enter_context(ShardReader.open(sorted(source.path.glob("*.safetensors")), device))
+        return cls(reader, dtype)
 
-        handles = {}
-        for shard in sorted(source.path.glob("*.safetensors")):
-            handle = stack.enter_context(safe_open(str(shard), framework="pt", device="cpu"))
-            handles |= dict.fromkeys(handle.keys(), handle)
-        return cls(handles, device, dtype)
-
-    def read(self, name: str, device: torch.device | None = None) -> torch.Tensor:
-        tensor = self.handles[name].get_tensor(name)
-        return tensor.to(device or self.device, self.dtype if tensor.is_floating_point() else tensor.dtype)
+    def read(self, names: list[str]) -> dict[str, torch.Tensor]:
+        return {name: tensor.to(self.dtype) if tensor.is_floating_point() else tensor
+                for name, tensor in self.reader.read(names).items()}
 
     def read_block(self, prefix: str) -> dict[str, torch.Tensor]:
         """Every tensor named `prefix...`, on the device, keyed by its name inside the block."""
-        tensors = {name.removeprefix(prefix): self.read(name) for name in self.handles if name.startswith(prefix)}
+        tensors = {name.removeprefix(prefix): t for name, t in self.read([n for n in self.reader.spans if n.startswith(prefix)]).items()}
         self.resident += sum(t.nbytes for t in tensors.values())
         self.peak = max(self.peak, self.resident)
         return tensors
@@ -98,22 +95,16 @@ class ShardStore:
         self.resident -= sum(t.nbytes for t in tensors.values())
 
 
-def _swap(module: nn.Module, name: str, tensor: torch.Tensor) -> None:
-    """Give parameter `name` new contents, keeping the Python object: sites and condition entries
-    hold references to it."""
-    torch.utils.swap_tensors(module.get_parameter(name), nn.Parameter(tensor, requires_grad=False))
-
-
 @contextlib.contextmanager
 def resident(module: nn.Module, tensors: dict[str, torch.Tensor], store: ShardStore) -> Iterator[None]:
     """The module's parameters hold `tensors` inside the block; back on the meta device after."""
     try:
         for name, tensor in tensors.items():
-            _swap(module, name, tensor)
+            assign(module, name, tensor)
         yield
     finally:
         for name, tensor in tensors.items():
-            _swap(module, name, torch.empty(tensor.shape, dtype=tensor.dtype, device="meta"))
+            assign(module, name, torch.empty(tensor.shape, dtype=tensor.dtype, device="meta"))
         store.release(tensors)
 
 
@@ -225,8 +216,7 @@ class StreamedModel:
             raise BadOptionError("--early-stop", f"not available with {OPTION} yet: a streamed pass carries every window.")
         stopwords = frequent_tokens(windows)
         recorder = LayerRecorder(sites, weights)
-        with self._down_projections_on_cpu(sites):  # control B's global top-k is taken when the plan is made
-            plan = conditions(sites, weights, options, recorder) if weights else []
+        plan = conditions(sites, weights, options, recorder, weight_of=self._read_weight) if weights else []
         base = Stream(*map(list, zip(*self.inputs(windows.split(options.batch_size)))), context=recorder.record)
         streams: dict[str, Stream] = {}
         for layer, block in self.layers():
@@ -250,30 +240,21 @@ class StreamedModel:
         summary = summarize(rows) | {"evaluation": evaluation} | ({"intervals": intervals} if intervals else {})
         return Verification(rows, apply_verdicts(weights, rows, options), summary)
 
+    def _read_weight(self, site: DownProjection) -> torch.Tensor:
+        """A down projection's values on the device, for control B's top-k (one at a time, freed after)."""
+        return self.store.read([site.param])[site.param]
+
     def _evaluation(self, windows: torch.Tensor, stopwords: torch.Tensor, stream: Stream, batch_size: int) -> Evaluation:
         """Perplexity from a stream's final hidden states, through the model's own norm and head."""
         final = PrefixCache.replaying(self.blocks, {len(self.blocks): torch.cat(stream.hidden)})
         with final.skipping(len(self.blocks)):
             return evaluate(self.loaded.model, windows, stopwords, batch_size)
 
-    @contextlib.contextmanager
-    def _down_projections_on_cpu(self, sites: list[DownProjection]) -> Iterator[None]:
-        """Every down projection in host memory for a moment, never on the device."""
-        tensors = [(site, self.store.read(site.param, torch.device("cpu"))) for site in sites]
-        try:
-            for site, tensor in tensors:
-                torch.utils.swap_tensors(site.weight, nn.Parameter(tensor, requires_grad=False))
-            yield
-        finally:
-            for site, tensor in tensors:
-                torch.utils.swap_tensors(site.weight, nn.Parameter(torch.empty(tensor.shape, dtype=tensor.dtype, device="meta"), requires_grad=False))
-
 
 def open_streamed(source: ResolvedSource, stack: contextlib.ExitStack, *, budget: int, device: str = "auto",
                   dtype: str = "auto", trust_remote_code: bool = False) -> StreamedModel:
     """The model skeleton with its non-block weights on the device; blocks stay in the shards."""
-    from accelerate import init_empty_weights
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
     start = time.perf_counter()
     dev = pick_device(device)
@@ -288,20 +269,20 @@ def open_streamed(source: ResolvedSource, stack: contextlib.ExitStack, *, budget
         _unstreamable(source, f"model type {config.model_type!r}")
     with as_invalid(source):
         tokenizer = AutoTokenizer.from_pretrained(source.path, trust_remote_code=trust_remote_code)
-        with init_empty_weights():
-            model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+        model = skeleton(config, torch_dtype, trust_remote_code)
         store = ShardStore.open(source, stack, dev, torch_dtype)
-    model.eval()
+    names = checkpoint_names(model, store.reader.spans)
+    if names is None:
+        _unstreamable(source, "tensor names or shapes that differ from the model's")
     _check_budget(model, adapter.blocks, torch_dtype, budget, source.spec)
+    outer = [name for name in names if not name.startswith(f"{adapter.blocks}.")]
     with as_invalid(source):
-        for name, _ in model.named_parameters():
-            if not name.startswith(f"{adapter.blocks}."):
-                _swap(model, name, store.read(name))
-    for module in model.modules():
-        for name, buffer in module.named_buffers(recurse=False):
-            module._buffers[name] = buffer.to(dev)
+        for name, tensor in store.read(outer).items():
+            for alias in names[name]:
+                assign(model, alias, tensor)
+    buffers_to(model, dev)
     info = model_info(source, model, config, adapter, torch_dtype)
-    loaded = LoadedModel(model, tokenizer, adapter, info, dev, time.perf_counter() - start)
+    loaded = LoadedModel(model, tokenizer, adapter, info, dev, time.perf_counter() - start, "parallel")
     return StreamedModel(loaded, model.get_submodule(adapter.blocks), adapter.blocks, store)
 
 

@@ -1,0 +1,119 @@
+"""The parallel safetensors reader and the load built on it (issue 7: load at the cost of one read).
+
+The reader must return exactly what `safetensors` returns, and a model loaded through it must be
+the model `from_pretrained` builds: every tensor equal, tied weights still one parameter, the
+same logits. Where transformers converts a checkpoint (renamed or fused tensors), the load falls
+back to `from_pretrained`, and the result is again the same.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from catalog.loading import load, read_parallel
+from catalog.reader import ShardReader, index_shards
+from catalog.sources import resolve
+from test_architectures import CASES, tiny_model
+
+FALLBACK = {"gpt_neox", "mixtral", "qwen2_moe", "qwen3_moe"}  # checkpoints transformers renames or fuses
+
+
+def shards(tmp_path: Path) -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    first = {"w.bf16": torch.randn(300, 77).bfloat16(), "w.f16": torch.randn(5, 3).half(), "i64": torch.arange(1000),
+             "mask": torch.rand(17) > 0.5, "empty": torch.empty(0, 4), "scalar": torch.tensor(2.5)}
+    second = {"big.f32": torch.randn(640, 500), "u8": torch.randint(0, 255, (33,), dtype=torch.uint8)}
+    save_file(first, tmp_path / "model-00001-of-00002.safetensors")
+    save_file(second, tmp_path / "model-00002-of-00002.safetensors")
+    return first | second
+
+
+def test_reader_returns_what_safetensors_returns(tmp_path):
+    written = shards(tmp_path)
+    files = sorted(tmp_path.glob("*.safetensors"))
+    expected = {k: v for f in files for k, v in load_file(f).items()}
+    for threads, chunk in [(1, 1 << 30), (3, 4096)]:  # whole tensors; and many pieces, cut inside tensors
+        with ShardReader.open(files, torch.device("cpu"), threads=threads, chunk=chunk) as reader:
+            got = reader.read(list(written))
+        assert got.keys() == expected.keys()
+        for name, tensor in expected.items():
+            assert got[name].dtype == tensor.dtype and got[name].shape == tensor.shape, name
+            assert torch.equal(got[name], tensor), name
+
+
+@pytest.mark.parametrize("damage", ["cut", "header"])
+def test_a_damaged_shard_is_refused_before_reading(tmp_path, damage):
+    shards(tmp_path)
+    file = tmp_path / "model-00002-of-00002.safetensors"
+    data = file.read_bytes()
+    if damage == "cut":
+        file.write_bytes(data[: len(data) // 2])
+        message = "past the end of the file"
+    else:
+        file.write_bytes((10**12).to_bytes(8, "little") + data[8:])
+        message = "not a safetensors file"
+    with pytest.raises(ValueError, match=message):
+        index_shards([file])
+
+
+def saved(model: torch.nn.Module, path: Path) -> Path:
+    model.save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_parallel_load_builds_the_model_from_pretrained_builds(case, tmp_path):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    model_type, overrides, _ = CASES[case]
+    path = saved(tiny_model(model_type, **overrides), tmp_path / case)
+    config = AutoConfig.from_pretrained(path)
+    fast = read_parallel(resolve(str(path)), config, torch.device("cpu"), torch.float32, False)
+    if model_type in FALLBACK:
+        assert fast is None  # transformers must convert these tensors: the load falls back to it
+        return
+    reference = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    ours, theirs = fast.state_dict(), reference.state_dict()
+    assert ours.keys() == theirs.keys()
+    for name in theirs:
+        assert torch.equal(ours[name], theirs[name]), name
+    if config.tie_word_embeddings:
+        assert fast.get_output_embeddings().weight is fast.get_input_embeddings().weight
+    assert not any(p.is_meta for p in fast.parameters()) and not any(b.is_meta for b in fast.buffers())
+    ids = torch.randint(3, 120, (2, 16), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        assert torch.equal(fast(input_ids=ids).logits, reference(input_ids=ids).logits)
+
+
+def test_load_reads_in_parallel_and_converts_the_dtype(tiny):
+    from transformers import AutoModelForCausalLM
+
+    path = tiny("llama").path
+    loaded = load(resolve(str(path)), device="cpu", dtype="bfloat16")
+    assert loaded.loader == "parallel"
+    reference = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16)
+    for name, tensor in reference.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[name], tensor), name
+
+
+def test_a_checkpoint_transformers_converts_is_loaded_by_transformers(tiny):
+    loaded = load(resolve(str(tiny("mixtral").path)), device="cpu", dtype="float32")
+    assert loaded.loader == "transformers"
+    assert not any(p.is_meta for p in loaded.model.parameters())
+
+
+def test_a_renamed_tensor_falls_back_to_transformers(tiny, tmp_path):
+    """An extra or renamed tensor (a conversion transformers knows, or junk) is never guessed at."""
+    import shutil
+
+    path = shutil.copytree(tiny("llama").path, tmp_path / "renamed")
+    tensors = load_file(path / "model.safetensors")
+    tensors["model.unexpected.weight"] = torch.zeros(2)
+    save_file(tensors, path / "model.safetensors", metadata={"format": "pt"})
+    from transformers import AutoConfig
+
+    assert read_parallel(resolve(str(path)), AutoConfig.from_pretrained(path), torch.device("cpu"), torch.float32, False) is None
