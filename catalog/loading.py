@@ -16,7 +16,7 @@ from torch import nn
 from catalog.architectures import Adapter, adapter_for
 from catalog.errors import BadOptionError, InvalidSourceError, SuperweightsError
 from catalog.family import family_name
-from catalog.reader import ShardReader, Span, index_shards
+from catalog.reader import ShardReader, Span, checkpoint_shards, index_shards
 from catalog.result import ModelInfo
 from catalog.sources import ResolvedSource
 
@@ -110,7 +110,7 @@ def read_parallel(source: ResolvedSource, config, device: torch.device, dtype: t
     if getattr(config, "quantization_config", None):
         return None
     model = skeleton(config, dtype, trust_remote_code)
-    spans = index_shards(sorted(source.path.glob("*.safetensors")))
+    spans = index_shards(checkpoint_shards(source.path))
     names = checkpoint_names(model, spans)
     if names is None or getattr(model, "_keep_in_fp32_modules", None):
         return None

@@ -43,6 +43,19 @@ class Span:
     shape: tuple[int, ...]
 
 
+def checkpoint_shards(path: Path) -> list[Path]:
+    """The safetensors files of a checkpoint directory: those its index names, if it has one
+    (some repos also hold a consolidated copy of the same weights under other names), else all."""
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
+            raise ValueError(f"{index.name} is not a safetensors index ({exc})") from exc
+        return [path / name for name in sorted(set(weight_map.values()))]
+    return sorted(path.glob("*.safetensors"))
+
+
 def index_shards(files: Iterable[Path]) -> dict[str, Span]:
     """Every tensor of the shards by name, from their headers."""
     spans: dict[str, Span] = {}

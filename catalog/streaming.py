@@ -39,7 +39,7 @@ from catalog.errors import BadOptionError
 from catalog.hooks import Capture, capture, zeroed
 from catalog.loading import (LoadedModel, as_invalid, assign, buffers_to, check_config, checkpoint_names, model_info, pick_device,
                              pick_dtype, skeleton)
-from catalog.reader import ShardReader
+from catalog.reader import ShardReader, checkpoint_shards
 from catalog.perplexity import Evaluation, evaluate, frequent_tokens, paired_interval
 from catalog.prefix import PrefixCache
 from catalog.result import SuperWeight
@@ -77,7 +77,7 @@ class ShardStore:
 
     @classmethod
     def open(cls, source: ResolvedSource, stack: contextlib.ExitStack, device: torch.device, dtype: torch.dtype) -> ShardStore:
-        reader = stack.enter_context(ShardReader.open(sorted(source.path.glob("*.safetensors")), device))
+        reader = stack.enter_context(ShardReader.open(checkpoint_shards(source.path), device))
         return cls(reader, dtype)
 
     def read(self, names: list[str]) -> dict[str, torch.Tensor]:

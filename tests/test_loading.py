@@ -117,3 +117,19 @@ def test_a_renamed_tensor_falls_back_to_transformers(tiny, tmp_path):
     from transformers import AutoConfig
 
     assert read_parallel(resolve(str(path)), AutoConfig.from_pretrained(path), torch.device("cpu"), torch.float32, False) is None
+
+
+def test_a_sharded_checkpoint_is_read_from_the_files_its_index_names(tmp_path):
+    """Some repos hold a consolidated copy beside the shards, under other tensor names: ignored."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    model = tiny_model("llama")
+    path = tmp_path / "sharded"
+    model.save_pretrained(path, max_shard_size="100KB")
+    assert len(list(path.glob("model-*.safetensors"))) > 1 and (path / "model.safetensors.index.json").is_file()
+    save_file({"layers.0.attention.wq.weight": torch.zeros(3)}, path / "consolidated.safetensors")
+    fast = read_parallel(resolve(str(path)), AutoConfig.from_pretrained(path), torch.device("cpu"), torch.float32, False)
+    reference = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    assert fast is not None
+    for name, tensor in reference.state_dict().items():
+        assert torch.equal(fast.state_dict()[name], tensor), name
