@@ -2,9 +2,10 @@
 
 The model is built without weights (its parameters on the meta device); only the embeddings,
 the final norm, the head and the rotary buffers are put on the device. Each pass then reads one
-block at a time from the safetensors shards onto the device (the next block is read in a
-background thread while the current one computes), runs every stream's hidden states through it
-and frees it: at most two blocks of weights are resident at once.
+block at a time from the safetensors shards onto the device (`catalog.reader`; the next block is
+read in a background thread while the current one computes), runs every stream's hidden states
+through it and frees it: at most two blocks of weights are resident at once. Control B's top-k
+reads each down projection onto the device in turn before the verification pass.
 
 Verification is one pass over the blocks carrying every condition: the baseline windows, and,
 forked from the baseline's input to the block where the condition first changes something (the
