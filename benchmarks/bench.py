@@ -4,7 +4,8 @@ For each synthetic checkpoint (`benchmarks/synth.py`), in one process, page cach
 - floor: `safetensors.torch.load_file(shard, device=...)` for every shard in turn, no model code;
 - scan: the product's `scan_source` (load once, detection with iterations, every verification
   condition over `--eval-tokens` tokens), in three variants: `plain` (every condition over the
-  whole model), `prefix` (the default: shared layer prefix) and `early` (prefix plus early stopping);
+  whole model, every window), `prefix` (shared layer prefix, every window: `--full-eval`) and
+  `early` (the default: prefix plus early stopping); the row's own figures are `prefix`'s;
 - naive: the paper scripts' recipe, a fresh load and one evaluation per condition.
 Prints the ratios and per-phase times and appends one JSON row per checkpoint to `--results`.
 
@@ -38,9 +39,9 @@ from catalog.scan import ScanOptions, scan, scan_source  # noqa: E402
 from catalog.sources import resolve  # noqa: E402
 
 VARIANTS = {
-    "plain": VerifyOptions(share_prefix=False),
-    "prefix": VerifyOptions(),
-    "early": VerifyOptions(early_stop=True),
+    "plain": VerifyOptions(share_prefix=False, early_stop=False),
+    "prefix": VerifyOptions(early_stop=False),
+    "early": VerifyOptions(),
 }
 
 

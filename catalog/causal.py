@@ -15,7 +15,7 @@ A candidate is *confirmed* when zeroing it alone multiplies perplexity by at lea
 Two speed-ups, both off the same single load. Prefix sharing (`share_prefix`, on by default,
 `catalog.prefix`): a condition runs only the blocks from its first modified layer on, from the
 baseline's recorded hidden states; the result is the plain evaluation's up to rounding. Early
-stopping (`early_stop`, off by default): a condition is
+stopping (`early_stop`, on by default; off is the paper's full evaluation): a condition is
 checked after one window, then after batches that double (1, 1, 2, 4, ... windows, capped at
 `batch_size`), and stops once the 95% interval of its paired ratio (over `parts` segments per
 window, `catalog.perplexity`), widened to at least +-`stop_precision`, excludes its verdict
@@ -62,7 +62,7 @@ class VerifyOptions:
     clip_quantile: float = 1e-4
     batch_size: int = 4
     share_prefix: bool = True
-    early_stop: bool = False
+    early_stop: bool = True
     stop_precision: float = 0.05  # rows without a threshold stop when the ratio is known within +-5%
     parts: int = PARTS  # segments per window, the observations of an interval (early stopping)
 

@@ -220,9 +220,8 @@ class StreamedModel:
     @torch.inference_mode()
     def verify(self, windows: torch.Tensor, sites: list[DownProjection], weights: list[SuperWeight],
                options: VerifyOptions, progress: Callable[[str], None] = lambda _m: None) -> Verification:
-        """`catalog.causal.verify` (with its prefix sharing) in one streamed pass over the blocks."""
-        if options.early_stop:
-            raise BadOptionError("--early-stop", f"not available with {OPTION} yet: a streamed pass carries every window.")
+        """`catalog.causal.verify` (with its prefix sharing) in one streamed pass over the blocks; the
+        pass carries every window, so `options.early_stop` is not used (`ScanOptions.verification`)."""
         stopwords = frequent_tokens(windows)
         recorder = LayerRecorder(sites, weights)
         with self._down_projections_on_cpu(sites):  # control B's global top-k is taken when the plan is made

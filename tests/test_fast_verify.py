@@ -1,7 +1,7 @@
 """The faster verification paths (issue 7) against plain per-condition evaluation.
 
 Prefix sharing must give the plain perplexities up to floating-point rounding, on every tiny
-architecture of the registry and on the real SmolLM2; early stopping must keep each
+architecture of the registry and on the real SmolLM2; early stopping (the default) must keep each
 verdict of full evaluation and report an interval that holds the full-evaluation ratio.
 """
 
@@ -15,6 +15,7 @@ import torch
 
 from catalog.architectures import down_projections
 from catalog.causal import VerifyOptions, Verification, verify
+from catalog.cli import options_from, scan
 from catalog.hooks import zeroed
 from catalog.detection import SpikeRule, detect
 from catalog.evaltext import load_eval_text
@@ -89,8 +90,8 @@ def llama(tiny, zipf) -> Setup:
 
 @pytest.fixture(scope="module")
 def llama_runs(llama) -> tuple[Verification, Verification]:
-    """(full evaluation without prefix sharing, early stopping with it)."""
-    return llama.verify(PLAIN), llama.verify(VerifyOptions(early_stop=True))
+    """(full evaluation without prefix sharing, the default: early stopping with it)."""
+    return llama.verify(PLAIN), llama.verify(VerifyOptions())
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -142,13 +143,20 @@ def test_checks_come_after_one_window_then_after_doubling_batches(llama):
     assert (two.windows, two.tokens, len(two.nll)) == (2, 2 * 127, 2 * 4)
 
 
-def test_early_stop_is_recorded_in_config_only_when_on():
-    early = VerifyOptions(early_stop=True).to_config()
-    assert (early["early_stop"], early["stop_precision"], early["parts"]) == (True, 0.05, 4)
-    assert "share_prefix" not in early
+def test_early_stop_is_the_default_and_full_eval_keeps_the_old_config():
+    default = VerifyOptions().to_config()
+    assert (default["early_stop"], default["stop_precision"], default["parts"]) == (True, 0.05, 4)
+    assert "share_prefix" not in default
     # the plain config as it always was: full-evaluation scans keep their catalog key
     assert set(FULL.to_config()) == {"confirm_ratio", "control_max", "outlier_fraction", "seed", "quant_check",
                                       "quant_block", "clip_quantile", "batch_size"}
+
+
+def test_cli_stops_early_unless_told_full_eval():
+    def checks(*args: str) -> VerifyOptions:
+        return options_from(scan.make_context("scan", ["SOURCE", *args]).params).checks
+    assert checks().early_stop and checks("--early-stop").early_stop
+    assert checks("--full-eval").to_config() == FULL.to_config()
 
 
 def test_zeroed_zeroes_repeats_and_restores_exactly():
@@ -180,7 +188,7 @@ def test_fast_paths_on_smollm2(smollm2_gguf, eval_text):
     (its late candidates of layers 28-29 then run only the last blocks)."""
     s = setup(str(smollm2_gguf), eval_text, tokens=512, seq_len=64, iterations=1)
     plain, shared = s.verify(PLAIN), s.verify(FULL)
-    early = s.verify(VerifyOptions(early_stop=True))
+    early = s.verify(VerifyOptions())
     assert_same_rows(shared, plain, rel=1e-4)
     assert_intervals_hold(early, plain)
     assert_full_rows_are_ppl_ratios(plain)
