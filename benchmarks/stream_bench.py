@@ -2,7 +2,8 @@
 
 For each synthetic checkpoint (`synth.py`), page cache warm: the floor (`bench.floor`), the scan
 streamed under `--budget` (wall, phases, peak `torch.cuda.max_memory_allocated`), then the same
-scan in memory, and how far their perplexities are apart. Appends one JSON row per checkpoint.
+scan in memory (both evaluating every window, `--full-eval`), and how far their perplexities are
+apart. Appends one JSON row per checkpoint.
 
     python benchmarks/stream_bench.py --sizes 7b --budget 4GiB --device cuda --work /tmp/swb --results $OUT
 """
@@ -19,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench, synth, run as
 
 import bench  # noqa: E402
 import synth  # noqa: E402
+from catalog.causal import VerifyOptions  # noqa: E402
 from catalog.scan import ScanOptions, scan_source  # noqa: E402
 from catalog.sources import resolve  # noqa: E402
 from catalog.streaming import parse_size  # noqa: E402
@@ -26,7 +28,8 @@ from catalog.streaming import parse_size  # noqa: E402
 
 def timed_scan(checkpoint: synth.Checkpoint, args, budget: int | None) -> dict:
     options = ScanOptions(device=args.device, dtype="bfloat16" if args.device.startswith("cuda") else "float32",
-                          eval_text=checkpoint.eval_text, eval_tokens=args.eval_tokens, seq_len=args.seq_len, max_gpu_memory=budget)
+                          eval_text=checkpoint.eval_text, eval_tokens=args.eval_tokens, seq_len=args.seq_len, max_gpu_memory=budget,
+                          checks=VerifyOptions(early_stop=False))
     bench.release()
     bench.peak_memory_reset(args.device)
     start = time.perf_counter()

@@ -15,10 +15,14 @@ A candidate is *confirmed* when zeroing it alone multiplies perplexity by at lea
 Two speed-ups, both off the same single load. Prefix sharing (`share_prefix`, on by default,
 `catalog.prefix`): a condition runs only the blocks from its first modified layer on, from the
 baseline's recorded hidden states; the result is the plain evaluation's up to rounding. Early
-stopping (`early_stop`, off by default): a condition is evaluated two windows at a time and
-stops once the 95% interval of its paired ratio excludes its verdict threshold (or, for rows
-without one, is within `stop_precision`); its row then covers fewer tokens, and every row's
-interval is reported in the summary.
+stopping (`early_stop`, on by default; off is the paper's full evaluation): a condition is
+checked after one window, then after batches that double (1, 1, 2, 4, ... windows, capped at
+`batch_size`), and stops once the 95% interval of its paired ratio (over `parts` segments per
+window, `catalog.perplexity`), widened to at least +-`stop_precision`, excludes its verdict
+threshold: `confirm_ratio` for each candidate and for all candidates together, `control_max`
+for control A. Rows without a threshold (control B, +SA, quantization) stop once the interval
+is within +-`stop_precision`. A stopped row covers fewer tokens; every row's interval is
+reported in the summary.
 """
 
 from __future__ import annotations
@@ -34,14 +38,13 @@ from torch import nn
 from catalog.architectures import DownProjection
 from catalog.detection import weight_entries
 from catalog.hooks import zeroed
-from catalog.perplexity import Evaluation, Interval, Settled, evaluate, frequent_tokens, paired_interval
+from catalog.perplexity import PARTS, Evaluation, Interval, Settled, evaluate, frequent_tokens, paired_interval
 from catalog.prefix import PrefixCache
 from catalog.quantization import quantized
 from catalog.result import CANDIDATE, CONFIRMED, Ablation, SuperWeight
 
 Entries = list[tuple[torch.Tensor, tuple[int, ...]]]
 RESTORE_SA = "+SA: zero all, restore super activation"
-MIN_WINDOWS = 2  # an interval needs two windows
 
 
 @dataclass(frozen=True)
@@ -59,14 +62,15 @@ class VerifyOptions:
     clip_quantile: float = 1e-4
     batch_size: int = 4
     share_prefix: bool = True
-    early_stop: bool = False
+    early_stop: bool = True
     stop_precision: float = 0.05  # rows without a threshold stop when the ratio is known within +-5%
+    parts: int = PARTS  # segments per window, the observations of an interval (early stopping)
 
     def to_config(self) -> dict:
         config = asdict(self)
         del config["share_prefix"]  # exact up to rounding: the same scan either way
-        if not self.early_stop:  # plain evaluation keeps the config (and catalog key) it always had
-            del config["early_stop"], config["stop_precision"]
+        if not self.early_stop:  # full evaluation keeps the config (and catalog key) it always had
+            del config["early_stop"], config["stop_precision"], config["parts"]
         return config
 
 
@@ -206,7 +210,7 @@ def conditions(sites: list[DownProjection], weights: list[SuperWeight], options:
     confirm, control = (options.confirm_ratio,), (options.control_max,)
     found = [Condition(label(w), lambda w=w: zeroed(weight_entries(sites, [w])), first_layer=w.layer, thresholds=confirm) for w in weights]
     found += [
-        Condition("zero all candidates", lambda: zeroed(everything), f"{len(weights)} weights", first),
+        Condition("zero all candidates", lambda: zeroed(everything), f"{len(weights)} weights", first, confirm),
         Condition("control A: random", lambda: zeroed(random_control(sites, weights, options.seed)), f"{len(weights)} seeded random weights in the same matrices (seed {options.seed})", first, control),
         Condition("control B: outliers", lambda: zeroed(outliers), f"{len(outliers)} largest-magnitude non-candidate weights", _first_layer(sites, outliers)),
         Condition(RESTORE_SA, lambda: _stacked(zeroed(everything), recorder.restore()), first_layer=first),
@@ -254,16 +258,16 @@ def verify(model: nn.Module, windows: torch.Tensor, sites: list[DownProjection],
     progress(f"verifying: baseline (1/{len(plan) + 1})")
     started = time.perf_counter()
     with recorder.record(), prefix.record() if prefix else contextlib.nullcontext():
-        base = evaluate(model, windows, stopwords, options.batch_size)
+        base = evaluate(model, windows, stopwords, options.batch_size, parts=options.parts)
     baseline_seconds = time.perf_counter() - started
-    rows, intervals = [ablation_row("baseline", base, paired_interval(base.nll, base.nll))], {}
+    rows, intervals = [ablation_row("baseline", base, paired_interval(base, base))], {}
     for i, condition in enumerate(plan, start=2):
         progress(f"verifying: {condition.name} ({i}/{len(plan) + 1})")
         ev = _evaluate_condition(model, windows, stopwords, condition, base, prefix, options)
-        interval = _reported(paired_interval(ev.nll, base.nll), len(base.nll), options.stop_precision)
+        interval = _reported(paired_interval(ev, base), base.windows, options.stop_precision)
         detail = f"{recorder.restored_positions} positions restored" if condition.name == RESTORE_SA else condition.detail
-        rows.append(ablation_row(condition.name, ev, interval, detail, len(base.nll)))
-        intervals[condition.name] = interval_summary(interval, len(base.nll), prefix.start(condition.first_layer) if prefix else 0)
+        rows.append(ablation_row(condition.name, ev, interval, detail, base.windows))
+        intervals[condition.name] = interval_summary(interval, base.windows, prefix.start(condition.first_layer) if prefix else 0)
     evaluation = {"prefix_shared": prefix is not None and prefix.supported, "early_stop": options.early_stop,
                   "baseline_seconds": round(baseline_seconds, 4)}  # what each extra condition is measured against
     summary = summarize(rows) | {"evaluation": evaluation} | ({"intervals": intervals} if intervals else {})
@@ -272,19 +276,16 @@ def verify(model: nn.Module, windows: torch.Tensor, sites: list[DownProjection],
 
 def _evaluate_condition(model: nn.Module, windows: torch.Tensor, stopwords: torch.Tensor, condition: Condition,
                         base: Evaluation, prefix: PrefixCache | None, options: VerifyOptions) -> Evaluation:
-    """One condition, from its first layer when the prefix is shared, window by window when stopping early."""
-    settled = _settled(base.nll, condition.thresholds, options.stop_precision) if options.early_stop else None
-    batch_size = MIN_WINDOWS if options.early_stop else options.batch_size  # a check per MIN_WINDOWS windows
+    """One condition, from its first layer when the prefix is shared, checked as it goes when stopping early."""
+    settled = _settled(base, condition.thresholds, options.stop_precision) if options.early_stop else None
     with condition.context(), prefix.skipping(condition.first_layer) if prefix else contextlib.nullcontext():
-        return evaluate(model, windows, stopwords, batch_size, settled)
+        return evaluate(model, windows, stopwords, options.batch_size, settled, options.parts)
 
 
-def _settled(base_nll: list[float], thresholds: tuple[float, ...], precision: float) -> Settled:
+def _settled(base: Evaluation, thresholds: tuple[float, ...], precision: float) -> Settled:
     """Stop once the (widened) 95% interval excludes every threshold; with none, once it is the precision band."""
-    def settled(nll: list[float]) -> bool:
-        if len(nll) < MIN_WINDOWS:
-            return False
-        interval = _widened(paired_interval(nll, base_nll), precision)
+    def settled(ev: Evaluation) -> bool:
+        interval = _widened(paired_interval(ev, base), precision)
         if thresholds:
             return not any(interval.low <= t <= interval.high for t in thresholds)
         return interval.high <= interval.ratio * (1 + precision) * (1 + 1e-12)
@@ -294,8 +295,9 @@ def _settled(base_nll: list[float], thresholds: tuple[float, ...], precision: fl
 def _widened(interval: Interval, precision: float) -> Interval:
     """The t-interval, widened to at least the stopping precision (ratio / (1 + p), ratio * (1 + p)).
 
-    Windows of one text are not independent draws, so a t-interval over two or three of them can
-    be too narrow (SmolLM2's +SA row: 1.0038 [1.0024, 1.0051] after 2 windows, 1.0018 over all).
+    Windows of one text are not independent draws, nor are the segments of one window, so a
+    t-interval over a few of them can be too narrow (SmolLM2's +SA row: 1.0038 [1.0024, 1.0051]
+    after 2 windows, 1.0018 over all).
     """
     return replace(interval, low=min(interval.low, interval.ratio / (1 + precision)),
                    high=max(interval.high, interval.ratio * (1 + precision)))

@@ -71,7 +71,7 @@ def scan_config_options(command):
         click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random control."),
         click.option("--quant-check", is_flag=True, help="Also measure int8/int4 round-to-nearest quantization of the down projections."),
         click.option("--quant-block", type=int, default=VerifyOptions.quant_block, show_default=True, help="Quantization block size (input channels)."),
-        click.option("--early-stop", is_flag=True, help="Stop each condition once its verdict is settled (95% interval); faster, on fewer tokens."),
+        click.option("--early-stop/--full-eval", default=True, show_default=True, help="Stop each condition once its verdict is settled (95% interval, checked after one window); --full-eval evaluates every condition on every window, as the paper does."),
         click.option("--max-gpu-memory", metavar="SIZE", help="Stream the model's blocks through the GPU within this budget (e.g. 4GiB): models larger than the GPU. Llama-family safetensors only."),
         click.option("--trust-remote-code", is_flag=True, help="Allow model code from the repo itself (review it first)."),
         click.option("--allow-pickle", is_flag=True, help="Allow pickle .bin checkpoints (loaded with weights_only=True)."),

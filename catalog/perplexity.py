@@ -2,21 +2,27 @@
 text's most frequent tokens (the paper's stop-word shift, Sec. 3.2: without the super weight,
 mass moves onto stop words).
 
-Conditions are compared with the baseline window by window (a paired comparison): the per-window
-difference of mean NLL is the log of that window's perplexity ratio, and its t-interval over the
-windows evaluated so far says how well the ratio is known. `evaluate(..., settled=...)` stops as
-soon as a caller's rule says the verdict cannot change any more.
+Conditions are compared with the baseline on the same tokens (a paired comparison). Each
+window's predicted tokens are split into `parts` consecutive segments (511 tokens: 128, 128,
+128, 127), and the observations are the per-segment differences of mean NLL, so that one window
+already gives an interval. The ratio itself is exact: exp of the token-weighted mean difference,
+which is the ratio of the two perplexities on the tokens evaluated; the t-interval around its
+log uses the segments' unweighted standard error. `evaluate(..., settled=...)` checks after one
+window, then after batches that double, and stops as soon as a caller's rule says the verdict
+cannot change any more.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+
+PARTS = 4  # segments per window: the paired observations of an interval
 
 # two-sided 95% quantiles of Student's t, by degrees of freedom 1..30 (beyond: the normal's 1.96)
 T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
@@ -25,10 +31,36 @@ T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2
 
 @dataclass
 class Evaluation:
-    ppl: float
-    tokens: int  # tokens predicted
-    nll: list[float]  # mean negative log-likelihood per window, for intervals
-    stopword_mass: float  # mean probability on the `stopwords` ids
+    """The windows evaluated so far, by segment (a window's segments in order, windows in order).
+
+    Token counts are kept per segment because segments differ by a token: perplexity and ratios
+    are exact token means, not means of segment means.
+    """
+
+    nll: list[float] = field(default_factory=list)  # mean negative log-likelihood per segment
+    counts: list[int] = field(default_factory=list)  # tokens predicted per segment
+    mass: list[float] = field(default_factory=list)  # mean probability on the `stopwords` ids, per window
+
+    @property
+    def tokens(self) -> int:
+        return sum(self.counts)
+
+    @property
+    def windows(self) -> int:
+        return len(self.mass)
+
+    @property
+    def ppl(self) -> float:
+        return math.exp(sum(n * c for n, c in zip(self.nll, self.counts)) / self.tokens)
+
+    @property
+    def stopword_mass(self) -> float:
+        return sum(self.mass) / len(self.mass)
+
+    def extend(self, more: Evaluation) -> None:
+        self.nll += more.nll
+        self.counts += more.counts
+        self.mass += more.mass
 
 
 @dataclass(frozen=True)
@@ -41,23 +73,23 @@ class Interval:
     windows: int
 
 
-Settled = Callable[[list[float]], bool]  # per-window NLL so far -> may the evaluation stop?
+Settled = Callable[[Evaluation], bool]  # the evaluation so far -> may it stop?
 
 
 def t975(df: int) -> float:
     return T975[df - 1] if df <= len(T975) else 1.96
 
 
-def paired_interval(nll: list[float], base_nll: list[float]) -> Interval:
-    """The ratio exp(mean d) of d = nll - base_nll over the windows in `nll`, with a t-interval.
+def paired_interval(ev: Evaluation, base: Evaluation) -> Interval:
+    """The ratio of `ev`'s perplexity to `base`'s on the segments `ev` covers, with a t-interval.
 
-    Windows have equal length, so the mean over windows is the mean over tokens and exp(mean d)
-    is exactly the ratio of the two perplexities on those windows.
+    The ratio is exp(token-weighted mean of d), d = segment NLL differences: exactly ppl / base
+    ppl on those tokens. The interval's half-width is t * the unweighted standard error of d.
     """
-    d = [a - b for a, b in zip(nll, base_nll)]
-    mean = sum(d) / len(d)
+    d = [a - b for a, b in zip(ev.nll, base.nll)]
+    mean = sum(x * c for x, c in zip(d, ev.counts)) / ev.tokens
     half = t975(len(d) - 1) * statistics.stdev(d) / math.sqrt(len(d)) if len(d) > 1 else math.inf
-    return Interval(math.exp(mean), math.exp(mean - half), math.exp(min(mean + half, 700.0)), len(d))
+    return Interval(math.exp(mean), math.exp(mean - half), math.exp(min(mean + half, 700.0)), ev.windows)
 
 
 def frequent_tokens(windows: torch.Tensor, k: int = 20) -> torch.Tensor:
@@ -68,28 +100,40 @@ def frequent_tokens(windows: torch.Tensor, k: int = 20) -> torch.Tensor:
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, windows: torch.Tensor, stopwords: torch.Tensor, batch_size: int = 4,
-             settled: Settled | None = None) -> Evaluation:
-    """Mean next-token NLL over the windows (each one sequence; no BOS added), in order.
+             settled: Settled | None = None, parts: int = PARTS) -> Evaluation:
+    """Next-token NLL over the windows (each one sequence; no BOS added), in order, by segment.
 
-    With `settled`, stops after the first batch at which `settled(nll so far)` holds; `tokens`
-    then counts only the windows evaluated. Without it, every window is evaluated (plain).
+    Without `settled`, every window is evaluated, `batch_size` at a time. With it, the batches
+    are 1, 1, 2, 4, ... windows (capped at `batch_size`): a first check after one window, then
+    few checks (each costs a synchronisation, dear on launch-bound small models); evaluation
+    stops after the first batch at which `settled(evaluation so far)` holds.
     """
     device = next(model.parameters()).device
     stopwords = stopwords.to(device)
-    nll, mass = [], []
-    for batch in windows.split(batch_size):
-        batch_nll, batch_mass = _window_losses(model, batch.to(device), stopwords)
-        nll += batch_nll
-        mass += batch_mass
-        if settled is not None and settled(nll):
+    ev = Evaluation()
+    for batch in _batches(windows, batch_size, doubling=settled is not None):
+        ev.extend(_segment_losses(model, batch.to(device), stopwords, parts))
+        if settled is not None and settled(ev):
             break
-    mean = sum(nll) / len(nll)
-    return Evaluation(math.exp(mean), len(nll) * (windows.shape[1] - 1), nll, sum(mass) / len(mass))
+    return ev
 
 
-def _window_losses(model: nn.Module, batch: torch.Tensor, stopwords: torch.Tensor) -> tuple[list[float], list[float]]:
-    """Per window of `batch` (b, seq): mean next-token NLL and mean probability on the stop words."""
+def _batches(windows: torch.Tensor, batch_size: int, doubling: bool) -> Iterator[torch.Tensor]:
+    """`batch_size` windows at a time, or, doubling, as many as ran so far (1, 1, 2, 4, ...) up to it."""
+    start, size = 0, 1 if doubling else batch_size
+    while start < len(windows):
+        yield windows[start: start + size]
+        start += size
+        size = min(start, batch_size) if doubling else batch_size
+
+
+def _segment_losses(model: nn.Module, batch: torch.Tensor, stopwords: torch.Tensor, parts: int) -> Evaluation:
+    """Per window of `batch` (b, seq): mean next-token NLL of each of `parts` consecutive segments
+    of its predicted tokens, and the mean probability on the stop words."""
     logits = model(input_ids=batch, use_cache=False).logits[:, :-1].float()  # (b, seq-1, vocab)
     logp = logits.log_softmax(-1)
     token_nll = -logp.gather(-1, batch[:, 1:, None]).squeeze(-1)  # (b, seq-1)
-    return token_nll.mean(-1).tolist(), logp[..., stopwords].exp().sum(-1).mean(-1).tolist()
+    segments = token_nll.tensor_split(min(parts, token_nll.shape[1]), dim=-1)  # parts x (b, ~(seq-1)/parts)
+    nll = torch.stack([s.mean(-1) for s in segments], dim=-1)  # (b, parts)
+    counts = [s.shape[-1] for s in segments] * batch.shape[0]
+    return Evaluation(nll.flatten().tolist(), counts, logp[..., stopwords].exp().sum(-1).mean(-1).tolist())

@@ -10,7 +10,7 @@ import platform
 import contextlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property, partial
 from pathlib import Path
 
@@ -57,6 +57,12 @@ class ScanOptions:
         if self.verify and not 2 <= self.seq_len <= self.eval_tokens:
             raise BadOptionError("--seq-len", f"must be between 2 and --eval-tokens ({self.eval_tokens}).")
 
+    @property
+    def verification(self) -> VerifyOptions:
+        """The checks as run and recorded: a streamed pass carries every window, so it evaluates
+        every condition fully (early stopping off), whatever `checks` asks."""
+        return self.checks if self.max_gpu_memory is None else replace(self.checks, early_stop=False)
+
     @cached_property
     def text(self) -> EvalText:
         return load_eval_text(self.eval_text, self.eval_dataset)
@@ -66,7 +72,7 @@ class ScanOptions:
         config = {"prompts": list(self.prompts), "max_iterations": self.max_iterations, "dtype": self.dtype, **self.rule.to_config()}
         if self.verify:
             config |= {"eval_text": self.text.name, "eval_sha256": self.text.sha256, "eval_tokens": self.eval_tokens,
-                       "seq_len": self.seq_len, **self.checks.to_config()}
+                       "seq_len": self.seq_len, **self.verification.to_config()}
         return config
 
     def config_hash(self) -> str:
@@ -133,7 +139,7 @@ def _scan_loaded(source: ResolvedSource, options: ScanOptions, config: dict, say
         start = time.perf_counter()
         windows = options.text.windows(loaded.tokenizer, options.eval_tokens, options.seq_len)
         config["eval_token_count"] = windows.numel()
-        checked = run_verify(windows, sites, weights, options.checks, say)
+        checked = run_verify(windows, sites, weights, options.verification, say)
         ablations, weights = checked.ablations, checked.super_weights
         summary |= checked.summary
         timings["verify"] = round(time.perf_counter() - start, 3)

@@ -212,9 +212,8 @@ class StreamedModel:
     @torch.inference_mode()
     def verify(self, windows: torch.Tensor, sites: list[DownProjection], weights: list[SuperWeight],
                options: VerifyOptions, progress: Callable[[str], None] = lambda _m: None) -> Verification:
-        """`catalog.causal.verify` (with its prefix sharing) in one streamed pass over the blocks."""
-        if options.early_stop:
-            raise BadOptionError("--early-stop", f"not available with {OPTION} yet: a streamed pass carries every window.")
+        """`catalog.causal.verify` (with its prefix sharing) in one streamed pass over the blocks; the
+        pass carries every window, so `options.early_stop` is not used (`ScanOptions.verification`)."""
         stopwords = frequent_tokens(windows)
         recorder = LayerRecorder(sites, weights)
         plan = conditions(sites, weights, options, recorder, weight_of=self._read_weight) if weights else []
@@ -229,13 +228,13 @@ class StreamedModel:
         started = time.perf_counter()
         baseline = self._evaluation(windows, stopwords, base, options.batch_size)
         baseline_seconds = time.perf_counter() - started
-        rows, intervals = [ablation_row("baseline", baseline, paired_interval(baseline.nll, baseline.nll))], {}
+        rows, intervals = [ablation_row("baseline", baseline, paired_interval(baseline, baseline))], {}
         for condition in plan:
             ev = self._evaluation(windows, stopwords, streams[condition.name], options.batch_size)
-            interval = paired_interval(ev.nll, baseline.nll)
+            interval = paired_interval(ev, baseline)
             detail = f"{recorder.restored_positions} positions restored" if condition.name == RESTORE_SA else condition.detail
-            rows.append(ablation_row(condition.name, ev, interval, detail, len(baseline.nll)))
-            intervals[condition.name] = interval_summary(interval, len(baseline.nll), condition.first_layer)
+            rows.append(ablation_row(condition.name, ev, interval, detail, baseline.windows))
+            intervals[condition.name] = interval_summary(interval, baseline.windows, condition.first_layer)
         evaluation = {"prefix_shared": True, "early_stop": False, "streamed": True,
                       "head_seconds": round(baseline_seconds, 4)}  # the head and loss of one condition, after the pass
         summary = summarize(rows) | {"evaluation": evaluation} | ({"intervals": intervals} if intervals else {})

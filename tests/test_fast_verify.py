@@ -1,8 +1,8 @@
 """The faster verification paths (issue 7) against plain per-condition evaluation.
 
 Prefix sharing must give the plain perplexities up to floating-point rounding, on every tiny
-architecture of the registry and on the real SmolLM2; early stopping must keep each verdict and
-report an interval that holds the plain ratio.
+architecture of the registry and on the real SmolLM2; early stopping (the default) must keep each
+verdict of full evaluation and report an interval that holds the full-evaluation ratio.
 """
 
 from __future__ import annotations
@@ -15,16 +15,18 @@ import torch
 
 from catalog.architectures import down_projections
 from catalog.causal import VerifyOptions, Verification, verify
+from catalog.cli import options_from, scan
 from catalog.hooks import zeroed
 from catalog.detection import SpikeRule, detect
 from catalog.evaltext import load_eval_text
 from catalog.loading import LoadedModel, load
-from catalog.perplexity import paired_interval
+from catalog.perplexity import Evaluation, evaluate, frequent_tokens, paired_interval
 from catalog.scan import DEFAULT_PROMPT
 from catalog.sources import resolve
 from tiny import KINDS, write_zipf_text
 
-PLAIN = VerifyOptions(share_prefix=False)
+FULL = VerifyOptions(early_stop=False)  # --full-eval: every condition on every window
+PLAIN = VerifyOptions(share_prefix=False, early_stop=False)  # and through the whole model
 
 
 @dataclasses.dataclass
@@ -66,9 +68,30 @@ def assert_intervals_hold(fast: Verification, plain: Verification) -> None:
             assert iv["ratio"] == pytest.approx(plain_ratio[name], rel=1e-4), name
 
 
+def assert_full_rows_are_ppl_ratios(result: Verification) -> None:
+    """A row that ran every window reports exactly its perplexity over the baseline's."""
+    base = result.ablations[0]
+    full = [r for r in result.ablations if r.tokens == base.tokens]
+    assert len(full) > 1
+    for row in full:
+        assert row.ratio == pytest.approx(row.ppl / base.ppl, rel=1e-12), row.name
+
+
 @pytest.fixture(scope="module")
 def zipf(tmp_path_factory):
     return write_zipf_text(tmp_path_factory.mktemp("text") / "zipf.txt", words=2200)
+
+
+@pytest.fixture(scope="module")
+def llama(tiny, zipf) -> Setup:
+    """The planted tiny Llama over 16 windows of 128 tokens."""
+    return setup(str(tiny("llama", effect=True, inert=True).path), zipf, tokens=2048, seq_len=128)
+
+
+@pytest.fixture(scope="module")
+def llama_runs(llama) -> tuple[Verification, Verification]:
+    """(full evaluation without prefix sharing, the default: early stopping with it)."""
+    return llama.verify(PLAIN), llama.verify(VerifyOptions())
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -76,26 +99,64 @@ def test_prefix_sharing_matches_plain_on_tiny_models(tiny, zipf, kind):
     planted = tiny(kind, effect=True, inert=True)
     s = setup(str(planted.path), zipf, tokens=1024, seq_len=128)
     assert len(s.weights) >= 2
-    shared, plain = s.verify(VerifyOptions()), s.verify(PLAIN)
+    shared, plain = s.verify(FULL), s.verify(PLAIN)
     assert_same_rows(shared, plain, rel=1e-5)
     starts = {name: iv["start_layer"] for name, iv in shared.summary["intervals"].items()}
     assert starts[f"zero L{planted.layer}" + (f" expert {planted.expert}" if planted.expert is not None else "")
                   + f" [{planted.row}, {planted.col}]"] == planted.layer > 0  # the prefix was really skipped
 
 
-def test_early_stop_keeps_verdicts_and_intervals_on_tiny_llama(tiny, zipf):
-    s = setup(str(tiny("llama", effect=True, inert=True).path), zipf, tokens=2048, seq_len=128)
-    plain, fast = s.verify(PLAIN), s.verify(VerifyOptions(early_stop=True))
+def test_early_stop_keeps_verdicts_and_intervals_on_tiny_llama(llama_runs):
+    plain, fast = llama_runs
+    assert fast.summary["evaluation"]["early_stop"] and not plain.summary["evaluation"]["early_stop"]
     assert [w.verdict for w in fast.super_weights] == [w.verdict for w in plain.super_weights] == ["candidate", "confirmed"]
     assert_intervals_hold(fast, plain)
-    assert any(iv["stopped_early"] for iv in fast.summary["intervals"].values())
     assert sum(r.tokens for r in fast.ablations) < sum(r.tokens for r in plain.ablations)
 
 
-def test_early_stop_is_recorded_in_config_only_when_on():
-    assert "early_stop" not in VerifyOptions().to_config()
-    assert "share_prefix" not in VerifyOptions().to_config()
-    assert VerifyOptions(early_stop=True).to_config()["early_stop"] is True
+def test_settled_conditions_stop_after_one_window(llama_runs):
+    """Control A (no effect) and "zero all" (x8, far above its threshold 2) are settled by the
+    four segments of the first window: they cost a sixteenth of a full evaluation."""
+    plain, fast = llama_runs
+    rows, intervals = {r.name: r for r in fast.ablations}, fast.summary["intervals"]
+    for name in ("control A: random", "zero all candidates"):
+        assert (intervals[name]["windows"], intervals[name]["stopped_early"]) == (1, True), name
+        assert rows[name].tokens == 127 and "stopped after 1/16 windows" in rows[name].detail
+    full = {r.name: r.ratio for r in plain.ablations}
+    assert rows["zero all candidates"].ratio > 2 and full["zero all candidates"] > 2
+
+
+def test_full_evaluation_ratios_are_ppl_ratios(llama_runs):
+    plain, _ = llama_runs
+    assert_full_rows_are_ppl_ratios(plain)
+    assert not any(iv["stopped_early"] for iv in plain.summary["intervals"].values())
+
+
+def test_checks_come_after_one_window_then_after_doubling_batches(llama):
+    model, windows = llama.loaded.model, llama.windows
+    stopwords = frequent_tokens(windows)
+    checked: list[int] = []
+    everything = evaluate(model, windows, stopwords, batch_size=4, settled=lambda ev: checked.append(ev.windows) or False)
+    assert checked == [1, 2, 4, 8, 12, 16]
+    assert everything.ppl == pytest.approx(evaluate(model, windows, stopwords, batch_size=4).ppl, rel=1e-6)
+    two = evaluate(model, windows, stopwords, batch_size=4, settled=lambda ev: ev.windows >= 2)
+    assert (two.windows, two.tokens, len(two.nll)) == (2, 2 * 127, 2 * 4)
+
+
+def test_early_stop_is_the_default_and_full_eval_keeps_the_old_config():
+    default = VerifyOptions().to_config()
+    assert (default["early_stop"], default["stop_precision"], default["parts"]) == (True, 0.05, 4)
+    assert "share_prefix" not in default
+    # the plain config as it always was: full-evaluation scans keep their catalog key
+    assert set(FULL.to_config()) == {"confirm_ratio", "control_max", "outlier_fraction", "seed", "quant_check",
+                                      "quant_block", "clip_quantile", "batch_size"}
+
+
+def test_cli_stops_early_unless_told_full_eval():
+    def checks(*args: str) -> VerifyOptions:
+        return options_from(scan.make_context("scan", ["SOURCE", *args]).params).checks
+    assert checks().early_stop and checks("--early-stop").early_stop
+    assert checks("--full-eval").to_config() == FULL.to_config()
 
 
 def test_zeroed_zeroes_repeats_and_restores_exactly():
@@ -108,12 +169,17 @@ def test_zeroed_zeroes_repeats_and_restores_exactly():
     assert torch.equal(a, before[0]) and torch.equal(b, before[1])
 
 
-def test_paired_interval_is_the_ppl_ratio():
-    base, cond = [2.0, 2.5, 3.0], [2.1, 2.4, 3.5]
+def test_paired_interval_is_the_exact_ppl_ratio_of_unequal_segments():
+    """One window of 511 predicted tokens in segments of 128, 128, 128, 127: the ratio weighs them
+    by tokens (the perplexity ratio itself), not segment by segment."""
+    counts = [128, 128, 128, 127]
+    base = Evaluation([2.0, 2.5, 3.0, 3.5], counts, [0.1])
+    cond = Evaluation([2.1, 2.4, 3.5, 9.0], counts, [0.1])
+    ppl = lambda nll: math.exp(sum(n * c for n, c in zip(nll, counts)) / 511)  # noqa: E731
     iv = paired_interval(cond, base)
-    ppl = lambda nll: math.exp(sum(nll) / len(nll))  # noqa: E731
-    assert iv.ratio == pytest.approx(ppl(cond) / ppl(base))
-    assert iv.low < iv.ratio < iv.high and iv.windows == 3
+    assert iv.ratio == pytest.approx(ppl(cond.nll) / ppl(base.nll), rel=1e-12)
+    assert iv.ratio != pytest.approx(math.exp(sum(a - b for a, b in zip(cond.nll, base.nll)) / 4), rel=1e-6)
+    assert iv.low < iv.ratio < iv.high and iv.windows == 1
 
 
 @pytest.mark.integration
@@ -121,10 +187,12 @@ def test_fast_paths_on_smollm2(smollm2_gguf, eval_text):
     """Layer 11 W[507, 1229] is confirmed whichever path runs; prefix sharing gives the plain figures
     (its late candidates of layers 28-29 then run only the last blocks)."""
     s = setup(str(smollm2_gguf), eval_text, tokens=512, seq_len=64, iterations=1)
-    plain, shared = s.verify(PLAIN), s.verify(VerifyOptions())
-    early = s.verify(VerifyOptions(early_stop=True))
+    plain, shared = s.verify(PLAIN), s.verify(FULL)
+    early = s.verify(VerifyOptions())
     assert_same_rows(shared, plain, rel=1e-4)
     assert_intervals_hold(early, plain)
+    assert_full_rows_are_ppl_ratios(plain)
+    assert sum(r.tokens for r in early.ablations) < sum(r.tokens for r in plain.ablations)
     for result in (plain, shared, early):
         confirmed = {(w.layer, w.row, w.col) for w in result.super_weights if w.verdict == "confirmed"}
         assert (11, 507, 1229) in confirmed

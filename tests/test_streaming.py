@@ -53,17 +53,20 @@ def sharded(tiny, tmp_path_factory):
     return path
 
 
-def options(text, **kw) -> ScanOptions:
-    checks = VerifyOptions(quant_check=True)
+def options(text, early_stop: bool = True, **kw) -> ScanOptions:
+    checks = VerifyOptions(quant_check=True, early_stop=early_stop)
     return ScanOptions(device="cpu", eval_text=text, eval_tokens=1024, seq_len=64, checks=checks, **kw)
 
 
 @pytest.mark.parametrize("layout", ["single", "sharded"])
 def test_streamed_scan_equals_the_scan_in_memory(layout, tiny, sharded, zipf_text, peaks):
+    """The streamed pass carries every window: early stopping (the default) is off there, and the
+    scan's config and results are those of `--full-eval` in memory."""
     path = tiny("llama", effect=True, inert=True).path if layout == "single" else sharded
-    plain = scan(str(path), options(zipf_text))
+    plain = scan(str(path), options(zipf_text, early_stop=False))
     streamed = scan(str(path), options(zipf_text, max_gpu_memory=BUDGET))
     assert streamed.config_hash == plain.config_hash
+    assert "early_stop" not in streamed.config and streamed.summary["evaluation"]["early_stop"] is False
     assert [dataclasses.astuple(r) for r in streamed.layers] == [dataclasses.astuple(r) for r in plain.layers]
     assert [(w.param, w.row, w.col, w.iteration, w.verdict) for w in streamed.super_weights] == \
            [(w.param, w.row, w.col, w.iteration, w.verdict) for w in plain.super_weights]
