@@ -133,8 +133,11 @@ def run_scan(checkpoint: synth.Checkpoint, device: str, checks: VerifyOptions, t
     result = scan_source(resolve(str(checkpoint.path)), options)
     wall = time.perf_counter() - start
     conditions_run = len(result.ablations)
-    baseline = result.summary["evaluation"]["baseline_seconds"]
-    return {"wall_s": round(wall, 3), "phases": result.timings | {"verify_baseline": baseline}, "peak_gpu_gb": peak_gpu_gb(device),
+    evaluation = result.summary["evaluation"]
+    baseline = evaluation["baseline_seconds"]
+    return {"wall_s": round(wall, 3), "phases": result.timings | {"verify_baseline": baseline, "verify_setup": evaluation["setup_seconds"]},
+            "condition_seconds": {name: iv["seconds"] for name, iv in result.summary["intervals"].items()},
+            "peak_gpu_gb": peak_gpu_gb(device),
             "conditions": conditions_run,
             "extra_condition_cost": extra_condition_cost(result.timings["verify"], baseline, conditions_run),
             "verdicts": {f"L{w.layer}[{w.row},{w.col}]": (w.verdict, round(w.ppl_ratio, 4)) for w in result.super_weights},
@@ -261,7 +264,8 @@ def print_row(row: dict) -> None:
           f"extra condition {row['extra_condition_cost']} of a baseline eval | peak GPU {row['peak_gpu_gb']} GB | "
           f"direct load {row['direct_load_s']} s", flush=True)
     for name, v in row["variants"].items():
-        print(f"    {name:6s} scan {v['wall_s']:8.3f} s  extra/cond {v.get('extra_condition_cost')}  phases {v['phases']}", flush=True)
+        print(f"    {name:7s} scan {v['wall_s']:8.3f} s  extra/cond {v.get('extra_condition_cost')}  phases {v['phases']}", flush=True)
+        print(f"            conditions (s): {v['condition_seconds']}", flush=True)
 
 
 def smollm2(args) -> dict:
