@@ -37,14 +37,14 @@ from torch import nn
 
 from catalog.architectures import DownProjection
 from catalog.detection import weight_entries
-from catalog.hooks import zeroed
-from catalog.perplexity import PARTS, Evaluation, Interval, Settled, evaluate, frequent_tokens, paired_interval
+from catalog.hooks import Entries, zeroed, zeroed_per_sample
+from catalog.perplexity import PARTS, Evaluation, Interval, Settled, evaluate, frequent_tokens, paired_interval, segment_losses
 from catalog.prefix import PrefixCache
 from catalog.quantization import quantized
 from catalog.result import CANDIDATE, CONFIRMED, Ablation, SuperWeight
 
-Entries = list[tuple[torch.Tensor, tuple[int, ...]]]
 RESTORE_SA = "+SA: zero all, restore super activation"
+FIRST_BATCH = 8  # conditions whose first windows share one forward pass (memory: logits of 8 windows)
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,13 @@ class Condition:
     detail: str = ""
     first_layer: int = 0  # the lowest block the condition changes: blocks below it are the baseline's
     thresholds: tuple[float, ...] = ()  # ratios its verdict compares against (early stopping)
+    zeroes: Callable[[], Entries] | None = None  # the scalars it zeroes, where that is all it does
+
+
+def zeroing(name: str, entries: Callable[[], Entries], detail: str = "", first_layer: int = 0,
+            thresholds: tuple[float, ...] = ()) -> Condition:
+    """A condition that zeroes `entries()`: in place (`context`), or per sample of a shared batch (`zeroes`)."""
+    return Condition(name, lambda: zeroed(entries()), detail, first_layer, thresholds, entries)
 
 
 @dataclass
@@ -231,11 +238,11 @@ def conditions(sites: list[DownProjection], weights: list[SuperWeight], options:
     outliers = outlier_control(sites, weights, max(len(weights), round(options.outlier_fraction * total)), weight_of)
     first = min(w.layer for w in weights)  # zero all, control A (same matrices) and +SA start here
     confirm, control = (options.confirm_ratio,), (options.control_max,)
-    found = [Condition(label(w), lambda w=w: zeroed(weight_entries(sites, [w])), first_layer=w.layer, thresholds=confirm) for w in weights]
+    found = [zeroing(label(w), lambda w=w: weight_entries(sites, [w]), first_layer=w.layer, thresholds=confirm) for w in weights]
     found += [
-        Condition("zero all candidates", lambda: zeroed(everything), f"{len(weights)} weights", first, confirm),
-        Condition("control A: random", lambda: zeroed(random_control(sites, weights, options.seed)), f"{len(weights)} seeded random weights in the same matrices (seed {options.seed})", first, control),
-        Condition("control B: outliers", lambda: zeroed(outliers), f"{len(outliers)} largest-magnitude non-candidate weights", _first_layer(sites, outliers)),
+        zeroing("zero all candidates", lambda: everything, f"{len(weights)} weights", first, confirm),
+        zeroing("control A: random", lambda: random_control(sites, weights, options.seed), f"{len(weights)} seeded random weights in the same matrices (seed {options.seed})", first, control),
+        zeroing("control B: outliers", lambda: outliers, f"{len(outliers)} largest-magnitude non-candidate weights", _first_layer(sites, outliers)),
         Condition(RESTORE_SA, lambda: _stacked(zeroed(everything), recorder.restore()), first_layer=first),
     ]
     if options.quant_check:
@@ -286,10 +293,13 @@ def verify(model: nn.Module, windows: torch.Tensor, sites: list[DownProjection],
         base = evaluate(model, windows, stopwords, options.batch_size, parts=options.parts)
     baseline_seconds = time.perf_counter() - started
     rows, intervals = [ablation_row("baseline", base, paired_interval(base, base))], {}
+    started = time.perf_counter()
+    first = _first_windows(model, windows, stopwords, plan, sites, prefix, options) if options.early_stop else {}
+    first_seconds = time.perf_counter() - started
     for i, condition in enumerate(plan, start=2):
         progress(f"verifying: {condition.name} ({i}/{len(plan) + 1})")
         started = time.perf_counter()
-        ev = _evaluate_condition(model, windows, stopwords, condition, base, prefix, options)
+        ev = _evaluate_condition(model, windows, stopwords, condition, base, prefix, options, first.get(condition.name))
         interval = _reported(paired_interval(ev, base), base.windows, options.stop_precision)
         detail = f"{recorder.restored_positions} positions restored" if condition.name == RESTORE_SA else condition.detail
         rows.append(ablation_row(condition.name, ev, interval, detail, base.windows))
@@ -297,17 +307,46 @@ def verify(model: nn.Module, windows: torch.Tensor, sites: list[DownProjection],
         intervals[condition.name]["seconds"] = round(time.perf_counter() - started, 4)
     evaluation = {"prefix_shared": prefix is not None and prefix.supported, "early_stop": options.early_stop,
                   "baseline_seconds": round(baseline_seconds, 4),  # what each extra condition is measured against
-                  "setup_seconds": round(setup_seconds, 4)}  # choosing the conditions' weights (control B's top-k)
+                  "setup_seconds": round(setup_seconds, 4),  # choosing the conditions' weights (control B's top-k)
+                  "first_window_batch": len(first), "first_window_seconds": round(first_seconds, 4)}
     summary = summarize(rows) | {"evaluation": evaluation} | ({"intervals": intervals} if intervals else {})
     return Verification(rows, apply_verdicts(weights, rows, options), summary)
 
 
 def _evaluate_condition(model: nn.Module, windows: torch.Tensor, stopwords: torch.Tensor, condition: Condition,
-                        base: Evaluation, prefix: PrefixCache | None, options: VerifyOptions) -> Evaluation:
-    """One condition, from its first layer when the prefix is shared, checked as it goes when stopping early."""
+                        base: Evaluation, prefix: PrefixCache | None, options: VerifyOptions,
+                        so_far: Evaluation | None = None) -> Evaluation:
+    """One condition, from its first layer when the prefix is shared, checked as it goes when
+    stopping early; from `so_far` (its first window, batched) when given, and only if that did not settle it."""
     settled = _settled(base, condition.thresholds, options.stop_precision) if options.early_stop else None
+    if settled is not None and so_far is not None and settled(so_far):
+        return so_far
     with condition.context(), prefix.skipping(condition.first_layer) if prefix else contextlib.nullcontext():
-        return evaluate(model, windows, stopwords, options.batch_size, settled, options.parts)
+        return evaluate(model, windows, stopwords, options.batch_size, settled, options.parts, so_far)
+
+
+@torch.inference_mode()
+def _first_windows(model: nn.Module, windows: torch.Tensor, stopwords: torch.Tensor, plan: list[Condition],
+                   sites: list[DownProjection], prefix: PrefixCache | None, options: VerifyOptions) -> dict[str, Evaluation]:
+    """The first window of every zeroing condition, FIRST_BATCH conditions per forward pass.
+
+    Early stopping settles most conditions on their first window, where one condition is a
+    batch of one: a 7B's matrix products run at half their batched speed there. Here the window is
+    repeated once per condition, and each sample zeroes its own condition's scalars
+    (`hooks.zeroed_per_sample`), from the lowest first layer of the batch.
+    """
+    dense = {id(site.weight) for site in sites if site.layout != "experts"}
+    batchable = [c for c in plan if c.zeroes is not None and all(id(t) in dense for t, _ in c.zeroes())]
+    device = next(model.parameters()).device
+    first: dict[str, Evaluation] = {}
+    for group in (batchable[i: i + FIRST_BATCH] for i in range(0, len(batchable), FIRST_BATCH)):
+        start = min(c.first_layer for c in group)
+        batch = windows[:1].expand(len(group), -1).to(device)
+        with zeroed_per_sample(sites, [c.zeroes() for c in group]), \
+                prefix.skipping(start, order=[0] * len(group)) if prefix else contextlib.nullcontext():
+            ev = segment_losses(model, batch, stopwords.to(device), options.parts)
+        first |= {c.name: ev.window(i) for i, c in enumerate(group)}
+    return first
 
 
 def _settled(base: Evaluation, thresholds: tuple[float, ...], precision: float) -> Settled:

@@ -1,5 +1,6 @@
 """Context managers that always undo themselves: activation captures on the down projections,
-and weights zeroed in place (restored bit for bit, since the original scalars are kept).
+weights zeroed in place (restored bit for bit, since the original scalars are kept), and the
+same zeroing applied per sample of a batch without touching the weights.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import torch
 from torch import nn
 
 from catalog.architectures import DownProjection
+
+Entries = list[tuple[torch.Tensor, tuple[int, ...]]]  # (weight tensor, index into it) of scalars
 
 
 @dataclass
@@ -128,3 +131,58 @@ def zeroed(entries: Iterable[tuple[torch.Tensor, tuple[int, ...]]]) -> Iterator[
         with torch.no_grad():
             for tensor, idx, values in reversed(saved):
                 tensor.index_put_(idx, values)
+
+
+@contextmanager
+def zeroed_per_sample(sites: list[DownProjection], entries: list[Entries]) -> Iterator[None]:
+    """Forward passes as if sample k of each batch ran under `zeroed(entries[k])`, all in one batch.
+
+    The weights stay as they are; a hook recomputes, for sample k only, each output row that its
+    zeroed scalars touch, from a copy of that weight row with them zeroed (the row's own dot
+    product, as the layer's matrix product computes it, up to summation order). Dense layouts
+    only (nn.Linear, Conv1D): fused experts route tokens, and are refused.
+    """
+    by_tensor = {id(site.weight): site for site in sites}
+    patches: dict[int, list[tuple[int, torch.Tensor, torch.Tensor]]] = {}  # site -> (sample, rows, zeroed rows)
+    for sample, sample_entries in enumerate(entries):
+        for key, pairs in _rows_and_cols(by_tensor, sample_entries).items():
+            patches.setdefault(key, []).append((sample, *_zeroed_rows(by_tensor[key], pairs)))
+    handles = []
+    try:
+        for key, site_patches in patches.items():
+            handles.append(by_tensor[key].module.register_forward_hook(_recompute_rows(site_patches, getattr(by_tensor[key].module, "bias", None))))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _rows_and_cols(by_tensor: dict[int, DownProjection], entries: Entries) -> dict[int, list[tuple[int, int]]]:
+    """The (row, col) of W[row, col] of each entry, per site."""
+    grouped: dict[int, list[tuple[int, int]]] = {}
+    for tensor, index in entries:
+        site = by_tensor[id(tensor)]
+        if site.layout == "experts":
+            raise ValueError(f"{site.param}: per-sample zeroing needs a dense down projection")
+        grouped.setdefault(id(tensor), []).append((index[1], index[0]) if site.layout == "in_out" else tuple(index))
+    return grouped
+
+
+def _zeroed_rows(site: DownProjection, pairs: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The touched rows (output channels) and a copy of W[rows, :] with the pairs' scalars zeroed."""
+    rows = sorted({row for row, _ in pairs})
+    at = {row: i for i, row in enumerate(rows)}
+    index = torch.tensor(rows, device=site.weight.device)
+    weight = (site.weight[:, index].T if site.layout == "in_out" else site.weight[index]).detach().clone()
+    weight[[at[row] for row, _ in pairs], [col for _, col in pairs]] = 0
+    return index, weight
+
+
+def _recompute_rows(patches: list[tuple[int, torch.Tensor, torch.Tensor]], bias: torch.Tensor | None):
+    def hook(module, args, output):
+        x, out = args[0], output.clone()
+        for sample, rows, weight in patches:
+            y = x[sample] @ weight.T
+            out[sample, ..., rows] = (y + bias[rows] if bias is not None else y).to(out.dtype)
+        return out
+    return hook

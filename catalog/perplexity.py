@@ -57,6 +57,11 @@ class Evaluation:
     def stopword_mass(self) -> float:
         return sum(self.mass) / len(self.mass)
 
+    def window(self, i: int) -> Evaluation:
+        """Window `i` alone (segments are per window, `len(nll) // windows` of them)."""
+        parts = len(self.nll) // self.windows
+        return Evaluation(self.nll[i * parts: (i + 1) * parts], self.counts[i * parts: (i + 1) * parts], self.mass[i: i + 1])
+
     def extend(self, more: Evaluation) -> None:
         self.nll += more.nll
         self.counts += more.counts
@@ -100,34 +105,37 @@ def frequent_tokens(windows: torch.Tensor, k: int = 20) -> torch.Tensor:
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, windows: torch.Tensor, stopwords: torch.Tensor, batch_size: int = 4,
-             settled: Settled | None = None, parts: int = PARTS) -> Evaluation:
+             settled: Settled | None = None, parts: int = PARTS, so_far: Evaluation | None = None) -> Evaluation:
     """Next-token NLL over the windows (each one sequence; no BOS added), in order, by segment.
 
     Without `settled`, every window is evaluated, `batch_size` at a time. With it, the batches
     are 1, 1, 2, 4, ... windows (capped at `batch_size`): a first check after one window, then
     few checks (each costs a synchronisation, dear on launch-bound small models); evaluation
-    stops after the first batch at which `settled(evaluation so far)` holds.
+    stops after the first batch at which `settled(evaluation so far)` holds. `so_far`: the first
+    windows, already evaluated elsewhere (a batch of conditions' first windows); it goes on from there.
     """
     device = next(model.parameters()).device
     stopwords = stopwords.to(device)
-    ev = Evaluation()
-    for batch in _batches(windows, batch_size, doubling=settled is not None):
-        ev.extend(_segment_losses(model, batch.to(device), stopwords, parts))
+    ev = Evaluation() if so_far is None else Evaluation(list(so_far.nll), list(so_far.counts), list(so_far.mass))
+    if settled is not None and ev.windows and settled(ev):
+        return ev
+    for batch in _batches(windows, batch_size, doubling=settled is not None, start=ev.windows):
+        ev.extend(segment_losses(model, batch.to(device), stopwords, parts))
         if settled is not None and settled(ev):
             break
     return ev
 
 
-def _batches(windows: torch.Tensor, batch_size: int, doubling: bool) -> Iterator[torch.Tensor]:
+def _batches(windows: torch.Tensor, batch_size: int, doubling: bool, start: int = 0) -> Iterator[torch.Tensor]:
     """`batch_size` windows at a time, or, doubling, as many as ran so far (1, 1, 2, 4, ...) up to it."""
-    start, size = 0, 1 if doubling else batch_size
+    size = (min(max(start, 1), batch_size)) if doubling else batch_size
     while start < len(windows):
         yield windows[start: start + size]
         start += size
         size = min(start, batch_size) if doubling else batch_size
 
 
-def _segment_losses(model: nn.Module, batch: torch.Tensor, stopwords: torch.Tensor, parts: int) -> Evaluation:
+def segment_losses(model: nn.Module, batch: torch.Tensor, stopwords: torch.Tensor, parts: int) -> Evaluation:
     """Per window of `batch` (b, seq): mean next-token NLL of each of `parts` consecutive segments
     of its predicted tokens, and the mean probability on the stop words."""
     logits = model(input_ids=batch, use_cache=False).logits[:, :-1].float()  # (b, seq-1, vocab)

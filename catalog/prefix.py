@@ -86,13 +86,16 @@ class PrefixCache:
         return first_layer if self.supported and first_layer in self.outputs else 0
 
     @contextlib.contextmanager
-    def skipping(self, first_layer: int) -> Iterator[None]:
-        """Short-circuit blocks < first_layer with the recorded outputs (windows replayed in order)."""
+    def skipping(self, first_layer: int, order: list[int] | None = None) -> Iterator[None]:
+        """Short-circuit blocks < first_layer with the recorded outputs: of the windows in order,
+        or of the windows `order` names, one per sample (a batch of one window repeated)."""
         start = self.start(first_layer)
         if start == 0:
             yield
             return
         recorded, cursor = self.outputs[start], 0
+        if order is not None:
+            recorded = recorded[torch.tensor(order, device=recorded.device)]
 
         def passthrough(hidden_states, *args, **kwargs):
             return hidden_states

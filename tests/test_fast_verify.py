@@ -197,3 +197,33 @@ def test_fast_paths_on_smollm2(smollm2_gguf, eval_text):
         confirmed = {(w.layer, w.row, w.col) for w in result.super_weights if w.verdict == "confirmed"}
         assert (11, 507, 1229) in confirmed
     assert [w.verdict for w in early.super_weights] == [w.verdict for w in plain.super_weights]
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])  # nn.Linear, and Conv1D (stored [in, out], with a bias)
+def test_per_sample_zeroing_equals_zeroing_the_weights(tiny, zipf, kind):
+    """A batch whose samples each zero their own scalars gives each sample the logits of running
+    it alone with those scalars zeroed in place, and leaves the weights untouched."""
+    from catalog.causal import outlier_control, random_control
+    from catalog.detection import weight_entries
+    from catalog.hooks import zeroed_per_sample
+
+    s = setup(str(tiny(kind, effect=True, inert=True).path), zipf, tokens=256, seq_len=64)
+    model, window = s.loaded.model, s.windows[:1]
+    per_sample = [weight_entries(s.sites, s.weights[:1]), weight_entries(s.sites, s.weights),
+                  random_control(s.sites, s.weights, 0), outlier_control(s.sites, s.weights, 40), []]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.inference_mode():
+        with zeroed_per_sample(s.sites, per_sample):
+            batched = model(input_ids=window.expand(len(per_sample), -1)).logits
+        for sample, entries in enumerate(per_sample):
+            with zeroed(entries):
+                alone = model(input_ids=window).logits[0]
+            assert torch.allclose(batched[sample], alone, rtol=1e-4, atol=1e-4), sample
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_first_windows_share_one_batch(llama_runs):
+    """Every condition that only zeroes scalars gets its first window from one batched pass (+SA,
+    which writes activations back, runs on its own), and early stopping still holds (above)."""
+    _, fast = llama_runs
+    assert fast.summary["evaluation"]["first_window_batch"] == len(fast.ablations) - 2  # all but baseline and +SA
