@@ -4,7 +4,7 @@ For each synthetic checkpoint (`benchmarks/synth.py`), in one process, page cach
 - floor: `safetensors.torch.load_file(shard, device=...)` for every shard in turn, no model code;
 - parallel read: `catalog.reader` reading every tensor onto the device (the scan's own load
   before any model code), checked bit for bit against safetensors on the GPU;
-- scan: the product's `scan_source` (load once, detection with iterations, every verification
+- scan (best of `--repeats`): the product's `scan_source` (load once, detection with iterations, every verification
   condition over `--eval-tokens` tokens), `default` (early stopping) and `full` (`--full-eval`);
 - naive: the paper scripts' recipe, a fresh `from_pretrained` and one full evaluation per condition.
 Prints the ratios and per-phase times and appends one JSON row per checkpoint to `--results`.
@@ -154,6 +154,13 @@ def paper_load(path: Path, device: str):
     return model, AutoTokenizer.from_pretrained(path)
 
 
+def best_scan(checkpoint: synth.Checkpoint, device: str, checks: VerifyOptions, tokens: int, seq_len: int, repeats: int) -> dict:
+    """The fastest of `repeats` scans (the floor is a best of 2 as well), with every wall time."""
+    runs = [run_scan(checkpoint, device, checks, tokens, seq_len) for _ in range(repeats)]
+    best = min(runs, key=lambda r: r["wall_s"])
+    return best | {"walls_s": [r["wall_s"] for r in runs]}
+
+
 def naive(checkpoint: synth.Checkpoint, device: str, scanned, tokens: int, seq_len: int) -> dict:
     """The paper scripts' recipe: a fresh `from_pretrained` and one full evaluation per condition
     (+SA also needs its baseline recording)."""
@@ -227,9 +234,9 @@ def bench_size(size: str, args) -> dict:
         check_reader(checkpoint.shards, args.device)
     reads = {threads: round(parallel_read(checkpoint.shards, args.device, threads), 3) for threads in args.read_threads}
     print(f"[{size}] parallel read by threads: {reads}", flush=True)
-    scans = {name: run_scan(checkpoint, args.device, checks, args.eval_tokens, args.seq_len) for name, checks in VARIANTS.items()}
+    scans = {name: best_scan(checkpoint, args.device, checks, args.eval_tokens, args.seq_len, args.repeats) for name, checks in VARIANTS.items()}
     for name, s in scans.items():
-        print(f"[{size}] scan {name}: {s['wall_s']:.3f} s  phases {s['phases']}  peak {s['peak_gpu_gb']} GB  tokens {s['tokens']}", flush=True)
+        print(f"[{size}] scan {name}: {s['wall_s']:.3f} s (runs {s['walls_s']})  phases {s['phases']}  peak {s['peak_gpu_gb']} GB  tokens {s['tokens']}", flush=True)
     main_scan = scans[MAIN]
     naive_run = naive(checkpoint, args.device, main_scan["result"], args.eval_tokens, args.seq_len) if args.naive else {}
     direct_s = direct_load(checkpoint, args.device)
@@ -293,6 +300,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval-tokens", type=int, default=4096)
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--no-naive", dest="naive", action="store_false")
+    parser.add_argument("--repeats", type=int, default=2, help="scans per variant; the fastest is reported")
     parser.add_argument("--read-threads", nargs="+", type=int, default=[8], help="thread counts to time the parallel read with")
     parser.add_argument("--smollm2", action="store_true", help="also scan the real SmolLM2 GGUF on the CPU")
     args = parser.parse_args(argv)

@@ -138,10 +138,13 @@ def _batches(windows: torch.Tensor, batch_size: int, doubling: bool, start: int 
 def segment_losses(model: nn.Module, batch: torch.Tensor, stopwords: torch.Tensor, parts: int) -> Evaluation:
     """Per window of `batch` (b, seq): mean next-token NLL of each of `parts` consecutive segments
     of its predicted tokens, and the mean probability on the stop words."""
-    logits = model(input_ids=batch, use_cache=False).logits[:, :-1].float()  # (b, seq-1, vocab)
-    logp = logits.log_softmax(-1)
-    token_nll = -logp.gather(-1, batch[:, 1:, None]).squeeze(-1)  # (b, seq-1)
-    segments = token_nll.tensor_split(min(parts, token_nll.shape[1]), dim=-1)  # parts x (b, ~(seq-1)/parts)
-    nll = torch.stack([s.mean(-1) for s in segments], dim=-1)  # (b, parts)
-    counts = [s.shape[-1] for s in segments] * batch.shape[0]
-    return Evaluation(nll.flatten().tolist(), counts, logp[..., stopwords].exp().sum(-1).mean(-1).tolist())
+    logits = model(input_ids=batch, use_cache=False).logits  # (b, seq, vocab)
+    nll, mass = [], []
+    for window, ids in zip(logits, batch):  # one window's float log-probabilities at a time: (seq-1, vocab)
+        logp = window[:-1].float().log_softmax(-1)
+        token_nll = -logp.gather(-1, ids[1:, None]).squeeze(-1)  # (seq-1,)
+        segments = token_nll.tensor_split(min(parts, len(token_nll)))
+        nll.append(torch.stack([seg.mean() for seg in segments]))
+        mass.append(logp[:, stopwords].exp().sum(-1).mean())
+    counts = [len(seg) for seg in segments] * len(batch)
+    return Evaluation(torch.cat(nll).tolist(), counts, torch.stack(mass).tolist())
