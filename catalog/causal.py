@@ -81,7 +81,8 @@ class Condition:
     detail: str = ""
     first_layer: int = 0  # the lowest block the condition changes: blocks below it are the baseline's
     thresholds: tuple[float, ...] = ()  # ratios its verdict compares against (early stopping)
-    zeroes: Callable[[], Entries] | None = None  # the scalars it zeroes, where that is all it does
+    zeroes: Callable[[], Entries] | None = None  # the scalars it zeroes, where its change is that (and `per_sample`'s)
+    per_sample: Callable[[int], contextlib.AbstractContextManager] | None = None  # its other change, to sample k of a shared batch
 
 
 def zeroing(name: str, entries: Callable[[], Entries], detail: str = "", first_layer: int = 0,
@@ -216,16 +217,31 @@ class ActivationRecorder:
         def make(i):
             def hook(module, args, output):
                 n = output.shape[0]
-                original = recorded[i][cursors[i]: cursors[i] + n]
                 cursors[i] += n
-                mask = original.abs() >= self.targets[i][2]
-                self.restored_positions += int(mask.sum())
+                return self._write_back(i, output.clone(), recorded[i][cursors[i] - n: cursors[i]])
+            return hook
+        return self._hooks(make)
+
+    def restore_sample(self, sample: int, window: int = 0) -> contextlib.AbstractContextManager:
+        """`restore` for one sample of a batch only, with window `window`'s recordings (the shared
+        batch of the conditions' first windows)."""
+        def make(i):
+            original = torch.cat(self.recorded[i])[window]
+
+            def hook(module, args, output):
                 output = output.clone()
-                column = output[..., self.targets[i][1]]
-                output[..., self.targets[i][1]] = torch.where(mask, original, column)
+                self._write_back(i, output[sample], original)
                 return output
             return hook
         return self._hooks(make)
+
+    def _write_back(self, i: int, output: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
+        """Write target i's recorded outputs into `output` (in place) where they reached the floor."""
+        _, row, floor = self.targets[i]
+        mask = original.abs() >= floor
+        self.restored_positions += int(mask.sum())
+        output[..., row] = torch.where(mask, original, output[..., row])
+        return output
 
 
 def conditions(sites: list[DownProjection], weights: list[SuperWeight], options: VerifyOptions, recorder: ActivationRecorder,
@@ -240,7 +256,8 @@ def conditions(sites: list[DownProjection], weights: list[SuperWeight], options:
         zeroing("zero all candidates", lambda: everything, f"{len(weights)} weights", first, confirm),
         zeroing("control A: random", lambda: random_control(sites, weights, options.seed), f"{len(weights)} seeded random weights in the same matrices (seed {options.seed})", first, control),
         zeroing("control B: outliers", lambda: outliers, f"{len(outliers)} largest-magnitude non-candidate weights", _first_layer(sites, outliers)),
-        Condition(RESTORE_SA, lambda: _stacked(zeroed(everything), recorder.restore()), first_layer=first),
+        Condition(RESTORE_SA, lambda: _stacked(zeroed(everything), recorder.restore()), first_layer=first,
+                  zeroes=lambda: everything, per_sample=recorder.restore_sample),
     ]
     if options.quant_check:
         found += _quant_conditions(sites, everything, options)
@@ -325,7 +342,7 @@ def _evaluate_condition(model: nn.Module, windows: torch.Tensor, stopwords: torc
 @torch.inference_mode()
 def _first_windows(model: nn.Module, windows: torch.Tensor, stopwords: torch.Tensor, plan: list[Condition],
                    sites: list[DownProjection], prefix: PrefixCache | None, options: VerifyOptions) -> dict[str, Evaluation]:
-    """The first window of every zeroing condition, FIRST_BATCH conditions per forward pass.
+    """The first window of every condition that zeroes scalars (+SA too), FIRST_BATCH per forward pass.
 
     Early stopping settles most conditions on their first window, where one condition is a
     batch of one: a 7B's matrix products run at half their batched speed there. Here the window is
@@ -340,8 +357,13 @@ def _first_windows(model: nn.Module, windows: torch.Tensor, stopwords: torch.Ten
     for group in (batchable[i: i + FIRST_BATCH] for i in range(0, len(batchable), FIRST_BATCH)):
         start = min(c.first_layer for c in group)
         batch = windows[:1].expand(len(group), -1).to(device)
-        with zeroed_per_sample(sites, [zeroes[c.name] for c in group]), \
-                prefix.skipping(start, order=[0] * len(group)) if prefix else contextlib.nullcontext():
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(zeroed_per_sample(sites, [zeroes[c.name] for c in group]))  # its hooks run first
+            for sample, condition in enumerate(group):
+                if condition.per_sample is not None:
+                    stack.enter_context(condition.per_sample(sample))
+            if prefix is not None:
+                stack.enter_context(prefix.skipping(start, order=[0] * len(group)))
             ev = segment_losses(model, batch, stopwords.to(device), options.parts)
         first |= {c.name: ev.window(i) for i, c in enumerate(group)}
     return first

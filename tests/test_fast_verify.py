@@ -223,7 +223,26 @@ def test_per_sample_zeroing_equals_zeroing_the_weights(tiny, zipf, kind):
 
 
 def test_first_windows_share_one_batch(llama_runs):
-    """Every condition that only zeroes scalars gets its first window from one batched pass (+SA,
-    which writes activations back, runs on its own), and early stopping still holds (above)."""
+    """Every condition that zeroes scalars (+SA also writing the super activation back, to its own
+    sample) gets its first window from one batched pass, and early stopping still holds (above)."""
     _, fast = llama_runs
-    assert fast.summary["evaluation"]["first_window_batch"] == len(fast.ablations) - 2  # all but baseline and +SA
+    assert fast.summary["evaluation"]["first_window_batch"] == len(fast.ablations) - 1  # all but the baseline
+
+
+def test_each_first_window_in_the_batch_equals_its_own_pass(llama):
+    """The shared batch gives every condition (+SA with its write-back included) the first-window
+    losses of evaluating that condition alone, in place."""
+    from catalog.causal import ActivationRecorder, _first_windows, conditions
+
+    model, window, stopwords = llama.loaded.model, llama.windows[:1], frequent_tokens(llama.windows)
+    recorder = ActivationRecorder(llama.sites, llama.weights)
+    plan = conditions(llama.sites, llama.weights, VerifyOptions(), recorder)
+    with recorder.record():
+        evaluate(model, window, stopwords)
+    first = _first_windows(model, llama.windows, stopwords, plan, llama.sites, None, VerifyOptions())
+    assert set(first) == {c.name for c in plan}
+    for condition in plan:
+        with condition.context():
+            alone = evaluate(model, window, stopwords)
+        assert first[condition.name].nll == pytest.approx(alone.nll, rel=1e-5), condition.name
+        assert first[condition.name].mass == pytest.approx(alone.mass, rel=1e-4), condition.name
