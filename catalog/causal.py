@@ -22,7 +22,8 @@ window, `catalog.perplexity`), widened to at least +-`stop_precision`, excludes 
 threshold: `confirm_ratio` for each candidate and for all candidates together, `control_max`
 for control A. Rows without a threshold (control B, +SA, quantization) stop once the interval
 is within +-`stop_precision`. A stopped row covers fewer tokens; every row's interval is
-reported in the summary.
+reported in the summary. Since most conditions settle on their first window, the first windows
+of the conditions that zero scalars (+SA included) share batched passes (`_first_windows`).
 """
 
 from __future__ import annotations
