@@ -336,7 +336,8 @@ def _evaluate_condition(model: nn.Module, windows: torch.Tensor, stopwords: torc
     settled = _settled(base, condition.thresholds, options.stop_precision) if options.early_stop else None
     if settled is not None and so_far is not None and settled(so_far):
         return so_far
-    with condition.context(), prefix.skipping(condition.first_layer) if prefix else contextlib.nullcontext():
+    rest = list(range(so_far.windows, len(windows))) if so_far is not None else None  # the windows still to replay
+    with condition.context(), prefix.skipping(condition.first_layer, rest) if prefix else contextlib.nullcontext():
         return evaluate(model, windows, stopwords, options.batch_size, settled, options.parts, so_far)
 
 

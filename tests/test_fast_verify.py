@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from catalog.architectures import down_projections
-from catalog.causal import VerifyOptions, Verification, verify
+from catalog.causal import VerifyOptions, Verification, label, verify
 from catalog.cli import options_from, scan
 from catalog.hooks import zeroed
 from catalog.detection import SpikeRule, detect
@@ -68,6 +68,23 @@ def assert_intervals_hold(fast: Verification, plain: Verification) -> None:
             assert iv["ratio"] == pytest.approx(plain_ratio[name], rel=1e-4), name
 
 
+def assert_rows_are_plain_on_their_windows(s: Setup, early: Verification) -> None:
+    """Every early-stopped row is the plain evaluation of its condition on the windows it covered
+    (its first window from the shared batch, the rest, with the prefix shared, on its own)."""
+    from catalog.causal import ActivationRecorder, conditions
+
+    model, stopwords = s.loaded.model, frequent_tokens(s.windows)
+    recorder = ActivationRecorder(s.sites, s.weights)
+    plan = {c.name: c for c in conditions(s.sites, s.weights, VerifyOptions(), recorder)}
+    with recorder.record():
+        evaluate(model, s.windows, stopwords)
+    per_window = s.windows.shape[1] - 1
+    for row in early.ablations[1:]:
+        with plan[row.name].context():
+            plain = evaluate(model, s.windows[: row.tokens // per_window], stopwords)
+        assert row.tokens == plain.tokens and row.ppl == pytest.approx(plain.ppl, rel=1e-4), row.name
+
+
 def assert_full_rows_are_ppl_ratios(result: Verification) -> None:
     """A row that ran every window reports exactly its perplexity over the baseline's."""
     base = result.ablations[0]
@@ -104,6 +121,24 @@ def test_prefix_sharing_matches_plain_on_tiny_models(tiny, zipf, kind):
     starts = {name: iv["start_layer"] for name, iv in shared.summary["intervals"].items()}
     assert starts[f"zero L{planted.layer}" + (f" expert {planted.expert}" if planted.expert is not None else "")
                   + f" [{planted.row}, {planted.col}]"] == planted.layer > 0  # the prefix was really skipped
+
+
+def test_early_stopped_rows_are_plain_evaluations_of_their_windows(llama, llama_runs):
+    _, fast = llama_runs
+    assert_rows_are_plain_on_their_windows(llama, fast)
+
+
+def assert_goes_on_exactly(s: Setup, plain: Verification) -> None:
+    """With the confirm ratio at the super weight's own ratio, its row (first layer > 0) cannot
+    settle on the batched first window: it goes on alone, replaying the shared prefix of the
+    windows after the first, and must still be the plain evaluation of its windows. (The tiny
+    models' logits barely depend on context, so this needs a real model to fail when the replay
+    hands a window another window's hidden states.)"""
+    confirmed = next(w for w in plain.super_weights if w.verdict == "confirmed")
+    going_on = s.verify(VerifyOptions(confirm_ratio=confirmed.ppl_ratio))
+    interval = going_on.summary["intervals"][label(confirmed)]
+    assert interval["windows"] > 1 and interval["start_layer"] > 0
+    assert_rows_are_plain_on_their_windows(s, going_on)
 
 
 def test_early_stop_keeps_verdicts_and_intervals_on_tiny_llama(llama_runs):
@@ -191,6 +226,8 @@ def test_fast_paths_on_smollm2(smollm2_gguf, eval_text):
     early = s.verify(VerifyOptions())
     assert_same_rows(shared, plain, rel=1e-4)
     assert_intervals_hold(early, plain)
+    assert_rows_are_plain_on_their_windows(s, early)
+    assert_goes_on_exactly(s, plain)
     assert_full_rows_are_ppl_ratios(plain)
     assert sum(r.tokens for r in early.ablations) < sum(r.tokens for r in plain.ablations)
     for result in (plain, shared, early):
