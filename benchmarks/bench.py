@@ -275,7 +275,7 @@ def print_row(row: dict) -> None:
         print(f"            conditions (s): {v['condition_seconds']}", flush=True)
 
 
-def smollm2(args) -> dict:
+def smollm2() -> dict:
     """The real SmolLM2-135M GGUF scan end to end on this machine: wall time, peak RSS, phases."""
     from catalog import settings
 
@@ -306,7 +306,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     rows = [bench_size(size, args) for size in args.sizes]
     if args.smollm2:
-        rows.append(smollm2(args))
+        rows.append(smollm2())
     write_results(rows, args.results, f"{args.device.split(':')[0]}-{'-'.join(args.sizes)}")
 
 

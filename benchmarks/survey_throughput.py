@@ -26,25 +26,22 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))  # synth, run as a script
+
+import synth  # noqa: E402
 
 SIZES = {  # TinyLlama-1.1B's shape; "tiny" for a CPU dry run of this script
     "1b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32, num_key_value_heads=4, vocab_size=32000),
     "tiny": dict(hidden_size=128, intermediate_size=352, num_hidden_layers=6, num_attention_heads=4, num_key_value_heads=2, vocab_size=1000),
 }
 PLANT = dict(layer=2, row=1234, col=4321, source=77)  # W[row, col] in layer 2; residual dim `source`
-SPECIALS = ["[UNK]", "[BOS]", "[EOS]"]
-
-
-def words(vocab: int) -> list[str]:
-    return SPECIALS + [f"w{i}" for i in range(vocab - len(SPECIALS))]
 
 
 def build(hf_home: Path, index: int, size: str, device: str) -> str:
     """One synthetic checkpoint in the offline Hub cache; returns its repo id."""
     import torch
     from safetensors.torch import save_file
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
+    from transformers import AutoModelForCausalLM, LlamaConfig
 
     repo_id = f"bench/llama-{size}-{index}"
     sha = hashlib.sha1(repo_id.encode()).hexdigest()
@@ -73,11 +70,7 @@ def build(hf_home: Path, index: int, size: str, device: str) -> str:
     save_file({k: v.cpu().contiguous() for k, v in state.items()}, str(snap / "model.safetensors"), metadata={"format": "pt"})
     config.architectures = ["LlamaForCausalLM"]
     config.save_pretrained(snap)
-    vocab = words(shape["vocab_size"])
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(single="[BOS] $A", special_tokens=[("[BOS]", 1)])
-    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="[BOS]", eos_token="[EOS]", unk_token="[UNK]").save_pretrained(snap)
+    synth.save_tokenizer(shape["vocab_size"], snap)
     (repo / "refs").mkdir(exist_ok=True)
     (repo / "refs" / "main").write_text(sha)
     return repo_id
@@ -87,7 +80,7 @@ def eval_text(path: Path, vocab: int) -> Path:
     import random
 
     rng = random.Random(0)
-    text = words(vocab)[len(SPECIALS):]
+    text = synth.words(vocab)
     path.write_text("\n".join(" ".join(rng.choices(text, k=16)) for _ in range(600)) + "\n")
     return path
 

@@ -72,7 +72,6 @@ class Checkpoint:
     size: str
     shape: Shape
     plants: list[Plant]
-    source: int  # residual dimension of the embedding spike
     eval_text: Path
     bytes: int
     shards: list[Path]
@@ -88,8 +87,9 @@ def plants(shape: Shape) -> list[Plant]:
     ]
 
 
-def words(shape: Shape) -> list[str]:
-    return [f"w{i}" for i in range(shape.vocab - len(SPECIALS))]
+def words(vocab: int) -> list[str]:
+    """The word tokens of a vocabulary of `vocab` ids (after the special ones)."""
+    return [f"w{i}" for i in range(vocab - len(SPECIALS))]
 
 
 def unigram_logprobs(shape: Shape) -> torch.Tensor:
@@ -102,17 +102,18 @@ def unigram_logprobs(shape: Shape) -> torch.Tensor:
 
 def zipf_text(shape: Shape, path: Path, tokens: int = 20000, seed: int = 0) -> Path:
     rng = random.Random(seed)
-    vocab = words(shape)
+    vocab = words(shape.vocab)
     drawn = rng.choices(vocab, weights=[r**-ZIPF_EXPONENT for r in range(1, len(vocab) + 1)], k=tokens)
     path.write_text("\n".join(" ".join(drawn[k : k + 16]) for k in range(0, tokens, 16)) + "\n")
     return path
 
 
-def save_tokenizer(shape: Shape, path: Path) -> None:
+def save_tokenizer(vocab_size: int, path: Path) -> None:
+    """A word-level tokenizer of `words` that puts [BOS] first, as Llama's does."""
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {w: k for k, w in enumerate(SPECIALS + words(shape))}
+    vocab = {w: k for k, w in enumerate(SPECIALS + words(vocab_size))}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.post_processor = processors.TemplateProcessing(single="[BOS] $A", special_tokens=[("[BOS]", BOS)])
@@ -220,9 +221,9 @@ def build(size: str, path: Path, device: str = "cpu", seed: int = 0) -> Checkpoi
         writer.add(layer_tensors(shape, layer, planted, source, device, gen))
     writer.finish()
     save_config(shape, path)
-    save_tokenizer(shape, path)
+    save_tokenizer(shape.vocab, path)
     text = zipf_text(shape, path.parent / f"{path.name}-zipf.txt")
-    return Checkpoint(path, size, shape, planted, source, text, writer.total, writer.shards, time.perf_counter() - start)
+    return Checkpoint(path, size, shape, planted, text, writer.total, writer.shards, time.perf_counter() - start)
 
 
 def describe(checkpoint: Checkpoint) -> dict:

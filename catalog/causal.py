@@ -196,8 +196,9 @@ class ActivationRecorder:
         self.restored_positions = 0
 
     @contextlib.contextmanager
-    def _hooks(self, fn) -> Iterator[None]:
-        handles = [module.register_forward_hook(fn(i)) for i, (module, _, _) in enumerate(self.targets)]
+    def _hooks(self, fn, targets: list[int] | None = None) -> Iterator[None]:
+        indices = range(len(self.targets)) if targets is None else targets
+        handles = [self.targets[i][0].register_forward_hook(fn(i)) for i in indices]
         try:
             yield
         finally:
@@ -212,8 +213,11 @@ class ActivationRecorder:
         return self._hooks(make)
 
     def restore(self) -> contextlib.AbstractContextManager:
-        recorded = [torch.cat(r) for r in self.recorded]  # (windows, seq) each
-        cursors = [0] * len(recorded)
+        """Write back at the targets recorded so far (a streamed baseline has recorded only the
+        blocks up to the current one; in memory, all)."""
+        ready = [i for i, kept in enumerate(self.recorded) if kept]
+        recorded = {i: torch.cat(self.recorded[i]) for i in ready}  # (windows, seq) each
+        cursors = dict.fromkeys(ready, 0)
 
         def make(i):
             def hook(module, args, output):
@@ -221,7 +225,7 @@ class ActivationRecorder:
                 cursors[i] += n
                 return self._write_back(i, output.clone(), recorded[i][cursors[i] - n: cursors[i]])
             return hook
-        return self._hooks(make)
+        return self._hooks(make, ready)
 
     def restore_sample(self, sample: int, window: int = 0) -> contextlib.AbstractContextManager:
         """`restore` for one sample of a batch only, with window `window`'s recordings (the shared
@@ -250,12 +254,13 @@ def conditions(sites: list[DownProjection], weights: list[SuperWeight], options:
     everything = weight_entries(sites, weights)
     total = sum(site.weight.numel() for site in sites)
     outliers = outlier_control(sites, weights, max(len(weights), round(options.outlier_fraction * total)), weight_of)
+    random = random_control(sites, weights, options.seed)
     first = min(w.layer for w in weights)  # zero all, control A (same matrices) and +SA start here
     confirm, control = (options.confirm_ratio,), (options.control_max,)
     found = [zeroing(label(w), lambda w=w: weight_entries(sites, [w]), first_layer=w.layer, thresholds=confirm) for w in weights]
     found += [
         zeroing("zero all candidates", lambda: everything, f"{len(weights)} weights", first, confirm),
-        zeroing("control A: random", lambda: random_control(sites, weights, options.seed), f"{len(weights)} seeded random weights in the same matrices (seed {options.seed})", first, control),
+        zeroing("control A: random", lambda: random, f"{len(weights)} seeded random weights in the same matrices (seed {options.seed})", first, control),
         zeroing("control B: outliers", lambda: outliers, f"{len(outliers)} largest-magnitude non-candidate weights", _first_layer(sites, outliers)),
         Condition(RESTORE_SA, lambda: _stacked(zeroed(everything), recorder.restore()), first_layer=first,
                   zeroes=lambda: everything, per_sample=recorder.restore_sample),
@@ -307,25 +312,46 @@ def verify(model: nn.Module, windows: torch.Tensor, sites: list[DownProjection],
     with recorder.record(), prefix.record() if prefix else contextlib.nullcontext():
         base = evaluate(model, windows, stopwords, options.batch_size, parts=options.parts)
     baseline_seconds = time.perf_counter() - started
-    rows, intervals = [ablation_row("baseline", base, paired_interval(base, base))], {}
     started = time.perf_counter()
     first = _first_windows(model, windows, stopwords, plan, sites, prefix, options) if options.early_stop else {}
     first_seconds = time.perf_counter() - started
+    evaluated = []
     for i, condition in enumerate(plan, start=2):
         progress(f"verifying: {condition.name} ({i}/{len(plan) + 1})")
         started = time.perf_counter()
         ev = _evaluate_condition(model, windows, stopwords, condition, base, prefix, options, first.get(condition.name))
-        interval = _reported(paired_interval(ev, base), base.windows, options.stop_precision)
-        detail = f"{recorder.restored_positions} positions restored" if condition.name == RESTORE_SA else condition.detail
-        rows.append(ablation_row(condition.name, ev, interval, detail, base.windows))
-        intervals[condition.name] = interval_summary(interval, base.windows, prefix.start(condition.first_layer) if prefix else 0)
-        intervals[condition.name]["seconds"] = round(time.perf_counter() - started, 4)
+        start = prefix.start(condition.first_layer) if prefix else 0
+        evaluated.append(Evaluated(condition, ev, start, time.perf_counter() - started))
     evaluation = {"prefix_shared": prefix is not None and prefix.supported, "early_stop": options.early_stop,
                   "baseline_seconds": round(baseline_seconds, 4),  # what each extra condition is measured against
                   "setup_seconds": round(setup_seconds, 4),  # choosing the conditions' weights (control B's top-k)
                   "first_window_batch": len(first), "first_window_seconds": round(first_seconds, 4)}
-    summary = summarize(rows) | {"evaluation": evaluation} | ({"intervals": intervals} if intervals else {})
-    return Verification(rows, apply_verdicts(weights, rows, options), summary)
+    return report(base, evaluated, recorder, weights, options, evaluation)
+
+
+@dataclass
+class Evaluated:
+    """A condition's evaluation, the block it started from, and its seconds (None: not timed alone)."""
+
+    condition: Condition
+    ev: Evaluation
+    start_layer: int
+    seconds: float | None = None
+
+
+def report(base: Evaluation, evaluated: list[Evaluated], recorder: ActivationRecorder, weights: list[SuperWeight],
+           options: VerifyOptions, evaluation: dict) -> Verification:
+    """Rows, intervals, verdicts and summary of a verification, in memory or streamed."""
+    rows, intervals = [_ablation_row("baseline", base, paired_interval(base, base))], {}
+    for e in evaluated:
+        name = e.condition.name
+        interval = _reported(paired_interval(e.ev, base), base.windows, options.stop_precision)
+        detail = f"{recorder.restored_positions} positions restored" if name == RESTORE_SA else e.condition.detail
+        rows.append(_ablation_row(name, e.ev, interval, detail, base.windows))
+        timed = {"seconds": round(e.seconds, 4)} if e.seconds is not None else {}
+        intervals[name] = _interval_summary(interval, base.windows, e.start_layer) | timed
+    summary = _summarize(rows) | {"evaluation": evaluation} | ({"intervals": intervals} if intervals else {})
+    return Verification(rows, _apply_verdicts(weights, rows, options), summary)
 
 
 def _evaluate_condition(model: nn.Module, windows: torch.Tensor, stopwords: torch.Tensor, condition: Condition,
@@ -397,12 +423,12 @@ def _reported(interval: Interval, total_windows: int, precision: float) -> Inter
     return interval if interval.windows == total_windows else _widened(interval, precision)
 
 
-def interval_summary(interval: Interval, total_windows: int, start_layer: int) -> dict:
+def _interval_summary(interval: Interval, total_windows: int, start_layer: int) -> dict:
     return {"ratio": interval.ratio, "ratio_low": interval.low, "ratio_high": interval.high, "windows": interval.windows,
             "stopped_early": interval.windows < total_windows, "start_layer": start_layer}
 
 
-def ablation_row(name: str, ev: Evaluation, interval: Interval, detail: str = "", total_windows: int = 0) -> Ablation:
+def _ablation_row(name: str, ev: Evaluation, interval: Interval, detail: str = "", total_windows: int = 0) -> Ablation:
     """The row; its ratio is paired (same windows as the baseline), which is ppl / baseline ppl when all ran."""
     if interval.windows < total_windows:
         stop = f"stopped after {interval.windows}/{total_windows} windows, ratio 95% CI [{interval.low:.4g}, {interval.high:.4g}]"
@@ -410,7 +436,7 @@ def ablation_row(name: str, ev: Evaluation, interval: Interval, detail: str = ""
     return Ablation(name, ev.ppl, ev.tokens, interval.ratio, detail, ev.stopword_mass)
 
 
-def apply_verdicts(weights: list[SuperWeight], rows: list[Ablation], options: VerifyOptions) -> list[SuperWeight]:
+def _apply_verdicts(weights: list[SuperWeight], rows: list[Ablation], options: VerifyOptions) -> list[SuperWeight]:
     by_name = {row.name: row for row in rows}
     control_ok = not weights or by_name["control A: random"].ratio <= options.control_max
     for w in weights:
@@ -419,7 +445,7 @@ def apply_verdicts(weights: list[SuperWeight], rows: list[Ablation], options: Ve
     return weights
 
 
-def summarize(rows: list[Ablation]) -> dict:
+def _summarize(rows: list[Ablation]) -> dict:
     by_name = {row.name: row for row in rows}
     if "zero all candidates" not in by_name:
         return {}

@@ -97,36 +97,36 @@ def weight_entries(sites: list[DownProjection], weights: list[SuperWeight]) -> l
     return [(by_param[w.param], tuple(w.tensor_index)) for w in weights]
 
 
-# One detection pass with `found` zeroed, at iteration `iteration`: per site the capture and the
-# candidate it names (in memory, or block by block in `catalog.streaming`).
-Pass = Callable[[list[SuperWeight], int], tuple[dict[int, Capture], dict[int, SuperWeight]]]
+# One detection pass with `found` zeroed, at iteration `iteration`: per site the capture, and the
+# candidate a spiking site names, by site (in memory, or block by block in `catalog.streaming`).
+Pass = Callable[[list[SuperWeight], int], tuple[dict[int, Capture], Callable[[int], SuperWeight]]]
 
 
 def iterate(run_pass: Pass, sites: list[DownProjection], rule: SpikeRule, max_iterations: int) -> Detection:
     """The paper's iteration: zero what was found and detect again, until nothing new spikes."""
-    captures, named = run_pass([], 1)
+    captures, name = run_pass([], 1)
     reference = statistics.median(c.out_max for c in captures.values())
     layers = layer_stats(sites, captures, spiking_sites(captures, rule, reference))
     found: list[SuperWeight] = []
     passes = 1
     for iteration in range(1, max_iterations + 1):
         seen = {(w.param, w.expert, w.row, w.col) for w in found}
-        new = [named[i] for i in sorted(spiking_sites(captures, rule, reference))]
+        new = [name(i) for i in sorted(spiking_sites(captures, rule, reference))]
         new = [w for w in new if (w.param, w.expert, w.row, w.col) not in seen]
         if not new:
             break
         found += new
         if iteration == max_iterations:
             break
-        captures, named = run_pass(list(found), iteration + 1)
+        captures, name = run_pass(list(found), iteration + 1)
         passes += 1
     return Detection(layers, found, passes, reference)
 
 
 def detect(model: nn.Module, prompts: list[torch.Tensor], sites: list[DownProjection], rule: SpikeRule, max_iterations: int) -> Detection:
-    def run_pass(found: list[SuperWeight], iteration: int) -> tuple[dict[int, Capture], dict[int, SuperWeight]]:
+    def run_pass(found: list[SuperWeight], iteration: int) -> tuple[dict[int, Capture], Callable[[int], SuperWeight]]:
         with zeroed(weight_entries(sites, found)):
             captures = run_prompts(model, prompts, sites)
-        return captures, {i: candidate(sites[i], c, iteration) for i, c in captures.items()}
+        return captures, lambda i: candidate(sites[i], captures[i], iteration)
 
     return iterate(run_pass, sites, rule, max_iterations)

@@ -57,3 +57,9 @@ class BadOptionError(SuperweightsError, ValueError):
     def __init__(self, option: str, problem: str) -> None:
         super().__init__(f"{option}: {problem}")
         self.option = option
+
+
+def first_line(exc: BaseException | None) -> str:
+    """A one-line reason for messages and error columns: drivers' messages span lines or are empty."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__

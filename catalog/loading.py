@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from catalog.architectures import Adapter, adapter_for
-from catalog.errors import BadOptionError, InvalidSourceError, SuperweightsError
+from catalog.errors import BadOptionError, InvalidSourceError, SuperweightsError, first_line
 from catalog.family import family_name
 from catalog.reader import ShardReader, Span, checkpoint_shards, index_shards
 from catalog.result import ModelInfo
@@ -51,11 +51,21 @@ def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def load(source: ResolvedSource, *, device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False) -> LoadedModel:
-    """Read the checkpoint once. Failures of the files themselves become `InvalidSourceError`."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+@dataclass
+class Opened:
+    """What a load needs before the weights: device, dtype, config, adapter and tokenizer."""
 
-    start = time.perf_counter()
+    device: torch.device
+    dtype: torch.dtype
+    config: object
+    adapter: Adapter
+    tokenizer: object
+
+
+def open_source(source: ResolvedSource, device: str, dtype: str, trust_remote_code: bool) -> Opened:
+    """Check and read everything but the weights (`load`, and `catalog.streaming`)."""
+    from transformers import AutoConfig, AutoTokenizer
+
     dev = pick_device(device)
     torch_dtype = pick_dtype(dtype, dev)
     kwargs = {"gguf_file": source.gguf_file} if source.gguf_file else {}
@@ -65,19 +75,29 @@ def load(source: ResolvedSource, *, device: str = "auto", dtype: str = "auto", t
     adapter = adapter_for(config.model_type, source.spec)
     with as_invalid(source):
         tokenizer = AutoTokenizer.from_pretrained(source.path, trust_remote_code=trust_remote_code, **kwargs)
-        model = read_parallel(source, config, dev, torch_dtype, trust_remote_code) if source.format == "safetensors" else None
+    return Opened(dev, torch_dtype, config, adapter, tokenizer)
+
+
+def load(source: ResolvedSource, *, device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False) -> LoadedModel:
+    """Read the checkpoint once. Failures of the files themselves become `InvalidSourceError`."""
+    from transformers import AutoModelForCausalLM
+
+    start = time.perf_counter()
+    opened = open_source(source, device, dtype, trust_remote_code)
+    with as_invalid(source):
+        model = read_parallel(source, opened.config, opened.device, opened.dtype, trust_remote_code) if source.format == "safetensors" else None
         loader = "parallel" if model is not None else "transformers"
         if model is None:
             model = AutoModelForCausalLM.from_pretrained(
                 source.path,
-                dtype=torch_dtype,
+                dtype=opened.dtype,
                 trust_remote_code=trust_remote_code,
                 use_safetensors=source.format != "pytorch",
-                **kwargs,
-            ).to(dev)
+                **({"gguf_file": source.gguf_file} if source.gguf_file else {}),
+            ).to(opened.device)
     model.eval()
-    info = model_info(source, model, config, adapter, torch_dtype)
-    return LoadedModel(model, tokenizer, adapter, info, dev, time.perf_counter() - start, loader)
+    info = model_info(source, model, opened.config, opened.adapter, opened.dtype)
+    return LoadedModel(model, opened.tokenizer, opened.adapter, info, opened.device, time.perf_counter() - start, loader)
 
 
 def skeleton(config, dtype: torch.dtype, trust_remote_code: bool) -> nn.Module:
@@ -105,22 +125,24 @@ def assign(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
 def read_parallel(source: ResolvedSource, config, device: torch.device, dtype: torch.dtype,
                   trust_remote_code: bool) -> nn.Module | None:
     """The model with its weights read by `catalog.reader` (several threads, straight onto the
-    device), or None where transformers must convert the checkpoint: tensors renamed, fused,
-    quantized or kept in float32, or any name or shape that differs from the model's own."""
-    if getattr(config, "quantization_config", None):
-        return None
+    device), or None where transformers must convert the checkpoint (`checkpoint_names`)."""
     model = skeleton(config, dtype, trust_remote_code)
     spans = index_shards(checkpoint_shards(source.path))
     names = checkpoint_names(model, spans)
-    if names is None or getattr(model, "_keep_in_fp32_modules", None):
+    if names is None:
         return None
-    with ShardReader(spans, device) as reader:
+    with ShardReader(spans, device, dtype=dtype) as reader:
         for batch in _batches(names, spans):
-            for name, tensor in reader.read(batch).items():
-                for alias in names[name]:
-                    assign(model, alias, tensor.to(dtype) if tensor.is_floating_point() else tensor)
+            place(model, names, reader.read(batch))
     buffers_to(model, device)
     return model
+
+
+def place(model: nn.Module, names: dict[str, list[str]], tensors: dict[str, torch.Tensor]) -> None:
+    """Each checkpoint tensor into every state-dict name it fills (`checkpoint_names`)."""
+    for name, tensor in tensors.items():
+        for alias in names[name]:
+            assign(model, alias, tensor)
 
 
 def buffers_to(model: nn.Module, device: torch.device) -> None:
@@ -132,7 +154,10 @@ def buffers_to(model: nn.Module, device: torch.device) -> None:
 
 def checkpoint_names(model: nn.Module, spans: dict[str, Span]) -> dict[str, list[str]] | None:
     """Checkpoint name -> the state-dict names it fills (tied weights: several), or None unless
-    every checkpoint tensor fills the model's tensors of its name and shape, and every one is filled."""
+    every checkpoint tensor fills the model's tensors of its name and shape, and every one is
+    filled, by tensors put in place as they are (not quantized, not kept in float32)."""
+    if getattr(model.config, "quantization_config", None) or getattr(model, "_keep_in_fp32_modules", None):
+        return None
     by_tensor: dict[int, list[str]] = {}
     state = model.state_dict(keep_vars=True)
     for name, tensor in state.items():
@@ -195,7 +220,7 @@ def as_invalid(source: ResolvedSource) -> Iterator[None]:
 
 
 def _problem(exc: Exception) -> str:
-    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    first = first_line(exc)
     if isinstance(exc, pickle.UnpicklingError) and first.startswith("Weights only load failed"):
         # torch's own advice here is to retry with weights_only=False: the one thing not to do
         return ("its pickle weights hold objects other than tensors, which can run code when loaded; "

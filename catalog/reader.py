@@ -102,11 +102,14 @@ def _pread(fd: int, into: memoryview, offset: int) -> None:
 
 
 class ShardReader:
-    """Reads named tensors of a checkpoint onto `device`, in the checkpoint's dtypes."""
+    """Reads named tensors of a checkpoint onto `device`: floating-point ones in `dtype` (converted
+    there, after the read), the others and, without `dtype`, all in the checkpoint's dtypes."""
 
-    def __init__(self, spans: dict[str, Span], device: torch.device, threads: int | None = None, chunk: int = CHUNK) -> None:
+    def __init__(self, spans: dict[str, Span], device: torch.device, threads: int | None = None, chunk: int = CHUNK,
+                 dtype: torch.dtype | None = None) -> None:
         self.spans = spans
         self.device = torch.device(device)
+        self.dtype = dtype
         self.threads = threads or min(16, os.cpu_count() or 1)
         self.chunk = chunk
         self._fds = {file: os.open(file, os.O_RDONLY) for file in {s.file for s in spans.values()}}
@@ -143,7 +146,9 @@ class ShardReader:
         inference = torch.is_inference_mode_enabled()  # thread-local: the workers copy into tensors made here
         for done in [self._pool.submit(self._copy, share, ready, inference) for share in work if share]:
             done.result()
-        return out
+        if self.dtype is None:
+            return out
+        return {name: t.to(self.dtype) if t.is_floating_point() else t for name, t in out.items()}
 
     def _copy(self, pieces: list[tuple[int, int, torch.Tensor]], ready: torch.cuda.Stream | None, inference: bool) -> None:
         with torch.inference_mode(inference):

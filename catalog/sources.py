@@ -45,12 +45,20 @@ def resolve(spec: str, *, allow_pickle: bool = False) -> ResolvedSource:
     path = Path(spec).expanduser()
     if path.exists():
         return _resolve_local(spec, path, allow_pickle)
-    if spec.endswith(".gguf") or spec.startswith((".", "/", "~")) or not REPO_ID.match(spec.split("@")[0]):
+    if is_local(spec):
         raise SourceNotFoundError(spec, "Give an existing checkpoint directory, a .gguf file, or a Hub repo id org/name[@revision].")
     return _resolve_hub(spec, allow_pickle)
 
 
+def is_local(spec: str) -> bool:
+    """Whether `spec` names a file or directory rather than a Hub repo: one rule for resolving and cataloguing."""
+    if Path(spec).expanduser().exists():
+        return True
+    return spec.endswith(".gguf") or spec.startswith((".", "/", "~")) or not REPO_ID.match(split_revision(spec)[0])
+
+
 def split_revision(spec: str) -> tuple[str, str | None]:
+    """A Hub spec `org/name[@rev]` as (repo id, revision or None)."""
     repo_id, _, revision = spec.partition("@")
     return repo_id, revision or None
 

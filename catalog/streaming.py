@@ -32,16 +32,15 @@ from typing import NoReturn
 import torch
 from torch import nn
 
-from catalog.architectures import DownProjection, adapter_for
-from catalog.causal import (RESTORE_SA, ActivationRecorder, Verification, VerifyOptions, ablation_row, interval_summary,
-                            summarize, apply_verdicts, conditions)
+from catalog.architectures import DownProjection
+from catalog.causal import ActivationRecorder, Evaluated, Verification, VerifyOptions, conditions, report
 from catalog.detection import Detection, SpikeRule, candidate, iterate, weight_entries
 from catalog.errors import BadOptionError
 from catalog.hooks import Capture, capture, zeroed
-from catalog.loading import (LoadedModel, as_invalid, assign, buffers_to, check_config, checkpoint_names, model_info, pick_device,
-                             pick_dtype, skeleton)
+from catalog.loading import (LoadedModel, as_invalid, assign, buffers_to, checkpoint_names, model_info, open_source, place,
+                             skeleton)
 from catalog.reader import ShardReader, checkpoint_shards
-from catalog.perplexity import Evaluation, evaluate, frequent_tokens, paired_interval
+from catalog.perplexity import Evaluation, evaluate, frequent_tokens
 from catalog.prefix import PrefixCache
 from catalog.result import SuperWeight
 from catalog.sources import ResolvedSource
@@ -72,22 +71,17 @@ class ShardStore:
     bound them."""
 
     reader: ShardReader
-    dtype: torch.dtype
     resident: int = 0
     peak: int = 0
 
     @classmethod
     def open(cls, source: ResolvedSource, stack: contextlib.ExitStack, device: torch.device, dtype: torch.dtype) -> ShardStore:
-        reader = stack.enter_context(ShardReader.open(checkpoint_shards(source.path), device))
-        return cls(reader, dtype)
-
-    def read(self, names: list[str]) -> dict[str, torch.Tensor]:
-        return {name: tensor.to(self.dtype) if tensor.is_floating_point() else tensor
-                for name, tensor in self.reader.read(names).items()}
+        return cls(stack.enter_context(ShardReader.open(checkpoint_shards(source.path), device, dtype=dtype)))
 
     def read_block(self, prefix: str) -> dict[str, torch.Tensor]:
         """Every tensor named `prefix...`, on the device, keyed by its name inside the block."""
-        tensors = {name.removeprefix(prefix): t for name, t in self.read([n for n in self.reader.spans if n.startswith(prefix)]).items()}
+        names = [n for n in self.reader.spans if n.startswith(prefix)]
+        tensors = {name.removeprefix(prefix): t for name, t in self.reader.read(names).items()}
         self.resident += sum(t.nbytes for t in tensors.values())
         self.peak = max(self.peak, self.resident)
         return tensors
@@ -146,34 +140,17 @@ class Stream:
             self.hidden = [block(h, **kw) for h, kw in zip(self.hidden, self.kwargs)]
 
 
-class LayerRecorder(ActivationRecorder):
-    """`ActivationRecorder` whose +SA write-back covers only the targets recorded so far: a
-    streamed baseline has recorded the blocks up to the current one."""
-
-    @contextlib.contextmanager
-    def restore(self) -> Iterator[None]:
-        ready = [i for i, kept in enumerate(self.recorded) if kept]
-        targets, recorded = self.targets, self.recorded
-        self.targets, self.recorded = [targets[i] for i in ready], [recorded[i] for i in ready]
-        try:
-            with super().restore():
-                yield
-        finally:
-            self.targets, self.recorded = targets, recorded
-
-
 @dataclass
 class StreamedModel:
     """A model whose blocks live in the checkpoint until a pass reads them, one at a time."""
 
     loaded: LoadedModel
     blocks: nn.ModuleList
-    blocks_path: str
     store: ShardStore
 
     def layers(self) -> Iterator[tuple[int, nn.Module]]:
         """Each block in turn with its weights on the device; the next one is read meanwhile."""
-        prefix = [f"{self.blocks_path}.{i}." for i in range(len(self.blocks))]
+        prefix = [f"{self.loaded.adapter.blocks}.{i}." for i in range(len(self.blocks))]
         with ThreadPoolExecutor(1) as pool:
             pending = pool.submit(self.store.read_block, prefix[0])
             for i, block in enumerate(self.blocks):
@@ -193,9 +170,9 @@ class StreamedModel:
         return iterate(lambda found, iteration: self._detection_pass(calls, sites, found, iteration), sites, rule, max_iterations)
 
     def _detection_pass(self, calls: list[BlockCall], sites: list[DownProjection], found: list[SuperWeight],
-                        iteration: int) -> tuple[dict[int, Capture], dict[int, SuperWeight]]:
+                        iteration: int) -> tuple[dict[int, Capture], Callable[[int], SuperWeight]]:
         """Per site the largest-spike capture over the prompts (`detection.run_prompts`), with
-        `found` zeroed, and the candidate it names (read while its block is resident)."""
+        `found` zeroed, and the candidate it names (read while its block is resident: every site's)."""
         streams = [Stream([h], [kw], lambda: zeroed(weight_entries(sites, found))) for h, kw in calls]
         best: dict[int, Capture] = {}
         named: dict[int, SuperWeight] = {}
@@ -207,7 +184,7 @@ class StreamedModel:
                         if i not in best or captured[i].out_max > best[i].out_max:
                             best[i] = captured[i]
                             named[i] = candidate(sites[i], captured[i], iteration)
-        return best, named
+        return best, named.__getitem__
 
     @torch.inference_mode()
     def verify(self, windows: torch.Tensor, sites: list[DownProjection], weights: list[SuperWeight],
@@ -215,7 +192,7 @@ class StreamedModel:
         """`catalog.causal.verify` (with its prefix sharing) in one streamed pass over the blocks; the
         pass carries every window, so `options.early_stop` is not used (`ScanOptions.verification`)."""
         stopwords = frequent_tokens(windows)
-        recorder = LayerRecorder(sites, weights)
+        recorder = ActivationRecorder(sites, weights)
         plan = conditions(sites, weights, options, recorder, weight_of=self._read_weight) if weights else []
         base = Stream(*map(list, zip(*self.inputs(windows.split(options.batch_size)))), context=recorder.record)
         streams: dict[str, Stream] = {}
@@ -227,22 +204,15 @@ class StreamedModel:
                 stream.through(block)
         started = time.perf_counter()
         baseline = self._evaluation(windows, stopwords, base, options.batch_size)
-        baseline_seconds = time.perf_counter() - started
-        rows, intervals = [ablation_row("baseline", baseline, paired_interval(baseline, baseline))], {}
-        for condition in plan:
-            ev = self._evaluation(windows, stopwords, streams[condition.name], options.batch_size)
-            interval = paired_interval(ev, baseline)
-            detail = f"{recorder.restored_positions} positions restored" if condition.name == RESTORE_SA else condition.detail
-            rows.append(ablation_row(condition.name, ev, interval, detail, baseline.windows))
-            intervals[condition.name] = interval_summary(interval, baseline.windows, condition.first_layer)
+        head_seconds = time.perf_counter() - started
+        evaluated = [Evaluated(c, self._evaluation(windows, stopwords, streams[c.name], options.batch_size), c.first_layer) for c in plan]
         evaluation = {"prefix_shared": True, "early_stop": False, "streamed": True,
-                      "head_seconds": round(baseline_seconds, 4)}  # the head and loss of one condition, after the pass
-        summary = summarize(rows) | {"evaluation": evaluation} | ({"intervals": intervals} if intervals else {})
-        return Verification(rows, apply_verdicts(weights, rows, options), summary)
+                      "head_seconds": round(head_seconds, 4)}  # the head and loss of one condition, after the pass
+        return report(baseline, evaluated, recorder, weights, options, evaluation)
 
     def _read_weight(self, site: DownProjection) -> torch.Tensor:
         """A down projection's values on the device, for control B's top-k (one at a time, freed after)."""
-        return self.store.read([site.param])[site.param]
+        return self.store.reader.read([site.param])[site.param]
 
     def _evaluation(self, windows: torch.Tensor, stopwords: torch.Tensor, stream: Stream, batch_size: int) -> Evaluation:
         """Perplexity from a stream's final hidden states, through the model's own norm and head."""
@@ -254,36 +224,26 @@ class StreamedModel:
 def open_streamed(source: ResolvedSource, stack: contextlib.ExitStack, *, budget: int, device: str = "auto",
                   dtype: str = "auto", trust_remote_code: bool = False) -> StreamedModel:
     """The model skeleton with its non-block weights on the device; blocks stay in the shards."""
-    from transformers import AutoConfig, AutoTokenizer
-
     start = time.perf_counter()
-    dev = pick_device(device)
-    torch_dtype = pick_dtype(dtype, dev)
     if source.format != "safetensors" or source.gguf_file:
         _unstreamable(source, source.format)
-    check_config(source, trust_remote_code)
+    opened = open_source(source, device, dtype, trust_remote_code)
+    if opened.config.model_type not in STREAMABLE:
+        _unstreamable(source, f"model type {opened.config.model_type!r}")
+    blocks = opened.adapter.blocks
     with as_invalid(source):
-        config = AutoConfig.from_pretrained(source.path, trust_remote_code=trust_remote_code)
-    adapter = adapter_for(config.model_type, source.spec)
-    if config.model_type not in STREAMABLE:
-        _unstreamable(source, f"model type {config.model_type!r}")
-    with as_invalid(source):
-        tokenizer = AutoTokenizer.from_pretrained(source.path, trust_remote_code=trust_remote_code)
-        model = skeleton(config, torch_dtype, trust_remote_code)
-        store = ShardStore.open(source, stack, dev, torch_dtype)
+        model = skeleton(opened.config, opened.dtype, trust_remote_code)
+        store = ShardStore.open(source, stack, opened.device, opened.dtype)
     names = checkpoint_names(model, store.reader.spans)
     if names is None:
-        _unstreamable(source, "tensor names or shapes that differ from the model's")
-    _check_budget(model, adapter.blocks, torch_dtype, budget, source.spec)
-    outer = [name for name in names if not name.startswith(f"{adapter.blocks}.")]
+        _unstreamable(source, "a checkpoint that transformers converts on load (renamed, fused, quantized or float32-kept tensors)")
+    _check_budget(model, blocks, opened.dtype, budget, source.spec)
     with as_invalid(source):
-        for name, tensor in store.read(outer).items():
-            for alias in names[name]:
-                assign(model, alias, tensor)
-    buffers_to(model, dev)
-    info = model_info(source, model, config, adapter, torch_dtype)
-    loaded = LoadedModel(model, tokenizer, adapter, info, dev, time.perf_counter() - start, "parallel")
-    return StreamedModel(loaded, model.get_submodule(adapter.blocks), adapter.blocks, store)
+        place(model, names, store.reader.read([name for name in names if not name.startswith(f"{blocks}.")]))
+    buffers_to(model, opened.device)
+    info = model_info(source, model, opened.config, opened.adapter, opened.dtype)
+    loaded = LoadedModel(model, opened.tokenizer, opened.adapter, info, opened.device, time.perf_counter() - start, "parallel")
+    return StreamedModel(loaded, model.get_submodule(blocks), store)
 
 
 def _unstreamable(source: ResolvedSource, what: str) -> NoReturn:

@@ -10,6 +10,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
 
+from catalog.errors import first_line
 from db.errors import CatalogMissingError, CatalogUnreachableError
 from db.location import CatalogURL
 
@@ -50,9 +51,4 @@ def check_connection(engine: Engine, location: CatalogURL) -> None:
         with engine.connect():
             pass
     except OperationalError as exc:
-        raise CatalogUnreachableError(location.display, _first_line(exc.orig)) from exc
-
-
-def _first_line(error: BaseException | None) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
+        raise CatalogUnreachableError(location.display, first_line(exc.orig)) from exc

@@ -25,15 +25,15 @@ class ModelKey:
 class LineageMatch:
     """A model sharing confirmed super-weight coordinates with the query model."""
 
-    source: str
-    repo_id: str | None
-    revision: str | None
-    family: str | None
-    base_model: str | None
+    model: ModelKey
     shared: list[Coordinate]  # sorted
-    overlap: int  # len(shared)
     jaccard: float  # shared / union of both coordinate sets
     declared: str | None  # "base" if this is the query's declared base_model, "fine-tune" if it declares the query as its base
+
+    @property
+    def overlap(self) -> int:
+        """How many coordinates are shared: derived, so it cannot disagree with `shared`."""
+        return len(self.shared)
 
 
 def rank(query: ModelKey, mine: set[Coordinate], others: dict[ModelKey, set[Coordinate]]) -> list[LineageMatch]:
@@ -41,16 +41,13 @@ def rank(query: ModelKey, mine: set[Coordinate], others: dict[ModelKey, set[Coor
     base or fine-tune is listed even when it shares none, since that contradicts the model card.
     """
     matches = [_match(query, key, mine, theirs) for key, theirs in others.items() if mine & theirs or _declared(query, key)]
-    return sorted(matches, key=lambda m: (-m.overlap, -m.jaccard, m.source))
+    return sorted(matches, key=lambda m: (-m.overlap, -m.jaccard, m.model.source))
 
 
 def _match(query: ModelKey, key: ModelKey, mine: set[Coordinate], theirs: set[Coordinate]) -> LineageMatch:
     shared = sorted(mine & theirs)
     union = len(mine | theirs)
-    return LineageMatch(
-        key.source, key.repo_id, key.revision, key.family, key.base_model,
-        shared, len(shared), len(shared) / union if union else 0.0, _declared(query, key),
-    )
+    return LineageMatch(key, shared, len(shared) / union if union else 0.0, _declared(query, key))
 
 
 def _declared(query: ModelKey, other: ModelKey) -> str | None:

@@ -21,6 +21,7 @@ from typing import Any
 
 import duckdb
 
+from catalog.errors import first_line
 from db.errors import CatalogError, CatalogUnreachableError, QueryError, WriteRefusedError
 from db.location import CatalogURL, libpq_dsn
 from db.models import TABLES
@@ -108,7 +109,7 @@ def _attach(con: duckdb.DuckDBPyConnection, location: CatalogURL) -> None:
     try:
         con.execute(f"ATTACH {_literal(target)} AS {ALIAS} (TYPE {kind}, READ_ONLY)")
     except duckdb.Error as exc:
-        raise CatalogUnreachableError(location.display, str(exc).strip().splitlines()[0]) from exc
+        raise CatalogUnreachableError(location.display, first_line(exc)) from exc
     con.execute(f"USE {ALIAS}")
 
 

@@ -13,6 +13,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from catalog.result import ScanResult
 from catalog.tables import ablations_table, super_weights_table
 from db.lineage import LineageMatch
 from db.query import QueryResult
@@ -61,24 +62,25 @@ def _json_value(value: Any) -> Any:
 
 def show(scans: list[StoredScan]) -> RenderableType:
     """A model's catalog entry: its facts, its scans, and the newest successful scan's findings."""
-    parts: list[RenderableType] = [_facts(scans), _scans_table(scans)]
-    if latest := next((s.result for s in scans if s.result is not None), None):
+    latest = next((s.result for s in scans if s.result is not None), None)
+    parts: list[RenderableType] = [_facts(scans[0], latest), _scans_table(scans)]
+    if latest is not None:
         parts.append(super_weights_table(latest))
         if latest.ablations:
             parts.append(ablations_table(latest))
     return Group(*parts)
 
 
-def _facts(scans: list[StoredScan]) -> Table:
-    first = scans[0]
+def _facts(first: StoredScan, latest: ScanResult | None) -> Table:
+    """The newest scan names the model; the newest successful one (if any) gives its facts."""
     table = Table(title=f"{first.source} @ {first.revision or '(local, no revision)'}", show_header=False)
     table.add_column(style="bold")
     table.add_column()
     table.add_row("repo id", first.repo_id or "")
-    info = next((s.result.model for s in scans if s.result is not None), None)
-    if info is None:
+    if latest is None:
         table.add_row("facts", "none: every scan of this model failed")
         return table
+    info = latest.model
     size = f"{info.num_layers} layers, hidden {info.hidden_size}, intermediate {info.intermediate_size}, {info.num_parameters:,} parameters"
     for name, value in [
         ("family", info.family), ("architecture", f"{info.architecture} ({info.model_type})"), ("size", size),
@@ -95,11 +97,11 @@ def _scans_table(scans: list[StoredScan]) -> Table:
     for name in ("scan", "status", "config", "finished (UTC)", "device", "confirmed", "candidates", "error"):
         table.add_column(name, overflow="fold")
     for s in scans:
-        found = s.result.super_weights if s.result else []
-        confirmed = sum(w.verdict == "confirmed" for w in found)
+        found = len(s.result.super_weights) if s.result else 0
+        confirmed = len(s.result.confirmed) if s.result else 0
         table.add_row(
             str(s.scan_id), s.status, s.config_hash, s.finished_at.strftime("%Y-%m-%d %H:%M:%S"),
-            (s.result.environment.get("device", "") if s.result else ""), str(confirmed), str(len(found) - confirmed),
+            (s.result.environment.get("device", "") if s.result else ""), str(confirmed), str(found - confirmed),
             s.error or "", style="red" if s.status != "ok" else None,
         )
     return table
@@ -111,5 +113,5 @@ def lineage(model: str, matches: list[LineageMatch]) -> Table:
         table.add_column(name, overflow="fold")
     for m in matches:
         coords = ", ".join(f"({layer}, {row}, {col})" for layer, row, col in m.shared)
-        table.add_row(m.source, (m.revision or "")[:12], m.family or "", str(m.overlap), f"{m.jaccard:.2f}", coords, m.declared or "")
+        table.add_row(m.model.source, (m.model.revision or "")[:12], m.model.family or "", str(m.overlap), f"{m.jaccard:.2f}", coords, m.declared or "")
     return table

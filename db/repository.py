@@ -18,6 +18,7 @@ from sqlalchemy import Engine, delete, exists, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, joinedload, selectinload
 
+from catalog.errors import first_line
 from catalog.result import CONFIRMED, SCHEMA, ScanResult
 from db import migrate
 from db.engine import engine_for
@@ -74,12 +75,12 @@ class Catalog:
 
     def save(self, result: ScanResult, *, started_at: datetime, finished_at: datetime) -> int:
         """Store a finished scan, replacing an earlier one of its key; returns the new scan id."""
-        info = result.model
+        info, data = result.model, result.to_dict()
         with self._writing(info.source) as session:
             model = _model_row(session, info.source, info.repo_id, info.revision)
-            for name, value in _facts(result).items():
+            for name, value in _facts(data).items():
                 setattr(model, name, value)
-            scan = _scan_row(result, model.id, started_at, finished_at)
+            scan = _scan_row(result, data, model.id, started_at, finished_at)
             return _replace(session, scan)
 
     def record_failure(
@@ -102,8 +103,7 @@ class Catalog:
             with Session(self._engine) as session, session.begin():
                 yield session
         except SQLAlchemyError as exc:
-            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-            raise CatalogWriteError(self.display, source, reason) from exc
+            raise CatalogWriteError(self.display, source, first_line(getattr(exc, "orig", None) or exc)) from exc
 
     # reads --------------------------------------------------------------------------------
 
@@ -187,13 +187,13 @@ def _replace(session: Session, scan: Scan) -> int:
     return scan.id
 
 
-def _facts(result: ScanResult) -> dict[str, Any]:
-    data = result.to_dict()["model"]
-    return {name: data[name] for name in MODEL_FACTS if name in data}
+def _facts(data: dict[str, Any]) -> dict[str, Any]:
+    """The model row's columns from a result's `to_dict()` (converted once per save: it deep-copies)."""
+    model = data["model"]
+    return {name: model[name] for name in MODEL_FACTS if name in model}
 
 
-def _scan_row(result: ScanResult, model_id: int, started_at: datetime, finished_at: datetime) -> Scan:
-    data = result.to_dict()
+def _scan_row(result: ScanResult, data: dict[str, Any], model_id: int, started_at: datetime, finished_at: datetime) -> Scan:
     scan = Scan(
         model_id=model_id, status=STATUS_OK, started_at=_utc(started_at), finished_at=_utc(finished_at),
         dtype=result.model.dtype, device=result.environment.get("device"), config_hash=result.config_hash,

@@ -44,7 +44,8 @@ class SiteSummary:
 
 
 def build_site(scans: list[StoredScan], out_dir: Path, now: datetime | None = None) -> SiteSummary:
-    """Render every page of the catalog's scans into `out_dir`, replacing a site built there before."""
+    """Render every page of the catalog's scans (newest first, as `Catalog.scans()` returns them) into
+    `out_dir`, replacing a site built there before."""
     out_dir = Path(out_dir)
     check_replaceable(out_dir)
     site = Site.from_scans(list(scans))
@@ -56,7 +57,7 @@ def build_site(scans: list[StoredScan], out_dir: Path, now: datetime | None = No
         replace_dir(staging, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return SiteSummary(out_dir, out_dir / "index.html", pages, len(site.models), len(site.family_slugs), len(site.scans))
+    return SiteSummary(out_dir, out_dir / "index.html", pages, len(site.models), len(site.families), len(site.scans))
 
 
 def write_site(site: Site, prov: Provenance, root: Path) -> int:
@@ -65,7 +66,7 @@ def write_site(site: Site, prov: Provenance, root: Path) -> int:
     (root / "models").mkdir()
     (root / "families").mkdir()
     render(env, "index.html", index_page(site, prov), root / "index.html")
-    for family, models in site.families().items():
+    for family, models in site.families.items():
         render(env, "family.html", family_page(site, family, models, prov), root / "families" / f"{site.family_slugs[family]}.html")
     for model in site.models:
         render(env, "model.html", model_page(site, model, prov), root / "models" / f"{model.slug}.html")
@@ -73,7 +74,7 @@ def write_site(site: Site, prov: Provenance, root: Path) -> int:
     (root / "search-index.js").write_text(index_script(site), encoding="utf-8")
     shutil.copytree(Path(str(PACKAGE / "assets")), root / "assets")
     (root / MARKER).write_text("built by `superweights report`; this directory is replaced on rebuild\n")
-    return 1 + len(site.family_slugs) + len(site.models)
+    return 1 + len(site.families) + len(site.models)
 
 
 def environment() -> Environment:

@@ -70,7 +70,7 @@ def layer_chart(layers: Sequence[LayerStat], title: str) -> Markup:
     _y_axis(svg, y, left, right, "max |activation| (log scale)")
     _x_axis(svg, x, bottom, "layer")
     for stat in (s for s in layers if s.spike):
-        _spike_marker(svg, x[stat.layer], top, bottom)
+        _dashed_line(svg, x[stat.layer], top, bottom, {"stroke-opacity": "0.6"})
     _series(svg, layers, x, y, "max |input|", IN_COLOR, lambda s: (s.in_max, s.in_channel), spikes=False)
     _series(svg, layers, x, y, "max |output|", OUT_COLOR, lambda s: (s.out_max, s.out_channel), spikes=True)
     _legend(svg, right, [("max |input|", IN_COLOR), ("max |output|", OUT_COLOR), ("spike layer", SPIKE_COLOR)])
@@ -88,9 +88,7 @@ def ablation_chart(ablations: Sequence[Ablation], title: str) -> Markup:
         _bar(svg, ablation, x, left, top + i * row_height + 4, row_height - 8)
     baseline = next((a for a in ablations if a.name == "baseline"), None)
     if baseline is not None:
-        bx = f"{x(baseline.ppl):.1f}"
-        _el(svg, "line", x1=bx, x2=bx, y1=str(top), y2=str(bottom), stroke=SPIKE_COLOR,
-            **{"stroke-dasharray": "4 3", "stroke-width": "1"})
+        _dashed_line(svg, x(baseline.ppl), top, bottom, {"stroke-width": "1"})
     return _markup(svg)
 
 
@@ -151,9 +149,10 @@ def _series(svg: ET.Element, layers: Sequence[LayerStat], x: dict[int, float], y
         _el(dot, "title", f"layer {stat.layer}: {name} {format_number(value)} (channel {channel})")
 
 
-def _spike_marker(svg: ET.Element, px: float, top: float, bottom: float) -> None:
+def _dashed_line(svg: ET.Element, px: float, top: float, bottom: float, style: dict[str, str]) -> None:
+    """A vertical red dashed line across the plot (a spike layer, the baseline); `style` adds its own strokes."""
     _el(svg, "line", x1=f"{px:.1f}", x2=f"{px:.1f}", y1=str(top), y2=str(bottom), stroke=SPIKE_COLOR,
-        **{"stroke-dasharray": "4 3", "stroke-opacity": "0.6"})
+        **{"stroke-dasharray": "4 3", **style})
 
 
 def _legend(svg: ET.Element, right: float, entries: list[tuple[str, str]]) -> None:

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from db.cli import db_option
+from db.repository import Catalog
 from reports.build import build_site
 
 
@@ -16,14 +18,10 @@ def register(cli: click.Group) -> None:
 @click.command()
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Directory to write the site to (replaced if it holds an earlier report).")
-@click.option("--db", "db_url", default=None, metavar="URL",
-              help="Catalog URL: sqlite:///PATH or postgresql://USER[:PASSWORD]@HOST[:PORT]/DB. "
-                   "[default: $SUPERWEIGHTS_DB, else $SUPERWEIGHTS_HOME/catalog.db]")
-def report(out_dir: Path, db_url: str | None) -> None:
+@db_option
+def report(out_dir: Path, url: str | None) -> None:
     """Build a static, searchable HTML site of the catalog into OUT: open OUT/index.html, or serve it anywhere."""
-    from db.repository import Catalog  # imported here so other commands do not load SQLAlchemy
-
-    summary = build_site(Catalog(db_url, create=False).scans(), out_dir)
+    summary = build_site(Catalog(url, create=False).scans(), out_dir)
     click.echo(
         f"wrote {summary.pages} pages ({summary.models} models, {summary.families} families, "
         f"{summary.scans} scans) to {summary.out_dir}"

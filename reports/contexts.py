@@ -7,17 +7,15 @@ field has none. Strings here are raw catalog text: the templates escape them (au
 
 from __future__ import annotations
 
-from dataclasses import MISSING, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from markupsafe import Markup
 
 
-def doc(text: str, default: Any = MISSING) -> Any:
+def doc(text: str) -> Any:
     """A dataclass field documented by `text` (kept in its metadata)."""
-    if default is MISSING:
-        return field(metadata={"doc": text})
-    return field(default=default, metadata={"doc": text})
+    return field(metadata={"doc": text})
 
 
 @dataclass
@@ -53,7 +51,6 @@ class WeightRow:
     """One super weight of one model, as a table row."""
 
     model: Link = doc("The model it belongs to, linked to its page.")
-    family: str = doc("The model's family.")
     layer: int = doc("Decoder layer of the down projection.")
     row: int = doc("Output channel (paper convention: W[row, col]).")
     col: int = doc("Input channel.")
@@ -130,7 +127,7 @@ class AblationRow:
 class Page:
     """What every page has: its title, its place in the site, and the build's provenance."""
 
-    title: str = doc("The <title> and main heading of the page.")
+    title: str = doc("The <title> and main heading of the page; a model page's is the model's display name.")
     root: str = doc("Relative path from this page to the site root ('' or '../'), for links and assets.")
     breadcrumbs: list[Link] = doc("Links from the index down to this page's parent.")
     generated_at: str = doc("When the site was built (UTC).")
@@ -164,13 +161,13 @@ class FamilyPage(Page):
 class ModelPage(Page):
     """One page per model (`models/<slug>.html`), from the model's latest successful scan."""
 
-    name: str = doc("The model's display name: repo id, else the file or directory name.")
     family: Link = doc("Its family, linked to the family page.")
     facts: list[Fact] = doc("Model facts: source, revision, architecture, shape, format, license...")
     scan: list[Fact] = doc("The scan shown: id, time, config hash, timings.")
     summary: list[Fact] = doc("Single figures the scan derived: detection passes, stop-word shift...")
     summary_json: str = doc("The scan's nested derived figures (tables, intervals) as pretty JSON; '' when none.")
     weights: list[WeightRow] = doc("Its super weights, in detection order.")
+    confirmed: int = doc("Of those, the confirmed ones.")
     ablations: list[AblationRow] = doc("Perplexity per ablation condition; empty before causal checks ran.")
     layer_chart: Markup = doc("Inline SVG: max |input| and |output| of the down projection per layer, log scale.")
     ablation_chart: Markup | None = doc("Inline SVG: perplexity per ablation condition; None without ablations.")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from catalog.result import Ablation, LayerStat, SuperWeight
 from reports.search import script_json
-from reports.site import ModelEntry, utc
+from reports.site import ModelEntry
 
 DOWNLOADS = {  # file suffix -> link label on the model page
     ".json": "Scan JSON",
@@ -23,12 +23,12 @@ DOWNLOADS = {  # file suffix -> link label on the model page
 }
 
 
-def write_downloads(model: ModelEntry, directory: Path) -> list[Path]:
-    """Write `<slug>.json` and `<slug>.{super-weights,layers,ablations}.csv`; return their paths."""
+def write_downloads(model: ModelEntry, directory: Path) -> None:
+    """Write `<slug>.json` and `<slug>.{super-weights,layers,ablations}.csv`."""
     result, scan = model.result, model.latest
     document = {
-        "scan": {"scan_id": scan.scan_id, "started_at": utc(scan.started_at).isoformat(),
-                 "finished_at": utc(scan.finished_at).isoformat(), "config_hash": scan.config_hash},
+        "scan": {"scan_id": scan.scan_id, "started_at": scan.started_at.isoformat(),
+                 "finished_at": scan.finished_at.isoformat(), "config_hash": scan.config_hash},
         **result.to_dict(),
     }
     files = {
@@ -37,12 +37,8 @@ def write_downloads(model: ModelEntry, directory: Path) -> list[Path]:
         ".layers.csv": to_csv(LayerStat, [asdict(s) for s in result.layers]),
         ".ablations.csv": to_csv(Ablation, [asdict(a) for a in result.ablations]),
     }
-    paths = []
     for suffix, text in files.items():
-        path = directory / f"{model.slug}{suffix}"
-        path.write_text(text, encoding="utf-8")
-        paths.append(path)
-    return paths
+        (directory / f"{model.slug}{suffix}").write_text(text, encoding="utf-8")
 
 
 def to_csv(row_type: type, rows: list[dict]) -> str:

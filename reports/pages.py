@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from catalog.result import CONFIRMED, ScanResult, SuperWeight
+from catalog.result import ScanResult, SuperWeight
 from db.repository import StoredScan
 from reports.charts import ablation_chart, layer_chart
 from reports.contexts import (
@@ -41,13 +41,12 @@ def family_href(site: Site, family: str, root: str) -> str:
 
 
 def index_page(site: Site, prov: Provenance) -> IndexPage:
-    weights = [w for m in site.models for w in m.result.super_weights]
     totals = Totals(
         scans=len(site.scans), failed=sum(s.status != "ok" for s in site.scans), models=len(site.models),
-        families=len(site.family_slugs), super_weights=len(weights),
-        confirmed=sum(w.verdict == CONFIRMED for w in weights),
+        families=len(site.families), super_weights=sum(len(m.result.super_weights) for m in site.models),
+        confirmed=sum(len(m.result.confirmed) for m in site.models),
     )
-    families = [family_row(site, name, models) for name, models in site.families().items()]
+    families = [family_row(site, name, models) for name, models in site.families.items()]
     strongest = sorted((strongest_row(site, m) for m in site.models if m.result.super_weights),
                        key=strength, reverse=True)[:STRONGEST]
     return IndexPage(**prov.page("Super weight catalog", "", []), totals=totals, families=families,
@@ -56,12 +55,8 @@ def index_page(site: Site, prov: Provenance) -> IndexPage:
 
 def family_page(site: Site, family: str, models: list[ModelEntry], prov: Provenance) -> FamilyPage:
     root = "../"
-    shared = [
-        SharedCoordinate(layer, row, col, [Link(m.name, model_href(m, root)) for m in models
-                                           if any((w.layer, w.row, w.col) == (layer, row, col) for w in m.result.super_weights)])
-        for (fam, layer, row, col), count in sorted(site.shared.items(), key=lambda kv: (-kv[1], kv[0][1:]))
-        if fam == family and count > 1
-    ]
+    shared = [SharedCoordinate(*coordinate, [Link(m.name, model_href(m, root)) for m in holders])
+              for coordinate, holders in site.shared_in(family)]
     return FamilyPage(
         **prov.page(f"Family {family}", root, [Link("Catalog", f"{root}index.html")]), family=family,
         models=[model_row(site, m, root) for m in models],
@@ -72,15 +67,14 @@ def family_page(site: Site, family: str, models: list[ModelEntry], prov: Provena
 
 def model_page(site: Site, model: ModelEntry, prov: Provenance) -> ModelPage:
     root, result = "../", model.result
+    summary, summary_json = split_summary(result.summary)
     crumbs = [Link("Catalog", f"{root}index.html"), Link(model.family, family_href(site, model.family, root))]
     return ModelPage(
-        **prov.page(model.name, root, crumbs), name=model.name,
+        **prov.page(model.name, root, crumbs), confirmed=len(result.confirmed),
         family=Link(model.family, family_href(site, model.family, root)),
         facts=model_facts(result), scan=scan_facts(model.latest, result),
         weights=[weight_row(site, model, w, root) for w in result.super_weights],
-        summary=[Fact(k.replace("_", " ").capitalize(), format_value(v)) for k, v in result.summary.items()
-                 if not isinstance(v, (dict, list))],
-        summary_json=nested_json(result.summary),
+        summary=summary, summary_json=summary_json,
         ablations=[AblationRow(a.name, a.ppl, a.ratio, a.tokens, a.detail, a.stopword_mass) for a in result.ablations],
         layer_chart=layer_chart(result.layers, f"Down-projection activations per layer: {model.name}"),
         ablation_chart=ablation_chart(result.ablations, f"Perplexity per ablation condition: {model.name}")
@@ -113,10 +107,9 @@ def scan_facts(scan: StoredScan, result: ScanResult) -> list[Fact]:
 
 
 def family_row(site: Site, family: str, models: list[ModelEntry]) -> FamilyRow:
-    weights = [w for m in models for w in m.result.super_weights]
-    shared = sum(1 for (fam, *_), n in site.shared.items() if fam == family and n > 1)
-    return FamilyRow(Link(family, family_href(site, family, "")), len(models), len(weights),
-                     sum(w.verdict == CONFIRMED for w in weights), shared)
+    return FamilyRow(Link(family, family_href(site, family, "")), len(models),
+                     sum(len(m.result.super_weights) for m in models), sum(len(m.result.confirmed) for m in models),
+                     len(site.shared_in(family)))
 
 
 def model_row(site: Site, model: ModelEntry, root: str) -> ModelRow:
@@ -131,7 +124,7 @@ def model_row(site: Site, model: ModelEntry, root: str) -> ModelRow:
 
 def weight_row(site: Site, model: ModelEntry, w: SuperWeight, root: str) -> WeightRow:
     return WeightRow(
-        model=Link(model.name, model_href(model, root)), family=model.family, layer=w.layer, row=w.row,
+        model=Link(model.name, model_href(model, root)), layer=w.layer, row=w.row,
         col=w.col, param=w.param, expert=w.expert, value=w.value, output_activation=w.output_activation,
         ppl_ratio=w.ppl_ratio, verdict=w.verdict, shared=site.shared_count(model.family, w),
     )
@@ -156,10 +149,11 @@ def strength(row: WeightRow) -> tuple[bool, float]:
     return (False, abs(row.output_activation))
 
 
-def nested_json(summary: dict) -> str:
-    """The summary's dict and list values, which do not fit one line of a facts list."""
+def split_summary(summary: dict) -> tuple[list[Fact], str]:
+    """Single figures as facts; dict and list values, which do not fit one line of a facts list, as JSON ('' if none)."""
     nested = {k: v for k, v in summary.items() if isinstance(v, (dict, list))}
-    return json.dumps(nested, indent=2, sort_keys=True) if nested else ""
+    facts = [Fact(k.replace("_", " ").capitalize(), format_value(v)) for k, v in summary.items() if k not in nested]
+    return facts, json.dumps(nested, indent=2, sort_keys=True) if nested else ""
 
 
 def format_value(value: object) -> str:

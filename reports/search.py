@@ -35,7 +35,7 @@ def search_entries(site: Site) -> list[SearchEntry]:
     entries = [
         SearchEntry("family", family, f"family · {len(models)} models", f"families/{site.family_slugs[family]}.html",
                     normalise(f"{family} family"))
-        for family, models in site.families().items()
+        for family, models in site.families.items()
     ]
     for model in site.models:
         entries.append(model_entry(model))

@@ -10,12 +10,14 @@ from __future__ import annotations
 import hashlib
 import re
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import PurePath
 
 from catalog.result import ScanResult, SuperWeight
 from db.repository import StoredScan
+
+Coordinate = tuple[int, int, int]  # (layer, row, col) of a super weight
 
 
 @dataclass
@@ -40,33 +42,33 @@ class ModelEntry:
 
 @dataclass
 class Site:
-    """Everything the pages are made from, in display order."""
+    """Everything the pages are made from, in display order; derived once from the scans."""
 
     scans: list[StoredScan]  # newest first
     models: list[ModelEntry]  # by name
-    family_slugs: dict[str, str] = field(default_factory=dict)
-    shared: Counter[tuple[str, int, int, int]] = field(default_factory=Counter)
+    families: dict[str, list[ModelEntry]]  # family name -> its models, families by name
+    family_slugs: dict[str, str]
+    holders: dict[str, dict[Coordinate, list[ModelEntry]]]  # see coordinate_holders
+    by_key: dict[str, ModelEntry]  # model_key -> model
 
     @classmethod
     def from_scans(cls, scans: list[StoredScan]) -> Site:
-        scans = sorted(scans, key=lambda s: (utc(s.finished_at), s.scan_id), reverse=True)
+        """`scans` must be newest first, as `Catalog.scans()` returns them."""
         models = collect_models(scans)
-        families = unique_slugs(sorted({m.family for m in models}))
-        return cls(scans, models, families, shared_coordinates(models))
-
-    def families(self) -> dict[str, list[ModelEntry]]:
-        """Family name -> its models, families by name."""
-        grouped: dict[str, list[ModelEntry]] = defaultdict(list)
-        for model in self.models:
-            grouped[model.family].append(model)
-        return dict(sorted(grouped.items(), key=lambda item: item[0].lower()))
+        families = group_families(models)
+        return cls(scans, models, families, unique_slugs(sorted(families)), coordinate_holders(models),
+                   {m.key: m for m in models})
 
     def shared_count(self, family: str, weight: SuperWeight) -> int:
-        return self.shared[(family, weight.layer, weight.row, weight.col)]
+        return len(self.holders[family].get((weight.layer, weight.row, weight.col), []))
+
+    def shared_in(self, family: str) -> list[tuple[Coordinate, list[ModelEntry]]]:
+        """Coordinates held by two or more of the family's models, most shared first: the family's cross-model finds."""
+        shared = [(c, models) for c, models in self.holders[family].items() if len(models) > 1]
+        return sorted(shared, key=lambda item: (-len(item[1]), item[0]))
 
     def model_for(self, scan: StoredScan) -> ModelEntry | None:
-        key = model_key(scan)
-        return next((m for m in self.models if m.key == key), None)
+        return self.by_key.get(model_key(scan))
 
 
 def model_key(scan: StoredScan) -> str:
@@ -95,13 +97,21 @@ def collect_models(scans: list[StoredScan]) -> list[ModelEntry]:
     return entries
 
 
-def shared_coordinates(models: list[ModelEntry]) -> Counter[tuple[str, int, int, int]]:
-    """(family, layer, row, col) -> how many of the family's models have a super weight there."""
-    counts: Counter[tuple[str, int, int, int]] = Counter()
+def group_families(models: list[ModelEntry]) -> dict[str, list[ModelEntry]]:
+    """Family name -> its models (in `models` order), families by name ignoring case."""
+    grouped: dict[str, list[ModelEntry]] = defaultdict(list)
     for model in models:
-        coordinates = {(w.layer, w.row, w.col) for w in model.result.super_weights}
-        counts.update((model.family, *c) for c in coordinates)
-    return counts
+        grouped[model.family].append(model)
+    return dict(sorted(grouped.items(), key=lambda item: item[0].lower()))
+
+
+def coordinate_holders(models: list[ModelEntry]) -> dict[str, dict[Coordinate, list[ModelEntry]]]:
+    """Family -> (layer, row, col) -> the family's models with a super weight there, in `models` order."""
+    holders: dict[str, dict[Coordinate, list[ModelEntry]]] = defaultdict(lambda: defaultdict(list))
+    for model in models:
+        for coordinate in dict.fromkeys((w.layer, w.row, w.col) for w in model.result.super_weights):
+            holders[model.family][coordinate].append(model)
+    return holders
 
 
 def slugify(name: str) -> str:
@@ -120,10 +130,6 @@ def unique_slugs(keys: list[str], names: list[str] | None = None) -> dict[str, s
     }
 
 
-def utc(moment: datetime) -> datetime:
-    """Aware UTC time; a naive time from the catalog is taken to be UTC already."""
-    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
-
-
 def when(moment: datetime) -> str:
-    return utc(moment).strftime("%Y-%m-%d %H:%M UTC")
+    """The catalog's times are aware UTC already; `astimezone` keeps the label true for any aware time."""
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

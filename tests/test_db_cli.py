@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -92,7 +93,7 @@ def test_show_and_lineage(superweights, catalog_url):
     status, out, _ = superweights("show", "org/base", "--db", catalog_url)
     assert status == 0 and "Llama 2" in out and "Super weights" in out
     status, out, _ = superweights("lineage", "org/fine-tune", "--db", catalog_url)
-    assert status == 0 and "org/base" in out and "base" in out
+    assert status == 0 and re.search(r"^│ org/base .*│ base +│$", out, re.M)  # its row, declared: base
     status, _, err = superweights("show", "org/unknown", "--db", catalog_url)
     assert status == 1 and err.startswith("error: org/unknown: not in the catalog")
 

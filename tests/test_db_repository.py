@@ -28,7 +28,6 @@ def test_round_trip_gives_back_an_equal_result(catalog_url):
     assert (stored.scan_id, stored.status, stored.error, stored.config_hash) == (scan_id, "ok", None, result.config_hash)
     assert stored.started_at == T0 and stored.started_at.tzinfo == UTC
     assert stored.result == result
-    assert stored.result.to_dict() == result.to_dict()
 
 
 def test_same_source_revision_and_config_replaces_the_earlier_scan(catalog_url):
@@ -110,7 +109,7 @@ def test_lineage_ranks_models_by_shared_confirmed_coordinates(catalog_url):
     catalog.save(sample_result("org/stranger", confirmed=((3, 4, 5),)), **times(3))
     catalog.save(sample_result("org/impostor", confirmed=((3, 4, 5),), base_model="org/fine-tune"), **times(4))
     matches = catalog.lineage("org/fine-tune")
-    assert [(m.source, m.overlap, m.declared) for m in matches] == [("org/base", 2, "base"), ("org/cousin", 1, None), ("org/impostor", 0, "fine-tune")]
+    assert [(m.model.source, m.overlap, m.declared) for m in matches] == [("org/base", 2, "base"), ("org/cousin", 1, None), ("org/impostor", 0, "fine-tune")]
     assert matches[0].shared == [(1, 17, 23), (2, 33, 71)] and matches[0].jaccard == 0.5
     assert [m.declared for m in catalog.lineage("org/base")][0] == "fine-tune"
 

@@ -10,6 +10,7 @@ from transformers import AutoModelForCausalLM
 from catalog import streaming
 from catalog.causal import VerifyOptions
 from catalog.errors import BadOptionError
+from catalog.reader import index_shards
 from catalog.scan import ScanOptions, scan
 from tiny import write_zipf_text
 
@@ -19,26 +20,6 @@ BUDGET = 1 << 30
 @pytest.fixture(scope="module")
 def zipf_text(tmp_path_factory):
     return write_zipf_text(tmp_path_factory.mktemp("text") / "zipf.txt")
-
-
-@pytest.fixture(scope="module")
-def peaks(monkeypatch_module):
-    """The `resident` peaks of every streamed scan of this module, by shard store."""
-    seen = []
-    original = streaming.ShardStore.open.__func__
-
-    def recording(cls, *args):
-        store = original(cls, *args)
-        seen.append(store)
-        return store
-    monkeypatch_module.setattr(streaming.ShardStore, "open", classmethod(recording))
-    return seen
-
-
-@pytest.fixture(scope="module")
-def monkeypatch_module():
-    with pytest.MonkeyPatch.context() as patch:
-        yield patch
 
 
 @pytest.fixture(scope="module")
@@ -58,13 +39,31 @@ def options(text, early_stop: bool = True, **kw) -> ScanOptions:
     return ScanOptions(device="cpu", eval_text=text, eval_tokens=1024, seq_len=64, checks=checks, **kw)
 
 
+@pytest.fixture(scope="module")
+def scans(tiny, sharded, zipf_text):
+    """The `--full-eval` scan in memory (both layouts hold the same weights), and per layout the
+    streamed scan with the shard store it read through."""
+    single = tiny("llama", effect=True, inert=True).path
+    plain = scan(str(single), options(zipf_text, early_stop=False))
+    streamed = {}
+    stores = []
+    original = streaming.ShardStore.open.__func__
+
+    def recording(cls, *args):
+        stores.append(original(cls, *args))
+        return stores[-1]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(streaming.ShardStore, "open", classmethod(recording))
+        for layout, path in (("single", single), ("sharded", sharded)):
+            streamed[layout] = (scan(str(path), options(zipf_text, max_gpu_memory=BUDGET)), stores[-1])
+    return plain, streamed
+
+
 @pytest.mark.parametrize("layout", ["single", "sharded"])
-def test_streamed_scan_equals_the_scan_in_memory(layout, tiny, sharded, zipf_text, peaks):
+def test_streamed_scan_equals_the_scan_in_memory(layout, scans):
     """The streamed pass carries every window: early stopping (the default) is off there, and the
     scan's config and results are those of `--full-eval` in memory."""
-    path = tiny("llama", effect=True, inert=True).path if layout == "single" else sharded
-    plain = scan(str(path), options(zipf_text, early_stop=False))
-    streamed = scan(str(path), options(zipf_text, max_gpu_memory=BUDGET))
+    plain, streamed = scans[0], scans[1][layout][0]
     assert streamed.config_hash == plain.config_hash
     assert "early_stop" not in streamed.config and streamed.summary["evaluation"]["early_stop"] is False
     assert [dataclasses.astuple(r) for r in streamed.layers] == [dataclasses.astuple(r) for r in plain.layers]
@@ -79,12 +78,12 @@ def test_streamed_scan_equals_the_scan_in_memory(layout, tiny, sharded, zipf_tex
         assert (ours.ppl, ours.tokens, ours.detail) == (pytest.approx(theirs.ppl, rel=1e-5), theirs.tokens, theirs.detail)
 
 
-def test_at_most_two_blocks_are_resident(tiny, peaks):
+def test_at_most_two_blocks_are_resident(tiny, scans):
     """Counted by the store itself: block bytes read onto the device and not yet released."""
-    model = AutoModelForCausalLM.from_pretrained(tiny("llama", effect=True, inert=True).path)
-    block = max(sum(p.nbytes for p in layer.parameters()) for layer in model.model.layers)
-    assert len(peaks) == 2, "the equality tests streamed nothing"
-    for store in peaks:
+    spans = index_shards([tiny("llama", effect=True, inert=True).path / "model.safetensors"])
+    layers = {name.split(".")[2] for name in spans if name.startswith("model.layers.")}
+    block = max(sum(s.nbytes for n, s in spans.items() if n.startswith(f"model.layers.{i}.")) for i in layers)
+    for _, store in scans[1].values():
         assert block <= store.peak <= 2 * block
         assert store.resident == 0
 

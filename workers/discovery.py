@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from catalog.errors import BadOptionError
+from catalog.errors import BadOptionError, first_line
+from catalog.sources import split_revision
 
 SORTS = ("downloads", "last_modified", "likes", "trending_score", "created_at")
 
@@ -60,14 +61,16 @@ def discover(query: HubQuery, api=None) -> list[Candidate]:
     except OfflineModeIsEnabled as exc:
         raise BadOptionError("--from-hub", "HF_HUB_OFFLINE is set and discovery needs the Hub; unset it, or name the MODELs instead.") from exc
     except Exception as exc:  # HTTP errors, DNS, refused connections: huggingface_hub raises many types
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise BadOptionError("--from-hub", f"cannot list the Hub's models ({first[:200]}); check the network, HF_ENDPOINT and HF_TOKEN.") from exc
+        raise BadOptionError("--from-hub", f"cannot list the Hub's models ({first_line(exc)[:200]}); check the network, HF_ENDPOINT and HF_TOKEN.") from exc
 
 
 def from_specs(specs: list[str]) -> list[Candidate]:
     """Models named on the command line; an `@<40-hex sha>` pins the revision up front."""
-    out = []
-    for spec in specs:
-        _, _, rev = spec.partition("@")
-        out.append(Candidate(spec, rev if len(rev) == 40 and all(c in "0123456789abcdef" for c in rev) else None))
-    return out
+    return [Candidate(spec, _commit_sha(split_revision(spec)[1])) for spec in specs]
+
+
+def _commit_sha(revision: str | None) -> str | None:
+    """The revision when it is a full commit sha; a branch or tag must be resolved by downloading."""
+    if revision and len(revision) == 40 and all(c in "0123456789abcdef" for c in revision):
+        return revision
+    return None

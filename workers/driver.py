@@ -24,6 +24,7 @@ from datetime import datetime
 from typing import Any, Callable, Protocol
 
 from catalog.scan import ScanOptions
+from catalog.sources import is_local, split_revision
 from workers.discovery import Candidate
 from workers.tasks import Fetched, Outcome, Scanner, fetch, now
 
@@ -81,15 +82,27 @@ class SurveySummary:
 
 @dataclass
 class Counts:
+    """Progress for `on_update`: finished models are read off the summary's rows, so the two cannot disagree."""
+
+    summary: SurveySummary
     total: int
-    scanned: int = 0
-    failed: int = 0
-    skipped: int = 0
     running: int = 0
 
     @property
+    def scanned(self) -> int:
+        return self.summary.count("scanned")
+
+    @property
+    def failed(self) -> int:
+        return self.summary.count("failed")
+
+    @property
+    def skipped(self) -> int:
+        return self.summary.count("skipped")
+
+    @property
     def finished(self) -> int:
-        return self.scanned + self.failed + self.skipped
+        return len(self.summary.rows)
 
 
 @dataclass
@@ -164,13 +177,13 @@ class Survey:
         unique = _unique(candidates)
         todo = [c for c in unique if not self._known(c, c.revision)]
         self.summary.rows += [ModelReport(c.spec, "skipped", c.revision) for c in unique if c not in todo]
-        self.counts = Counts(total=len(unique), skipped=len(unique) - len(todo))
+        self.counts = Counts(self.summary, total=len(unique))
         self._ping_failures = 0
-        self.pending, self.inflight = deque(todo), {}
+        self.pending, self.inflight, self.slots = deque(todo), {}, []
         self.on_update(self.counts)
         if todo:
             try:
-                self._loop(todo)
+                self._loop()
             except KeyboardInterrupt:
                 self.summary.interrupted = True
                 log.warning("interrupted: finished scans are saved; run the same survey again to continue.")
@@ -181,13 +194,14 @@ class Survey:
 
     # -- the loop ------------------------------------------------------------------------------
 
-    def _loop(self, todo: list[Candidate]) -> None:
+    def _loop(self) -> None:
         import ray
 
-        n, self.gpus = plan_workers(self.settings, len(todo))
+        models = len(self.pending)
+        n, self.gpus = plan_workers(self.settings, models)
         self.slots = [self._new_slot() for _ in range(n)]
         self.summary.workers = n
-        log.info("survey: %d models, %d scan workers (%.2g GPU each), config %s", len(todo), n, self.gpus, self.config_hash)
+        log.info("survey: %d models, %d scan workers (%.2g GPU each), config %s", models, n, self.gpus, self.config_hash)
         while self.pending or self.inflight or any(s.ready for s in self.slots):
             self._feed()
             self._dispatch()
@@ -284,7 +298,6 @@ class Survey:
         revision = fetched.source.revision
         if self._known(candidate, revision):
             self.summary.rows.append(ModelReport(candidate.spec, "skipped", revision))
-            self.counts.skipped += 1
             log.info("%s: already in the catalog at %s; skipped", candidate.spec, (revision or "local")[:12])
             return self.on_update(self.counts)
         slot.ready.append(_Job(candidate, fetched))
@@ -299,7 +312,6 @@ class Survey:
         found = len(outcome.result.super_weights)
         self.summary.rows.append(ModelReport(spec, "scanned", revision, found, round(outcome.seconds, 1),
                                              attempts=job.attempts, node=outcome.node, pid=outcome.pid))
-        self.counts.scanned += 1
         log.info("%s: scanned in %.1fs on pid %d%s: %d super weight candidates", spec, outcome.seconds,
                  outcome.pid, " (restarted worker)" if outcome.restarted else "", found)
         self.on_update(self.counts)
@@ -313,7 +325,6 @@ class Survey:
         )
         self.summary.rows.append(ModelReport(candidate.spec, "failed", revision, error=error, attempts=attempts,
                                              seconds=round((finished - started).total_seconds(), 1), node=node))
-        self.counts.failed += 1
         log.warning("%s: failed: %s", candidate.spec, error)
         self.on_update(self.counts)
 
@@ -349,18 +360,18 @@ class Survey:
         self._start_worker(slot)
 
     def _known(self, candidate: Candidate, revision: str | None) -> bool:
-        if revision is None and candidate.revision is None and not _is_local(candidate.spec):
+        if revision is None and candidate.revision is None and not is_local(candidate.spec):
             return False  # a Hub model whose revision is not known yet: check after the download
         return self.catalog.has_scan(candidate.spec, revision, self.config_hash, include_failed=self.settings.skip_failed)
 
     @staticmethod
     def _repo(spec: str) -> str | None:
-        return None if _is_local(spec) else spec.partition("@")[0]
+        return None if is_local(spec) else split_revision(spec)[0]
 
     def _stop(self) -> None:
         import ray
 
-        for slot in getattr(self, "slots", []):
+        for slot in self.slots:
             ray.kill(slot.actor, no_restart=True)
 
 
@@ -369,7 +380,3 @@ def _unique(candidates: list[Candidate]) -> list[Candidate]:
     for c in candidates:
         seen.setdefault(c.spec, c)
     return list(seen.values())
-
-
-def _is_local(spec: str) -> bool:
-    return os.path.exists(os.path.expanduser(spec)) or spec.startswith((".", "/", "~"))

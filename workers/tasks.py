@@ -9,12 +9,11 @@ dies (killed, out of host memory) surfaces as a Ray error, which the driver retr
 from __future__ import annotations
 
 import os
-import time
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from catalog.errors import SuperweightsError
+from catalog.errors import SuperweightsError, first_line
 from catalog.result import ScanResult
 from catalog.scan import ScanOptions, scan_source
 from catalog.sources import ResolvedSource, resolve
@@ -28,11 +27,10 @@ def describe_error(exc: BaseException) -> str:
     """One line for the catalog's error column: our typed errors already name the input and fix."""
     if isinstance(exc, SuperweightsError):
         return str(exc)
-    if type(exc).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError
-        first = (str(exc).strip().splitlines() or [""])[0]
-        return f"out of GPU memory ({first[:160]}); give it more with --gpus-per-scan or scan it alone."
-    first = (str(exc).strip().splitlines() or [""])[0]
-    return f"{type(exc).__name__}: {first[:300]}"
+    name, line = type(exc).__name__, first_line(exc)
+    if name == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError
+        return f"out of GPU memory ({line[:160]}); give it more with --gpus-per-scan or scan it alone."
+    return name if line == name else f"{name}: {line[:300]}"  # an empty message: the type alone
 
 
 def node_id() -> str | None:
@@ -44,24 +42,22 @@ def node_id() -> str | None:
 
 @dataclass
 class Fetched:
-    """The download stage's output: files on `node`'s disk, or why there are none."""
+    """The download stage's output: files on the fetching node's disk, or why there are none."""
 
     spec: str
     source: ResolvedSource | None
     error: str | None = None
-    seconds: float = 0.0
-    node: str | None = None
     started_at: datetime = field(default_factory=now)
 
 
 def fetch(spec: str, allow_pickle: bool = False) -> Fetched:
     """Resolve (download) one model's files into this node's HF cache. Never raises for a bad model."""
-    started, t0 = now(), time.perf_counter()
+    started = now()
     try:
         source, error = resolve(spec, allow_pickle=allow_pickle), None
     except Exception as exc:  # gated, missing, corrupt layout, disk full: all become a failed row
         source, error = None, describe_error(exc)
-    return Fetched(spec, source, error, round(time.perf_counter() - t0, 3), node_id(), started)
+    return Fetched(spec, source, error, started)
 
 
 @dataclass
