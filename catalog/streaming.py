@@ -33,10 +33,10 @@ import torch
 from torch import nn
 
 from catalog.architectures import DownProjection
-from catalog.causal import ActivationRecorder, Evaluated, Verification, VerifyOptions, conditions, report
+from catalog.causal import ActivationRecorder, Condition, Evaluated, Verification, VerifyOptions, conditions, report
 from catalog.detection import Detection, SpikeRule, candidate, iterate, weight_entries
 from catalog.errors import BadOptionError
-from catalog.hooks import Capture, capture, zeroed
+from catalog.hooks import Capture, Entries, capture, zeroed
 from catalog.loading import (LoadedModel, as_invalid, assign, buffers_to, checkpoint_names, model_info, open_source, place,
                              skeleton)
 from catalog.reader import ShardReader, checkpoint_shards
@@ -51,6 +51,7 @@ UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$", re.IGNORECASE)
 BlockCall = tuple[torch.Tensor, dict]  # a block's hidden-state input and the other arguments of its call
+BlockContext = Callable[[int], contextlib.AbstractContextManager]  # what a stream changes while block `layer` runs
 
 
 def parse_size(text: str) -> int:
@@ -130,14 +131,32 @@ class Stream:
 
     hidden: list[torch.Tensor]
     kwargs: list[dict]
-    context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+    context: BlockContext
 
-    def fork(self, context: Callable[[], contextlib.AbstractContextManager]) -> Stream:
+    def fork(self, context: BlockContext) -> Stream:
         return Stream(list(self.hidden), self.kwargs, context)
 
-    def through(self, block: nn.Module) -> None:
-        with self.context():
+    def through(self, layer: int, block: nn.Module) -> None:
+        with self.context(layer):
             self.hidden = [block(h, **kw) for h, kw in zip(self.hidden, self.kwargs)]
+
+
+def per_block(entries: Entries, sites: list[DownProjection]) -> BlockContext:
+    """`zeroed(entries)` for one block at a time: the scalars grouped by block once, not at every
+    block (control B zeroes ~7000, in every block)."""
+    layer_of = {id(site.weight): site.layer for site in sites}
+    by_layer: dict[int, Entries] = {}
+    for tensor, index in entries:
+        by_layer.setdefault(layer_of[id(tensor)], []).append((tensor, index))
+    return lambda layer: zeroed(by_layer.get(layer, []))
+
+
+def block_context(condition: Condition, sites: list[DownProjection]) -> BlockContext:
+    """A condition's change to one block: its own block's zeroed scalars, or its whole context
+    (quantized matrices, +SA's write-back), whose changes outside the resident block fall on meta tensors."""
+    if condition.zeroes is not None and condition.per_sample is None:
+        return per_block(condition.zeroes(), sites)
+    return lambda layer: condition.context()
 
 
 @dataclass
@@ -173,13 +192,14 @@ class StreamedModel:
                         iteration: int) -> tuple[dict[int, Capture], Callable[[int], SuperWeight]]:
         """Per site the largest-spike capture over the prompts (`detection.run_prompts`), with
         `found` zeroed, and the candidate it names (read while its block is resident: every site's)."""
-        streams = [Stream([h], [kw], lambda: zeroed(weight_entries(sites, found))) for h, kw in calls]
+        zero_found = per_block(weight_entries(sites, found), sites)
+        streams = [Stream([h], [kw], zero_found) for h, kw in calls]
         best: dict[int, Capture] = {}
         named: dict[int, SuperWeight] = {}
         with capture(sites) as captured:
             for layer, block in self.layers():
                 for stream in streams:
-                    stream.through(block)
+                    stream.through(layer, block)
                     for i in (i for i, site in enumerate(sites) if site.layer == layer):
                         if i not in best or captured[i].out_max > best[i].out_max:
                             best[i] = captured[i]
@@ -194,14 +214,14 @@ class StreamedModel:
         stopwords = frequent_tokens(windows)
         recorder = ActivationRecorder(sites, weights)
         plan = conditions(sites, weights, options, recorder, weight_of=self._read_weight) if weights else []
-        base = Stream(*map(list, zip(*self.inputs(windows.split(options.batch_size)))), context=recorder.record)
+        base = Stream(*map(list, zip(*self.inputs(windows.split(options.batch_size)))), context=lambda layer: recorder.record())
         streams: dict[str, Stream] = {}
         for layer, block in self.layers():
             progress(f"verifying, streamed: block {layer + 1}/{len(self.blocks)}, {len(plan) + 1} conditions")
-            streams |= {c.name: base.fork(c.context) for c in plan if c.first_layer == layer}
-            base.through(block)
+            streams |= {c.name: base.fork(block_context(c, sites)) for c in plan if c.first_layer == layer}
+            base.through(layer, block)
             for stream in streams.values():
-                stream.through(block)
+                stream.through(layer, block)
         started = time.perf_counter()
         baseline = self._evaluation(windows, stopwords, base, options.batch_size)
         head_seconds = time.perf_counter() - started
