@@ -132,9 +132,9 @@ def outlier_control(sites: list[DownProjection], weights: list[SuperWeight], cou
                     weight_of: WeightOf = own_weight) -> Entries:
     """The `count` largest-magnitude down-projection weights that are not candidates.
 
-    Selected on the weights' device in a few tensor operations: a 7B model's control B has ~7000
-    entries, and one Python step per entry cost about half a second on a GPU. Each projection's
-    top-k is taken in turn, so `weight_of` may read one at a time.
+    Selected on the weights' device in a few tensor operations and one transfer: a 7B model's
+    control B has ~7000 entries, and one Python step per entry cost about half a second on a GPU.
+    Each projection's top-k is taken in turn, so `weight_of` may read one at a time.
     """
     skip = {(w.param, tuple(w.tensor_index)) for w in weights}
     k = count + len(weights)
@@ -144,14 +144,15 @@ def outlier_control(sites: list[DownProjection], weights: list[SuperWeight], cou
     flat = torch.cat([top.indices for top in tops])
     order = values.argsort(descending=True, stable=True)[:k]
     site_ids, flat = site_ids[order], flat[order]
-    indices = torch.zeros(len(order), max(site.weight.dim() for site in sites), dtype=torch.long, device=flat.device)
-    for s in site_ids.unique().tolist():  # unravelled per projection, in tensor operations (~7000 of them)
-        mine = site_ids == s
-        indices[mine, : sites[s].weight.dim()] = torch.stack(torch.unravel_index(flat[mine], sites[s].weight.shape), dim=-1)
+    dims = max(site.weight.dim() for site in sites)
+    shapes = torch.tensor([(1,) * (dims - site.weight.dim()) + tuple(site.weight.shape) for site in sites], device=flat.device)
+    strides = shapes.flip(-1).cumprod(-1).flip(-1).roll(-1, -1)
+    strides[:, -1] = 1
+    indices = flat[:, None] // strides[site_ids] % shapes[site_ids]  # unravelled, every projection at once
     entries = []
-    for s, index in zip(site_ids.tolist(), indices.tolist()):
-        site = sites[s]
-        index = tuple(index[: site.weight.dim()])
+    for row in torch.cat([site_ids[:, None], indices], dim=1).tolist():
+        site = sites[row[0]]
+        index = tuple(row[1 + dims - site.weight.dim():])
         if (site.param, index) not in skip and len(entries) < count:
             entries.append((site.weight, index))
     return entries
@@ -165,10 +166,7 @@ def _largest(sites: list[DownProjection], k: int, weight_of: WeightOf) -> list:
     most the global k-th; a site whose smallest kept value is below it has no more members, and
     the others (rare: outliers bunched in a few projections) are taken again with the full k.
     """
-    def top(site: DownProjection, n: int):
-        return weight_of(site).detach().abs().flatten().topk(min(n, site.weight.numel()))
-
-    tops = [top(site, 2 * -(-k // len(sites)) + 16) for site in sites]
+    tops = [_top_magnitudes(weight_of(site), 2 * -(-k // len(sites)) + 16) for site in sites]
     values = torch.cat([t.values for t in tops])
     if values.numel() >= k:
         kth = values.float().topk(k).values[-1]
@@ -176,8 +174,33 @@ def _largest(sites: list[DownProjection], k: int, weight_of: WeightOf) -> list:
         partial = [len(t.values) < min(k, site.weight.numel()) for t, site in zip(tops, sites)]
         for i in (smallest >= kth).nonzero().flatten().tolist():
             if partial[i]:
-                tops[i] = top(sites[i], k)
+                tops[i] = _top_magnitudes(weight_of(sites[i]), k)
     return tops
+
+
+def _top_magnitudes(weight: torch.Tensor, n: int) -> TopK:
+    """The `n` largest |weight| and their flat indices, from the `n` rows of largest maximum.
+
+    Those rows hold the n largest values (ties included: each row's maximum is one of the values
+    ranked), and a top-k over them reads n rows instead of the whole matrix: a 7B projection's
+    top-470 took 0.6 ms over its 45M values on an H200.
+    """
+    magnitudes = weight.detach().abs()
+    rows = magnitudes.reshape(-1, magnitudes.shape[-1])
+    n = min(n, magnitudes.numel())
+    if 2 * n >= len(rows):
+        top = rows.flatten().topk(n)
+        return TopK(top.values, top.indices)
+    kept = rows.amax(dim=1).topk(n).indices
+    top = rows[kept].flatten().topk(n)
+    columns = rows.shape[1]
+    return TopK(top.values, kept[top.indices // columns] * columns + top.indices % columns)
+
+
+@dataclass
+class TopK:
+    values: torch.Tensor
+    indices: torch.Tensor  # into the flattened weight
 
 
 class ActivationRecorder:

@@ -114,16 +114,19 @@ def zeroed(entries: Iterable[tuple[torch.Tensor, tuple[int, ...]]]) -> Iterator[
     """Zero each (tensor, index) scalar in place; put the exact original values back on exit.
 
     One gather and one scatter per tensor, however many scalars (control B of a 7B model zeroes
-    ~7000): the originals are gathered before any is zeroed, so a repeated index keeps its value.
+    ~7000), and one copy of the indices to the device: the originals are gathered before any is
+    zeroed, so a repeated index keeps its value.
     """
     groups: dict[int, tuple[torch.Tensor, list[tuple[int, ...]]]] = {}
     for tensor, index in entries:
         groups.setdefault(id(tensor), (tensor, []))[1].append(index)
+    columns = [(tensor, [list(dim) for dim in zip(*indices)]) for tensor, indices in groups.values()]
+    on_device = iter(_on_device([dim for _, dims in columns for dim in dims], columns[0][0].device) if columns else [])
     saved = []
     try:
         with torch.no_grad():
-            for tensor, indices in groups.values():
-                idx = tuple(torch.tensor(dim, device=tensor.device) for dim in zip(*indices))
+            for tensor, dims in columns:
+                idx = tuple(next(on_device) for _ in dims)
                 saved.append((tensor, idx, tensor[idx].clone()))
                 tensor.index_put_(idx, torch.zeros((), dtype=tensor.dtype, device=tensor.device))
         yield
@@ -143,10 +146,12 @@ def zeroed_per_sample(sites: list[DownProjection], entries: list[Entries]) -> It
     only (nn.Linear, Conv1D): fused experts route tokens, and are refused.
     """
     by_tensor = {id(site.weight): site for site in sites}
+    groups = [(sample, key, pairs) for sample, sample_entries in enumerate(entries)
+              for key, pairs in _rows_and_cols(by_tensor, sample_entries).items()]
+    indices = _on_device([lists for _, _, pairs in groups for lists in _row_indices(pairs)], sites[0].weight.device)
     patches: dict[int, list[tuple[int, torch.Tensor, torch.Tensor]]] = {}  # site -> (sample, rows, zeroed rows)
-    for sample, sample_entries in enumerate(entries):
-        for key, pairs in _rows_and_cols(by_tensor, sample_entries).items():
-            patches.setdefault(key, []).append((sample, *_zeroed_rows(by_tensor[key], pairs)))
+    for (sample, key, _), (rows, at, cols) in zip(groups, zip(*[iter(indices)] * 3)):
+        patches.setdefault(key, []).append((sample, rows, _zeroed_rows(by_tensor[key], rows, at, cols)))
     handles = []
     try:
         for key, site_patches in patches.items():
@@ -168,14 +173,25 @@ def _rows_and_cols(by_tensor: dict[int, DownProjection], entries: Entries) -> di
     return grouped
 
 
-def _zeroed_rows(site: DownProjection, pairs: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The touched rows (output channels) and a copy of W[rows, :] with the pairs' scalars zeroed."""
+def _row_indices(pairs: list[tuple[int, int]]) -> tuple[list[int], list[int], list[int]]:
+    """The touched rows (sorted), and each pair's position among them and column."""
     rows = sorted({row for row, _ in pairs})
     at = {row: i for i, row in enumerate(rows)}
-    index = torch.tensor(rows, device=site.weight.device)
-    weight = (site.weight[:, index].T if site.layout == "in_out" else site.weight[index]).detach().clone()
-    weight[[at[row] for row, _ in pairs], [col for _, col in pairs]] = 0
-    return index, weight
+    return rows, [at[row] for row, _ in pairs], [col for _, col in pairs]
+
+
+def _on_device(lists: list[list[int]], device: torch.device) -> list[torch.Tensor]:
+    """The index lists as tensors on `device`, through one host-to-device copy: each copy of a
+    small index tensor waits for the GPU, and a 7B's batch of first windows made 135 of them."""
+    joined = torch.tensor([value for values in lists for value in values], dtype=torch.long).to(device)
+    return list(joined.split([len(values) for values in lists]))
+
+
+def _zeroed_rows(site: DownProjection, rows: torch.Tensor, at: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """A copy of W[rows, :] with the scalars (at, cols) of it zeroed."""
+    weight = (site.weight[:, rows].T if site.layout == "in_out" else site.weight[rows]).detach().clone()
+    weight[at, cols] = 0
+    return weight
 
 
 def _recompute_rows(patches: list[tuple[int, torch.Tensor, torch.Tensor]], bias: torch.Tensor | None):
