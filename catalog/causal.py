@@ -78,7 +78,7 @@ class VerifyOptions:
 @dataclass
 class Condition:
     name: str
-    context: Callable[[], contextlib.AbstractContextManager]
+    context: Callable[..., contextlib.AbstractContextManager]  # (order=None): its change, for a pass over the windows `order` names (None: all)
     detail: str = ""
     first_layer: int = 0  # the lowest block the condition changes: blocks below it are the baseline's
     thresholds: tuple[float, ...] = ()  # ratios its verdict compares against (early stopping)
@@ -89,7 +89,7 @@ class Condition:
 def zeroing(name: str, entries: Callable[[], Entries], detail: str = "", first_layer: int = 0,
             thresholds: tuple[float, ...] = ()) -> Condition:
     """A condition that zeroes `entries()`: in place (`context`), or per sample of a shared batch (`zeroes`)."""
-    return Condition(name, lambda: zeroed(entries()), detail, first_layer, thresholds, entries)
+    return Condition(name, lambda order=None: zeroed(entries()), detail, first_layer, thresholds, entries)
 
 
 @dataclass
@@ -235,11 +235,14 @@ class ActivationRecorder:
             return hook
         return self._hooks(make)
 
-    def restore(self) -> contextlib.AbstractContextManager:
+    def restore(self, order: list[int] | None = None) -> contextlib.AbstractContextManager:
         """Write back at the targets recorded so far (a streamed baseline has recorded only the
-        blocks up to the current one; in memory, all)."""
+        blocks up to the current one; in memory, all), for a pass over the windows `order` names
+        (None: all, in order)."""
         ready = [i for i, kept in enumerate(self.recorded) if kept]
         recorded = {i: torch.cat(self.recorded[i]) for i in ready}  # (windows, seq) each
+        if order is not None:
+            recorded = {i: windows[order] for i, windows in recorded.items()}
         cursors = dict.fromkeys(ready, 0)
 
         def make(i):
@@ -285,7 +288,7 @@ def conditions(sites: list[DownProjection], weights: list[SuperWeight], options:
         zeroing("zero all candidates", lambda: everything, f"{len(weights)} weights", first, confirm),
         zeroing("control A: random", lambda: random, f"{len(weights)} seeded random weights in the same matrices (seed {options.seed})", first, control),
         zeroing("control B: outliers", lambda: outliers, f"{len(outliers)} largest-magnitude non-candidate weights", _first_layer(sites, outliers)),
-        Condition(RESTORE_SA, lambda: _stacked(zeroed(everything), recorder.restore()), first_layer=first,
+        Condition(RESTORE_SA, lambda order=None: _stacked(zeroed(everything), recorder.restore(order)), first_layer=first,
                   zeroes=lambda: everything, per_sample=recorder.restore_sample),
     ]
     if options.quant_check:
@@ -304,12 +307,12 @@ def _quant_conditions(sites: list[DownProjection], keep: Entries, options: Verif
     for bits in (8, 4):
         base = f"int{bits} RTN block {block}"
         rows += [
-            Condition(base, lambda bits=bits: quantized(sites, bits, block)),
-            Condition(f"{base} + keep SW", lambda bits=bits: quantized(sites, bits, block, keep=keep)),
+            Condition(base, lambda order=None, bits=bits: quantized(sites, bits, block)),
+            Condition(f"{base} + keep SW", lambda order=None, bits=bits: quantized(sites, bits, block, keep=keep)),
         ]
     rows += [
-        Condition(f"int4 RTN block {block} + clip", lambda: quantized(sites, 4, block, clip), f"clipped to the [{clip:g}, {1 - clip:g}] quantiles"),
-        Condition(f"int4 RTN block {block} + clip + keep SW", lambda: quantized(sites, 4, block, clip, keep=keep), f"clipped to the [{clip:g}, {1 - clip:g}] quantiles"),
+        Condition(f"int4 RTN block {block} + clip", lambda order=None: quantized(sites, 4, block, clip), f"clipped to the [{clip:g}, {1 - clip:g}] quantiles"),
+        Condition(f"int4 RTN block {block} + clip + keep SW", lambda order=None: quantized(sites, 4, block, clip, keep=keep), f"clipped to the [{clip:g}, {1 - clip:g}] quantiles"),
     ]
     return rows
 
@@ -386,7 +389,7 @@ def _evaluate_condition(model: nn.Module, windows: torch.Tensor, stopwords: torc
     if settled is not None and so_far is not None and settled(so_far):
         return so_far
     rest = list(range(so_far.windows, len(windows))) if so_far is not None else None  # the windows still to replay
-    with condition.context(), prefix.skipping(condition.first_layer, rest) if prefix else contextlib.nullcontext():
+    with condition.context(order=rest), prefix.skipping(condition.first_layer, rest) if prefix else contextlib.nullcontext():
         return evaluate(model, windows, stopwords, options.batch_size, settled, options.parts, so_far)
 
 

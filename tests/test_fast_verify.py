@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from catalog.architectures import down_projections
-from catalog.causal import VerifyOptions, Verification, label, verify
+from catalog.causal import RESTORE_SA, VerifyOptions, Verification, label, verify
 from catalog.cli import options_from, scan
 from catalog.hooks import zeroed
 from catalog.detection import SpikeRule, detect
@@ -217,6 +217,18 @@ def test_paired_interval_is_the_exact_ppl_ratio_of_unequal_segments():
     assert iv.low < iv.ratio < iv.high and iv.windows == 1
 
 
+def assert_rows_without_threshold_go_on_exactly(s: Setup, plain: Verification) -> None:
+    """With a stopping precision no interval reaches, the rows without a threshold (control B, +SA)
+    go on from their batched first window over every window, and must equal the plain rows: +SA
+    writes back the recordings of the windows it replays, not those of the first ones (it read
+    36.363 against 36.463 on SmolLM2 when it wrote window 0's back into windows 1 to 7)."""
+    going_on = {r.name: r for r in s.verify(VerifyOptions(stop_precision=1e-9)).ablations}
+    for row in plain.ablations:
+        if row.name in ("control B: outliers", RESTORE_SA):
+            assert going_on[row.name].tokens == row.tokens, row.name
+            assert going_on[row.name].ppl == pytest.approx(row.ppl, rel=1e-4), row.name
+
+
 @pytest.mark.integration
 def test_fast_paths_on_smollm2(smollm2_gguf, eval_text):
     """Layer 11 W[507, 1229] is confirmed whichever path runs; prefix sharing gives the plain figures
@@ -228,6 +240,7 @@ def test_fast_paths_on_smollm2(smollm2_gguf, eval_text):
     assert_intervals_hold(early, plain)
     assert_rows_are_plain_on_their_windows(s, early)
     assert_goes_on_exactly(s, plain)
+    assert_rows_without_threshold_go_on_exactly(s, plain)
     assert_full_rows_are_ppl_ratios(plain)
     assert sum(r.tokens for r in early.ablations) < sum(r.tokens for r in plain.ablations)
     for result in (plain, shared, early):
