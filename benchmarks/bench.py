@@ -33,6 +33,7 @@ import synth  # noqa: E402
 from catalog.architectures import adapter_for, down_projections  # noqa: E402
 from catalog.causal import RESTORE_SA, ActivationRecorder, VerifyOptions, conditions  # noqa: E402
 from catalog.evaltext import load_eval_text  # noqa: E402
+from catalog.loading import pick_dtype  # noqa: E402
 from catalog.reader import ShardReader  # noqa: E402
 from catalog.perplexity import evaluate, frequent_tokens  # noqa: E402
 from catalog.scan import ScanOptions, scan, scan_source  # noqa: E402
@@ -124,33 +125,42 @@ def peak_gpu_gb(device: str) -> float | None:
     return round(torch.cuda.max_memory_allocated() / 1e9, 2) if device.startswith("cuda") else None
 
 
-def run_scan(checkpoint: synth.Checkpoint, device: str, checks: VerifyOptions, tokens: int, seq_len: int) -> dict:
-    options = ScanOptions(device=device, dtype="bfloat16" if device.startswith("cuda") else "float32",
-                          eval_text=checkpoint.eval_text, eval_tokens=tokens, seq_len=seq_len, checks=checks)
+def timed_scan(checkpoint: synth.Checkpoint, device: str, checks: VerifyOptions, tokens: int, seq_len: int,
+               max_gpu_memory: int | None = None) -> dict:
+    """One `scan_source` of the checkpoint (dtype auto: bf16 on a GPU), the CUDA allocator emptied
+    first: wall time, phases, peak GPU memory, verdicts, and the result itself."""
+    options = ScanOptions(device=device, eval_text=checkpoint.eval_text, eval_tokens=tokens, seq_len=seq_len, checks=checks,
+                          max_gpu_memory=max_gpu_memory)
     release()
     peak_memory_reset(device)
     start = time.perf_counter()
     result = scan_source(resolve(str(checkpoint.path)), options)
-    wall = time.perf_counter() - start
-    conditions_run = len(result.ablations)
-    evaluation = result.summary["evaluation"]
-    baseline = evaluation["baseline_seconds"]
-    return {"wall_s": round(wall, 3), "phases": result.timings | {"verify_baseline": baseline, "verify_setup": evaluation["setup_seconds"]},
-            "condition_seconds": {name: iv["seconds"] for name, iv in result.summary["intervals"].items()},
-            "peak_gpu_gb": peak_gpu_gb(device),
-            "conditions": conditions_run,
-            "extra_condition_cost": extra_condition_cost(result.timings["verify"], baseline, conditions_run),
+    sync(device)
+    return {"wall_s": round(time.perf_counter() - start, 3), "phases": result.timings, "peak_gpu_gb": peak_gpu_gb(device),
             "verdicts": {f"L{w.layer}[{w.row},{w.col}]": (w.verdict, round(w.ppl_ratio, 4)) for w in result.super_weights},
-            "tokens": sum(a.tokens for a in result.ablations), "intervals": result.summary.get("intervals"),
-            "loader": result.summary.get("loader"), "result": result}
+            "result": result}
+
+
+def run_scan(checkpoint: synth.Checkpoint, device: str, checks: VerifyOptions, tokens: int, seq_len: int) -> dict:
+    """`timed_scan` in memory, with verification's parts and the extra cost of each condition."""
+    scanned = timed_scan(checkpoint, device, checks, tokens, seq_len)
+    result = scanned["result"]
+    evaluation, conditions_run = result.summary["evaluation"], len(result.ablations)
+    baseline = evaluation["baseline_seconds"]
+    return scanned | {
+        "phases": result.timings | {"verify_baseline": baseline, "verify_setup": evaluation["setup_seconds"]},
+        "condition_seconds": {name: iv["seconds"] for name, iv in result.summary["intervals"].items()},
+        "conditions": conditions_run,
+        "extra_condition_cost": extra_condition_cost(result.timings["verify"], baseline, conditions_run),
+        "tokens": sum(a.tokens for a in result.ablations), "intervals": result.summary.get("intervals"),
+        "loader": result.summary.get("loader")}
 
 
 def paper_load(path: Path, device: str):
     """The paper scripts' load: transformers' `from_pretrained` straight onto the device."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16 if device.startswith("cuda") else torch.float32,
-                                                 device_map=device).eval()
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=pick_dtype("auto", torch.device(device)), device_map=device).eval()
     return model, AutoTokenizer.from_pretrained(path)
 
 
@@ -165,7 +175,7 @@ def naive(checkpoint: synth.Checkpoint, device: str, scanned, tokens: int, seq_l
     """The paper scripts' recipe: a fresh `from_pretrained` and one full evaluation per condition
     (+SA also needs its baseline recording)."""
     weights = scanned.super_weights
-    n = 1 + len(scanned.ablations[1:])
+    n = len(scanned.ablations)
     load_s, eval_s, baseline_eval_s = 0.0, 0.0, None
     start = time.perf_counter()
     for k in range(n):
@@ -223,13 +233,19 @@ def environment(device: str) -> dict:
             "safetensors": safetensors.__version__, "python": platform.python_version()}
 
 
-def bench_size(size: str, args) -> dict:
+def prepare(size: str, args) -> tuple[synth.Checkpoint, float]:
+    """The checkpoint built, its shards in the page cache, the kernels warm; and the floor."""
     checkpoint = synth.build(size, args.work / size, device=args.device if args.device.startswith("cuda") else "cpu")
     print(f"[{size}] built {checkpoint.bytes / 1e9:.2f} GB in {len(checkpoint.shards)} shards, {checkpoint.build_seconds:.1f} s", flush=True)
     warm_page_cache(checkpoint.shards)
     warm_up(checkpoint, args.device, args.seq_len)
     floor_s = floor(checkpoint.shards, args.device)
     print(f"[{size}] floor {floor_s:.3f} s", flush=True)
+    return checkpoint, floor_s
+
+
+def bench_size(size: str, args) -> dict:
+    checkpoint, floor_s = prepare(size, args)
     if args.device.startswith("cuda"):
         check_reader(checkpoint.shards, args.device)
     reads = {threads: round(parallel_read(checkpoint.shards, args.device, threads), 3) for threads in args.read_threads}

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench, synth, run as a script
@@ -21,34 +20,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench, synth, run as
 import bench  # noqa: E402
 import synth  # noqa: E402
 from catalog.causal import VerifyOptions  # noqa: E402
-from catalog.scan import ScanOptions, scan_source  # noqa: E402
-from catalog.sources import resolve  # noqa: E402
 from catalog.streaming import parse_size  # noqa: E402
 
 
-def timed_scan(checkpoint: synth.Checkpoint, args, budget: int | None) -> dict:
-    options = ScanOptions(device=args.device, dtype="bfloat16" if args.device.startswith("cuda") else "float32",
-                          eval_text=checkpoint.eval_text, eval_tokens=args.eval_tokens, seq_len=args.seq_len, max_gpu_memory=budget,
-                          checks=VerifyOptions(early_stop=False))
-    bench.release()
-    bench.peak_memory_reset(args.device)
-    start = time.perf_counter()
-    result = scan_source(resolve(str(checkpoint.path)), options)
-    bench.sync(args.device)
-    return {"wall_s": round(time.perf_counter() - start, 3), "phases": result.timings, "peak_gpu_gb": bench.peak_gpu_gb(args.device),
-            "verdicts": {f"L{w.layer}[{w.row},{w.col}]": (w.verdict, round(w.ppl_ratio, 4)) for w in result.super_weights},
-            "ppl": {a.name: a.ppl for a in result.ablations}}
+def scanned(checkpoint: synth.Checkpoint, args, budget: int | None) -> dict:
+    """`bench.timed_scan`, every condition on every window (a streamed pass carries them all), with each row's perplexity."""
+    timed = bench.timed_scan(checkpoint, args.device, VerifyOptions(early_stop=False), args.eval_tokens, args.seq_len, budget)
+    result = timed.pop("result")
+    return timed | {"ppl": {a.name: a.ppl for a in result.ablations}}
 
 
 def bench_size(size: str, args) -> dict:
-    checkpoint = synth.build(size, args.work / size, device=args.device if args.device.startswith("cuda") else "cpu")
-    print(f"[{size}] built {checkpoint.bytes / 1e9:.2f} GB in {len(checkpoint.shards)} shards", flush=True)
-    bench.warm_page_cache(checkpoint.shards)
-    bench.warm_up(checkpoint, args.device, args.seq_len)
-    floor_s = bench.floor(checkpoint.shards, args.device)
-    streamed = timed_scan(checkpoint, args, parse_size(args.budget))
-    print(f"[{size}] floor {floor_s:.3f} s | streamed under {args.budget}: {streamed}", flush=True)
-    in_memory = timed_scan(checkpoint, args, None)
+    checkpoint, floor_s = bench.prepare(size, args)
+    streamed = scanned(checkpoint, args, parse_size(args.budget))
+    print(f"[{size}] streamed under {args.budget}: {streamed}", flush=True)
+    in_memory = scanned(checkpoint, args, None)
     print(f"[{size}] in memory: {in_memory}", flush=True)
     differences = [abs(streamed["ppl"][name] / ppl - 1) for name, ppl in in_memory["ppl"].items()]
     return {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), **bench.environment(args.device),

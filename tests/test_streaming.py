@@ -12,14 +12,8 @@ from catalog.causal import VerifyOptions
 from catalog.errors import BadOptionError
 from catalog.reader import index_shards
 from catalog.scan import ScanOptions, scan
-from tiny import write_zipf_text
 
 BUDGET = 1 << 30
-
-
-@pytest.fixture(scope="module")
-def zipf_text(tmp_path_factory):
-    return write_zipf_text(tmp_path_factory.mktemp("text") / "zipf.txt")
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from catalog.cli import options_from, scan_config_options
+from db.cli import db_option
+from db.repository import Catalog
 from workers.discovery import SORTS, Candidate, HubQuery, discover, from_specs
 from workers.driver import Counts, Survey, SurveySettings, SurveySummary, start_ray
 
@@ -35,20 +37,18 @@ console = Console(stderr=True)
 @click.option("--retries", type=int, default=2, show_default=True, help="Re-runs of a model whose worker died mid-scan.")
 @click.option("--timeout", type=float, default=3600, show_default=True, help="Seconds per scan, then its worker is killed and the model fails (0: none).")
 @click.option("--skip-failed", is_flag=True, help="Also skip models whose scan at this revision and config failed before.")
-@click.option("--db", "db_url", metavar="URL", help="Catalog URL [default: $SUPERWEIGHTS_DB, else the SQLite file in SUPERWEIGHTS_HOME].")
+@db_option
 @scan_config_options
 def survey(models: tuple[str, ...], query: str | None, author: str | None, task: str, library: str, sort: str, limit: int,
            ray_address: str | None, gpus_per_scan: float, cpus_per_scan: float, workers: int | None, prefetch: int,
-           retries: int, timeout: float | None, skip_failed: bool, db_url: str | None, **scan: Any) -> None:
+           retries: int, timeout: float | None, skip_failed: bool, url: str | None, **scan: Any) -> None:
     """Scan MODELs (Hub ids, directories, .gguf files) and/or Hub models found by --from-hub, on Ray.
 
     Models already in the catalog at the same revision and scan config are skipped; each result is
     saved as it arrives, so an interrupted survey continues where it stopped when run again.
     """
-    from db.repository import Catalog
-
     options = options_from(scan)
-    catalog = Catalog(db_url)
+    catalog = Catalog(url)
     candidates = from_specs(list(models))
     if query is not None or author:
         hub = HubQuery(query, author, task or None, library or None, sort, limit)
