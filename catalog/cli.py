@@ -7,6 +7,7 @@ each is a `register(cli)` function that adds commands, or a `ScanSink` via `add_
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import traceback
@@ -20,7 +21,8 @@ from rich.console import Console
 
 from catalog.causal import VerifyOptions
 from catalog.detection import SpikeRule
-from catalog.errors import BadOptionError, SuperweightsError
+from catalog.errors import SuperweightsError
+from catalog.output import output_file
 from catalog.result import ScanResult
 from catalog.scan import DEFAULT_PROMPT, ScanOptions, scan_source
 from catalog.sources import ResolvedSource, resolve
@@ -106,23 +108,22 @@ def scan(ctx: click.Context, source: str, json_path: Path | None, **params: Any)
     """Scan SOURCE for super weights: a Hub repo id (org/name[@revision]), a checkpoint directory or a .gguf file."""
     options = options_from(params)
     options.validate()
-    if json_path and not json_path.parent.is_dir():
-        raise BadOptionError("--json", f"{json_path.parent} is not a directory; create it or write the JSON elsewhere.")
-    resolved = resolve(source, allow_pickle=options.allow_pickle)
-    for sink in SCAN_SINKS:
-        if message := sink.existing(resolved, options.config_hash(), ctx.params):
-            console.print(message, soft_wrap=True)
-            return
-    started_at = datetime.now(timezone.utc)
-    with console.status("scanning") as status:
-        result = scan_source(resolved, options, progress=status.update)
-    out.print(layers_table(result))
-    out.print(super_weights_table(result))
-    if result.ablations:
-        out.print(ablations_table(result))
-    if json_path:
-        result.to_json(json_path)
-        console.print(f"wrote {json_path}")
+    with output_file(json_path, "--json") if json_path else contextlib.nullcontext() as json_out:
+        resolved = resolve(source, allow_pickle=options.allow_pickle)
+        for sink in SCAN_SINKS:
+            if message := sink.existing(resolved, options.config_hash(), ctx.params):
+                console.print(message, soft_wrap=True)
+                return
+        started_at = datetime.now(timezone.utc)
+        with console.status("scanning") as status:
+            result = scan_source(resolved, options, progress=status.update)
+        out.print(layers_table(result))
+        out.print(super_weights_table(result))
+        if result.ablations:
+            out.print(ablations_table(result))
+        if json_out:
+            json_out.write_text(result.json_text())
+            console.print(f"wrote {json_path}")
     for sink in SCAN_SINKS:
         console.print(sink.save(result, ctx.params, started_at), soft_wrap=True)
 

@@ -59,6 +59,14 @@ class BadOptionError(SuperweightsError, ValueError):
         self.option = option
 
 
+class UnwritableOutputError(BadOptionError):
+    """An output path (`--json`, `--out`, `--parquet`) that cannot be written."""
+
+    def __init__(self, option: str, path: object, reason: str) -> None:
+        super().__init__(option, f"cannot write {path} ({reason}); choose a writable path.")
+        self.path = path
+
+
 def first_line(exc: BaseException | None) -> str:
     """A one-line reason for messages and error columns: drivers' messages span lines or are empty."""
     lines = str(exc).strip().splitlines()

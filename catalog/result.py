@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from catalog.output import prepare
+
 SCHEMA = 1
 
 CONFIRMED = "confirmed"
@@ -101,11 +103,12 @@ class ScanResult:
         data = asdict(self)
         return {"schema": data.pop("schema"), **data}
 
+    def json_text(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
     def to_json(self, path: Path) -> None:
-        """Write atomically: a reader never sees half a file."""
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        tmp.replace(path)
+        """Write the scan JSON as `catalog.output` writes files: atomically where it may."""
+        prepare(Path(path), "--json").write_text(self.json_text())
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ScanResult:
