@@ -74,7 +74,7 @@ def export(directory: Path, url: str | None) -> None:
 @db_option
 def show(model: str, url: str | None) -> None:
     """Print MODEL's catalog entry (MODEL: a scanned source or Hub repo id)."""
-    out.print(render.show(Catalog(url, create=False).show(model)))
+    out.print(render.show(Catalog(url, read_only=True).show(model)))
 
 
 @click.command()
@@ -85,7 +85,7 @@ def lineage(model: str, url: str | None) -> None:
 
     Fine-tunes keep their base model's super weights: the coordinates are a provenance fingerprint.
     """
-    matches = Catalog(url, create=False).lineage(model)
+    matches = Catalog(url, read_only=True).lineage(model)
     if not matches:
         click.echo(f"{model}: no other catalog model shares its confirmed super weights (or it has none), and no declared base or fine-tune is in the catalog", err=True)
         return

@@ -28,6 +28,22 @@ class CatalogUnreachableError(CatalogError, ConnectionError):
         self.url = url
 
 
+class CatalogFileError(CatalogError, PermissionError):
+    """An SQLite catalog file (or its directory) that cannot be opened as the command needs."""
+
+    def __init__(self, url: str, problem: str, fix: str) -> None:
+        super().__init__(f"catalog {url}: {problem}. {fix}")
+        self.url = url
+
+
+class NotACatalogError(CatalogError, ValueError):
+    """A database that is not a superweights catalog: not SQLite at all, or another program's tables."""
+
+    def __init__(self, url: str, what: str) -> None:
+        super().__init__(f"catalog {url}: not a superweights catalog ({what}). Give the catalog's --db, or a new file to start one.")
+        self.url = url
+
+
 class CatalogMissingError(CatalogError, FileNotFoundError):
     def __init__(self, url: str) -> None:
         super().__init__(f"catalog {url}: no such database file. Scan a model into it first, or run `superweights db upgrade --db {url}`.")

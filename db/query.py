@@ -41,7 +41,7 @@ class QueryResult:
 def run_sql(url: str | None, sql: str) -> QueryResult:
     """Run one read-only statement over the catalog at `url`."""
     check_read_only(sql)
-    with connect(Catalog(url, create=False).location, lock=True) as con:
+    with connect(Catalog(url, read_only=True).location, lock=True) as con:
         try:
             cursor = con.execute(sql)
             return QueryResult([d[0] for d in cursor.description or []], cursor.fetchall())
@@ -51,7 +51,7 @@ def run_sql(url: str | None, sql: str) -> QueryResult:
 
 def export_parquet(url: str | None, out_dir: Path) -> list[Path]:
     """One Parquet file per catalog table in `out_dir`, each written whole or not at all."""
-    location = Catalog(url, create=False).location
+    location = Catalog(url, read_only=True).location
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     with connect(location) as con:
