@@ -78,7 +78,7 @@ def prepare(path: Path, option: str) -> Output:
         raise UnwritableOutputError(option, path, exc.strerror or str(exc)) from exc
     if st is not None and stat.S_ISDIR(st.st_mode):
         raise BadOptionError(option, f"{path} is a directory; give a file name.")
-    if st is not None and not os.access(path, os.W_OK):
+    if st is not None and path.exists() and not os.access(path, os.W_OK):  # a dangling symlink: its target is made
         raise UnwritableOutputError(option, path, "permission denied")
     if st is not None and (not stat.S_ISREG(st.st_mode) or st.st_nlink > 1):
         return Output(path, option, None)  # not ours to replace: written through

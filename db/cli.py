@@ -14,10 +14,11 @@ import click
 from rich.console import Console
 
 from catalog.cli import add_scan_sink
+from catalog.options import NON_NEGATIVE
 from catalog.result import ScanResult
 from catalog.sources import ResolvedSource
 from db import render
-from db.query import export_parquet, run_sql
+from db.query import QueryLimits, export_parquet, run_sql
 from db.repository import Catalog, upgrade
 
 out = Console()
@@ -50,14 +51,18 @@ def db_upgrade(url: str | None, revision: str) -> None:
 @click.argument("query")
 @db_option
 @click.option("--format", "fmt", type=click.Choice(render.FORMATS), default="table", show_default=True)
-def sql(query: str, url: str | None, fmt: str) -> None:
+@click.option("--timeout", type=NON_NEGATIVE, default=QueryLimits.timeout, show_default=True, help="Stop the query after this many seconds (0: no limit).")
+@click.option("--max-rows", type=click.IntRange(min=0), default=QueryLimits.max_rows, show_default=True, help="Return at most this many rows (0: no limit).")
+def sql(query: str, url: str | None, fmt: str, timeout: float, max_rows: int) -> None:
     """Run one read-only SQL QUERY over the catalog (DuckDB dialect; tables: models, scans,
     layer_stats, super_weights, ablations)."""
-    result = run_sql(url, query)
+    result = run_sql(url, query, QueryLimits(timeout or None, max_rows or None))
     if fmt == "table":
         out.print(render.query_table(result))
     else:
         click.echo(render.query_csv(result) if fmt == "csv" else render.query_json(result), nl=False)
+    if result.cut:
+        click.echo(f"note: only the first {max_rows} rows; raise --max-rows (0: no limit) or add a LIMIT.", err=True)
 
 
 @click.command()

@@ -82,6 +82,19 @@ class QueryError(CatalogError, ValueError):
         self.sql = sql
 
 
+class QueryStoppedError(CatalogError):
+    """A query stopped by its `--timeout` or by Ctrl-C (exit status 130, as for any interrupt)."""
+
+    def __init__(self, sql: str, reason: str, timeout: float | None) -> None:
+        if reason == "timeout":
+            problem = f"stopped after {timeout:g}s (--timeout); narrow it (WHERE, LIMIT) or raise --timeout (0: no limit)."
+        else:
+            problem = "interrupted (Ctrl-C)."
+        super().__init__(f"SQL {_short(sql)!r}: {problem}")
+        self.sql = sql
+        self.exit_code = 1 if reason == "timeout" else 130
+
+
 class WriteRefusedError(CatalogError, PermissionError):
     def __init__(self, sql: str, kind: str) -> None:
         super().__init__(f"SQL {_short(sql)!r}: {kind} refused; `superweights sql` runs one read-only SELECT (or WITH, EXPLAIN, DESCRIBE, SHOW).")
