@@ -45,8 +45,8 @@ def usage_line(exc: click.UsageError) -> str:
     """A usage error as one line; a bad option value as `--option: problem`, like our own errors."""
     if isinstance(exc, click.BadParameter) and isinstance(exc.param, click.Option):
         return f"{exc.param.opts[0]}: {exc.message}"
-    hint = f" (`{exc.ctx.command_path} -h` lists the options)" if exc.ctx else ""
-    return exc.format_message() + hint
+    hint = f"; `{exc.ctx.command_path} -h` lists the options." if exc.ctx else ""
+    return exc.format_message().rstrip(".") + hint
 
 
 POSITIVE = FiniteFloat(min=0, min_open=True)
