@@ -59,6 +59,17 @@ class BadOptionError(SuperweightsError, ValueError):
         self.option = option
 
 
+class NonFiniteError(SuperweightsError, ValueError):
+    """A number of the scan that is NaN or inf: refused before it reaches the JSON or the catalog."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(
+            f"{what} is not a finite number (NaN or inf): the weights hold NaN or inf, or the dtype overflows; "
+            "try --dtype float32, or download the checkpoint again."
+        )
+        self.what = what
+
+
 class UnwritableOutputError(BadOptionError):
     """An output path (`--json`, `--out`, `--parquet`) that cannot be written."""
 

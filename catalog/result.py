@@ -6,10 +6,12 @@ Fields may be added freely; renaming or dropping one needs a new `SCHEMA`.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from catalog.errors import NonFiniteError
 from catalog.output import prepare
 
 SCHEMA = 1
@@ -104,7 +106,13 @@ class ScanResult:
         return {"schema": data.pop("schema"), **data}
 
     def json_text(self) -> str:
-        return json.dumps(self.to_dict(), indent=2) + "\n"
+        data = self.to_dict()
+        check_finite(data)
+        return json.dumps(data, indent=2) + "\n"
+
+    def check_finite(self) -> None:
+        """Refuse a result holding NaN or inf (JSON has no such numbers; SQL stores them as NULL)."""
+        check_finite(self.to_dict())
 
     def to_json(self, path: Path) -> None:
         """Write the scan JSON as `catalog.output` writes files: atomically where it may."""
@@ -133,6 +141,15 @@ class ScanResult:
     @property
     def confirmed(self) -> list[SuperWeight]:
         return [w for w in self.super_weights if w.verdict == CONFIRMED]
+
+
+def check_finite(data: Any, path: str = "") -> None:
+    """Raise `NonFiniteError` naming the first number in `data` (dicts, lists) that is NaN or inf."""
+    if isinstance(data, float) and not math.isfinite(data):
+        raise NonFiniteError(f"the scan's {path}")
+    items = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, list) else ()
+    for key, value in items:
+        check_finite(value, f"{path}[{key}]" if isinstance(key, int) else f"{path}.{key}".lstrip("."))
 
 
 def _build(cls: type, data: dict[str, Any]) -> Any:

@@ -23,7 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, joinedload, selectinload
 
 from catalog.errors import BadOptionError, first_line
-from catalog.result import CONFIRMED, SCHEMA, ScanResult
+from catalog.result import CONFIRMED, SCHEMA, ScanResult, check_finite
 from db import migrate
 from db.engine import engine_for
 from db.errors import CatalogOutOfDateError, CatalogTooNewError, CatalogWriteError, NotACatalogError, UnknownModelError
@@ -78,8 +78,10 @@ class Catalog:
     # writes -------------------------------------------------------------------------------
 
     def save(self, result: ScanResult, *, started_at: datetime, finished_at: datetime) -> int:
-        """Store a finished scan, replacing an earlier one of its key; returns the new scan id."""
+        """Store a finished scan, replacing an earlier one of its key; returns the new scan id.
+        A result holding NaN or inf is refused (`NonFiniteError`): SQL would store it as NULL."""
         info, data = result.model, result.to_dict()
+        check_finite(data)
         with self._writing(info.source) as session:
             model = _model_row(session, info.source, info.repo_id, info.revision)
             for name, value in _facts(data).items():
