@@ -78,6 +78,14 @@ class UnwritableOutputError(BadOptionError):
         self.path = path
 
 
+class SurveyFailedError(SuperweightsError):
+    """A survey in which no model was scanned or skipped: every one failed."""
+
+    def __init__(self, failed: int) -> None:
+        super().__init__(f"all {failed} models of the survey failed; the error column above says why for each.")
+        self.failed = failed
+
+
 def first_line(exc: BaseException | None) -> str:
     """A one-line reason for messages and error columns: drivers' messages span lines or are empty."""
     lines = str(exc).strip().splitlines()

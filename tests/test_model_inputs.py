@@ -147,3 +147,20 @@ def test_a_missing_relative_path_is_told_as_a_path(superweights, tmp_path, monke
 def test_a_budget_below_the_model_names_both_sizes_in_readable_units(superweights, tiny):
     status, _, err = superweights(*SCAN, "--no-verify", str(tiny("llama").path), "--max-gpu-memory", "1KB")
     assert status == 1 and "needs at least " in err and " KiB of weights" in err and "more than 1000 B." in err
+
+
+def test_a_survey_row_holds_the_line_that_scan_prints(models, zipf_text):
+    """The survey's scan stage, called as Ray calls it: the former IndexError scans, NaN weights fail
+    with the scan's one line, and an unexpected error is called a bug (not a bare AttributeError)."""
+    from catalog.scan import ScanOptions
+    from workers.tasks import Scanner, describe_error, fetch
+
+    scanner = Scanner(ScanOptions(device="cpu", eval_text=zipf_text, eval_tokens=512, seq_len=256))
+    short = scanner(fetch(str(models["gpt2_short"])))
+    assert short.error is None and short.result.config["seq_len_used"] == SHORT
+    poisoned = scanner(fetch(str(models["nan_head"])))
+    assert poisoned.result is None and poisoned.error.startswith(
+        f"{models['nan_head']}: the perplexity on the evaluation text is not a finite number (NaN or inf)")
+    assert describe_error(AttributeError("'float' object has no attribute 'numerator'")) == (
+        "unexpected AttributeError: 'float' object has no attribute 'numerator'; "
+        "`SUPERWEIGHTS_DEBUG=1 superweights scan` of this model alone shows the traceback.")

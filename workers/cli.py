@@ -13,6 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from catalog.cli import options_from, scan_config_options
+from catalog.errors import SurveyFailedError
 from catalog.options import NON_NEGATIVE
 from db.cli import db_option
 from db.repository import Catalog
@@ -62,6 +63,8 @@ def survey(models: tuple[str, ...], query: str | None, author: str | None, task:
     console.print(summary_table(summary))
     if summary.interrupted:
         sys.exit(130)
+    if summary.rows and summary.count("failed") == len(summary.rows):
+        raise SurveyFailedError(len(summary.rows))
 
 
 def run_with_progress(survey: Survey, candidates: list[Candidate]) -> SurveySummary:
