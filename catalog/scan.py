@@ -17,7 +17,6 @@ from pathlib import Path
 import torch
 
 from catalog import __version__
-from catalog.architectures import down_projections
 from catalog.causal import VerifyOptions, verify
 from catalog.detection import SpikeRule, detect
 from catalog.errors import BadOptionError, InvalidSourceError, NonFiniteError
@@ -144,13 +143,14 @@ def _scan_loaded(source: ResolvedSource, options: ScanOptions, config: dict, say
 
     say("detecting")
     start = time.perf_counter()
-    sites = down_projections(loaded.model, loaded.adapter, loaded.info.hidden_size)
+    sites = loaded.architecture.sites
     prompts = [model_input(loaded, loaded.tokenizer(p, return_tensors="pt").input_ids, "the prompt") for p in options.prompts]
     config["prompt_tokens"] = [ids.shape[1] for ids in prompts]
     found = run_detect(prompts, sites, options.rule, options.max_iterations)
     check_finite({"layers": [asdict(layer) for layer in found.layers]})  # before verification computes on them
     timings["detect"] = round(time.perf_counter() - start, 3)
-    summary = {"detection_passes": found.iterations, "reference_out_max": found.reference, "loader": loaded.loader}
+    summary = {"detection_passes": found.iterations, "reference_out_max": found.reference, "loader": loaded.loader,
+               "blocks": loaded.architecture.blocks, "mixer_only_layers": loaded.architecture.mixer_only}
 
     ablations, weights = [], found.super_weights
     if options.verify:
