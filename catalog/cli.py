@@ -7,6 +7,7 @@ each is a `register(cli)` function that adds commands, or a `ScanSink` via `add_
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import traceback
@@ -20,11 +21,12 @@ from rich.console import Console
 
 from catalog.causal import VerifyOptions
 from catalog.detection import SpikeRule
-from catalog.errors import BadOptionError, SuperweightsError
+from catalog.errors import SuperweightsError
+from catalog.options import NON_NEGATIVE, POSITIVE, Size, usage_line
+from catalog.output import output_file
 from catalog.result import ScanResult
 from catalog.scan import DEFAULT_PROMPT, ScanOptions, scan_source
 from catalog.sources import ResolvedSource, resolve
-from catalog.streaming import parse_size
 from catalog.tables import ablations_table, architectures_table, layers_table, super_weights_table
 
 console = Console(stderr=True)
@@ -58,21 +60,21 @@ def scan_config_options(command):
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
         click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto", show_default=True, help="auto: bfloat16 on GPU, float32 on CPU."),
         click.option("--prompt", "prompts", multiple=True, help=f"Detection prompt, repeatable. [default: {DEFAULT_PROMPT!r}]"),
-        click.option("--max-iterations", type=int, default=3, show_default=True, help="Zero what was found and detect again, at most this many times."),
-        click.option("--spike-ratio", type=float, default=SpikeRule.ratio, show_default=True, help="A layer spikes when its max |output| is this many times the median layer's."),
-        click.option("--spike-min", type=float, default=SpikeRule.min_abs, show_default=True, help="...and at least this large."),
+        click.option("--max-iterations", type=click.IntRange(min=1), default=3, show_default=True, help="Zero what was found and detect again, at most this many times."),
+        click.option("--spike-ratio", type=POSITIVE, default=SpikeRule.ratio, show_default=True, help="A layer spikes when its max |output| is this many times the median layer's."),
+        click.option("--spike-min", type=NON_NEGATIVE, default=SpikeRule.min_abs, show_default=True, help="...and at least this large."),
         click.option("--verify/--no-verify", default=True, show_default=True, help="Run the causal checks (perplexity under ablations)."),
         click.option("--eval-text", type=click.Path(dir_okay=False, path_type=Path), help="Text file for perplexity. [default: the 1911 Britannica article fetched by `make fixtures`]"),
         click.option("--eval-dataset", type=click.Choice(["wikitext2"]), help="Evaluate on wikitext-2 test (needs `datasets` and the network), as the paper does."),
-        click.option("--eval-tokens", type=int, default=4096, show_default=True, help="Tokens of evaluation text."),
-        click.option("--seq-len", type=int, default=512, show_default=True, help="Tokens per evaluation window."),
-        click.option("--confirm-ratio", type=float, default=VerifyOptions.confirm_ratio, show_default=True, help="Confirmed when zeroing the weight alone multiplies perplexity by at least this..."),
-        click.option("--control-max", type=float, default=VerifyOptions.control_max, show_default=True, help="...while zeroing as many random weights stays under this ratio."),
+        click.option("--eval-tokens", type=click.IntRange(min=2), default=4096, show_default=True, help="Tokens of evaluation text."),
+        click.option("--seq-len", type=click.IntRange(min=2), default=512, show_default=True, help="Tokens per evaluation window."),
+        click.option("--confirm-ratio", type=POSITIVE, default=VerifyOptions.confirm_ratio, show_default=True, help="Confirmed when zeroing the weight alone multiplies perplexity by at least this..."),
+        click.option("--control-max", type=POSITIVE, default=VerifyOptions.control_max, show_default=True, help="...while zeroing as many random weights stays under this ratio."),
         click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random control."),
         click.option("--quant-check", is_flag=True, help="Also measure int8/int4 round-to-nearest quantization of the down projections."),
-        click.option("--quant-block", type=int, default=VerifyOptions.quant_block, show_default=True, help="Quantization block size (input channels)."),
+        click.option("--quant-block", type=click.IntRange(min=1), default=VerifyOptions.quant_block, show_default=True, help="Quantization block size (input channels)."),
         click.option("--early-stop/--full-eval", default=True, show_default=True, help="Stop each condition once its verdict is settled (95% interval, checked after one window); --full-eval evaluates every condition on every window, as the paper does."),
-        click.option("--max-gpu-memory", metavar="SIZE", help="Stream the model's blocks through the GPU within this budget (e.g. 4GiB): models larger than the GPU. Llama-family safetensors only."),
+        click.option("--max-gpu-memory", type=Size(), metavar="SIZE", help="Stream the model's blocks through the GPU within this budget (e.g. 4GiB): models larger than the GPU. Llama-family safetensors only."),
         click.option("--trust-remote-code", is_flag=True, help="Allow model code from the repo itself (review it first)."),
         click.option("--allow-pickle", is_flag=True, help="Allow pickle .bin checkpoints (loaded with weights_only=True)."),
     ]
@@ -93,7 +95,7 @@ def options_from(params: dict[str, Any]) -> ScanOptions:
         trust_remote_code=params["trust_remote_code"], allow_pickle=params["allow_pickle"], verify=params["verify"],
         eval_text=params["eval_text"], eval_dataset=params["eval_dataset"], eval_tokens=params["eval_tokens"],
         seq_len=params["seq_len"], checks=checks,
-        max_gpu_memory=parse_size(params["max_gpu_memory"]) if params["max_gpu_memory"] else None,
+        max_gpu_memory=params["max_gpu_memory"],
     )
 
 
@@ -106,23 +108,22 @@ def scan(ctx: click.Context, source: str, json_path: Path | None, **params: Any)
     """Scan SOURCE for super weights: a Hub repo id (org/name[@revision]), a checkpoint directory or a .gguf file."""
     options = options_from(params)
     options.validate()
-    if json_path and not json_path.parent.is_dir():
-        raise BadOptionError("--json", f"{json_path.parent} is not a directory; create it or write the JSON elsewhere.")
-    resolved = resolve(source, allow_pickle=options.allow_pickle)
-    for sink in SCAN_SINKS:
-        if message := sink.existing(resolved, options.config_hash(), ctx.params):
-            console.print(message, soft_wrap=True)
-            return
-    started_at = datetime.now(timezone.utc)
-    with console.status("scanning") as status:
-        result = scan_source(resolved, options, progress=status.update)
-    out.print(layers_table(result))
-    out.print(super_weights_table(result))
-    if result.ablations:
-        out.print(ablations_table(result))
-    if json_path:
-        result.to_json(json_path)
-        console.print(f"wrote {json_path}")
+    with output_file(json_path, "--json") if json_path else contextlib.nullcontext() as json_out:
+        resolved = resolve(source, allow_pickle=options.allow_pickle)
+        for sink in SCAN_SINKS:
+            if message := sink.existing(resolved, options.config_hash(), ctx.params):
+                console.print(message, soft_wrap=True)
+                return
+        started_at = datetime.now(timezone.utc)
+        with console.status("scanning") as status:
+            result = scan_source(resolved, options, progress=status.update)
+        out.print(layers_table(result))
+        out.print(super_weights_table(result))
+        if result.ablations:
+            out.print(ablations_table(result))
+        if json_out:
+            json_out.write_text(result.json_text())
+            console.print(f"wrote {json_path}")
     for sink in SCAN_SINKS:
         console.print(sink.save(result, ctx.params, started_at), soft_wrap=True)
 
@@ -185,12 +186,15 @@ def main(argv: list[str] | None = None) -> int:
 
     hf_logging.disable_progress_bar()  # our own status line reports the stages instead
     hf_logging.set_verbosity_error()  # its notes (slow kernel fallbacks, config hints) are not the user's to act on
-    load_plugins()
     try:
+        load_plugins()
         cli.main(args=argv, prog_name="superweights", standalone_mode=False)
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, KeyboardInterrupt):
         console.print("aborted")
         return 130
+    except click.UsageError as exc:
+        click.echo(f"error: {usage_line(exc)}", err=True)
+        return exc.exit_code
     except click.ClickException as exc:
         exc.show()
         return exc.exit_code

@@ -57,6 +57,33 @@ class BadOptionError(SuperweightsError, ValueError):
         self.option = option
 
 
+class NonFiniteError(SuperweightsError, ValueError):
+    """A number of the scan that is NaN or inf: refused before it reaches the JSON or the catalog."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(
+            f"{what} is not a finite number (NaN or inf): the weights hold NaN or inf, or the dtype overflows; "
+            "try --dtype float32, or download the checkpoint again."
+        )
+        self.what = what
+
+
+class UnwritableOutputError(BadOptionError):
+    """An output path (`--json`, `--out`, `--parquet`) that cannot be written."""
+
+    def __init__(self, option: str, path: object, reason: str) -> None:
+        super().__init__(option, f"cannot write {path} ({reason}); choose a writable path.")
+        self.path = path
+
+
+class SurveyFailedError(SuperweightsError):
+    """A survey in which no model was scanned or skipped: every one failed."""
+
+    def __init__(self, failed: int) -> None:
+        super().__init__(f"all {failed} models of the survey failed; the error column above says why for each.")
+        self.failed = failed
+
+
 def first_line(exc: BaseException | None) -> str:
     """A one-line reason for messages and error columns: drivers' messages span lines or are empty."""
     lines = str(exc).strip().splitlines()

@@ -69,10 +69,21 @@ def _file(path: Path, default: bool) -> EvalText:
         fix = "run `make fixtures` or pass --eval-text FILE" if default else "give an existing text file"
         raise BadOptionError("--eval-text", f"{path} does not exist; {fix}.")
     data = path.read_bytes()
-    text = data.decode("utf-8", errors="replace")
+    text = _text(path, data)
     if not text.strip():
         raise BadOptionError("--eval-text", f"{path} is empty; give a file with some English prose.")
     return EvalText(path.name, hashlib.sha256(data).hexdigest(), text)
+
+
+def _text(path: Path, data: bytes) -> str:
+    """The file as UTF-8 text; a binary file (invalid UTF-8, or NUL bytes) is refused, not read as noise."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadOptionError("--eval-text", f"{path} is not UTF-8 text (byte {exc.start}); give a plain text file.") from exc
+    if "\0" in text:
+        raise BadOptionError("--eval-text", f"{path} holds NUL bytes, so it is binary; give a plain text file.")
+    return text
 
 
 def _dataset(name: str) -> EvalText:

@@ -34,6 +34,17 @@ class LoadedModel:
     load_seconds: float
     loader: str = "transformers"  # or "parallel": `catalog.reader` put the checkpoint's tensors in place
 
+    @property
+    def context(self) -> int | None:
+        """The positions the model was made for, which its inputs must fit (None: not stated, e.g. ALiBi).
+        GPT-2's `n_positions` answers to this name too."""
+        return getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
+
+    @property
+    def vocabulary(self) -> int:
+        """Rows of the input embedding: every token id fed to the model must be below it."""
+        return self.model.get_input_embeddings().num_embeddings
+
 
 def pick_device(device: str) -> torch.device:
     if device == "auto":
@@ -127,6 +138,8 @@ def read_parallel(source: ResolvedSource, config, device: torch.device, dtype: t
     device), or None where transformers must convert the checkpoint (`checkpoint_names`)."""
     model = skeleton(config, dtype, trust_remote_code)
     spans = index_shards(checkpoint_shards(source.path))
+    if not getattr(model.config, "quantization_config", None):  # quantized tensors are stored packed
+        check_shapes(source, model, spans)
     names = checkpoint_names(model, spans)
     if names is None:
         return None
@@ -135,6 +148,16 @@ def read_parallel(source: ResolvedSource, config, device: torch.device, dtype: t
             place(model, names, reader.read(batch))
     buffers_to(model, device)
     return model
+
+
+def check_shapes(source: ResolvedSource, model: nn.Module, spans: dict[str, Span]) -> None:
+    """A checkpoint tensor whose shape is not the one config.json makes: the config is wrong, not the file."""
+    state = model.state_dict(keep_vars=True)
+    for name, span in spans.items():
+        if name in state and span.shape != tuple(state[name].shape):
+            raise InvalidSourceError(source.spec, f"config.json does not match the weights: {name} is {list(span.shape)} in the "
+                                                  f"checkpoint but {list(state[name].shape)} by config.json; use the config.json "
+                                                  "that came with these weights.")
 
 
 def place(model: nn.Module, names: dict[str, list[str]], tensors: dict[str, torch.Tensor]) -> None:

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from catalog.errors import NonFiniteError
+
 PARTS = 4  # segments per window: the paired observations of an interval
 
 # two-sided 95% quantiles of Student's t, by degrees of freedom 1..30 (beyond: the normal's 1.96)
@@ -147,4 +149,7 @@ def segment_losses(model: nn.Module, batch: torch.Tensor, stopwords: torch.Tenso
         nll.append(torch.stack([seg.mean() for seg in segments]))
         mass.append(logp[:, stopwords].exp().sum(-1).mean())
     counts = [len(seg) for seg in segments] * len(batch)
-    return Evaluation(torch.cat(nll).tolist(), counts, torch.stack(mass).tolist())
+    losses = torch.cat(nll).tolist()
+    if not all(map(math.isfinite, losses)):  # NaN or inf logits: no perplexity, no interval
+        raise NonFiniteError("the perplexity on the evaluation text")
+    return Evaluation(losses, counts, torch.stack(mass).tolist())

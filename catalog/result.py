@@ -6,9 +6,13 @@ Fields may be added freely; renaming or dropping one needs a new `SCHEMA`.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from catalog.errors import NonFiniteError
+from catalog.output import prepare
 
 SCHEMA = 1
 
@@ -101,11 +105,18 @@ class ScanResult:
         data = asdict(self)
         return {"schema": data.pop("schema"), **data}
 
+    def json_text(self) -> str:
+        data = self.to_dict()
+        check_finite(data)
+        return json.dumps(data, indent=2) + "\n"
+
+    def check_finite(self) -> None:
+        """Refuse a result holding NaN or inf (JSON has no such numbers; SQL stores them as NULL)."""
+        check_finite(self.to_dict())
+
     def to_json(self, path: Path) -> None:
-        """Write atomically: a reader never sees half a file."""
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        tmp.replace(path)
+        """Write the scan JSON as `catalog.output` writes files: atomically where it may."""
+        prepare(Path(path), "--json").write_text(self.json_text())
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ScanResult:
@@ -130,6 +141,15 @@ class ScanResult:
     @property
     def confirmed(self) -> list[SuperWeight]:
         return [w for w in self.super_weights if w.verdict == CONFIRMED]
+
+
+def check_finite(data: Any, path: str = "") -> None:
+    """Raise `NonFiniteError` naming the first number in `data` (dicts, lists) that is NaN or inf."""
+    if isinstance(data, float) and not math.isfinite(data):
+        raise NonFiniteError(f"the scan's {path}")
+    items = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, list) else ()
+    for key, value in items:
+        check_finite(value, f"{path}[{key}]" if isinstance(key, int) else f"{path}.{key}".lstrip("."))
 
 
 def _build(cls: type, data: dict[str, Any]) -> Any:

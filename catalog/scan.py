@@ -10,7 +10,7 @@ import json
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property, partial
 from pathlib import Path
 
@@ -19,10 +19,10 @@ import torch
 from catalog import __version__
 from catalog.causal import VerifyOptions, verify
 from catalog.detection import SpikeRule, detect
-from catalog.errors import BadOptionError
+from catalog.errors import BadOptionError, InvalidSourceError, NonFiniteError
 from catalog.evaltext import EvalText, load_eval_text
 from catalog.loading import LoadedModel, load
-from catalog.result import ScanResult
+from catalog.result import ScanResult, check_finite
 from catalog.sources import ResolvedSource, resolve
 from catalog.streaming import open_streamed
 
@@ -80,6 +80,17 @@ class ScanOptions:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def model_input(loaded: LoadedModel, ids: torch.Tensor, what: str) -> torch.Tensor:
+    """Token ids (batch, seq) as the model can take them: cut to its context (the lengths used go into
+    the scan's config), every id a row of its embedding (else the tokenizer is not the weights')."""
+    if loaded.context is not None:
+        ids = ids[:, : loaded.context]
+    if ids.numel() and (largest := int(ids.max())) >= loaded.vocabulary:
+        raise InvalidSourceError(loaded.info.source, f"its tokenizer gives token id {largest} for {what}, but the embedding has "
+                                                     f"{loaded.vocabulary} rows: the tokenizer does not belong to these weights.")
+    return ids.to(loaded.device)
+
+
 def environment(loaded: LoadedModel) -> dict[str, str]:
     import transformers
 
@@ -109,8 +120,13 @@ def scan_source(source: ResolvedSource, options: ScanOptions, progress: Progress
     say = progress or (lambda _msg: None)
     options.validate()
     config = options.to_config()  # reads the evaluation text now: a bad --eval-text fails before loading
-    with contextlib.ExitStack() as stack:
-        return _scan_loaded(source, options, config, say, stack)
+    try:
+        with contextlib.ExitStack() as stack:
+            result = _scan_loaded(source, options, config, say, stack)
+        result.check_finite()
+        return result
+    except NonFiniteError as exc:
+        raise InvalidSourceError(source.spec, str(exc)) from exc
 
 
 def _scan_loaded(source: ResolvedSource, options: ScanOptions, config: dict, say: Progress, stack: contextlib.ExitStack) -> ScanResult:
@@ -128,8 +144,10 @@ def _scan_loaded(source: ResolvedSource, options: ScanOptions, config: dict, say
     say("detecting")
     start = time.perf_counter()
     sites = loaded.architecture.sites
-    prompts = [loaded.tokenizer(p, return_tensors="pt").input_ids.to(loaded.device) for p in options.prompts]
+    prompts = [model_input(loaded, loaded.tokenizer(p, return_tensors="pt").input_ids, "the prompt") for p in options.prompts]
+    config["prompt_tokens"] = [ids.shape[1] for ids in prompts]
     found = run_detect(prompts, sites, options.rule, options.max_iterations)
+    check_finite({"layers": [asdict(layer) for layer in found.layers]})  # before verification computes on them
     timings["detect"] = round(time.perf_counter() - start, 3)
     summary = {"detection_passes": found.iterations, "reference_out_max": found.reference, "loader": loaded.loader,
                "blocks": loaded.architecture.blocks, "mixer_only_layers": loaded.architecture.mixer_only}
@@ -137,8 +155,9 @@ def _scan_loaded(source: ResolvedSource, options: ScanOptions, config: dict, say
     ablations, weights = [], found.super_weights
     if options.verify:
         start = time.perf_counter()
-        windows = options.text.windows(loaded.tokenizer, options.eval_tokens, options.seq_len)
-        config["eval_token_count"] = windows.numel()
+        seq_len = min(options.seq_len, loaded.context or options.seq_len)
+        windows = model_input(loaded, options.text.windows(loaded.tokenizer, options.eval_tokens, seq_len), "the evaluation text")
+        config["seq_len_used"], config["eval_token_count"] = seq_len, windows.numel()
         checked = run_verify(windows, sites, weights, options.verification, say)
         ablations, weights = checked.ablations, checked.super_weights
         summary |= checked.summary

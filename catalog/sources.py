@@ -83,6 +83,14 @@ def _weights_format(spec: str, path: Path, allow_pickle: bool) -> str:
     raise InvalidSourceError(spec, "no weights (*.safetensors) in this directory.")
 
 
+def _or_a_path(repo_id: str, hub_fix: str) -> str:
+    """A repo id whose first part is a local directory was most likely a path: say that first."""
+    parent = Path(repo_id).expanduser().parent
+    if not parent.is_dir():
+        return hub_fix
+    return f"{parent}/ has no {Path(repo_id).name}: check the path. As a Hub repo id: {hub_fix}"
+
+
 def _resolve_hub(spec: str, allow_pickle: bool) -> ResolvedSource:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
@@ -101,7 +109,7 @@ def _resolve_hub(spec: str, allow_pickle: bool) -> ResolvedSource:
     except RevisionNotFoundError as exc:
         raise SourceNotFoundError(spec, f"the repo has no revision {revision!r}; give a branch, tag or commit sha.") from exc
     except RepositoryNotFoundError as exc:
-        raise SourceNotFoundError(spec, "no such Hub repo (or it is private: set HF_TOKEN).") from exc
+        raise SourceNotFoundError(spec, _or_a_path(repo_id, "no such Hub repo (or it is private: set HF_TOKEN).")) from exc
     except LocalEntryNotFoundError as exc:
         missing = f"revision {revision!r}" if revision else "the repo"
         fix = (
@@ -109,7 +117,7 @@ def _resolve_hub(spec: str, allow_pickle: bool) -> ResolvedSource:
             if settings.hub_offline()
             else f"the Hub cannot be reached and {missing} is not cached; check the network or HF_ENDPOINT."
         )
-        raise SourceNotFoundError(spec, fix) from exc
+        raise SourceNotFoundError(spec, _or_a_path(repo_id, fix)) from exc
     resolved = _resolve_local(spec, folder, allow_pickle)
     # snapshot folders are named by commit sha: this pins the revision actually scanned
     return ResolvedSource(spec, folder, resolved.format, repo_id=repo_id, revision=folder.name)

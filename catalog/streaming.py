@@ -70,6 +70,12 @@ def parse_size(text: str) -> int:
     return size
 
 
+def format_size(size: int) -> str:
+    """Bytes in the largest binary unit that leaves at least 1 (1000 B, 1.5 MiB, 4.00 GiB)."""
+    unit = next((u for u in ("TiB", "GiB", "MiB", "KiB") if size >= UNITS[u.lower()]), "B")
+    return f"{size} B" if unit == "B" else f"{size / UNITS[unit.lower()]:.2f} {unit}"
+
+
 @dataclass
 class ShardStore:
     """Reads tensors by name from a checkpoint's safetensors shards (`catalog.reader`); counts the
@@ -339,5 +345,5 @@ def _check_budget(model: nn.Module, lists: list[tuple[str, nn.ModuleList]], dtyp
     block = max(sum(p.numel() for p in b.parameters()) for _, blocks in lists for b in blocks)
     needed = (outer + 2 * block) * dtype.itemsize
     if needed > budget:
-        raise BadOptionError(OPTION, f"{spec} needs at least {needed / 2**30:.2f} GiB of weights on the device while "
-                                     f"streaming (embeddings, head and two blocks), more than {budget / 2**30:.2f} GiB.")
+        raise BadOptionError(OPTION, f"{spec} needs at least {format_size(needed)} of weights on the device while "
+                                     f"streaming (embeddings, head and two blocks), more than {format_size(budget)}.")

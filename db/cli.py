@@ -14,10 +14,11 @@ import click
 from rich.console import Console
 
 from catalog.cli import add_scan_sink
+from catalog.options import NON_NEGATIVE
 from catalog.result import ScanResult
 from catalog.sources import ResolvedSource
 from db import render
-from db.query import export_parquet, run_sql
+from db.query import QueryLimits, export_parquet, run_sql
 from db.repository import Catalog, upgrade
 
 out = Console()
@@ -50,14 +51,18 @@ def db_upgrade(url: str | None, revision: str) -> None:
 @click.argument("query")
 @db_option
 @click.option("--format", "fmt", type=click.Choice(render.FORMATS), default="table", show_default=True)
-def sql(query: str, url: str | None, fmt: str) -> None:
+@click.option("--timeout", type=NON_NEGATIVE, default=QueryLimits.timeout, show_default=True, help="Stop the query after this many seconds (0: no limit).")
+@click.option("--max-rows", type=click.IntRange(min=0), default=QueryLimits.max_rows, show_default=True, help="Return at most this many rows (0: no limit).")
+def sql(query: str, url: str | None, fmt: str, timeout: float, max_rows: int) -> None:
     """Run one read-only SQL QUERY over the catalog (DuckDB dialect; tables: models, scans,
     layer_stats, super_weights, ablations)."""
-    result = run_sql(url, query)
+    result = run_sql(url, query, QueryLimits(timeout or None, max_rows or None))
     if fmt == "table":
         out.print(render.query_table(result))
     else:
         click.echo(render.query_csv(result) if fmt == "csv" else render.query_json(result), nl=False)
+    if result.cut:
+        click.echo(f"note: only the first {max_rows} rows; raise --max-rows (0: no limit) or add a LIMIT.", err=True)
 
 
 @click.command()
@@ -74,7 +79,7 @@ def export(directory: Path, url: str | None) -> None:
 @db_option
 def show(model: str, url: str | None) -> None:
     """Print MODEL's catalog entry (MODEL: a scanned source or Hub repo id)."""
-    out.print(render.show(Catalog(url, create=False).show(model)))
+    out.print(render.show(Catalog(url, read_only=True).show(model)))
 
 
 @click.command()
@@ -85,7 +90,7 @@ def lineage(model: str, url: str | None) -> None:
 
     Fine-tunes keep their base model's super weights: the coordinates are a provenance fingerprint.
     """
-    matches = Catalog(url, create=False).lineage(model)
+    matches = Catalog(url, read_only=True).lineage(model)
     if not matches:
         click.echo(f"{model}: no other catalog model shares its confirmed super weights (or it has none), and no declared base or fine-tune is in the catalog", err=True)
         return

@@ -28,6 +28,22 @@ class CatalogUnreachableError(CatalogError, ConnectionError):
         self.url = url
 
 
+class CatalogFileError(CatalogError, PermissionError):
+    """An SQLite catalog file (or its directory) that cannot be opened as the command needs."""
+
+    def __init__(self, url: str, problem: str, fix: str) -> None:
+        super().__init__(f"catalog {url}: {problem}. {fix}")
+        self.url = url
+
+
+class NotACatalogError(CatalogError, ValueError):
+    """A database that is not a superweights catalog: not SQLite at all, or another program's tables."""
+
+    def __init__(self, url: str, what: str) -> None:
+        super().__init__(f"catalog {url}: not a superweights catalog ({what}). Give the catalog's --db, or a new file to start one.")
+        self.url = url
+
+
 class CatalogMissingError(CatalogError, FileNotFoundError):
     def __init__(self, url: str) -> None:
         super().__init__(f"catalog {url}: no such database file. Scan a model into it first, or run `superweights db upgrade --db {url}`.")
@@ -64,6 +80,19 @@ class QueryError(CatalogError, ValueError):
         flat = " ".join(reason.split()).split(" LINE ")[0]  # one line, without DuckDB's caret excerpt
         super().__init__(f"SQL {_short(sql)!r}: {_short(flat, 300)}")
         self.sql = sql
+
+
+class QueryStoppedError(CatalogError):
+    """A query stopped by its `--timeout` or by Ctrl-C (exit status 130, as for any interrupt)."""
+
+    def __init__(self, sql: str, reason: str, timeout: float | None) -> None:
+        if reason == "timeout":
+            problem = f"stopped after {timeout:g}s (--timeout); narrow it (WHERE, LIMIT) or raise --timeout (0: no limit)."
+        else:
+            problem = "interrupted (Ctrl-C)."
+        super().__init__(f"SQL {_short(sql)!r}: {problem}")
+        self.sql = sql
+        self.exit_code = 1 if reason == "timeout" else 130
 
 
 class WriteRefusedError(CatalogError, PermissionError):

@@ -1,11 +1,15 @@
 """Alembic, programmatically: the same migrations that `alembic -x db=URL upgrade head` runs.
 
 The migrations ship inside the package (db/migrations), so an installed package can upgrade
-without the repository's alembic.ini.
+without the repository's alembic.ini. Migrations of one database run one at a time
+(`exclusive`): two first uses of a new catalog file, or two `db upgrade`s, may start together.
 """
 
 from __future__ import annotations
 
+import fcntl
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from alembic import command
@@ -13,9 +17,11 @@ from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, inspect, text
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+VERSION_TABLE = "alembic_version"
+LOCK_KEY = 0x5375706572  # the PostgreSQL advisory lock that migrators of a server database take
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
@@ -25,28 +31,64 @@ def alembic_config(connection: Connection | None = None) -> Config:
     return config
 
 
+def script() -> ScriptDirectory:
+    return ScriptDirectory.from_config(alembic_config())
+
+
 def head() -> str:
-    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    head = script().get_current_head()
     assert head is not None
     return head
 
 
+def revisions() -> list[str]:
+    return [r.revision for r in script().walk_revisions()]
+
+
 def known(revision: str) -> bool:
     try:
-        return ScriptDirectory.from_config(alembic_config()).get_revision(revision) is not None
+        return script().get_revision(revision) is not None
     except CommandError:
         return False
 
 
 def current(engine: Engine) -> str | None:
     with engine.connect() as connection:
-        return MigrationContext.configure(connection).get_current_revision()
+        return current_on(connection)
+
+
+def current_on(connection: Connection) -> str | None:
+    return MigrationContext.configure(connection).get_current_revision()
+
+
+def foreign_tables(connection: Connection) -> list[str]:
+    """Tables of another program: any, when the database has no Alembic version table."""
+    tables = inspect(connection).get_table_names()
+    return [] if VERSION_TABLE in tables else sorted(tables)
+
+
+@contextmanager
+def exclusive(engine: Engine) -> Iterator[Connection]:
+    """A transaction that no other migrator of this database runs at the same time; check the
+    revision inside it, since the one read before waiting may be out of date."""
+    with engine.begin() as connection:
+        if engine.dialect.name == "sqlite":
+            with open(str(engine.url.database), "rb") as file:  # flock: apart from SQLite's own locks
+                fcntl.flock(file, fcntl.LOCK_EX)
+                yield connection
+        else:
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": LOCK_KEY})
+            yield connection
+
+
+def upgrade_on(connection: Connection, revision: str = "head") -> None:
+    command.upgrade(alembic_config(connection), revision)
 
 
 def upgrade(engine: Engine, revision: str = "head") -> str | None:
     """Upgrade to `revision` in one transaction; returns the revision the database is at."""
-    with engine.begin() as connection:
-        command.upgrade(alembic_config(connection), revision)
+    with exclusive(engine) as connection:
+        upgrade_on(connection, revision)
     return current(engine)
 
 

@@ -28,7 +28,7 @@ def query_table(result: QueryResult) -> Table:
         table.add_column(name, overflow="fold")
     for row in result.rows:
         table.add_row(*(Text("NULL", style="dim") if v is None else Text(_text(v)) for v in row))
-    table.caption = f"{len(result.rows)} row{'s' * (len(result.rows) != 1)}"
+    table.caption = f"{'first ' * result.cut}{len(result.rows)} row{'s' * (len(result.rows) != 1)}"
     return table
 
 

@@ -4,6 +4,10 @@ Everything returns dataclasses (`StoredScan`, `LineageMatch`), never sessions or
 one transaction keyed by (source, revision, config hash): it replaces an earlier scan of that key.
 An embedded SQLite catalog is migrated to the newest schema on first use; a server is not
 (`superweights db upgrade`), so one client cannot change a shared schema behind the others' backs.
+
+Rules: a read-only command opens the catalog read-only (`Catalog(read_only=True)`) and never
+creates or migrates it; no command migrates a database that another program made (tables but no
+superweights schema) or that a newer superweights made; migrations run one at a time.
 """
 
 from __future__ import annotations
@@ -14,15 +18,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, delete, exists, or_, select
+from sqlalchemy import Connection, Engine, delete, exists, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, joinedload, selectinload
 
-from catalog.errors import first_line
-from catalog.result import CONFIRMED, SCHEMA, ScanResult
+from catalog.errors import BadOptionError, first_line
+from catalog.result import CONFIRMED, SCHEMA, ScanResult, check_finite
 from db import migrate
 from db.engine import engine_for
-from db.errors import CatalogOutOfDateError, CatalogTooNewError, CatalogWriteError, UnknownModelError
+from db.errors import CatalogOutOfDateError, CatalogTooNewError, CatalogWriteError, NotACatalogError, UnknownModelError
 from db.lineage import Coordinate, LineageMatch, ModelKey, rank
 from db.location import CatalogURL, locate
 from db.models import STATUS_FAILED, STATUS_OK, AblationRow, Base, LayerStatRow, Model, Scan, SuperWeightRow
@@ -51,31 +55,33 @@ class StoredScan:
 class Catalog:
     """The catalog at `url` (None: $SUPERWEIGHTS_DB, else $SUPERWEIGHTS_HOME/catalog.db).
 
-    `create=False` refuses to create a missing SQLite file (read commands use it).
+    `read_only` (the read commands): the database is opened read-only, must exist and must be a
+    catalog at the newest schema; nothing is created or migrated. Otherwise an embedded file is
+    created and migrated when it is new or older; a server never is (`superweights db upgrade`).
     """
 
-    def __init__(self, url: str | None = None, *, create: bool = True) -> None:
+    def __init__(self, url: str | None = None, *, read_only: bool = False) -> None:
         self.location: CatalogURL = locate(url)
         self.url: str = self.location.text
         self.display: str = self.location.display  # the URL with its password hidden, for messages
-        self._engine: Engine = engine_for(self.location, create=create)
-        self._check_schema()
+        self._engine: Engine = engine_for(self.location, read_only=read_only)
+        self._check_schema(may_upgrade=not read_only and self.location.backend == "sqlite")
 
-    def _check_schema(self) -> None:
-        current, head = migrate.current(self._engine), migrate.head()
-        if current == head:
-            return
-        if current is not None and not migrate.known(current):
-            raise CatalogTooNewError(self.display, current)
-        if self.location.backend != "sqlite":
-            raise CatalogOutOfDateError(self.display, current, head)
-        migrate.upgrade(self._engine)
+    def _check_schema(self, *, may_upgrade: bool) -> None:
+        with self._engine.connect() as connection:
+            if not _needs_upgrade(connection, self.display, may_upgrade):
+                return
+        with migrate.exclusive(self._engine) as connection:  # another process may be creating it too
+            if _needs_upgrade(connection, self.display, may_upgrade):
+                migrate.upgrade_on(connection)
 
     # writes -------------------------------------------------------------------------------
 
     def save(self, result: ScanResult, *, started_at: datetime, finished_at: datetime) -> int:
-        """Store a finished scan, replacing an earlier one of its key; returns the new scan id."""
+        """Store a finished scan, replacing an earlier one of its key; returns the new scan id.
+        A result holding NaN or inf is refused (`NonFiniteError`): SQL would store it as NULL."""
         info, data = result.model, result.to_dict()
+        check_finite(data)
         with self._writing(info.source) as session:
             model = _model_row(session, info.source, info.repo_id, info.revision)
             for name, value in _facts(data).items():
@@ -164,8 +170,28 @@ class Catalog:
 
 def upgrade(url: str | None = None, revision: str = "head") -> tuple[str, str | None]:
     """Migrate the catalog at `url` (servers too) to `revision`; returns its display URL and revision."""
+    if not migrate.known(revision):
+        raise BadOptionError("--revision", f"unknown revision {revision!r}; known: head, {', '.join(migrate.revisions())}.")
     location = locate(url)
-    return location.display, migrate.upgrade(engine_for(location), revision)
+    engine = engine_for(location)
+    with migrate.exclusive(engine) as connection:
+        _needs_upgrade(connection, location.display, may_upgrade=True)
+        migrate.upgrade_on(connection, revision)
+    return location.display, migrate.current(engine)
+
+
+def _needs_upgrade(connection: Connection, display: str, may_upgrade: bool) -> bool:
+    """Whether the schema is older than the migrations' head; refuses what this version must not touch."""
+    current, head = migrate.current_on(connection), migrate.head()
+    if current == head:
+        return False
+    if current is not None and not migrate.known(current):
+        raise CatalogTooNewError(display, current)
+    if current is None and (tables := migrate.foreign_tables(connection)):
+        raise NotACatalogError(display, f"it holds tables of its own ({', '.join(tables[:4])}) and no superweights schema")
+    if not may_upgrade:
+        raise CatalogOutOfDateError(display, current, head)
+    return True
 
 
 def _model_row(session: Session, source: str, repo_id: str | None, revision: str | None) -> Model:

@@ -3,13 +3,17 @@
 The site is written to a sibling temporary directory and moved into place at the end, so a
 failed build leaves the previous site (or nothing) and never half a site. An existing `out_dir`
 is only replaced when it is empty or holds a site built here (its `MARKER` file): `--out ~`
-must not delete a home directory.
+must not delete a home directory. A build removes only directories it made itself, under names
+no one else has (`our_directory`); a symlinked `out_dir` stays a symlink (the site replaces what
+it points to).
 """
 
 from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
@@ -18,7 +22,7 @@ from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
-from catalog.errors import BadOptionError
+from catalog.errors import BadOptionError, UnwritableOutputError
 from db.repository import StoredScan
 from reports.contexts import Page
 from reports.downloads import write_downloads
@@ -47,16 +51,17 @@ def build_site(scans: list[StoredScan], out_dir: Path, now: datetime | None = No
     """Render every page of the catalog's scans (newest first, as `Catalog.scans()` returns them) into
     `out_dir`, replacing a site built there before."""
     out_dir = Path(out_dir)
-    check_replaceable(out_dir)
+    target = out_dir.resolve()  # through a symlink: the link stays, the site goes where it points
+    check_replaceable(target)
     site = Site.from_scans(list(scans))
     prov = Provenance(when(now or datetime.now(timezone.utc)), package_version())
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
     try:
-        pages = write_site(site, prov, staging)
-        replace_dir(staging, out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with our_directory(target, "new") as staging:
+            pages = write_site(site, prov, staging)
+            replace_dir(staging, target)
+    except OSError as exc:
+        raise UnwritableOutputError("--out", out_dir, exc.strerror or str(exc)) from exc
     return SiteSummary(out_dir, out_dir / "index.html", pages, len(site.models), len(site.families), len(site.scans))
 
 
@@ -98,15 +103,33 @@ def check_replaceable(out_dir: Path) -> None:
         )
 
 
+@contextmanager
+def our_directory(target: Path, role: str) -> Iterator[Path]:
+    """A new directory next to `target`, made by this build and removed at the end with what is in it.
+
+    Its name is new (`mkdtemp`), so nothing of the user's (a `.site-old` of their own) is touched.
+    """
+    path = Path(tempfile.mkdtemp(prefix=f".{target.name}-{role}-", dir=target.parent))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def replace_dir(new: Path, target: Path) -> None:
-    """Move `new` to `target`; an old site there is moved aside first and removed after."""
-    old = target.with_name(f".{target.name}-old")
-    shutil.rmtree(old, ignore_errors=True)
-    if target.exists():
-        target.rename(old)
-    new.rename(target)
-    target.chmod(0o755)
-    shutil.rmtree(old, ignore_errors=True)
+    """Move `new` to `target`; an old site there is moved aside into a directory of this build
+    first (and back if the move fails), then removed with it."""
+    with our_directory(target, "old") as aside:
+        old = aside / target.name
+        if target.exists():
+            target.rename(old)
+        try:
+            new.rename(target)
+        except OSError:
+            if old.exists():
+                old.rename(target)
+            raise
+        target.chmod(0o755)
 
 
 def package_version() -> str:

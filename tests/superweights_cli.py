@@ -14,6 +14,8 @@ from pathlib import Path
 
 SUPERWEIGHTS = Path(sys.executable).with_name("superweights")
 ISOLATED_DIRS = ("HF_HOME", "SUPERWEIGHTS_HOME", "XDG_CACHE_HOME", "XDG_DATA_HOME", "XDG_CONFIG_HOME")
+# Root without the capabilities that override file modes: a chmod 0444 file is then read-only to it.
+WITHOUT_OVERRIDE = ("setpriv", "--bounding-set=-dac_override,-dac_read_search", "--inh-caps=-dac_override,-dac_read_search") if os.geteuid() == 0 else ()
 DROPPED = ("HF_HUB_CACHE", "HF_TOKEN", "HF_ENDPOINT", "SUPERWEIGHTS_DB", "SUPERWEIGHTS_DEBUG")
 
 
@@ -22,16 +24,19 @@ def isolated_env(root: Path) -> dict[str, str]:
     return {**{name: str(root / name.lower()) for name in ISOLATED_DIRS}, "HF_HUB_OFFLINE": "1"}
 
 
-def superweights(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    """`superweights ARGS` with os.environ (plus `env`), wide output for the tables."""
+def superweights(*args: str, env: dict[str, str] | None = None, timeout: float = 300,
+                 under: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """`superweights ARGS` with os.environ (plus `env`), wide output for the tables; `under`: a
+    command to run it under (`WITHOUT_OVERRIDE`)."""
     environ = {k: v for k, v in os.environ.items() if k not in DROPPED} | {"COLUMNS": "200"} | (env or {})
-    return subprocess.run([str(SUPERWEIGHTS), *args], capture_output=True, text=True, env=environ, timeout=timeout)
+    return subprocess.run([*under, str(SUPERWEIGHTS), *args], capture_output=True, text=True, env=environ, timeout=timeout)
 
 
-def run_many(commands: dict[str, list[str]], env: dict[str, str] | None = None) -> dict[str, subprocess.CompletedProcess]:
+def run_many(commands: dict[str, list[str]], env: dict[str, str] | None = None,
+             under: tuple[str, ...] = ()) -> dict[str, subprocess.CompletedProcess]:
     """Run several commands at once; results by the same keys."""
     with ThreadPoolExecutor(max_workers=4) as pool:
-        futures = {name: pool.submit(superweights, *args, env=env) for name, args in commands.items()}
+        futures = {name: pool.submit(superweights, *args, env=env, under=under) for name, args in commands.items()}
     return {name: future.result() for name, future in futures.items()}
 
 

@@ -189,3 +189,33 @@ def test_remote_code_runs_only_when_trusted(inputs, runs):
     assert trusted.with_suffix(".ran").exists()
     scanned = json.loads((out / "remote_code_trusted.json").read_text())
     assert scanned["model"]["model_type"] == "tiny_custom" and scanned["super_weights"]
+
+
+@pytest.mark.parametrize("args,line", [
+    (["scan", "x", "--spike-ratio", "nan"], "--spike-ratio: 'nan' is not a finite number."),
+    (["scan", "x", "--confirm-ratio", "nan"], "--confirm-ratio: 'nan' is not a finite number."),
+    (["scan", "x", "--control-max", "inf"], "--control-max: 'inf' is not a finite number."),
+    (["scan", "x", "--spike-ratio", "0"], "--spike-ratio: 0.0 is not in the range x>0."),
+    (["scan", "x", "--spike-min", "-1"], "--spike-min: -1.0 is not in the range x>=0."),
+    (["scan", "x", "--eval-tokens", "0"], "--eval-tokens: 0 is not in the range x>=2."),
+    (["scan", "x", "--seq-len", "1"], "--seq-len: 1 is not in the range x>=2."),
+    (["scan", "x", "--max-iterations", "0"], "--max-iterations: 0 is not in the range x>=1."),
+    (["scan", "x", "--quant-block", "0"], "--quant-block: 0 is not in the range x>=1."),
+    (["scan", "x", "--max-gpu-memory", "lots"], "--max-gpu-memory: cannot read 'lots' as a size; write e.g. 4GiB or 500MB."),
+    (["scan", "x", "--max-gpu-memory", "0GB"], "--max-gpu-memory: must be more than zero."),
+    (["survey", "x", "--workers", "0"], "--workers: 0 is not in the range x>=1."),
+    (["survey", "x", "--workers", "-2"], "--workers: -2 is not in the range x>=1."),
+    (["survey", "x", "--timeout", "-5"], "--timeout: -5.0 is not in the range x>=0."),
+    (["survey", "x", "--retries", "-1"], "--retries: -1 is not in the range x>=0."),
+    (["survey", "x", "--prefetch", "-1"], "--prefetch: -1 is not in the range x>=0."),
+    (["survey", "x", "--limit", "0"], "--limit: 0 is not in the range x>=1."),
+    (["survey", "x", "--gpus-per-scan", "nan"], "--gpus-per-scan: 'nan' is not a finite number."),
+    (["scan", "x", "--no-such-option"], "No such option '--no-such-option'; `superweights scan -h` lists the options."),
+])
+def test_a_bad_number_is_one_line_where_options_are_parsed(capsys, args, line):
+    """Refused before anything loads, downloads or starts: the value is checked by its click type."""
+    from catalog.cli import main
+
+    assert main(args) == 2
+    captured = capsys.readouterr()
+    assert (captured.out, captured.err) == ("", f"error: {line}\n")

@@ -7,8 +7,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -104,3 +107,62 @@ def test_export_and_upgrade_commands(superweights, tmp_path):
     assert status == 0 and f"{url}: schema at revision" in err
     status, _, err = superweights("export", "--parquet", str(tmp_path / "pq"), "--db", url)
     assert status == 0 and len(list((tmp_path / "pq").glob("*.parquet"))) == 5
+
+
+ENDLESS = "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r) SELECT count(*) FROM r"
+
+
+@pytest.fixture
+def sqlite_catalog(tmp_path) -> str:
+    from db.repository import upgrade
+
+    url = f"sqlite:///{tmp_path / 'catalog.db'}"
+    upgrade(url)
+    return url
+
+
+def test_ctrl_c_during_sql_is_one_line(superweights, sqlite_catalog):
+    """Ctrl-C while the query runs (its handler is in place): one line, exit status 130."""
+    original, main_thread = signal.getsignal(signal.SIGINT), threading.get_ident()
+
+    def press_ctrl_c() -> None:
+        while signal.getsignal(signal.SIGINT) is original:
+            time.sleep(0.01)
+        signal.pthread_kill(main_thread, signal.SIGINT)
+
+    threading.Thread(target=press_ctrl_c, daemon=True).start()
+    status, out, err = superweights("sql", ENDLESS, "--db", sqlite_catalog, "--timeout", "600")
+    assert (status, out) == (130, "")
+    assert err.strip() == "error: SQL 'WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 F...': interrupted (Ctrl-C)."
+    assert signal.getsignal(signal.SIGINT) is original
+
+
+def test_sql_says_when_max_rows_cut_the_result(superweights, sqlite_catalog):
+    status, out, err = superweights("sql", "SELECT * FROM range(10)", "--db", sqlite_catalog, "--max-rows", "3", "--format", "csv")
+    assert (status, out) == (0, "range\n0\n1\n2\n")
+    assert err.strip() == "note: only the first 3 rows; raise --max-rows (0: no limit) or add a LIMIT."
+
+
+@pytest.mark.parametrize("args,line", [
+    (["--timeout", "nan"], "error: --timeout: 'nan' is not a finite number."),
+    (["--timeout", "-1"], "error: --timeout: -1.0 is not in the range x>=0."),
+    (["--max-rows", "-5"], "error: --max-rows: -5 is not in the range x>=0."),
+])
+def test_sql_limits_are_checked_where_they_are_parsed(superweights, sqlite_catalog, args, line):
+    status, out, err = superweights("sql", "SELECT 1", "--db", sqlite_catalog, *args)
+    assert (status, out, err.strip()) == (2, "", line)
+
+
+def test_export_into_an_unwritable_place_is_one_line(superweights, sqlite_catalog):
+    status, _, err = superweights("export", "--parquet", "/proc/superweights-export", "--db", sqlite_catalog)
+    assert status == 1 and err.startswith("error: --parquet: cannot write /proc/superweights-export (") and len(err.strip().splitlines()) == 1
+
+
+def test_export_writes_through_a_symlink_and_keeps_it(superweights, sqlite_catalog, tmp_path):
+    out, elsewhere = tmp_path / "pq", tmp_path / "elsewhere.parquet"
+    out.mkdir()
+    (out / "models.parquet").symlink_to(elsewhere)
+    status, _, err = superweights("export", "--parquet", str(out), "--db", sqlite_catalog)
+    assert status == 0, err
+    assert (out / "models.parquet").is_symlink() and elsewhere.stat().st_size > 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{t}.parquet" for t in ("models", "scans", "layer_stats", "super_weights", "ablations"))

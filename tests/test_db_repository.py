@@ -9,6 +9,7 @@ from datetime import UTC
 
 import pytest
 
+from catalog.errors import NonFiniteError
 from catalog.result import Ablation, LayerStat, ModelInfo, ScanResult, SuperWeight
 from db.errors import CatalogWriteError, UnknownModelError
 from db.models import AblationRow, LayerStatRow, Model, Scan, SuperWeightRow
@@ -89,6 +90,18 @@ def test_a_failure_in_the_middle_of_a_save_leaves_the_previous_state(catalog_url
         catalog.save(broken, **times(1))
     assert catalog.scans() == before
     assert run_sql(catalog_url, "SELECT family FROM models").rows == [("Llama 2",)]
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_result_holding_nan_or_inf_is_refused_before_the_catalog(catalog_url, value):
+    """SQL keeps NaN as NULL (then "NOT NULL constraint failed") or as a number JSON cannot hold."""
+    catalog = Catalog(catalog_url)
+    catalog.save(sample_result(), **times())
+    before = catalog.scans()
+    broken = sample_result(ppl=value)
+    with pytest.raises(NonFiniteError, match=r"^the scan's ablations\[0\]\.ppl is not a finite number"):
+        catalog.save(broken, **times(1))
+    assert catalog.scans() == before
 
 
 def test_show_finds_a_model_by_source_or_repo_id(catalog_url):

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import re
+import sqlite3
 from pathlib import Path
 
 import duckdb
@@ -13,9 +14,9 @@ import pytest
 from rich.console import Console
 
 from db import render
-from db.errors import QueryError, WriteRefusedError
+from db.errors import QueryError, QueryStoppedError, WriteRefusedError
 from db.models import TABLES
-from db.query import check_read_only, export_parquet, run_sql
+from db.query import QueryLimits, check_read_only, export_parquet, run_sql
 from db.repository import Catalog
 from db_samples import sample_result, times
 
@@ -81,11 +82,42 @@ def test_user_sql_cannot_reach_the_file_system(filled):
         run_sql(filled, "SELECT * FROM read_text('/etc/hostname')")
 
 
-@pytest.mark.postgres
-def test_server_functions_run_read_only(postgres_catalog):
-    with pytest.raises(QueryError, match="read-only transaction"):
-        run_sql(postgres_catalog, "SELECT * FROM postgres_execute('superweights', 'DROP TABLE models')")
-    assert run_sql(postgres_catalog, "SELECT count(*) FROM models").columns == ["count_star()"]
+@pytest.fixture
+def secret(tmp_path) -> Path:
+    """Another SQLite file on the same disk, which user SQL must not read."""
+    path = tmp_path / "secret.db"
+    with sqlite3.connect(path) as con:
+        con.execute("CREATE TABLE t (password TEXT)")
+        con.execute("INSERT INTO t VALUES ('hunter2')")
+    return path
+
+
+@pytest.mark.parametrize("statement", [
+    "SELECT * FROM sqlite_scan('{secret}', 't')",
+    "SELECT * FROM sqlite_query('{secret}', 'SELECT * FROM t')",
+    "SELECT * FROM sqlite_attach('{secret}')",
+    "SELECT * FROM postgres_query('superweights', 'SELECT 1')",
+    "SELECT * FROM postgres_scan('dbname=postgres', 'public', 't')",
+    "SELECT * FROM postgres_execute('superweights', 'DROP TABLE models')",
+])
+def test_user_sql_reads_the_catalog_and_nothing_else(filled, secret, statement):
+    """The scanner extensions' functions read any file or server: the sandbox never loaded them."""
+    sql = statement.format(secret=secret)
+    with pytest.raises(QueryError, match=r"is not available: `superweights sql` reads the catalog's tables and nothing else"):
+        run_sql(filled, sql)
+    assert run_sql(filled, "SELECT count(*) FROM models").rows == [(2,)]
+
+
+def test_an_endless_query_stops_at_its_timeout(filled):
+    endless = "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r) SELECT count(*) FROM r"
+    with pytest.raises(QueryStoppedError, match=r"stopped after 0.5s \(--timeout\); narrow it"):
+        run_sql(filled, endless, QueryLimits(timeout=0.5))
+
+
+def test_a_long_result_is_cut_at_max_rows_and_says_so(filled):
+    result = run_sql(filled, "SELECT * FROM range(5000000)", QueryLimits(max_rows=100))
+    assert (len(result.rows), result.cut) == (100, True)
+    assert run_sql(filled, "SELECT * FROM range(100)", QueryLimits(max_rows=100)).cut is False
 
 
 def test_syntax_error_is_one_line(filled):

@@ -13,7 +13,7 @@ from urllib.parse import unquote, urlparse
 
 import pytest
 
-from catalog.errors import BadOptionError
+from catalog.errors import BadOptionError, UnwritableOutputError
 from catalog.result import ScanResult
 from reports.build import MARKER, build_site
 from reports.search import GLOBAL, normalise
@@ -160,6 +160,20 @@ def test_rebuild_replaces_the_site(tmp_path: Path) -> None:
     assert (out / MARKER).exists()
     assert not (out / "families" / "llama-2.html").exists()
     assert [p.name for p in out.parent.iterdir()] == ["site"]  # no staging or old copies left behind
+
+
+def test_a_symlinked_site_stays_a_symlink(tmp_path: Path) -> None:
+    real, link = tmp_path / "real-site", tmp_path / "site"
+    build_site(catalog_scans(), real)
+    link.symlink_to(real)
+    build_site(catalog_scans()[:2], link)
+    assert link.is_symlink() and (real / MARKER).exists() and not (real / "families" / "llama-2.html").exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "env") == ["real-site", "site"]
+
+
+def test_an_unwritable_place_is_one_line() -> None:
+    with pytest.raises(UnwritableOutputError, match=r"^--out: cannot write /proc/superweights-site \("):
+        build_site(catalog_scans(), Path("/proc/superweights-site"))
 
 
 def test_refuses_to_replace_a_directory_it_did_not_build(tmp_path: Path) -> None:

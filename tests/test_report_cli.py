@@ -51,3 +51,14 @@ def test_report_will_not_overwrite_other_files(catalog_url: str, tmp_path: Path,
     assert main(["report", "--out", str(other), "--db", catalog_url]) == 1
     assert "not a report built by `superweights report`" in capsys.readouterr().err
     assert (other / "notes.txt").read_text() == "mine"
+
+
+def test_report_leaves_a_sibling_it_did_not_create(catalog_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`mkdir -p .site-old/photos; superweights report --out site`, twice: the photos stay."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".site-old" / "photos").mkdir(parents=True)
+    (tmp_path / ".site-old" / "photos" / "cat.jpg").write_bytes(b"\xff\xd8")
+    for _ in range(2):  # a first build, then a rebuild that moves the old site aside
+        assert main(["report", "--out", "site", "--db", catalog_url]) == 0
+    assert (tmp_path / ".site-old" / "photos" / "cat.jpg").read_bytes() == b"\xff\xd8"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name not in ("env", "catalog.db")) == [".site-old", "site"]

@@ -141,6 +141,13 @@ def test_survey_on_two_nodes_records_every_model_and_skips_them_next_time(cluste
     assert {s: len(rs) for s, rs in rows_by_source(catalog).items()} == dict.fromkeys(specs, 1)
 
 
+def test_a_survey_in_which_every_model_failed_exits_non_zero(cluster, hub, catalog, options):
+    run = survey_cli(cluster, hub, catalog, options, MISSING, "org/also-not-cached")
+    assert run.returncode == 1, run.stderr
+    assert "Survey: 0 scanned, 2 failed, 0 skipped" in run.stderr
+    assert run.stderr.strip().splitlines()[-1] == "error: all 2 models of the survey failed; the error column above says why for each."
+
+
 def survey_cli(cluster, hub, catalog, options, *models: str) -> subprocess.CompletedProcess:
     """`superweights survey` in its own process, as a second driver on the running cluster."""
     env = {**os.environ, "HF_HOME": hub["HF_HOME"], "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
@@ -283,8 +290,8 @@ def test_interrupted_survey_started_again_scans_only_what_is_left(cluster, catal
     from workers.driver import Survey
 
     def interrupt_after_first(counts):
-        if counts.scanned == 1:
-            os.kill(os.getpid(), signal.SIGINT)
+        if counts.scanned == 1:  # Ctrl-C as the first save is reported: what SIGINT raises, with no race
+            raise KeyboardInterrupt
 
     first = Survey(catalog, options, on_update=interrupt_after_first).run(from_specs(list(GOOD)))
     print_summary(first)

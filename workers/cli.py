@@ -13,6 +13,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from catalog.cli import options_from, scan_config_options
+from catalog.errors import SurveyFailedError
+from catalog.options import NON_NEGATIVE
 from db.cli import db_option
 from db.repository import Catalog
 from workers.discovery import SORTS, Candidate, HubQuery, discover, from_specs
@@ -28,14 +30,14 @@ console = Console(stderr=True)
 @click.option("--task", default="text-generation", show_default=True, help="Hub discovery: pipeline tag ('' for any).")
 @click.option("--library", default="transformers", show_default=True, help="Hub discovery: library tag ('' for any).")
 @click.option("--sort", type=click.Choice(SORTS), default="downloads", show_default=True, help="Hub discovery order (descending).")
-@click.option("--limit", type=int, default=20, show_default=True, help="Hub discovery: at most this many models.")
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True, help="Hub discovery: at most this many models.")
 @click.option("--ray-address", metavar="ADDR", help="A running Ray cluster (e.g. ray://head:10001 or auto); default: start one here.")
-@click.option("--gpus-per-scan", type=float, default=1.0, show_default=True, help="GPUs per scan worker (fractional allowed); ignored without GPUs.")
-@click.option("--cpus-per-scan", type=float, default=1.0, show_default=True)
-@click.option("--workers", type=int, help="Scan workers [default: as many as the cluster's GPUs (else CPUs) fit].")
-@click.option("--prefetch", type=int, default=1, show_default=True, help="Models downloaded ahead per scan worker.")
-@click.option("--retries", type=int, default=2, show_default=True, help="Re-runs of a model whose worker died mid-scan.")
-@click.option("--timeout", type=float, default=3600, show_default=True, help="Seconds per scan, then its worker is killed and the model fails (0: none).")
+@click.option("--gpus-per-scan", type=NON_NEGATIVE, default=1.0, show_default=True, help="GPUs per scan worker (fractional allowed); ignored without GPUs.")
+@click.option("--cpus-per-scan", type=NON_NEGATIVE, default=1.0, show_default=True)
+@click.option("--workers", type=click.IntRange(min=1), help="Scan workers [default: as many as the cluster's GPUs (else CPUs) fit].")
+@click.option("--prefetch", type=click.IntRange(min=0), default=1, show_default=True, help="Models downloaded ahead per scan worker.")
+@click.option("--retries", type=click.IntRange(min=0), default=2, show_default=True, help="Re-runs of a model whose worker died mid-scan.")
+@click.option("--timeout", type=NON_NEGATIVE, default=3600, show_default=True, help="Seconds per scan, then its worker is killed and the model fails (0: none).")
 @click.option("--skip-failed", is_flag=True, help="Also skip models whose scan at this revision and config failed before.")
 @db_option
 @scan_config_options
@@ -61,6 +63,8 @@ def survey(models: tuple[str, ...], query: str | None, author: str | None, task:
     console.print(summary_table(summary))
     if summary.interrupted:
         sys.exit(130)
+    if summary.rows and summary.count("failed") == len(summary.rows):
+        raise SurveyFailedError(len(summary.rows))
 
 
 def run_with_progress(survey: Survey, candidates: list[Candidate]) -> SurveySummary:

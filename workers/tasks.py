@@ -24,13 +24,15 @@ def now() -> datetime:
 
 
 def describe_error(exc: BaseException) -> str:
-    """One line for the catalog's error column: our typed errors already name the input and fix."""
+    """One line for the catalog's error column: our typed errors already name the input and fix (the
+    line `superweights scan` prints); anything else is a bug, and is called one."""
     if isinstance(exc, SuperweightsError):
         return str(exc)
     name, line = type(exc).__name__, first_line(exc)
     if name == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError
         return f"out of GPU memory ({line[:160]}); give it more with --gpus-per-scan or scan it alone."
-    return name if line == name else f"{name}: {line[:300]}"  # an empty message: the type alone
+    what = name if line == name else f"{name}: {line[:300]}"  # an empty message: the type alone
+    return f"unexpected {what}; `SUPERWEIGHTS_DEBUG=1 superweights scan` of this model alone shows the traceback."
 
 
 def node_id() -> str | None:
