@@ -84,7 +84,7 @@ def test_search_leads_to_a_model_page_with_charts_and_tables(browser: WebDriver,
     assert browser.find_element(By.CSS_SELECTOR, "#ablations svg.chart rect").is_displayed()
     weight_rows = browser.find_elements(By.CSS_SELECTOR, "#weights tbody tr")
     assert [r.find_elements(By.TAG_NAME, "td")[1].text for r in weight_rows] == ["2533", "10"]
-    assert len(browser.find_elements(By.CSS_SELECTOR, "#ablations tbody tr")) == 3
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#ablations tbody tr")) == 4
     screenshot(browser, "report-browser-model.png")
     assert console_errors(browser) == []
 

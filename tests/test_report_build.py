@@ -115,7 +115,7 @@ def test_family_page_shows_shared_coordinates(site: Path) -> None:
 
 def test_model_page_has_facts_weights_charts_ablations_and_downloads(site: Path) -> None:
     html = page(site, "models/meta-llama-llama-2-7b-chat-hf.html")
-    for text in ("0123abcd", "LlamaForCausalLM", "model.layers.4.mlp.down_proj.weight", "random control",
+    for text in ("0123abcd", "LlamaForCausalLM", "model.layers.4.mlp.down_proj.weight", "control A: random",
                  "&#34;max_iterations&#34;: 3", "2.13.0", 'href="meta-llama-llama-2-7b-chat-hf.super-weights.csv"',
                  "<dt>Stopword shift</dt><dd>0.375</dd>", '<td class="num">0.125</td>', "&#34;ratio_low&#34;: 0.98"):
         assert text in html, text
@@ -138,8 +138,8 @@ def test_downloads_hold_the_models_rows(site: Path) -> None:
     with open(f"{base}.super-weights.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [(r["layer"], r["row"], r["col"], r["verdict"]) for r in rows] == [
-        ("1", "2533", "7890", "confirmed"), ("4", "10", "20", "candidate")]
-    assert len(Path(f"{base}.ablations.csv").read_text().splitlines()) == 1 + 3
+        ("1", "2533", "7890", "confirmed"), ("4", "10", "20", "rejected")]
+    assert len(Path(f"{base}.ablations.csv").read_text().splitlines()) == 1 + 4
 
 
 def test_search_index_has_families_models_and_weights(site: Path) -> None:
