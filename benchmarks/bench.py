@@ -30,7 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # synth, run as a script
 
 import synth  # noqa: E402
-from catalog.architectures import adapter_for, down_projections  # noqa: E402
+from catalog.architectures import discover  # noqa: E402
 from catalog.causal import RESTORE_SA, ActivationRecorder, VerifyOptions, conditions  # noqa: E402
 from catalog.evaltext import load_eval_text  # noqa: E402
 from catalog.loading import pick_dtype  # noqa: E402
@@ -185,7 +185,7 @@ def naive(checkpoint: synth.Checkpoint, device: str, scanned, tokens: int, seq_l
         sync(device)
         load_s += time.perf_counter() - t0
         windows = load_eval_text(checkpoint.eval_text).windows(tokenizer, tokens, seq_len)
-        sites = down_projections(model, adapter_for(model.config.model_type, str(checkpoint.path)), model.config.hidden_size)
+        sites = discover(model, model.config, str(checkpoint.path)).sites
         recorder = ActivationRecorder(sites, weights)
         plan = conditions(sites, weights, VerifyOptions(), recorder)
         stop = frequent_tokens(windows)

@@ -1,68 +1,56 @@
-"""The adapter registry: where each architecture keeps its blocks and MLP down projections.
+"""Find each decoder block's feed-forward output projection by structure, confirmed by behaviour.
 
-Adding an architecture is one `Adapter(...)` line in `ADAPTERS`. The layout of each down
-projection (nn.Linear `[out, in]`, GPT-2 Conv1D `[in, out]`, fused MoE experts `[E, out, in]`)
-is read off the module itself and checked against the config's sizes in `down_projections`.
+Nothing is registered per model type. A tiny forward pass (`catalog.probe`) shows which modules
+run; the decoder blocks are the model's list of `num_hidden_layers` modules that ran (for a
+multimodal checkpoint, the language model's: the probe is text only). In each block, a *down
+projection* is a projection (nn.Linear, GPT-2's Conv1D, another 2-D weight, or fused experts
+stored `[E, out, in]` or `[E, in, out]` behind transformers' experts interface) whose output is
+hidden-size wide and that sits inside the block's feed-forward part:
+
+- the outermost token-wise module above it is bigger than the projection itself (the MLP or
+  MoE block around it), and zeroing the outputs of the projections found in it zeroes that
+  module's output (so they are all of what it adds to the residual stream); or
+- the MLP is written into the block itself (OPT's fc1/fc2): the projection's parent mixes
+  tokens through a child of its own (attention), and a sibling turned the hidden state into the
+  projection's input just before.
+
+Of projections with one parent, the last to run is the output (an up projection as wide as the
+hidden state feeds it). Attention, state-space and convolution mixers are not token-wise, so
+their output projections never qualify; a block without a feed-forward part (hybrids) is
+recorded as such. `OVERRIDES` holds what structure cannot tell: family display names, and the
+experts modules that keep their own calling convention.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from catalog.errors import UnsupportedArchitectureError
+from catalog import probe as probing
+from catalog.errors import UnsupportedArchitectureError, first_line
+from catalog.probe import Probe
 
+# Display names where the architecture's own class name would read worse (a family name from the
+# repo id, model card or GGUF metadata wins over these, `catalog.family`).
+FAMILY_NAMES: dict[str, str] = {
+    "gpt2": "GPT-2", "gpt_neox": "Pythia", "opt": "OPT", "bloom": "BLOOM", "qwen2_moe": "Qwen-MoE",
+    "qwen3_moe": "Qwen3-MoE", "gemma2": "Gemma 2", "gemma3": "Gemma 3", "gemma3_text": "Gemma 3",
+    "olmo": "OLMo", "olmo2": "OLMo 2", "olmo3": "OLMo 3", "olmoe": "OLMoE", "phi3": "Phi-3", "phi": "Phi",
+}
+SUFFIXES = ("ForCausalLM", "ForConditionalGeneration", "LMHeadModel", "Model")
 
-@dataclass(frozen=True)
-class Adapter:
-    family: str  # fallback family name when neither Hub metadata nor the name give one
-    model_types: tuple[str, ...]
-    blocks: str  # dotted path from the model to its list of transformer blocks
-    down: tuple[str, ...]  # dotted paths, inside a block, of each down projection (MoE: experts)
-    dense: tuple[str, ...] = ()  # MoE: the same for a block without experts (`mlp_only_layers`)
-
-
-ADAPTERS: tuple[Adapter, ...] = (
-    Adapter("Llama", ("llama",), "model.layers", ("mlp.down_proj",)),
-    Adapter("Mistral", ("mistral",), "model.layers", ("mlp.down_proj",)),
-    Adapter("Qwen2", ("qwen2",), "model.layers", ("mlp.down_proj",)),
-    Adapter("Qwen3", ("qwen3",), "model.layers", ("mlp.down_proj",)),
-    Adapter("Gemma", ("gemma",), "model.layers", ("mlp.down_proj",)),
-    Adapter("Gemma 2", ("gemma2",), "model.layers", ("mlp.down_proj",)),
-    Adapter("Gemma 3", ("gemma3_text",), "model.layers", ("mlp.down_proj",)),
-    Adapter("Phi-3", ("phi3",), "model.layers", ("mlp.down_proj",)),
-    Adapter("OLMo", ("olmo",), "model.layers", ("mlp.down_proj",)),
-    Adapter("OLMo 2", ("olmo2",), "model.layers", ("mlp.down_proj",)),
-    Adapter("GPT-2", ("gpt2",), "transformer.h", ("mlp.c_proj",)),
-    Adapter("Pythia", ("gpt_neox",), "gpt_neox.layers", ("mlp.dense_4h_to_h",)),
-    Adapter("Falcon", ("falcon",), "transformer.h", ("mlp.dense_4h_to_h",)),
-    Adapter("OPT", ("opt",), "model.decoder.layers", ("fc2",)),
-    Adapter("BLOOM", ("bloom",), "transformer.h", ("mlp.dense_4h_to_h",)),
-    Adapter("Mixtral", ("mixtral",), "model.layers", ("mlp.experts",)),
-    Adapter("Qwen-MoE", ("qwen2_moe",), "model.layers", ("mlp.experts", "mlp.shared_expert.down_proj"), ("mlp.down_proj",)),
-    Adapter("Qwen3-MoE", ("qwen3_moe",), "model.layers", ("mlp.experts",), ("mlp.down_proj",)),
-)
-
-
-def supported_model_types() -> list[str]:
-    return sorted(t for a in ADAPTERS for t in a.model_types)
-
-
-def adapter_for(model_type: str, source: str) -> Adapter:
-    for adapter in ADAPTERS:
-        if model_type in adapter.model_types:
-            return adapter
-    raise UnsupportedArchitectureError(source, model_type, supported_model_types())
+LAYOUTS = ("out_in", "in_out", "experts", "experts_in_out")
 
 
 @dataclass(frozen=True)
 class DownProjection:
     """One down projection of one layer and how its weight is stored.
 
-    layout: "out_in" (nn.Linear), "in_out" (Conv1D, stored transposed) or "experts"
-    (a fused `[num_experts, out, in]` parameter; per-expert inputs are recomputed by the hook).
+    layout: "out_in" (nn.Linear `[out, in]`), "in_out" (Conv1D, stored transposed), "experts"
+    (fused `[E, out, in]`) or "experts_in_out" (fused `[E, in, out]`). `experts` says how the
+    per-expert inputs of a fused module are recomputed (`catalog.experts`).
     """
 
     layer: int
@@ -70,53 +58,249 @@ class DownProjection:
     module: nn.Module
     weight: torch.Tensor
     layout: str
+    experts: str | None = None  # "interface" (transformers' experts interface) or "pre_routed"
+
+    @property
+    def fused(self) -> bool:
+        return self.layout.startswith("experts")
 
     def index(self, row: int, col: int, expert: int | None = None) -> tuple[int, ...]:
         """Index into the stored tensor of the paper's W[row, col] (row = output channel)."""
-        if self.layout == "experts":
-            return (expert, row, col)
-        return (col, row) if self.layout == "in_out" else (row, col)
+        return {"out_in": (row, col), "in_out": (col, row), "experts": (expert, row, col),
+                "experts_in_out": (expert, col, row)}[self.layout]
 
     def out_row(self, row: int, expert: int | None = None) -> torch.Tensor:
         """W[row, :] as a vector over input channels, whatever the storage layout."""
-        if self.layout == "experts":
-            return self.weight[expert, row]
-        return self.weight[:, row] if self.layout == "in_out" else self.weight[row]
+        return {"out_in": lambda: self.weight[row], "in_out": lambda: self.weight[:, row],
+                "experts": lambda: self.weight[expert, row], "experts_in_out": lambda: self.weight[expert, :, row]}[self.layout]()
+
+    def rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """W[rows, :] of a dense layout, as (len(rows), in)."""
+        return self.weight[:, rows].T if self.layout == "in_out" else self.weight[rows]
 
 
-def down_projections(model: nn.Module, adapter: Adapter, hidden_size: int) -> list[DownProjection]:
-    """Every down projection of the model, in layer order, with its layout checked against hidden_size."""
-    blocks = model.get_submodule(adapter.blocks)
-    found = []
-    for layer, block in enumerate(blocks):
-        for path in _paths(block, adapter):
-            module = block.get_submodule(path)
-            param = f"{adapter.blocks}.{layer}.{path}" + (".down_proj" if path.endswith("experts") else ".weight")
-            found.append(_describe(layer, param, module, hidden_size))
-    return found
+@dataclass
+class Architecture:
+    """Where a model keeps its blocks and down projections; `mixer_only` blocks have no MLP."""
+
+    blocks: str  # dotted path of the list of decoder blocks
+    sites: list[DownProjection]
+    mixer_only: list[int] = field(default_factory=list)
+    num_layers: int = 0
+
+    @property
+    def layers(self) -> list[int]:
+        return sorted({site.layer for site in self.sites})
 
 
-def _paths(block: nn.Module, adapter: Adapter) -> tuple[str, ...]:
-    """The block's down projections: MoE models may keep some layers dense."""
+def family_of(config) -> str:
+    """The fallback family name of a model type: an override, else its class name without suffix."""
+    model_type = config.model_type
+    if model_type in FAMILY_NAMES:
+        return FAMILY_NAMES[model_type]
+    name = (getattr(config, "architectures", None) or [""])[0]
+    for suffix in SUFFIXES:
+        name = name.removesuffix(suffix)
+    return name or model_type
+
+
+def discover(model: nn.Module, config, source: str) -> Architecture:
+    """The model's blocks and every down projection, found by one probe forward pass."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    layers, hidden = text.num_hidden_layers, text.hidden_size
+    lists = block_lists(model, layers) or block_lists(model)
+    if not lists:
+        raise UnsupportedArchitectureError(source, config.model_type, "found no list of decoder blocks")
+    modules = list({id(m): m for _, blocks in lists for m in blocks.modules()}.values())
     try:
-        block.get_submodule(adapter.down[0])
-    except AttributeError:
-        if adapter.dense:
-            return adapter.dense
-        raise
-    return adapter.down
+        probe = probing.run(model, modules, text.vocab_size)
+    except Exception as exc:  # the model cannot run a plain text forward pass
+        raise UnsupportedArchitectureError(source, config.model_type, f"a text-only forward pass failed ({type(exc).__name__}: {first_line(exc)[:160]})") from exc
+    path, blocks = _called_list(lists, probe, source, config.model_type)
+    probed = [Probed(block, probe, block_sites(block, hidden, probe)) for block in blocks]
+    return architecture(model, path, blocks, probed, source, config.model_type)
 
 
-def _describe(layer: int, param: str, module: nn.Module, hidden_size: int) -> DownProjection:
+@dataclass
+class Probed:
+    """A block as the probe saw it, and its down projections."""
+
+    block: nn.Module
+    probe: Probe
+    sites: list[nn.Module]
+
+
+def architecture(model: nn.Module, path: str, blocks: nn.ModuleList, probed: list[Probed], source: str, model_type: str) -> Architecture:
+    """The sites of every block, each read off a probed block of the same `structure`: the block
+    itself, or (streaming, where one block at a time has weights) the first of its kind."""
+    names = {id(p): name for name, p in model.named_parameters()}
+    sites, mixer_only = [], []
+    for layer, (block, seen) in enumerate(zip(blocks, probed)):
+        paths = {id(m): name for name, m in seen.block.named_modules(remove_duplicate=False)}
+        found = [_site(layer, block.get_submodule(paths[id(m)]), names, seen.probe.call(m)) for m in seen.sites]
+        sites += found
+        if not found:
+            mixer_only.append(layer)
+    if not sites:
+        raise UnsupportedArchitectureError(source, model_type, "found no feed-forward output projection in any decoder block")
+    return Architecture(path, sites, mixer_only, len(blocks))
+
+
+def structure(block: nn.Module) -> tuple:
+    """What makes two blocks compute alike: their modules' names, classes and parameter shapes."""
+    return tuple((name, type(m).__name__, tuple(tuple(p.shape) for p in m.parameters(recurse=False)))
+                 for name, m in block.named_modules(remove_duplicate=False))
+
+
+def block_lists(model: nn.Module, layers: int | None = None) -> list[tuple[str, nn.ModuleList]]:
+    """The outermost module lists of `layers` entries (decoder blocks; a vision tower's too), or
+    of any length where the config counts its layers otherwise (a decoder-only model built from an
+    encoder-decoder config)."""
+    found = [(name, m) for name, m in model.named_modules()
+             if isinstance(m, nn.ModuleList) and name and (len(m) == layers if layers else len(m) > 1)]
+    return [(name, m) for name, m in found if not any(name.startswith(other + ".") for other, _ in found)]
+
+
+def _called_list(lists: list[tuple[str, nn.ModuleList]], probe: Probe, source: str, model_type: str) -> tuple[str, nn.ModuleList]:
+    """The list whose every block ran in the text-only probe; the largest if several did."""
+    ran = [(name, blocks) for name, blocks in lists if all(probe.call(block) for block in blocks)]
+    if not ran:
+        raise UnsupportedArchitectureError(source, model_type, "a text-only forward pass runs none of its lists of decoder blocks")
+    path, blocks = max(ran, key=lambda item: sum(p.numel() for p in item[1].parameters()))
+    if any(probe.counts[id(block)] > 1 for block in blocks):
+        raise UnsupportedArchitectureError(source, model_type, "its decoder blocks run more than once per forward pass (recurrent depth)")
+    return path, blocks
+
+
+def block_sites(block: nn.Module, hidden: int, probe: Probe) -> list[nn.Module]:
+    """The down projections of one block, in the order they ran."""
+    parents = _parents(block)
+    candidates = [m for m in block.modules() if _kind(m) and _out_width(m, probe) == hidden]
+    chosen: dict[int, nn.Module] = {}  # parent -> its last projection to run
+    for module in sorted(candidates, key=lambda m: probe.call(m).order):
+        if _feeds_residual(module, block, parents, probe):
+            chosen[id(parents[id(module)])] = module
+    by_scope: dict[int, list[nn.Module]] = {}
+    for module in chosen.values():
+        scope = _scope(module, block, parents, probe)
+        by_scope.setdefault(id(scope), [scope]).append(module)
+    confirmed = [m for scope, *found in by_scope.values() if scope in found or _confirm(scope, found, probe) for m in found]
+    return sorted(confirmed, key=lambda m: probe.call(m).order)
+
+
+def _kind(module: nn.Module) -> str | None:
+    """How a module stores a projection it computes, or None (see `DownProjection.layout`)."""
     if isinstance(module, nn.Linear):
-        weight, layout, out_dim = module.weight, "out_in", 0
-    elif type(module).__name__ == "Conv1D":
-        weight, layout, out_dim = module.weight, "in_out", 1  # Conv1D computes x @ W, W is [in, out]
-    elif getattr(module, "down_proj", None) is not None and module.down_proj.dim() == 3:
-        if getattr(module, "is_transposed", False):
-            raise NotImplementedError(f"{param}: transposed fused experts are not supported yet")
-        weight, layout, out_dim = module.down_proj, "experts", 1
-    else:
-        raise TypeError(f"{param}: unexpected down projection module {type(module).__name__}")
-    assert weight.shape[out_dim] == hidden_size, f"{param}: shape {tuple(weight.shape)} vs hidden {hidden_size}"
-    return DownProjection(layer, param, module, weight, layout)
+        return "out_in"
+    if type(module).__name__ == "Conv1D":  # transformers.pytorch_utils.Conv1D computes x @ W, W [in, out]
+        return "in_out"
+    down = getattr(module, "down_proj", None)
+    if isinstance(down, nn.Parameter) and down.dim() == 3:
+        return "experts_in_out" if getattr(module, "is_transposed", False) else "experts"
+    own = dict(module.named_parameters(recurse=False))
+    if isinstance(own.get("weight"), nn.Parameter) and own["weight"].dim() == 2 and not any(True for _ in module.children()):
+        return "matrix"  # a 2-D weight of some other class: oriented by the widths it was called with
+    return None
+
+
+def _out_width(module: nn.Module, probe: Probe) -> int | None:
+    call = probe.call(module)
+    out = call.out if call else None
+    return out.shape[-1] if out is not None and out.dim() else None
+
+
+def _parents(block: nn.Module) -> dict[int, nn.Module]:
+    return {id(child): parent for parent in block.modules() for child in parent.children()}
+
+
+def _ancestors(module: nn.Module, block: nn.Module, parents: dict[int, nn.Module]) -> list[nn.Module]:
+    """From the module's parent up to (not including) the block."""
+    chain = []
+    while id(module) in parents and parents[id(module)] is not block:
+        module = parents[id(module)]
+        chain.append(module)
+    return chain
+
+
+def _scope(module: nn.Module, block: nn.Module, parents: dict[int, nn.Module], probe: Probe) -> nn.Module:
+    """The outermost module above `module` (itself included) through which every step is token-wise."""
+    scope = module
+    for ancestor in _ancestors(module, block, parents):
+        if not probe.token_wise(ancestor):
+            break
+        scope = ancestor
+    return scope
+
+
+def _feeds_residual(module: nn.Module, block: nn.Module, parents: dict[int, nn.Module], probe: Probe) -> bool:
+    """Inside an MLP (a token-wise module around it), or in an MLP written into a block. A square
+    projection alone in its token-wise module is another mixer's output (BERT's attention output)."""
+    scope = _scope(module, block, parents, probe)
+    if scope is not module:
+        call = probe.call(module)
+        lone = not any(_kind(m) for m in scope.modules() if m is not module)
+        return not (lone and not _kind(module).startswith("experts") and call.input.shape[-1] == call.out.shape[-1])
+    parent = parents[id(module)]
+    mixing_child = any(probe.call(c) and any(True for _ in c.parameters()) and not probe.token_wise(c)
+                       for c in parent.children() if c is not module)
+    return mixing_child and _fed_by_sibling(module, parent, probe)
+
+
+def _fed_by_sibling(module: nn.Module, parent: nn.Module, probe: Probe) -> bool:
+    """A projection of the hidden state ran just before, as wide as this one's input (OPT's fc1)."""
+    call = probe.call(module)
+    width = call.input.shape[-1] if call.input is not None else None
+    before = [c for c in parent.children() if c is not module and _kind(c) and probe.call(c) and probe.call(c).order < call.order]
+    if not before:
+        return False
+    last = probe.call(max(before, key=lambda c: probe.call(c).order))
+    return width is not None and last.input is not None and last.out.shape[-1] == width and last.input.shape[-1] == call.out.shape[-1]
+
+
+def _confirm(scope: nn.Module, found: list[nn.Module], probe: Probe) -> bool:
+    """The found projections are all the feed-forward part adds: with their outputs zeroed, it adds
+    nothing; or (where it adds the residual itself, BERT's and BLOOM's post-norm MLPs) with their
+    outputs held, a change of its input changes nothing."""
+    call = probe.call(scope)
+    zero = _recall(scope, call, found, lambda i, out: _replaced(out, torch.zeros_like))
+    if zero is not None and bool((zero.float().abs().max() <= 1e-5 * (call.out.float().abs().max() + 1)).item()):
+        return True
+    held = [probe.call(m).output for m in found]
+    moved = _recall(scope, call, found, lambda i, out: held[i], shift=True)
+    return moved is not None and torch.allclose(moved.float(), call.out.float(), rtol=1e-4, atol=1e-5)
+
+
+def _recall(scope: nn.Module, call: probing.Call, found: list[nn.Module], replace, shift: bool = False) -> torch.Tensor | None:
+    """Call `scope` again on its probed input (shifted by one where `shift`), each found module's
+    output replaced by `replace(i, output)`."""
+    handles = [m.register_forward_hook(lambda mod, args, out, i=i: replace(i, out)) for i, m in enumerate(found)]
+    args = (call.args[0] + 1.0, *call.args[1:]) if shift and call.args else call.args
+    try:
+        with torch.no_grad():
+            return probing.first_tensor(scope(*args, **call.kwargs))
+    except Exception:  # a module that cannot be called again on its own recorded input is not confirmed
+        return None
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _replaced(out, make):
+    if isinstance(out, torch.Tensor):
+        return make(out)
+    return type(out)(make(o) if isinstance(o, torch.Tensor) else o for o in out)
+
+
+def _site(layer: int, module: nn.Module, names: dict[int, str], call: probing.Call) -> DownProjection:
+    """The site of `module`, oriented by the probed call of a module of the same structure."""
+    kind = _kind(module)
+    if kind.startswith("experts"):
+        weight = module.down_proj
+        if not hasattr(module, "is_transposed"):  # outside transformers' interface: the shape tells
+            kind = "experts_in_out" if weight.shape[1] != call.out.shape[-1] else "experts"
+        experts = "pre_routed" if len(call.args) + len(call.kwargs) == 1 else "interface"
+        return DownProjection(layer, names[id(weight)], module, weight, kind, experts)
+    weight = module.weight
+    if kind == "matrix":
+        kind = "in_out" if tuple(weight.shape) == (call.input.shape[-1], call.out.shape[-1]) != tuple(weight.shape[::-1]) else "out_in"
+    return DownProjection(layer, names[id(weight)], module, weight, kind)

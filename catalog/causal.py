@@ -413,7 +413,7 @@ def _first_windows(model: nn.Module, windows: torch.Tensor, stopwords: torch.Ten
     repeated once per condition, and each sample zeroes its own condition's scalars
     (`hooks.zeroed_per_sample`), from the lowest first layer of the batch.
     """
-    dense = {id(site.weight) for site in sites if site.layout != "experts"}
+    dense = {id(site.weight) for site in sites if not site.fused}
     zeroes = {c.name: c.zeroes() for c in plan if c.zeroes is not None}
     batchable = [c for c in plan if c.name in zeroes and all(id(t) in dense for t, _ in zeroes[c.name])]
     device = next(model.parameters()).device

@@ -40,15 +40,13 @@ class InvalidSourceError(SuperweightsError, ValueError):
 
 
 class UnsupportedArchitectureError(SuperweightsError, ValueError):
-    """A model type without an adapter in `catalog.architectures`."""
+    """A model in which `catalog.architectures` cannot find what a scan needs."""
 
-    def __init__(self, source: str, model_type: str, known: list[str]) -> None:
-        super().__init__(
-            f"{source}: unsupported architecture {model_type!r}. "
-            f"Supported model types: {', '.join(sorted(known))}."
-        )
+    def __init__(self, source: str, model_type: str, problem: str) -> None:
+        super().__init__(f"{source}: cannot scan model type {model_type!r}: {problem}.")
         self.source = source
         self.model_type = model_type
+        self.problem = problem
 
 
 class BadOptionError(SuperweightsError, ValueError):

@@ -10,9 +10,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
+from catalog import experts
 from catalog.architectures import DownProjection
+from catalog.errors import UnsupportedArchitectureError
 
 Entries = list[tuple[torch.Tensor, tuple[int, ...]]]  # (weight tensor, index into it) of scalars
 
@@ -53,27 +54,13 @@ def _dense_capture(x: torch.Tensor, y: torch.Tensor) -> Capture:
     return Capture(in_max, in_channel, in_token, out_max, out_channel, token, y[token, out_channel].float().item(), x_t)
 
 
-def _expert_inputs(experts: nn.Module, hidden: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor):
-    """Recompute each routed expert's down-projection input, act(gate) * up, as the fused module does.
-
-    A module hook only sees the experts' summed output, so per-expert inputs are rebuilt here from
-    the module's own parameters. Yields (expert, token indices, router weights, inputs (n, I)).
-    """
-    for expert in top_k_index.unique().tolist():
-        if expert >= experts.gate_up_proj.shape[0]:
-            continue  # the "no expert" slot some routers use
-        tokens, slot = torch.where(top_k_index == expert)
-        gate, up = nn.functional.linear(hidden[tokens], experts.gate_up_proj[expert]).chunk(2, dim=-1)
-        yield expert, tokens, top_k_weights[tokens, slot], experts.act_fn(gate) * up
-
-
-def _experts_capture(site: DownProjection, args: tuple, kwargs: dict, y: torch.Tensor) -> Capture:
-    names = ("hidden_states", "top_k_index", "top_k_weights")
-    hidden, index, weights = (args + tuple(kwargs[n] for n in names[len(args):]))[:3]
+def _experts_capture(site: DownProjection, args: tuple, kwargs: dict, output: torch.Tensor) -> Capture:
+    """The spike of a fused experts module, attributed to the expert contributing most to it."""
+    y = experts.token_outputs(site.experts, site.module, output)
     out_max, token, row = _argmax2d(y)
-    best = None  # (|contribution|, in-stats, expert, x, gain)
+    best = None  # (|contribution|, expert, x, gain)
     in_stats = (0.0, 0, 0)
-    for expert, tokens, gains, x in _expert_inputs(site.module, hidden, index, weights):
+    for expert, tokens, gains, x in experts.down_inputs(site.experts, site.module, args, kwargs):
         e_max, e_token, e_channel = _argmax2d(x)
         if e_max > in_stats[0]:
             in_stats = (e_max, tokens[e_token].item(), e_channel)
@@ -83,6 +70,9 @@ def _experts_capture(site: DownProjection, args: tuple, kwargs: dict, y: torch.T
             contribution = abs(gains[i].item() * (site.out_row(row, expert).float() @ x[i].float()).item())
             if best is None or contribution > best[0]:
                 best = (contribution, expert, x[i].detach().float().cpu(), gains[i].item())
+    if best is None:
+        raise UnsupportedArchitectureError(site.param, type(site.module).__name__, "its spike's token reached none of the "
+                                           "experts whose inputs can be recomputed (identity or zero-computation experts)")
     _, expert, x_t, gain = best
     return Capture(in_stats[0], in_stats[2], in_stats[1], out_max, row, token, y[token, row].float().item(), x_t, expert, gain)
 
@@ -95,12 +85,11 @@ def capture(sites: list[DownProjection]) -> Iterator[dict[int, Capture]]:
     for i, site in enumerate(sites):
         def hook(module, args, kwargs, output, i=i, site=site):
             y = output[0] if isinstance(output, tuple) else output
-            y = y.reshape(-1, y.shape[-1])
-            if site.layout == "experts":
+            if site.fused:
                 captured[i] = _experts_capture(site, args, kwargs, y)
             else:
                 x = args[0] if args else next(iter(kwargs.values()))
-                captured[i] = _dense_capture(x.reshape(-1, x.shape[-1]), y)
+                captured[i] = _dense_capture(x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1]))
         handles.append(site.module.register_forward_hook(hook, with_kwargs=True))
     try:
         yield captured
@@ -167,7 +156,7 @@ def _rows_and_cols(by_tensor: dict[int, DownProjection], entries: Entries) -> di
     grouped: dict[int, list[tuple[int, int]]] = {}
     for tensor, index in entries:
         site = by_tensor[id(tensor)]
-        if site.layout == "experts":
+        if site.fused:
             raise ValueError(f"{site.param}: per-sample zeroing needs a dense down projection")
         grouped.setdefault(id(tensor), []).append((index[1], index[0]) if site.layout == "in_out" else tuple(index))
     return grouped
@@ -189,7 +178,7 @@ def _on_device(lists: list[list[int]], device: torch.device) -> list[torch.Tenso
 
 def _zeroed_rows(site: DownProjection, rows: torch.Tensor, at: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     """A copy of W[rows, :] with the scalars (at, cols) of it zeroed."""
-    weight = (site.weight[:, rows].T if site.layout == "in_out" else site.weight[rows]).detach().clone()
+    weight = site.rows(rows).detach().clone()
     weight[at, cols] = 0
     return weight
 

@@ -1,4 +1,4 @@
-"""Load a resolved source once, in the requested dtype and device, with its tokenizer and adapter."""
+"""Load a resolved source once, in the requested dtype and device, with its tokenizer, and find its down projections."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from catalog.architectures import Adapter, adapter_for
-from catalog.errors import BadOptionError, InvalidSourceError, SuperweightsError, first_line
+from catalog.architectures import Architecture, discover, family_of
+from catalog.errors import BadOptionError, InvalidSourceError, SuperweightsError, UnsupportedArchitectureError, first_line
 from catalog.family import family_name
 from catalog.reader import ShardReader, Span, checkpoint_shards, index_shards
 from catalog.result import ModelInfo
@@ -28,7 +28,7 @@ GGUF_QUANT = re.compile(r"(I?Q\d+_[A-Z0-9_]+|I?Q\d+|BF16|F16|F32)", re.IGNORECAS
 class LoadedModel:
     model: nn.Module
     tokenizer: object
-    adapter: Adapter
+    architecture: Architecture
     info: ModelInfo
     device: torch.device
     load_seconds: float
@@ -53,12 +53,11 @@ def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 @dataclass
 class Opened:
-    """What a load needs before the weights: device, dtype, config, adapter and tokenizer."""
+    """What a load needs before the weights: device, dtype, config and tokenizer."""
 
     device: torch.device
     dtype: torch.dtype
     config: object
-    adapter: Adapter
     tokenizer: object
 
 
@@ -72,10 +71,9 @@ def open_source(source: ResolvedSource, device: str, dtype: str, trust_remote_co
     check_config(source, trust_remote_code)
     with as_invalid(source):
         config = AutoConfig.from_pretrained(source.path, trust_remote_code=trust_remote_code, **kwargs)
-    adapter = adapter_for(config.model_type, source.spec)
     with as_invalid(source):
         tokenizer = AutoTokenizer.from_pretrained(source.path, trust_remote_code=trust_remote_code, **kwargs)
-    return Opened(dev, torch_dtype, config, adapter, tokenizer)
+    return Opened(dev, torch_dtype, config, tokenizer)
 
 
 def load(source: ResolvedSource, *, device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False) -> LoadedModel:
@@ -96,8 +94,9 @@ def load(source: ResolvedSource, *, device: str = "auto", dtype: str = "auto", t
                 **({"gguf_file": source.gguf_file} if source.gguf_file else {}),
             ).to(opened.device)
     model.eval()
-    info = model_info(source, model, opened.config, opened.adapter, opened.dtype)
-    return LoadedModel(model, opened.tokenizer, opened.adapter, info, opened.device, time.perf_counter() - start, loader)
+    architecture = discover(model, opened.config, source.spec)
+    info = model_info(source, model, opened.config, opened.dtype)
+    return LoadedModel(model, opened.tokenizer, architecture, info, opened.device, time.perf_counter() - start, loader)
 
 
 def skeleton(config, dtype: torch.dtype, trust_remote_code: bool) -> nn.Module:
@@ -188,8 +187,8 @@ def _batches(names: dict[str, list[str]], spans: dict[str, Span], size: int = 1 
 
 def check_config(source: ResolvedSource, trust_remote_code: bool) -> None:
     """Read config.json before transformers does: refuse a model class that lives in the repo's own
-    Python files unless trusted, and a model type without an adapter (transformers would report a
-    type it does not know as a broken checkpoint).
+    Python files unless trusted, and a model type the installed transformers does not know (it
+    would report it as a broken checkpoint).
     """
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 
@@ -204,8 +203,10 @@ def check_config(source: ResolvedSource, trust_remote_code: bool) -> None:
     if "auto_map" in config and model_type not in CONFIG_MAPPING_NAMES:
         if not trust_remote_code:
             raise InvalidSourceError(source.spec, "this model needs remote code from its repo; review it, then pass --trust-remote-code.")
-        return  # the repo's code defines the type; its adapter is looked up once the config is built
-    adapter_for(model_type, source.spec)
+        return  # the repo's code defines the type
+    if model_type not in CONFIG_MAPPING_NAMES:
+        raise UnsupportedArchitectureError(source.spec, model_type, "the installed transformers does not know it; "
+                                           "upgrade transformers, or pass --trust-remote-code for a repo's own code")
 
 
 @contextmanager
@@ -243,7 +244,8 @@ def card_metadata(path) -> dict:
     return {"license": data.license, "base_model": base, "tags": list(data.tags or [])}
 
 
-def model_info(source: ResolvedSource, model: nn.Module, config, adapter: Adapter, dtype: torch.dtype) -> ModelInfo:
+def model_info(source: ResolvedSource, model: nn.Module, config, dtype: torch.dtype) -> ModelInfo:
+    text = config.get_text_config()
     card = card_metadata(source.path) if not source.gguf_file else {}
     names = [source.repo_id, card.get("base_model"), source.gguf_file, getattr(config, "_name_or_path", None), source.path.name]
     return ModelInfo(
@@ -252,10 +254,10 @@ def model_info(source: ResolvedSource, model: nn.Module, config, adapter: Adapte
         revision=source.revision,
         architecture=(getattr(config, "architectures", None) or [type(model).__name__])[0],
         model_type=config.model_type,
-        family=family_name(names, adapter.family),
-        num_layers=config.num_hidden_layers,
-        hidden_size=config.hidden_size,
-        intermediate_size=_intermediate_size(config),
+        family=family_name(names, family_of(config)),
+        num_layers=text.num_hidden_layers,
+        hidden_size=text.hidden_size,
+        intermediate_size=_intermediate_size(text),
         num_parameters=sum(p.numel() for p in model.parameters()),
         dtype=str(dtype).removeprefix("torch."),
         format=source.format,

@@ -42,9 +42,8 @@ def _quantiles(w: torch.Tensor, q: float) -> tuple[float, float]:
 
 def _as_out_in(site: DownProjection) -> list[torch.Tensor]:
     """Views of the site's weight as (out, in) matrices (one per expert for fused MoE)."""
-    if site.layout == "experts":
-        return list(site.weight.unbind(0))
-    return [site.weight.T if site.layout == "in_out" else site.weight]
+    matrices = site.weight.unbind(0) if site.fused else [site.weight]
+    return [m.T if site.layout.endswith("in_out") else m for m in matrices]
 
 
 @contextmanager

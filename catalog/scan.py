@@ -17,7 +17,6 @@ from pathlib import Path
 import torch
 
 from catalog import __version__
-from catalog.architectures import down_projections
 from catalog.causal import VerifyOptions, verify
 from catalog.detection import SpikeRule, detect
 from catalog.errors import BadOptionError
@@ -128,11 +127,12 @@ def _scan_loaded(source: ResolvedSource, options: ScanOptions, config: dict, say
 
     say("detecting")
     start = time.perf_counter()
-    sites = down_projections(loaded.model, loaded.adapter, loaded.info.hidden_size)
+    sites = loaded.architecture.sites
     prompts = [loaded.tokenizer(p, return_tensors="pt").input_ids.to(loaded.device) for p in options.prompts]
     found = run_detect(prompts, sites, options.rule, options.max_iterations)
     timings["detect"] = round(time.perf_counter() - start, 3)
-    summary = {"detection_passes": found.iterations, "reference_out_max": found.reference, "loader": loaded.loader}
+    summary = {"detection_passes": found.iterations, "reference_out_max": found.reference, "loader": loaded.loader,
+               "blocks": loaded.architecture.blocks, "mixer_only_layers": loaded.architecture.mixer_only}
 
     ablations, weights = [], found.super_weights
     if options.verify:

@@ -15,8 +15,12 @@ zeroed scalars and quantized matrices in other blocks sit on the meta device, wh
 no-ops. The head and loss are the model's own: the final hidden states are replayed into its
 forward with `PrefixCache.replaying`. Detection makes one pass per iteration (a short prompt).
 
-Supported: safetensors checkpoints of the model types whose blocks take Llama's call and return
-the hidden-state tensor (`STREAMABLE`); anything else is refused with one line.
+Supported: safetensors checkpoints of any architecture whose blocks can be called one at a time:
+each block's call is recorded from one forward of the model's own code in which every block passes
+its input through (`block_calls`), so blocks of different kinds (sliding and full attention,
+state-space and attention layers) each get their own arguments. The down projections are found
+as in memory (`catalog.architectures`), on the first block of each structure, read for the
+purpose. Anything else is refused with one line.
 """
 
 from __future__ import annotations
@@ -32,10 +36,11 @@ from typing import NoReturn
 import torch
 from torch import nn
 
-from catalog.architectures import DownProjection
+from catalog import probe as probing
+from catalog.architectures import DownProjection, Probed, architecture, block_lists, block_sites, structure
 from catalog.causal import ActivationRecorder, Condition, Evaluated, Verification, VerifyOptions, conditions, report
 from catalog.detection import Detection, SpikeRule, candidate, iterate, weight_entries
-from catalog.errors import BadOptionError
+from catalog.errors import BadOptionError, UnsupportedArchitectureError, first_line
 from catalog.hooks import Capture, Entries, capture, zeroed
 from catalog.loading import (LoadedModel, as_invalid, assign, buffers_to, checkpoint_names, model_info, open_source, place,
                              skeleton)
@@ -45,12 +50,12 @@ from catalog.prefix import PrefixCache
 from catalog.result import SuperWeight
 from catalog.sources import ResolvedSource
 
-STREAMABLE = ("llama", "mistral", "qwen2", "qwen3")
 OPTION = "--max-gpu-memory"
 UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$", re.IGNORECASE)
-BlockCall = tuple[torch.Tensor, dict]  # a block's hidden-state input and the other arguments of its call
+BlockCall = tuple[tuple, dict]  # a block's arguments after the hidden states, by position and by name
+Inputs = tuple[torch.Tensor, list[BlockCall]]  # the first block's hidden-state input, and every block's call
 BlockContext = Callable[[int], contextlib.AbstractContextManager]  # what a stream changes while block `layer` runs
 
 
@@ -104,41 +109,55 @@ def resident(module: nn.Module, tensors: dict[str, torch.Tensor], store: ShardSt
         store.release(tensors)
 
 
-class _Captured(Exception):
-    def __init__(self, call: BlockCall) -> None:
-        self.call = call
+def block_calls(model: nn.Module, blocks: nn.ModuleList, ids: torch.Tensor) -> Inputs:
+    """The hidden states entering the first block for `ids`, and the other arguments of every
+    block's call, from the model's own forward (embeddings, masks, rotary embeddings) with each
+    block passing its input through."""
+    first: list[torch.Tensor] = []
+    calls: list[BlockCall] = []
 
+    def record(module, args, kwargs):
+        first.append(args[0] if args else kwargs["hidden_states"])
+        calls.append((tuple(args[1:]), {k: v for k, v in kwargs.items() if k != "hidden_states"}))
 
-def block_input(model: nn.Module, first: nn.Module, ids: torch.Tensor) -> BlockCall:
-    """The first block's call for `ids`, from the model's own forward (embeddings, mask, rotary
-    embeddings), stopped before the first block runs."""
-    def stop(module, args, kwargs):
-        raise _Captured((args[0], kwargs) if args else (kwargs.pop("hidden_states"), kwargs))
-    handle = first.register_forward_pre_hook(stop, with_kwargs=True)
+    def passthrough(hidden_states, *args, **kwargs):
+        return hidden_states
+
+    handles = [block.register_forward_pre_hook(record, with_kwargs=True) for block in blocks]
     try:
+        for block in blocks:
+            block.forward = passthrough
         model(input_ids=ids, use_cache=False)
-    except _Captured as captured:
-        return captured.call
     finally:
-        handle.remove()
-    raise AssertionError("the model never called its first block")
+        for block in blocks:
+            del block.forward  # the instance attribute; the class's forward shows again
+        for handle in handles:
+            handle.remove()
+    if len(calls) != len(blocks):
+        raise ValueError(f"the model called its {len(blocks)} blocks {len(calls)} times")
+    return first[0], calls
 
 
 @dataclass
 class Stream:
     """Hidden states of one evaluation (baseline, a condition, a detection prompt), batch by
-    batch, and the change it makes to whichever block it runs through."""
+    batch, each batch's calls of the blocks, and the change it makes to whichever block it runs through."""
 
     hidden: list[torch.Tensor]
-    kwargs: list[dict]
+    calls: list[list[BlockCall]]
     context: BlockContext
 
+    @classmethod
+    def of(cls, inputs: list[Inputs], context: BlockContext) -> Stream:
+        return cls([hidden for hidden, _ in inputs], [calls for _, calls in inputs], context)
+
     def fork(self, context: BlockContext) -> Stream:
-        return Stream(list(self.hidden), self.kwargs, context)
+        return Stream(list(self.hidden), self.calls, context)
 
     def through(self, layer: int, block: nn.Module) -> None:
         with self.context(layer):
-            self.hidden = [block(h, **kw) for h, kw in zip(self.hidden, self.kwargs)]
+            self.hidden = [probing.first_tensor(block(h, *calls[layer][0], **calls[layer][1]))
+                           for h, calls in zip(self.hidden, self.calls)]
 
 
 def per_block(entries: Entries, sites: list[DownProjection]) -> BlockContext:
@@ -164,23 +183,40 @@ class StreamedModel:
     """A model whose blocks live in the checkpoint until a pass reads them, one at a time."""
 
     loaded: LoadedModel
+    path: str  # of the list of blocks
     blocks: nn.ModuleList
     store: ShardStore
+    vocab_size: int
 
     def layers(self) -> Iterator[tuple[int, nn.Module]]:
         """Each block in turn with its weights on the device; the next one is read meanwhile."""
-        prefix = [f"{self.loaded.adapter.blocks}.{i}." for i in range(len(self.blocks))]
         with ThreadPoolExecutor(1) as pool:
-            pending = pool.submit(self.store.read_block, prefix[0])
+            pending = pool.submit(self.store.read_block, self.prefix(0))
             for i, block in enumerate(self.blocks):
                 tensors = pending.result()
                 if i + 1 < len(self.blocks):
-                    pending = pool.submit(self.store.read_block, prefix[i + 1])
+                    pending = pool.submit(self.store.read_block, self.prefix(i + 1))
                 with resident(block, tensors, self.store):
                     yield i, block
 
-    def inputs(self, ids: list[torch.Tensor]) -> list[BlockCall]:
-        return [block_input(self.loaded.model, self.blocks[0], batch.to(self.loaded.device)) for batch in ids]
+    def prefix(self, layer: int) -> str:
+        return f"{self.path}.{layer}."
+
+    def inputs(self, ids: list[torch.Tensor]) -> list[Inputs]:
+        return [block_calls(self.loaded.model, self.blocks, batch.to(self.loaded.device)) for batch in ids]
+
+    def probe(self, hidden: int) -> list[Probed]:
+        """Each block as probed on the first block of its structure, read for the purpose."""
+        first, calls = self.inputs([probing.probe_ids(self.vocab_size, self.loaded.device)])[0]
+        kinds: dict[tuple, Probed] = {}
+        for layer, block in enumerate(self.blocks):
+            kind = structure(block)
+            if kind not in kinds:
+                with resident(block, self.store.read_block(self.prefix(layer)), self.store), torch.no_grad():
+                    with probing.recording(list(block.modules())) as probe:
+                        block(first, *calls[layer][0], **calls[layer][1])
+                    kinds[kind] = Probed(block, probe, block_sites(block, hidden, probe))
+        return [kinds[structure(block)] for block in self.blocks]
 
     @torch.inference_mode()
     def detect(self, prompts: list[torch.Tensor], sites: list[DownProjection], rule: SpikeRule, max_iterations: int) -> Detection:
@@ -188,12 +224,12 @@ class StreamedModel:
         calls = self.inputs(prompts)
         return iterate(lambda found, iteration: self._detection_pass(calls, sites, found, iteration), sites, rule, max_iterations)
 
-    def _detection_pass(self, calls: list[BlockCall], sites: list[DownProjection], found: list[SuperWeight],
+    def _detection_pass(self, calls: list[Inputs], sites: list[DownProjection], found: list[SuperWeight],
                         iteration: int) -> tuple[dict[int, Capture], Callable[[int], SuperWeight]]:
         """Per site the largest-spike capture over the prompts (`detection.run_prompts`), with
         `found` zeroed, and the candidate it names (read while its block is resident: every site's)."""
         zero_found = per_block(weight_entries(sites, found), sites)
-        streams = [Stream([h], [kw], zero_found) for h, kw in calls]
+        streams = [Stream.of([call], zero_found) for call in calls]
         best: dict[int, Capture] = {}
         named: dict[int, SuperWeight] = {}
         with capture(sites) as captured:
@@ -214,7 +250,7 @@ class StreamedModel:
         stopwords = frequent_tokens(windows)
         recorder = ActivationRecorder(sites, weights)
         plan = conditions(sites, weights, options, recorder, weight_of=self._read_weight) if weights else []
-        base = Stream(*map(list, zip(*self.inputs(windows.split(options.batch_size)))), context=lambda layer: recorder.record())
+        base = Stream.of(self.inputs(windows.split(options.batch_size)), context=lambda layer: recorder.record())
         streams: dict[str, Stream] = {}
         for layer, block in self.layers():
             progress(f"verifying, streamed: block {layer + 1}/{len(self.blocks)}, {len(plan) + 1} conditions")
@@ -246,38 +282,62 @@ def open_streamed(source: ResolvedSource, stack: contextlib.ExitStack, *, budget
     """The model skeleton with its non-block weights on the device; blocks stay in the shards."""
     start = time.perf_counter()
     if source.format != "safetensors" or source.gguf_file:
-        _unstreamable(source, source.format)
+        _unstreamable(source, f"a {source.format} file")
     opened = open_source(source, device, dtype, trust_remote_code)
-    if opened.config.model_type not in STREAMABLE:
-        _unstreamable(source, f"model type {opened.config.model_type!r}")
-    blocks = opened.adapter.blocks
+    text = opened.config.get_text_config()
     with as_invalid(source):
         model = skeleton(opened.config, opened.dtype, trust_remote_code)
         store = ShardStore.open(source, stack, opened.device, opened.dtype)
     names = checkpoint_names(model, store.reader.spans)
     if names is None:
         _unstreamable(source, "a checkpoint that transformers converts on load (renamed, fused, quantized or float32-kept tensors)")
-    _check_budget(model, blocks, opened.dtype, budget, source.spec)
+    lists = block_lists(model, text.num_hidden_layers)
+    if not lists:
+        raise UnsupportedArchitectureError(source.spec, opened.config.model_type, f"found no list of {text.num_hidden_layers} decoder blocks")
+    in_blocks = _under([path for path, _ in lists])
+    _check_budget(model, lists, opened.dtype, budget, source.spec)
     with as_invalid(source):
-        place(model, names, store.reader.read([name for name in names if not name.startswith(f"{blocks}.")]))
+        place(model, names, store.reader.read([name for name in names if not in_blocks(name)]))
     buffers_to(model, opened.device)
-    info = model_info(source, model, opened.config, opened.adapter, opened.dtype)
-    loaded = LoadedModel(model, opened.tokenizer, opened.adapter, info, opened.device, time.perf_counter() - start, "parallel")
-    return StreamedModel(loaded, model.get_submodule(blocks), store)
+    info = model_info(source, model, opened.config, opened.dtype)
+    loaded = LoadedModel(model, opened.tokenizer, None, info, opened.device, 0.0, "parallel")
+    streamed = _streamable(source, loaded, lists, store, text.vocab_size)
+    loaded.architecture = architecture(model, streamed.path, streamed.blocks, streamed.probe(text.hidden_size),
+                                       source.spec, opened.config.model_type)
+    loaded.load_seconds = time.perf_counter() - start
+    return streamed
+
+
+def _under(paths: list[str]) -> Callable[[str], bool]:
+    return lambda name: any(name.startswith(f"{path}.") for path in paths)
+
+
+def _streamable(source: ResolvedSource, loaded: LoadedModel, lists: list[tuple[str, nn.ModuleList]], store: ShardStore,
+                vocab_size: int) -> StreamedModel:
+    """The list of blocks that a text-only forward calls one at a time, each once, in order."""
+    ids = probing.probe_ids(vocab_size, loaded.device)
+    problem = None
+    for path, blocks in sorted(lists, key=lambda item: -sum(p.numel() for p in item[1].parameters())):
+        try:
+            block_calls(loaded.model, blocks, ids)
+        except Exception as exc:  # the model's own code, fed blocks that pass their input through
+            problem = first_line(exc)
+            continue
+        return StreamedModel(loaded, path, blocks, store, vocab_size)
+    _unstreamable(source, f"model type {loaded.info.model_type!r}, whose blocks cannot be called one at a time ({problem[:160]})")
 
 
 def _unstreamable(source: ResolvedSource, what: str) -> NoReturn:
-    raise BadOptionError(OPTION, f"{source.spec}: streaming supports safetensors checkpoints of model types "
-                                 f"{', '.join(STREAMABLE)}, not {what}; scan it without {OPTION}.")
+    raise BadOptionError(OPTION, f"{source.spec}: streaming needs a safetensors checkpoint whose blocks can be called "
+                                 f"one at a time, not {what}; scan it without {OPTION}.")
 
 
-def _check_budget(model: nn.Module, blocks_path: str, dtype: torch.dtype, budget: int, spec: str) -> None:
+def _check_budget(model: nn.Module, lists: list[tuple[str, nn.ModuleList]], dtype: torch.dtype, budget: int, spec: str) -> None:
     """The weights a pass holds at once (everything outside the blocks, plus two blocks) must fit."""
-    size = dtype.itemsize
-    outer = sum(p.numel() for n, p in model.named_parameters() if not n.startswith(f"{blocks_path}.")) * size
-    block = max(sum(p.numel() for p in b.parameters()) for b in model.get_submodule(blocks_path)) * size
-    needed = outer + 2 * block
+    in_blocks = _under([path for path, _ in lists])
+    outer = sum(p.numel() for n, p in model.named_parameters() if not in_blocks(n))
+    block = max(sum(p.numel() for p in b.parameters()) for _, blocks in lists for b in blocks)
+    needed = (outer + 2 * block) * dtype.itemsize
     if needed > budget:
         raise BadOptionError(OPTION, f"{spec} needs at least {needed / 2**30:.2f} GiB of weights on the device while "
                                      f"streaming (embeddings, head and two blocks), more than {budget / 2**30:.2f} GiB.")
-

@@ -78,3 +78,17 @@ def _windows(row: Ablation, total: int | None) -> str:
     if row.windows is None:
         return ""
     return f"{row.windows}/{total}" if total else str(row.windows)
+
+
+def architectures_table(report) -> Table:
+    """`superweights architectures`: one row per model type (`catalog.coverage.TypeCoverage`)."""
+    scans = sum(1 for c in report if c.status == "scans")
+    built = sum(1 for c in report if c.status != "does not build")
+    table = Table(title=f"Causal-LM types: {scans} of {built} that build scan ({len(report)} types)")
+    for name in ("type", "status", "layouts / reason", "sites per layer"):
+        table.add_column(name)
+    for c in report:
+        what = ", ".join(c.layouts) if c.layouts else c.reason
+        style = {"scans": "green", "not scanned": "bold red"}.get(c.status, "dim")
+        table.add_row(escape(c.model_type), c.status, escape(what), " ".join(map(str, c.sites_per_layer)), style=style)
+    return table

@@ -1,108 +1,140 @@
-"""Every adapter in the registry, on a 2-layer, 64-wide model built from its config class.
+"""Discovery by structure, on every causal-LM type of the installed transformers (`zoo`).
 
 The stored layout is checked by autograd, not by re-stating it: the gradient of the spike output
 y[token, row] with respect to the down projection's weight is non-zero only in W[row, :], and
 there equals (router weight times) the input x that the capture hook recorded. So `out_row`,
-`index` and the hook's (for fused experts: recomputed) inputs must all match what the module computes.
+`index` and the hook's (for fused experts: recomputed) inputs must all match what the module
+computes. Where the config's tensor-parallel plan names a discovered projection, it must call
+it what a feed-forward output is: `rowwise` (`colwise` for experts stored `[E, in, out]`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
+from pathlib import Path
 
 import pytest
 import torch
 
-from catalog.architectures import ADAPTERS, adapter_for, down_projections, supported_model_types
+from catalog import coverage, experts, zoo
+from catalog.architectures import discover
 from catalog.errors import UnsupportedArchitectureError
 from catalog.hooks import capture
 
-HIDDEN, LAYERS = 64, 2
-COMMON = dict(
-    vocab_size=128, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=4, num_key_value_heads=2,
-    head_dim=16, intermediate_size=160, max_position_embeddings=64, pad_token_id=0, bos_token_id=1, eos_token_id=2,
-)
-MOE = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=96, decoder_sparse_step=1)
-# What each config class calls its sizes, where it differs from COMMON (BLOOM and Falcon: 4x MLP;
-# None: the class derives it and takes no argument).
-CONFIGS = {
-    "falcon": dict(head_dim=None),
-    "gpt2": dict(n_inner=160),
-    "opt": dict(ffn_dim=160, word_embed_proj_dim=HIDDEN),
-    "mixtral": dict(num_local_experts=4, num_experts_per_tok=2),
-    "qwen2_moe": dict(MOE, shared_expert_intermediate_size=112, mlp_only_layers=[]),
-    "qwen3_moe": dict(MOE, mlp_only_layers=[]),
+# Found, but not yet addressed exactly: tracked here so that a fix shows as an unexpected pass.
+KNOWN_GAPS = {
+    "deepseek_v4": "its experts scale the router weights inside: the recorded gain is off by that factor",
+    "longcat_flash": "zero-computation (identity) experts carry spikes no recomputed expert explains",
 }
-SITES_PER_LAYER = {"qwen2_moe": [2, 2]}
-MODEL_TYPES = [t for adapter in ADAPTERS for t in adapter.model_types]
-# MoE models whose first layer is dense (`mlp_only_layers`), as some Qwen-MoE checkpoints are
-MIXED = {
-    "qwen2_moe-dense-0": ("qwen2_moe", dict(mlp_only_layers=[0]), [1, 2]),
-    "qwen3_moe-dense-0": ("qwen3_moe", dict(mlp_only_layers=[0]), [1, 1]),
-}
-CASES = {t: (t, {}, SITES_PER_LAYER.get(t, [1] * LAYERS)) for t in MODEL_TYPES} | MIXED
+README = Path(__file__).parents[1] / "README.md"
 
 
-def tiny_model(model_type: str, **overrides) -> torch.nn.Module:
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    torch.manual_seed(0)
-    sizes = {k: v for k, v in {**COMMON, **CONFIGS.get(model_type, {}), **overrides}.items() if v is not None}
-    config = AutoConfig.for_model(model_type, **sizes)
-    return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+@pytest.fixture(scope="module")
+def report() -> dict[str, coverage.TypeCoverage]:
+    """`superweights architectures` over every causal-LM type, once."""
+    return {c.model_type: c for c in coverage.coverage()}
 
 
-def test_the_registry_covers_the_issue_s_architectures():
-    assert set(MODEL_TYPES) >= {
-        "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "olmo", "olmo2",
-        "gpt2", "gpt_neox", "falcon", "opt", "bloom", "mixtral", "qwen2_moe", "qwen3_moe"}
-    assert len(MODEL_TYPES) == len(set(MODEL_TYPES))  # each model type registered once
+def _built(model_type: str) -> torch.nn.Module:
+    try:
+        return zoo.build(model_type)
+    except Exception as exc:  # transformers' own limits on shrunk default configs
+        pytest.skip(f"transformers cannot build a tiny {model_type}: {type(exc).__name__}: {str(exc)[:120]}")
 
 
-@pytest.mark.parametrize("case", CASES)
-def test_adapter_finds_down_projections_and_their_layout(case):
-    model_type, overrides, per_layer = CASES[case]
-    model = tiny_model(model_type, **overrides)
-    adapter = adapter_for(model_type, "test")
-    sites = down_projections(model, adapter, HIDDEN)
-    assert [site.layer for site in sites] == [layer for layer, n in enumerate(per_layer) for _ in range(n)]
+def test_the_readme_lists_what_the_architectures_command_reports(report):
+    """The README's block is `superweights architectures --markdown` of the installed transformers."""
+    import transformers
+
+    text = README.read_text()
+    block = text[text.index("<!-- architectures -->\n") + len("<!-- architectures -->\n"): text.index("<!-- /architectures -->")]
+    if not block.startswith(f"transformers {transformers.__version__}:"):
+        pytest.skip(f"the README's list is for another transformers than {transformers.__version__}: "
+                    "regenerate it with `superweights architectures --markdown`")
+    assert block == coverage.markdown(list(report.values()))
+
+
+def test_at_least_nine_in_ten_types_that_build_scan(report):
+    built = [c for c in report.values() if c.status != coverage.NO_BUILD]
+    assert sum(c.status == coverage.SCANS for c in built) >= 0.9 * len(built)
+    named = ["deepseek_v2", "deepseek_v3", "gpt_oss", "llama4", "llama4_text", "gemma3", "smollm3", "granite",
+             "granitemoehybrid", "olmo3", "olmoe", "phi", "cohere", "cohere2", "glm4", "glm4_moe", "starcoder2",
+             "gpt_bigcode", "qwen3_next", "falcon_h1", "lfm2", "exaone", "exaone4", "ministral", "stablelm"]
+    assert [t for t in named if report[t].status != coverage.SCANS] == []  # the issue's list
+
+
+@pytest.mark.parametrize("model_type", [
+    pytest.param(t, marks=pytest.mark.xfail(reason=KNOWN_GAPS[t], strict=True)) if t in KNOWN_GAPS else t
+    for t in zoo.causal_lm_types()])
+def test_discovered_sites_address_the_weight_that_produced_the_output(model_type, report):
+    if report[model_type].status != coverage.SCANS:
+        pytest.skip(f"{model_type} {report[model_type].status}: {report[model_type].reason}")
+    model = zoo.build(model_type)
+    found = discover(model, model.config, model_type)
+    assert found.sites and len(found.layers) + len(found.mixer_only) == found.num_layers
     params = dict(model.named_parameters())
-    assert all(params[site.param] is site.weight for site in sites)  # `param` is the state-dict name
-
+    assert all(params[site.param] is site.weight for site in found.sites)  # `param` is the state-dict name
     outputs = {}
-    def keep(i: int, output) -> None:  # a copy: Falcon adds the attention output in place afterwards
-        outputs[i] = (output[0] if isinstance(output, tuple) else output).clone()
-
-    handles = [site.module.register_forward_hook(lambda m, a, out, i=i: keep(i, out)) for i, site in enumerate(sites)]
-    ids = torch.randint(3, 128, (1, 7))
-    with capture(sites) as captured:
+    handles = [site.module.register_forward_hook(lambda m, a, out, i=i: outputs.__setitem__(i, _first(out).clone()))
+               for i, site in enumerate(found.sites)]
+    ids = torch.randint(3, model.config.get_text_config().vocab_size, (1, 7), generator=torch.Generator().manual_seed(1))
+    with capture(found.sites) as captured:
         model(input_ids=ids, use_cache=False)
     for handle in handles:
         handle.remove()
-    assert sorted(captured) == list(range(len(sites)))  # the hook fired at every site
-    for i, site in enumerate(sites):
+    assert sorted(captured) == list(range(len(found.sites)))  # the hook fired at every site
+    for i, site in enumerate(found.sites):
         check_layout(site, captured[i], outputs[i])
+        check_plan(model, site)
+
+
+def _first(out):
+    return out[0] if isinstance(out, tuple) else out
 
 
 def check_layout(site, cap, output: torch.Tensor) -> None:
-    y = output.reshape(-1, HIDDEN)  # (tokens, hidden)
-    assert cap.out_max == pytest.approx(y.abs().max().item())
-    (grad,) = torch.autograd.grad(y[cap.token, cap.out_channel], site.weight)
+    y = experts.token_outputs(site.experts, site.module, output) if site.fused else output.reshape(-1, output.shape[-1])
+    assert cap.out_max == pytest.approx(y.abs().max().item(), rel=1e-5)
+    (grad,) = torch.autograd.grad(y[cap.token, cap.out_channel], site.weight, retain_graph=True)
     as_grad = dataclasses.replace(site, weight=grad)  # the same layout, over the gradient
-    experts = range(grad.shape[0]) if site.layout == "experts" else [None]
-    in_row = sum(as_grad.out_row(cap.out_channel, e).abs().sum() for e in experts)
-    assert in_row > 0 and in_row == pytest.approx(grad.abs().sum().item())  # only W[row, :] feeds y[row]
+    every = range(grad.shape[0]) if site.fused else [None]
+    in_row = sum(as_grad.out_row(cap.out_channel, e).abs().sum() for e in every)
+    assert in_row > 0 and in_row == pytest.approx(grad.abs().sum().item(), rel=1e-5)  # only W[row, :] feeds y[row]
     expected = as_grad.out_row(cap.out_channel, cap.expert)  # = router weight * x, over input channels
-    assert torch.allclose(cap.gain * cap.x, expected, rtol=1e-4, atol=1e-6)
+    assert torch.allclose(cap.gain * cap.x, expected, rtol=1e-3, atol=1e-6)
     row, col = cap.out_channel, int(cap.x.abs().argmax())
     index = site.index(row, col, cap.expert)
     assert site.weight[index] == site.out_row(row, cap.expert)[col]
-    assert grad[index] == pytest.approx(cap.gain * cap.x[col].item(), rel=1e-4)
+    assert grad[index] == pytest.approx(cap.gain * cap.x[col].item(), rel=1e-3, abs=1e-7)
 
 
-def test_unsupported_architecture_names_the_supported_ones():
+def check_plan(model, site) -> None:
+    """The tensor-parallel plan, where it names this projection, agrees on its orientation."""
+    plan = getattr(model.config.get_text_config(), "base_model_tp_plan", None) or {}
+    module_path = site.param.rsplit(".", 1)[0] if not site.fused else site.param
+    styles = {style for pattern, style in plan.items() if fnmatch.fnmatch(module_path, f"*{pattern.replace('*', '[0-9]*')}")}
+    styles -= {"moe_tp_experts", "ep_router", "replicated_with_grad_allreduce"}
+    if styles:
+        assert styles <= ({"colwise"} if site.layout == "experts_in_out" else {"rowwise", "local_rowwise", "rowwise_split_input"}), styles
+
+
+def test_a_model_without_any_feed_forward_part_is_one_clear_error():
+    model = _built("mamba")
     with pytest.raises(UnsupportedArchitectureError) as caught:
-        adapter_for("mamba", "state-spaces/mamba-130m")
-    message = str(caught.value)
-    assert "state-spaces/mamba-130m" in message and "'mamba'" in message
-    assert all(model_type in message for model_type in supported_model_types())
+        discover(model, model.config, "state-spaces/mamba-130m")
+    assert str(caught.value) == ("state-spaces/mamba-130m: cannot scan model type 'mamba': "
+                                 "found no feed-forward output projection in any decoder block.")
+
+
+@pytest.mark.parametrize("model_type,per_layer,mixer_only", [
+    ("nemotron_h", None, True),   # hybrid: mamba, attention and MLP blocks in one list
+    ("deepseek_v3", [1, 1, 1, 2], False),  # first_k_dense_replace dense layers, then routed + shared experts
+    ("qwen2_moe", [2, 2, 2, 2], False),  # routed experts and a gated shared expert
+])
+def test_layer_kinds_are_told_apart(model_type, per_layer, mixer_only):
+    found = discover(model := _built(model_type), model.config, model_type)
+    counts = [sum(1 for s in found.sites if s.layer == layer) for layer in range(found.num_layers)]
+    if per_layer is not None:
+        assert counts == per_layer
+    assert bool(found.mixer_only) == mixer_only and all(counts[layer] == 0 for layer in found.mixer_only)

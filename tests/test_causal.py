@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 
-from catalog.architectures import down_projections
 from catalog.causal import RESTORE_SA, VerifyOptions, label
 from catalog.loading import load
 from catalog.perplexity import evaluate, frequent_tokens
@@ -130,7 +129,7 @@ def test_rtn_levels_and_error():
 def test_quantized_keeps_super_weight_and_restores_exactly(tiny):
     planted = tiny("llama")
     loaded = load(resolve(str(planted.path)), device="cpu")
-    sites = down_projections(loaded.model, loaded.adapter, loaded.info.hidden_size)
+    sites = loaded.architecture.sites
     before = {k: v.clone() for k, v in loaded.model.state_dict().items()}
     site = next(s for s in sites if s.param == planted.param)
     index = tuple(planted.tensor_index)
@@ -209,7 +208,7 @@ def test_control_b_takes_the_largest_non_candidate_weights(tiny, bunched, count,
     from catalog.detection import SpikeRule, detect
 
     loaded = load(resolve(str(tiny("llama").path)), device="cpu", dtype=dtype)
-    sites = down_projections(loaded.model, loaded.adapter, loaded.info.hidden_size)
+    sites = loaded.architecture.sites
     ids = loaded.tokenizer("the cat sat", return_tensors="pt").input_ids
     weights = detect(loaded.model, [ids], sites, SpikeRule(), 1).super_weights
     assert weights  # candidates to leave out

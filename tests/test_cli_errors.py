@@ -95,10 +95,10 @@ def unknown_type(tiny, path: Path) -> Path:
 
 
 def unsupported(path: Path) -> Path:
-    """A real tiny GPT-BigCode checkpoint: transformers knows it, the adapter registry does not."""
-    from transformers import AutoModelForCausalLM, GPTBigCodeConfig
+    """A real tiny Mamba checkpoint: transformers loads it, but its blocks hold no feed-forward part."""
+    from transformers import AutoModelForCausalLM, MambaConfig
 
-    config = GPTBigCodeConfig(vocab_size=256, n_embd=64, n_layer=2, n_head=4, n_positions=64, bos_token_id=1, eos_token_id=2)
+    config = MambaConfig(vocab_size=256, hidden_size=64, num_hidden_layers=2, state_size=8, bos_token_id=1, eos_token_id=2)
     AutoModelForCausalLM.from_config(config).save_pretrained(path)
     return path
 
@@ -124,27 +124,28 @@ def inputs(tiny, smollm2_gguf, tmp_path_factory) -> dict[str, Bad]:
         "pickle_refused": Bad([str(pickle_only(tiny, root / "pickle"))], ("pickle", "--allow-pickle", "convert to safetensors")),
         "pickle_unsafe": Bad(["--allow-pickle", str(evil)], (str(evil), "objects other than tensors", "weights_only=True refused")),
         "remote_code": Bad([str(remote_code(tiny, root / "custom"))], ("custom", "needs remote code", "--trust-remote-code")),
-        "remote_code_trusted": Bad(["--trust-remote-code", str(remote_code(tiny, root / "trusted"))], ("unsupported architecture 'tiny_custom'",)),
         "empty_prompt": Bad(["--prompt", "ok", "--prompt", "", str(llama)], ("--prompt", "empty prompt")),
-        "unsupported": Bad([str(unsupported(root / "bigcode"))], ("bigcode", "unsupported architecture 'gpt_bigcode'", "llama")),
-        "unknown_type": Bad([str(unknown_type(tiny, root / "new"))], ("new", "unsupported architecture 'brand_new_arch'", "llama")),
+        "unsupported": Bad([str(unsupported(root / "mamba"))], ("mamba", "cannot scan model type 'mamba'", "no feed-forward output projection")),
+        "unknown_type": Bad([str(unknown_type(tiny, root / "new"))], ("new", "'brand_new_arch'", "does not know it", "upgrade transformers")),
     }
 
 
 @pytest.fixture(scope="module")
-def runs(inputs, tmp_path_factory) -> tuple[dict[str, subprocess.CompletedProcess], Path]:
+def runs(inputs, tiny, tmp_path_factory) -> tuple[dict[str, subprocess.CompletedProcess], Path]:
     """Every bad input, plus the pickle checkpoint with --allow-pickle, which must load."""
     out = tmp_path_factory.mktemp("out")
     commands = {name: [*SCAN, *bad.args, "--json", str(out / f"{name}.json")] for name, bad in inputs.items()}
     pickle_dir = inputs["pickle_refused"].args[-1]
     commands["pickle_allowed"] = [*SCAN, "--allow-pickle", pickle_dir, "--json", str(out / "pickle_allowed.json")]
+    trusted = remote_code(tiny, tmp_path_factory.mktemp("trusted") / "custom")
+    commands["remote_code_trusted"] = [*SCAN, "--trust-remote-code", str(trusted), "--json", str(out / "remote_code_trusted.json")]
     commands["json_dir_missing"] = [*SCAN, inputs["empty_prompt"].args[-1], "--json", str(out / "no-such-dir" / "scan.json")]
     return run_many(commands, isolated_env(tmp_path_factory.mktemp("env"))), out
 
 
 @pytest.mark.parametrize("name", [
     "missing_path", "unknown_repo", "no_config", "cut_gguf", "cut_safetensors", "pickle_refused", "pickle_unsafe",
-    "remote_code", "remote_code_trusted", "empty_prompt", "unsupported", "unknown_type",
+    "remote_code", "empty_prompt", "unsupported", "unknown_type",
 ])
 def test_bad_input_is_one_line_naming_the_input_and_the_fix(inputs, runs, name):
     results, out = runs
@@ -178,10 +179,13 @@ def test_allowed_pickle_is_still_loaded_with_weights_only(inputs, runs):
 
 
 def test_remote_code_runs_only_when_trusted(inputs, runs):
-    """Refused: the repo's Python never ran. Trusted: it ran, and the unknown type is then refused."""
-    results, _ = runs
-    refused, trusted = (Path(inputs[name].args[-1]) for name in ("remote_code", "remote_code_trusted"))
+    """Refused: the repo's Python never ran. Trusted: it ran, and its model (a Llama under a type of
+    its own) scans, its down projections found by structure."""
+    results, out = runs
+    refused, trusted = Path(inputs["remote_code"].args[-1]), Path(runs[0]["remote_code_trusted"].args[-3])
     assert "needs remote code" in one_line_error(results["remote_code"])
     assert not refused.with_suffix(".ran").exists()
-    assert "needs remote code" not in one_line_error(results["remote_code_trusted"])
+    assert results["remote_code_trusted"].returncode == 0, results["remote_code_trusted"].stderr
     assert trusted.with_suffix(".ran").exists()
+    scanned = json.loads((out / "remote_code_trusted.json").read_text())
+    assert scanned["model"]["model_type"] == "tiny_custom" and scanned["super_weights"]

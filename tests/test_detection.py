@@ -11,7 +11,6 @@ import json
 import pytest
 import torch
 
-from catalog.architectures import down_projections
 from catalog.detection import SpikeRule, detect
 from catalog.hooks import capture, zeroed
 from catalog.loading import load
@@ -172,7 +171,7 @@ def test_weights_are_restored_bit_for_bit_and_hooks_removed(tiny):
     planted = tiny("mixtral", masked=True)
     loaded = load(resolve(str(planted.path)), device="cpu")
     before = state_copy(loaded.model)
-    sites = down_projections(loaded.model, loaded.adapter, loaded.info.hidden_size)
+    sites = loaded.architecture.sites
     prompt = loaded.tokenizer(DEFAULT_PROMPT, return_tensors="pt").input_ids
     found = detect(loaded.model, [prompt], sites, SpikeRule(), max_iterations=3)
     assert [w.iteration for w in found.super_weights] == [1, 2]  # so weights were zeroed on the way
@@ -191,7 +190,7 @@ def test_bfloat16_scan_finds_the_same_weight(tiny):
 
 def test_capture_hooks_come_off_when_the_forward_pass_fails(tiny):
     loaded = load(resolve(str(tiny("llama").path)), device="cpu")
-    sites = down_projections(loaded.model, loaded.adapter, loaded.info.hidden_size)
+    sites = loaded.architecture.sites
     with pytest.raises(IndexError), capture(sites):
         loaded.model(input_ids=torch.tensor([[10_000]]))  # an id past the vocabulary
     assert all(not site.module._forward_hooks for site in sites)

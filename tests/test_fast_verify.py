@@ -13,7 +13,6 @@ import math
 import pytest
 import torch
 
-from catalog.architectures import down_projections
 from catalog.causal import RESTORE_SA, VerifyOptions, Verification, label, verify
 from catalog.cli import options_from, scan
 from catalog.hooks import zeroed
@@ -42,7 +41,7 @@ class Setup:
 
 def setup(spec: str, text_path, tokens: int, seq_len: int, iterations: int = 3) -> Setup:
     loaded = load(resolve(spec), device="cpu", dtype="float32")
-    sites = down_projections(loaded.model, loaded.adapter, loaded.info.hidden_size)
+    sites = loaded.architecture.sites
     ids = loaded.tokenizer(DEFAULT_PROMPT, return_tensors="pt").input_ids
     found = detect(loaded.model, [ids], sites, SpikeRule(), iterations)
     windows = load_eval_text(text_path).windows(loaded.tokenizer, tokens, seq_len)

@@ -82,14 +82,21 @@ def test_at_most_two_blocks_are_resident(tiny, scans):
         assert store.resident == 0
 
 
-@pytest.mark.parametrize("spec", ["gpt2", "mixtral"])
-def test_unsupported_architecture_is_one_line(spec, tiny, zipf_text):
-    with pytest.raises(BadOptionError, match=r"--max-gpu-memory: .*streaming supports safetensors checkpoints of model types llama"):
-        scan(str(tiny(spec).path), options(zipf_text, max_gpu_memory=BUDGET))
+def test_a_checkpoint_transformers_converts_is_one_line(tiny, zipf_text):
+    with pytest.raises(BadOptionError, match=r"--max-gpu-memory: .*streaming needs a safetensors checkpoint .*converts on load"):
+        scan(str(tiny("mixtral").path), options(zipf_text, max_gpu_memory=BUDGET))
+
+
+def test_gpt2_streams_to_the_in_memory_result(tiny, zipf_text):
+    """Blocks found by structure stream too: GPT-2's Conv1D blocks, called one at a time."""
+    path = str(tiny("gpt2", effect=True).path)
+    streamed, plain = (scan(path, options(zipf_text, max_gpu_memory=budget)) for budget in (BUDGET, None))
+    assert [(w.layer, w.row, w.col, w.verdict) for w in streamed.super_weights] == [
+        (w.layer, w.row, w.col, w.verdict) for w in plain.super_weights]
 
 
 def test_gguf_is_one_line(smollm2_gguf, zipf_text):
-    with pytest.raises(BadOptionError, match=r"--max-gpu-memory: .*streaming supports safetensors .* not gguf"):
+    with pytest.raises(BadOptionError, match=r"--max-gpu-memory: .*streaming needs a safetensors checkpoint .* not a gguf file"):
         scan(str(smollm2_gguf), options(zipf_text, max_gpu_memory=BUDGET))
 
 

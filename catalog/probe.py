@@ -1,0 +1,146 @@
+"""One tiny forward pass that shows how a model computes: which modules run, on what, in what order.
+
+`catalog.architectures` reads the feed-forward output projections off this record instead of
+off a list of names. The one behavioural question it asks of a module is whether it is
+*token-wise*: called again on the last token alone, does it return the last token of what it
+returned for the whole prompt? Feed-forward parts (dense MLPs and routed experts alike) are;
+attention, state-space and convolution mixers are not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+PROBE_TOKENS = 7  # a length no width in a real or tiny model equals, so token dimensions are recognisable
+
+
+@dataclass
+class Call:
+    """A module's first call in the probe: its arguments, its output, and when it returned."""
+
+    args: tuple
+    kwargs: dict
+    output: Any
+    order: int
+
+    @property
+    def out(self) -> torch.Tensor | None:
+        """The output tensor (the first element where a module returns a tuple)."""
+        return first_tensor(self.output)
+
+    @property
+    def input(self) -> torch.Tensor | None:
+        return first_tensor(self.args) if self.args else first_tensor(tuple(self.kwargs.values()))
+
+
+@dataclass
+class Probe:
+    """The first call of every module that ran, by module identity."""
+
+    calls: dict[int, Call] = field(default_factory=dict)
+    counts: dict[int, int] = field(default_factory=dict)  # calls per module
+    _token_wise: dict[int, bool] = field(default_factory=dict)
+
+    def call(self, module: nn.Module) -> Call | None:
+        return self.calls.get(id(module))
+
+    def token_wise(self, module: nn.Module) -> bool:
+        """Whether `module` computes each token from that token alone (memoised)."""
+        key = id(module)
+        if key not in self._token_wise:
+            call = self.calls.get(key)
+            self._token_wise[key] = call is not None and _same_on_last_token(module, call)
+        return self._token_wise[key]
+
+
+def first_tensor(value: Any) -> torch.Tensor | None:
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, (tuple, list)):
+        return next((t for t in map(first_tensor, value) if t is not None), None)
+    if isinstance(value, dict):
+        return first_tensor(tuple(value.values()))  # transformers' ModelOutput is a dict
+    return None
+
+
+def probe_ids(vocab_size: int, device: torch.device) -> torch.Tensor:
+    """(1, PROBE_TOKENS) ids spread over the vocabulary (low ids are often special tokens)."""
+    step = max(1, vocab_size // (PROBE_TOKENS + 1))
+    return (torch.arange(1, PROBE_TOKENS + 1) * step % vocab_size).unsqueeze(0).to(device)
+
+
+@contextmanager
+def recording(modules: list[nn.Module]) -> Iterator[Probe]:
+    """Record the first call of each module while the block is in effect; hooks always come off."""
+    probe = Probe()
+    counter = iter(range(1 << 62))
+
+    def hook(module, args, kwargs, output):
+        probe.counts[id(module)] = probe.counts.get(id(module), 0) + 1
+        if id(module) not in probe.calls:  # copies: models add to tensors in place after a call
+            probe.calls[id(module)] = Call(_copied(args), _copied(dict(kwargs)), _copied(output), next(counter))
+
+    handles = [m.register_forward_hook(hook, with_kwargs=True) for m in modules]
+    try:
+        yield probe
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def run(model: nn.Module, modules: list[nn.Module], vocab_size: int) -> Probe:
+    """Forward the probe prompt (text only: a multimodal model runs its language model alone)."""
+    device = next((p.device for p in model.parameters() if p.device.type != "meta"), torch.device("cpu"))
+    with recording(modules) as probe, torch.no_grad():
+        model(input_ids=probe_ids(vocab_size, device), use_cache=False)
+    return probe
+
+
+def _copied(value: Any) -> Any:
+    """The same structure with every tensor copied (a cache object is kept as it is)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, (tuple, list)):
+        return type(value)(_copied(v) for v in value) if type(value) in (tuple, list) else value
+    if isinstance(value, dict) and type(value) is dict:
+        return {k: _copied(v) for k, v in value.items()}
+    return value
+
+
+def _last_token(value: Any) -> Any:
+    """The last token of every token-indexed tensor in an argument structure."""
+    if isinstance(value, torch.Tensor):
+        if value.dim() >= 2 and value.shape[0] == 1 and value.shape[1] == PROBE_TOKENS:
+            return value[:, -1:]
+        if value.dim() >= 1 and value.shape[0] == PROBE_TOKENS:
+            return value[-1:]
+        return value
+    if isinstance(value, tuple):
+        return tuple(_last_token(v) for v in value)
+    if isinstance(value, list):
+        return [_last_token(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _last_token(v) for k, v in value.items()}
+    return value
+
+
+def _same_on_last_token(module: nn.Module, call: Call) -> bool:
+    full = call.out
+    if full is None or full.numel() == 0:
+        return False
+    try:
+        with torch.no_grad():
+            last = first_tensor(module(*_last_token(call.args), **_last_token(call.kwargs)))
+    except Exception:  # a mixer called on one token with the whole prompt's masks: not token-wise
+        return False
+    expected = _last_token(full)
+    if last is None or last.shape != expected.shape:
+        return False
+    scale = expected.abs().max().float().item() or 1.0
+    return bool(((last.float() - expected.float()).abs().max() <= 1e-3 * scale + 1e-6).item())
