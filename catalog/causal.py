@@ -9,8 +9,10 @@ Conditions, each a perplexity on the same evaluation windows:
 - +SA: all candidates zeroed, but the original super activations written back where they arose;
 - with `quant_check`, round-to-nearest int8/int4 of the down projections with and without
   holding the super weights out, and with outlier clipping (`catalog.quantization`).
-A candidate is *confirmed* when zeroing it alone multiplies perplexity by at least
-`confirm_ratio` while control A stays within `control_max` of the baseline.
+Each row is paired with the baseline on exactly its own windows (its ratio, 95% interval and
+baseline perplexity there). A candidate's verdict compares the interval of its own row with
+`confirm_ratio`: *confirmed* above it (while control A's interval stays below `control_max`),
+*rejected* below it, *inconclusive* across it (or above it with control A not clean).
 
 Two speed-ups, both off the same single load. Prefix sharing (`share_prefix`, on by default,
 `catalog.prefix`): a condition runs only the blocks from its first modified layer on, from the
@@ -21,8 +23,8 @@ checked after one window, then after batches that double (1, 1, 2, 4, ... window
 window, `catalog.perplexity`), widened to at least +-`stop_precision`, excludes its verdict
 threshold: `confirm_ratio` for each candidate and for all candidates together, `control_max`
 for control A. Rows without a threshold (control B, +SA, quantization) stop once the interval
-is within +-`stop_precision`. A stopped row covers fewer tokens; every row's interval is
-reported in the summary. Since most conditions settle on their first window, the first windows
+is within +-`stop_precision`. A stopped row covers fewer tokens; every row carries its interval,
+windows and the baseline's perplexity on those same tokens. Since most conditions settle on their first window, the first windows
 of the conditions that zero scalars (+SA included) share batched passes (`_first_windows`).
 """
 
@@ -42,7 +44,7 @@ from catalog.hooks import Entries, zeroed, zeroed_per_sample
 from catalog.perplexity import PARTS, Evaluation, Interval, Settled, evaluate, frequent_tokens, paired_interval, segment_losses
 from catalog.prefix import PrefixCache
 from catalog.quantization import quantized
-from catalog.result import CANDIDATE, CONFIRMED, Ablation, SuperWeight
+from catalog.result import CONFIRMED, INCONCLUSIVE, REJECTED, Ablation, Kind, SuperWeight
 
 RESTORE_SA = "+SA: zero all, restore super activation"
 FIRST_BATCH = 8  # conditions whose first windows share one forward pass (memory: logits of 8 windows)
@@ -84,12 +86,14 @@ class Condition:
     thresholds: tuple[float, ...] = ()  # ratios its verdict compares against (early stopping)
     zeroes: Callable[[], Entries] | None = None  # the scalars it zeroes, where its change is that (and `per_sample`'s)
     per_sample: Callable[[int], contextlib.AbstractContextManager] | None = None  # its other change, to sample k of a shared batch
+    kind: Kind = field(kw_only=True)  # what it is: verdicts are read from this, never from `name`
+    target: SuperWeight | None = field(default=None, kw_only=True)  # the candidate a `Kind.WEIGHT` condition zeroes
 
 
 def zeroing(name: str, entries: Callable[[], Entries], detail: str = "", first_layer: int = 0,
-            thresholds: tuple[float, ...] = ()) -> Condition:
+            thresholds: tuple[float, ...] = (), *, kind: Kind, target: SuperWeight | None = None) -> Condition:
     """A condition that zeroes `entries()`: in place (`context`), or per sample of a shared batch (`zeroes`)."""
-    return Condition(name, lambda order=None: zeroed(entries()), detail, first_layer, thresholds, entries)
+    return Condition(name, lambda order=None: zeroed(entries()), detail, first_layer, thresholds, entries, kind=kind, target=target)
 
 
 @dataclass
@@ -283,13 +287,16 @@ def conditions(sites: list[DownProjection], weights: list[SuperWeight], options:
     random = random_control(sites, weights, options.seed)
     first = min(w.layer for w in weights)  # zero all, control A (same matrices) and +SA start here
     confirm, control = (options.confirm_ratio,), (options.control_max,)
-    found = [zeroing(label(w), lambda w=w: weight_entries(sites, [w]), first_layer=w.layer, thresholds=confirm) for w in weights]
+    found = [zeroing(label(w), lambda w=w: weight_entries(sites, [w]), first_layer=w.layer, thresholds=confirm, kind=Kind.WEIGHT, target=w)
+             for w in weights]
     found += [
-        zeroing("zero all candidates", lambda: everything, f"{len(weights)} weights", first, confirm),
-        zeroing("control A: random", lambda: random, f"{len(weights)} seeded random weights in the same matrices (seed {options.seed})", first, control),
-        zeroing("control B: outliers", lambda: outliers, f"{len(outliers)} largest-magnitude non-candidate weights", _first_layer(sites, outliers)),
+        zeroing("zero all candidates", lambda: everything, f"{len(weights)} weights", first, confirm, kind=Kind.ALL_WEIGHTS),
+        zeroing("control A: random", lambda: random, f"{len(weights)} seeded random weights in the same matrices (seed {options.seed})", first, control,
+                kind=Kind.RANDOM_CONTROL),
+        zeroing("control B: outliers", lambda: outliers, f"{len(outliers)} largest-magnitude non-candidate weights", _first_layer(sites, outliers),
+                kind=Kind.OUTLIER_CONTROL),
         Condition(RESTORE_SA, lambda order=None: _stacked(zeroed(everything), recorder.restore(order)), first_layer=first,
-                  zeroes=lambda: everything, per_sample=recorder.restore_sample),
+                  zeroes=lambda: everything, per_sample=recorder.restore_sample, kind=Kind.RESTORE_SA),
     ]
     if options.quant_check:
         found += _quant_conditions(sites, everything, options)
@@ -307,12 +314,14 @@ def _quant_conditions(sites: list[DownProjection], keep: Entries, options: Verif
     for bits in (8, 4):
         base = f"int{bits} RTN block {block}"
         rows += [
-            Condition(base, lambda order=None, bits=bits: quantized(sites, bits, block)),
-            Condition(f"{base} + keep SW", lambda order=None, bits=bits: quantized(sites, bits, block, keep=keep)),
+            Condition(base, lambda order=None, bits=bits: quantized(sites, bits, block), kind=Kind.QUANTIZATION),
+            Condition(f"{base} + keep SW", lambda order=None, bits=bits: quantized(sites, bits, block, keep=keep), kind=Kind.QUANTIZATION),
         ]
+    clipped = f"clipped to the [{clip:g}, {1 - clip:g}] quantiles"
     rows += [
-        Condition(f"int4 RTN block {block} + clip", lambda order=None: quantized(sites, 4, block, clip), f"clipped to the [{clip:g}, {1 - clip:g}] quantiles"),
-        Condition(f"int4 RTN block {block} + clip + keep SW", lambda order=None: quantized(sites, 4, block, clip, keep=keep), f"clipped to the [{clip:g}, {1 - clip:g}] quantiles"),
+        Condition(f"int4 RTN block {block} + clip", lambda order=None: quantized(sites, 4, block, clip), clipped, kind=Kind.QUANTIZATION),
+        Condition(f"int4 RTN block {block} + clip + keep SW", lambda order=None: quantized(sites, 4, block, clip, keep=keep), clipped,
+                  kind=Kind.QUANTIZATION),
     ]
     return rows
 
@@ -368,16 +377,17 @@ class Evaluated:
 def report(base: Evaluation, evaluated: list[Evaluated], recorder: ActivationRecorder, weights: list[SuperWeight],
            options: VerifyOptions, evaluation: dict) -> Verification:
     """Rows, intervals, verdicts and summary of a verification, in memory or streamed."""
-    rows, intervals = [_ablation_row("baseline", base, paired_interval(base, base))], {}
+    rows, intervals = [_ablation_row(Kind.BASELINE, "baseline", base, base, paired_interval(base, base))], {}
     for e in evaluated:
         name = e.condition.name
         interval = _reported(paired_interval(e.ev, base), base.windows, options.stop_precision)
-        detail = f"{recorder.restored_positions} positions restored" if name == RESTORE_SA else e.condition.detail
-        rows.append(_ablation_row(name, e.ev, interval, detail, base.windows))
+        detail = f"{recorder.restored_positions} positions restored" if e.condition.kind == Kind.RESTORE_SA else e.condition.detail
+        rows.append(_ablation_row(e.condition.kind, name, e.ev, base, interval, detail))
         timed = {"seconds": round(e.seconds, 4)} if e.seconds is not None else {}
         intervals[name] = _interval_summary(interval, base.windows, e.start_layer) | timed
     summary = _summarize(rows) | {"evaluation": evaluation} | ({"intervals": intervals} if intervals else {})
-    return Verification(rows, _apply_verdicts(weights, rows, options), summary)
+    _apply_verdicts([e.condition for e in evaluated], rows[1:], options)
+    return Verification(rows, weights, summary)
 
 
 def _evaluate_condition(model: nn.Module, windows: torch.Tensor, stopwords: torch.Tensor, condition: Condition,
@@ -454,27 +464,37 @@ def _interval_summary(interval: Interval, total_windows: int, start_layer: int) 
             "stopped_early": interval.windows < total_windows, "start_layer": start_layer}
 
 
-def _ablation_row(name: str, ev: Evaluation, interval: Interval, detail: str = "", total_windows: int = 0) -> Ablation:
-    """The row; its ratio is paired (same windows as the baseline), which is ppl / baseline ppl when all ran."""
-    if interval.windows < total_windows:
-        stop = f"stopped after {interval.windows}/{total_windows} windows, ratio 95% CI [{interval.low:.4g}, {interval.high:.4g}]"
-        detail = f"{detail}; {stop}" if detail else stop
-    return Ablation(name, ev.ppl, ev.tokens, interval.ratio, detail, ev.stopword_mass)
+def _ablation_row(kind: Kind, name: str, ev: Evaluation, base: Evaluation, interval: Interval, detail: str = "") -> Ablation:
+    """The row, paired with the baseline on its own windows: ratio = ppl / that baseline's ppl."""
+    return Ablation(name, ev.ppl, ev.tokens, interval.ratio, detail, ev.stopword_mass, kind=kind,
+                    baseline_ppl=base.first(ev.windows).ppl, ratio_low=interval.low, ratio_high=interval.high, windows=ev.windows)
 
 
-def _apply_verdicts(weights: list[SuperWeight], rows: list[Ablation], options: VerifyOptions) -> list[SuperWeight]:
-    by_name = {row.name: row for row in rows}
-    control_ok = not weights or by_name["control A: random"].ratio <= options.control_max
-    for w in weights:
-        w.ppl_ratio = by_name[label(w)].ratio
-        w.verdict = CONFIRMED if control_ok and w.ppl_ratio >= options.confirm_ratio else CANDIDATE
-    return weights
+def verdict(row: Ablation, confirm_ratio: float, control_clean: bool) -> str:
+    """A tested candidate's verdict from its row's interval (the early stop's rule: the interval
+    excludes the threshold or straddles it). A confirmation needs control A clean as well: when
+    random weights of the same matrices also hurt, the effect is not the candidate's own."""
+    if row.ratio_high < confirm_ratio:
+        return REJECTED
+    if row.ratio_low > confirm_ratio and control_clean:
+        return CONFIRMED
+    return INCONCLUSIVE
+
+
+def _apply_verdicts(plan: list[Condition], rows: list[Ablation], options: VerifyOptions) -> None:
+    """Each `Kind.WEIGHT` condition's candidate takes its row's ratio, interval and verdict."""
+    control = next((row for row in rows if row.kind == Kind.RANDOM_CONTROL), None)
+    clean = control is not None and control.ratio_high < options.control_max
+    for condition, row in zip(plan, rows, strict=True):
+        if condition.kind == Kind.WEIGHT and (w := condition.target) is not None:
+            w.ppl_ratio, w.ppl_ratio_low, w.ppl_ratio_high = row.ratio, row.ratio_low, row.ratio_high
+            w.verdict = verdict(row, options.confirm_ratio, clean)
 
 
 def _summarize(rows: list[Ablation]) -> dict:
-    by_name = {row.name: row for row in rows}
-    if "zero all candidates" not in by_name:
+    by_kind = {row.kind: row for row in rows}
+    if Kind.ALL_WEIGHTS not in by_kind:
         return {}
-    base, zero = by_name["baseline"], by_name["zero all candidates"]
+    base, zero = by_kind[Kind.BASELINE], by_kind[Kind.ALL_WEIGHTS]
     return {"stopword_mass_baseline": base.stopword_mass, "stopword_mass_zeroed": zero.stopword_mass,
             "stopword_shift": zero.stopword_mass / base.stopword_mass}

@@ -68,8 +68,8 @@ def scan_config_options(command):
         click.option("--eval-dataset", type=click.Choice(["wikitext2"]), help="Evaluate on wikitext-2 test (needs `datasets` and the network), as the paper does."),
         click.option("--eval-tokens", type=click.IntRange(min=2), default=4096, show_default=True, help="Tokens of evaluation text."),
         click.option("--seq-len", type=click.IntRange(min=2), default=512, show_default=True, help="Tokens per evaluation window."),
-        click.option("--confirm-ratio", type=POSITIVE, default=VerifyOptions.confirm_ratio, show_default=True, help="Confirmed when zeroing the weight alone multiplies perplexity by at least this..."),
-        click.option("--control-max", type=POSITIVE, default=VerifyOptions.control_max, show_default=True, help="...while zeroing as many random weights stays under this ratio."),
+        click.option("--confirm-ratio", type=POSITIVE, default=VerifyOptions.confirm_ratio, show_default=True, help="Confirmed when the 95% interval of the perplexity ratio from zeroing the weight alone lies above this (rejected: below; inconclusive: across)..."),
+        click.option("--control-max", type=POSITIVE, default=VerifyOptions.control_max, show_default=True, help="...while the interval of zeroing as many random weights stays under this ratio."),
         click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random control."),
         click.option("--quant-check", is_flag=True, help="Also measure int8/int4 round-to-nearest quantization of the down projections."),
         click.option("--quant-block", type=click.IntRange(min=1), default=VerifyOptions.quant_block, show_default=True, help="Quantization block size (input channels)."),
@@ -101,7 +101,7 @@ def options_from(params: dict[str, Any]) -> ScanOptions:
 
 @cli.command()
 @click.argument("source")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the scan JSON (schema 1) here.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the scan JSON (schema 2) here.")
 @scan_config_options
 @click.pass_context
 def scan(ctx: click.Context, source: str, json_path: Path | None, **params: Any) -> None:

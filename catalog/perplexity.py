@@ -64,6 +64,11 @@ class Evaluation:
         parts = len(self.nll) // self.windows
         return Evaluation(self.nll[i * parts: (i + 1) * parts], self.counts[i * parts: (i + 1) * parts], self.mass[i: i + 1])
 
+    def first(self, windows: int) -> Evaluation:
+        """The first `windows` windows: the baseline on exactly the tokens of a condition that stopped there."""
+        parts = len(self.nll) // self.windows
+        return Evaluation(self.nll[: windows * parts], self.counts[: windows * parts], self.mass[:windows])
+
     def extend(self, more: Evaluation) -> None:
         self.nll += more.nll
         self.counts += more.counts

@@ -1,23 +1,44 @@
-"""Result types of a scan. `ScanResult.to_dict()` is the public scan JSON (schema 1, DESIGN.md).
+"""Result types of a scan. `ScanResult.to_dict()` is the public scan JSON (schema 2, README "Scan JSON").
 
-Fields may be added freely; renaming or dropping one needs a new `SCHEMA`.
+Fields may be added freely; renaming or dropping one, or changing what a value means, needs a new
+`SCHEMA`. Schema 2 replaced schema 1's verdict `candidate`, which meant three things (refuted,
+never tested, test inconclusive), by `rejected`, `untested` and `inconclusive`, and gave every
+ablation row its own paired baseline, interval and windows.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from catalog.errors import NonFiniteError
 from catalog.output import prepare
 
-SCHEMA = 1
+SCHEMA = 2
 
-CONFIRMED = "confirmed"
-CANDIDATE = "candidate"
+# Verdicts (`SuperWeight.verdict`): what the causal check of a candidate found.
+CONFIRMED = "confirmed"  # the 95% interval of its ratio lies above --confirm-ratio, and control A stayed clean
+REJECTED = "rejected"  # tested: the interval lies below --confirm-ratio
+INCONCLUSIVE = "inconclusive"  # tested: the interval straddles it (or control A did not stay clean)
+UNTESTED = "untested"  # no causal check ran (--no-verify)
+VERDICTS = (CONFIRMED, REJECTED, INCONCLUSIVE, UNTESTED)
+
+
+class Kind(StrEnum):
+    """What an ablation row's condition changed (`Ablation.kind`); its value is what JSON and SQL hold."""
+
+    BASELINE = "baseline"  # nothing
+    WEIGHT = "weight"  # one candidate zeroed: its verdict's row
+    ALL_WEIGHTS = "all_weights"  # every candidate zeroed
+    RANDOM_CONTROL = "random_control"  # control A: as many seeded random weights of the same matrices
+    OUTLIER_CONTROL = "outlier_control"  # control B: the largest-magnitude non-candidate weights
+    RESTORE_SA = "restore_sa"  # every candidate zeroed, the super activation written back
+    QUANTIZATION = "quantization"  # round-to-nearest quantization of the down projections (--quant-check)
 
 
 @dataclass
@@ -70,22 +91,35 @@ class SuperWeight:
     input_activation: float
     output_activation: float
     iteration: int
-    verdict: str = CANDIDATE
-    ppl_ratio: float | None = None
+    verdict: str = UNTESTED
+    ppl_ratio: float | None = None  # its `Kind.WEIGHT` row's ratio: ppl zeroed / baseline ppl on the same tokens
     token: int = 0
     share: float = 0.0  # W[row, col] * x[col] / y[row]: how much of the spike this weight makes
+    ppl_ratio_low: float | None = None  # that row's 95% interval, which the verdict compares
+    ppl_ratio_high: float | None = None
 
 
 @dataclass
 class Ablation:
-    """Perplexity of the model under one condition (baseline, a weight zeroed, a control...)."""
+    """The model under one condition (baseline, a weight zeroed, a control...), paired with the
+    baseline on exactly the same tokens: a row that stopped early covers fewer tokens than the
+    baseline row, and its `baseline_ppl` is the baseline's perplexity on those tokens alone.
 
-    name: str
-    ppl: float
-    tokens: int
-    ratio: float | None = None  # ppl / baseline ppl
+    Perplexities are exp(mean next-token negative log-likelihood in nats) over `tokens` predicted
+    tokens; ratios are unitless.
+    """
+
+    name: str  # for display; `kind` says what the condition is
+    ppl: float  # perplexity under the condition, on this row's tokens
+    tokens: int  # tokens predicted: `windows` windows of seq_len - 1 each
+    ratio: float | None = None  # ppl / baseline_ppl: the paired perplexity ratio
     detail: str = ""
     stopword_mass: float | None = None  # mean probability on the text's 20 most frequent tokens
+    kind: str | None = None  # a `Kind`
+    baseline_ppl: float | None = None  # the baseline's perplexity on exactly this row's tokens
+    ratio_low: float | None = None  # 95% interval of `ratio` (README "Verification")
+    ratio_high: float | None = None
+    windows: int | None = None  # evaluation windows this row covers (the baseline row: all of them)
 
 
 @dataclass
@@ -141,6 +175,11 @@ class ScanResult:
     @property
     def confirmed(self) -> list[SuperWeight]:
         return [w for w in self.super_weights if w.verdict == CONFIRMED]
+
+    def verdict_counts(self) -> dict[str, int]:
+        """Candidates per verdict, every verdict present (0 when none), in `VERDICTS` order."""
+        counts = Counter(w.verdict for w in self.super_weights)
+        return {verdict: counts[verdict] for verdict in VERDICTS}
 
 
 def check_finite(data: Any, path: str = "") -> None:

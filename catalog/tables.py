@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.markup import escape
 from rich.table import Table
 
-from catalog.result import ScanResult
+from catalog.result import CONFIRMED, Ablation, Kind, ScanResult
 
 
 def layers_table(result: ScanResult) -> Table:
@@ -21,27 +21,63 @@ def layers_table(result: ScanResult) -> Table:
     return table
 
 
+def verdict_summary(result: ScanResult) -> str:
+    """'6 candidates: 1 confirmed, 5 rejected' (verdicts that occur, in `VERDICTS` order)."""
+    counts = ", ".join(f"{n} {verdict}" for verdict, n in result.verdict_counts().items() if n)
+    return f"{len(result.super_weights)} candidates" + (f": {counts}" if counts else "")
+
+
+def ratio(value: float | None) -> str:
+    """A perplexity ratio: three decimals below 10, where a verdict turns on them (0.996, 1.003,
+    3.906), four digits up to 1000 (11.07, 812.5), whole numbers beyond (12,345). The report uses it too."""
+    if value is None:
+        return ""
+    if abs(value) < 10:
+        return f"{value:.3f}"
+    return f"{value:.4g}" if abs(value) < 1000 else f"{value:,.0f}"
+
+
+def interval(low: float | None, high: float | None) -> str:
+    return "" if low is None or high is None else f"[{ratio(low)}, {ratio(high)}]"
+
+
 def super_weights_table(result: ScanResult) -> Table:
-    table = Table(title=f"Super weights ({len(result.super_weights)} found, {len(result.confirmed)} confirmed)")
-    for name in ("layer", "param", "expert", "[row, col]", "tensor index", "value", "x[col]", "y[row]", "share", "iter", "verdict", "ppl ×"):
+    """One row per candidate; the tensor index only where some candidate's differs from [row, col]
+    (GPT-2's Conv1D, fused MoE experts), which keeps the verdict's columns within a piped line."""
+    indexed = any(w.tensor_index != [w.row, w.col] for w in result.super_weights)
+    table = Table(title=escape(f"Super weights ({verdict_summary(result)})"))
+    names = ["layer", "param", "expert", "[row, col]", *(["tensor index"] if indexed else []),
+             "value", "x[col]", "y[row]", "share", "iter", "verdict", "ppl ×", "95% interval"]
+    for name in names:
         table.add_column(escape(name), justify="left" if name in ("param", "verdict") else "right")
     for w in result.super_weights:
         table.add_row(
             str(w.layer), escape(w.param), "" if w.expert is None else str(w.expert), escape(f"[{w.row}, {w.col}]"),
-            escape(str(w.tensor_index)), f"{w.value:.4g}", f"{w.input_activation:.4g}", f"{w.output_activation:.4g}",
-            f"{w.share:.2f}", str(w.iteration), w.verdict, "" if w.ppl_ratio is None else f"{w.ppl_ratio:.3g}",
-            style="bold green" if w.verdict == "confirmed" else None,
+            *([escape(str(w.tensor_index))] if indexed else []), f"{w.value:.4g}", f"{w.input_activation:.4g}",
+            f"{w.output_activation:.4g}", f"{w.share:.2f}", str(w.iteration), w.verdict, ratio(w.ppl_ratio),
+            escape(interval(w.ppl_ratio_low, w.ppl_ratio_high)), style="bold green" if w.verdict == CONFIRMED else None,
         )
     return table
 
 
 def ablations_table(result: ScanResult) -> Table:
-    table = Table(title="Ablations: perplexity on the evaluation text")
-    for name in ("condition", "ppl", "× baseline", "tokens", "detail"):
-        table.add_column(name, justify="left" if name in ("condition", "detail") else "right")
+    """Ratio and interval first: each row against the baseline on its own tokens, never the baseline row's."""
+    table = Table(title="Ablations: perplexity ratio to the baseline on the same tokens, with its 95% interval",
+                  caption="ppl: exp(mean next-token NLL, nats) on the row's tokens; baseline ppl: the baseline on those same tokens")
+    total = next((a.windows for a in result.ablations if a.kind == Kind.BASELINE), None)
+    for name in ("condition", "× baseline", "95% interval", "windows", "tokens", "ppl", "baseline ppl", "detail"):
+        table.add_column(escape(name), justify="left" if name in ("condition", "detail") else "right")
     for a in result.ablations:
-        table.add_row(escape(a.name), f"{a.ppl:.4g}", "" if a.ratio is None else f"{a.ratio:.3g}", str(a.tokens), escape(a.detail))
+        table.add_row(escape(a.name), ratio(a.ratio), escape(interval(a.ratio_low, a.ratio_high)),
+                      _windows(a, total), str(a.tokens), f"{a.ppl:.4g}", "" if a.baseline_ppl is None else f"{a.baseline_ppl:.4g}",
+                      escape(a.detail))
     return table
+
+
+def _windows(row: Ablation, total: int | None) -> str:
+    if row.windows is None:
+        return ""
+    return f"{row.windows}/{total}" if total else str(row.windows)
 
 
 def architectures_table(report) -> Table:

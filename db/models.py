@@ -123,8 +123,10 @@ class SuperWeightRow(Base):
     share: Mapped[float]
     token: Mapped[int]
     iteration: Mapped[int]
-    verdict: Mapped[str] = mapped_column(String(32), index=True)
-    ppl_ratio: Mapped[float | None]
+    verdict: Mapped[str] = mapped_column(String(32), index=True)  # confirmed | rejected | inconclusive | untested
+    ppl_ratio: Mapped[float | None]  # its ablation row's paired ratio (unitless)
+    ppl_ratio_low: Mapped[float | None]  # and that row's 95% interval
+    ppl_ratio_high: Mapped[float | None]
 
 
 class AblationRow(Base):
@@ -133,11 +135,16 @@ class AblationRow(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     scan_id: Mapped[int] = _scan_fk()
     name: Mapped[str]
-    ppl: Mapped[float]
-    tokens: Mapped[int]
-    ratio: Mapped[float | None]
+    ppl: Mapped[float]  # perplexity on this row's tokens
+    tokens: Mapped[int]  # predicted tokens evaluated
+    ratio: Mapped[float | None]  # ppl / baseline_ppl
     detail: Mapped[str] = mapped_column(Text)
     stopword_mass: Mapped[float | None]
+    kind: Mapped[str | None] = mapped_column(String(32))  # catalog.result.Kind
+    baseline_ppl: Mapped[float | None]  # the baseline's perplexity on exactly this row's tokens
+    ratio_low: Mapped[float | None]  # 95% interval of the ratio
+    ratio_high: Mapped[float | None]
+    windows: Mapped[int | None]  # evaluation windows covered
 
 
 TABLES = ("models", "scans", "layer_stats", "super_weights", "ablations")

@@ -13,7 +13,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from catalog.result import ScanResult
+from catalog.result import VERDICTS, ScanResult
 from catalog.tables import ablations_table, super_weights_table
 from db.lineage import LineageMatch
 from db.query import QueryResult
@@ -93,15 +93,15 @@ def _facts(first: StoredScan, latest: ScanResult | None) -> Table:
 
 
 def _scans_table(scans: list[StoredScan]) -> Table:
+    """One row per scan, with its candidates counted by verdict (a failed scan has none)."""
     table = Table(title="Scans (newest first)")
-    for name in ("scan", "status", "config", "finished (UTC)", "device", "confirmed", "candidates", "error"):
+    for name in ("scan", "status", "config", "finished (UTC)", "device", *VERDICTS, "error"):
         table.add_column(name, overflow="fold")
     for s in scans:
-        found = len(s.result.super_weights) if s.result else 0
-        confirmed = len(s.result.confirmed) if s.result else 0
+        counts = s.result.verdict_counts() if s.result else dict.fromkeys(VERDICTS, 0)
         table.add_row(
             str(s.scan_id), s.status, s.config_hash, s.finished_at.strftime("%Y-%m-%d %H:%M:%S"),
-            (s.result.environment.get("device", "") if s.result else ""), str(confirmed), str(found - confirmed),
+            (s.result.environment.get("device", "") if s.result else ""), *map(str, counts.values()),
             s.error or "", style="red" if s.status != "ok" else None,
         )
     return table

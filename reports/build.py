@@ -25,11 +25,12 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 from catalog.errors import BadOptionError, UnwritableOutputError
 from db.repository import StoredScan
 from reports.contexts import Page
-from reports.downloads import write_downloads
+from reports.downloads import write_catalog_downloads, write_downloads
+from catalog.tables import ratio
 from reports.formats import format_number, format_ratio
-from reports.pages import Provenance, family_page, index_page, model_page
+from reports.pages import Provenance, coordinate_page, family_page, index_page, model_page
 from reports.search import index_script
-from reports.site import Site, when
+from reports.site import Site, coordinate_slug, when
 
 MARKER = ".superweights-report"
 PACKAGE = files("reports")
@@ -68,18 +69,22 @@ def build_site(scans: list[StoredScan], out_dir: Path, now: datetime | None = No
 def write_site(site: Site, prov: Provenance, root: Path) -> int:
     """Write pages, downloads, search index and assets under `root`; return the page count."""
     env = environment()
-    (root / "models").mkdir()
-    (root / "families").mkdir()
+    for directory in ("models", "families", "coordinates"):
+        (root / directory).mkdir()
     render(env, "index.html", index_page(site, prov), root / "index.html")
     for family, models in site.families.items():
         render(env, "family.html", family_page(site, family, models, prov), root / "families" / f"{site.family_slugs[family]}.html")
     for model in site.models:
         render(env, "model.html", model_page(site, model, prov), root / "models" / f"{model.slug}.html")
         write_downloads(model, root / "models")
+    shared = site.shared()
+    for coordinate, holders in shared:
+        render(env, "coordinate.html", coordinate_page(site, coordinate, holders, prov), root / "coordinates" / f"{coordinate_slug(coordinate)}.html")
+    write_catalog_downloads(site, root / "downloads")
     (root / "search-index.js").write_text(index_script(site), encoding="utf-8")
     shutil.copytree(Path(str(PACKAGE / "assets")), root / "assets")
     (root / MARKER).write_text("built by `superweights report`; this directory is replaced on rebuild\n")
-    return 1 + len(site.families) + len(site.models)
+    return 1 + len(site.families) + len(site.models) + len(shared)
 
 
 def environment() -> Environment:
@@ -88,7 +93,7 @@ def environment() -> Environment:
         loader=FileSystemLoader(str(PACKAGE / "templates")), autoescape=select_autoescape(default=True),
         undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True,
     )
-    env.filters.update(num=format_number, ratio=format_ratio)
+    env.filters.update(num=format_number, ratio=format_ratio, ratio_value=ratio)
     return env
 
 

@@ -2,6 +2,9 @@
 
 Both charts use a log scale: super activations are orders of magnitude above the other layers'
 (Yu et al. 2024, fig. 2), and zeroing one super weight can multiply perplexity by thousands.
+The ablation chart plots ratios, each condition against the baseline on its own tokens, never
+perplexities: a row that stopped early covers other tokens than the baseline row, and its
+perplexity set against the baseline row's would show effects that are not there.
 The SVG is built with ElementTree, which escapes every text and attribute value it writes. It is
 inlined in HTML, where no xmlns is needed (and so no URL appears in a page).
 """
@@ -15,7 +18,8 @@ from dataclasses import dataclass
 
 from markupsafe import Markup
 
-from catalog.result import Ablation, LayerStat
+from catalog.result import Ablation, Kind, LayerStat
+from catalog.tables import ratio
 from reports.formats import format_number, format_ratio
 
 WIDTH = 1000
@@ -24,6 +28,10 @@ OUT_COLOR = "#ea580c"
 SPIKE_COLOR = "#dc2626"
 AXIS_COLOR = "#6b7280"
 GRID_COLOR = "#e5e7eb"
+MINOR_GRID_COLOR = "#f3f4f6"
+# a row's point, by where its interval lies against its own verdict threshold
+OUTCOME_COLORS = {"above": SPIKE_COLOR, "across": "#d97706", "below": IN_COLOR, "no threshold": "#374151"}
+RATIO_RANGE = (1e-3, 1e6)  # interval ends beyond are cut at the axis (one segment gives an unbounded interval)
 
 
 @dataclass(frozen=True)
@@ -77,18 +85,52 @@ def layer_chart(layers: Sequence[LayerStat], title: str) -> Markup:
     return _markup(svg)
 
 
-def ablation_chart(ablations: Sequence[Ablation], title: str) -> Markup:
-    """Perplexity under each ablation condition as horizontal bars, baseline drawn as a line."""
-    row_height = 24
-    height = 58 + row_height * len(ablations) + 48
-    svg, (left, top, right, bottom) = _canvas(title, height=height, margins=(210, 48, 130, 48))
-    x = LogScale.covering([a.ppl for a in ablations], left, right)
-    _x_log_axis(svg, x, top, bottom, "perplexity (log scale)")
-    for i, ablation in enumerate(ablations):
-        _bar(svg, ablation, x, left, top + i * row_height + 4, row_height - 8)
-    baseline = next((a for a in ablations if a.name == "baseline"), None)
-    if baseline is not None:
-        _dashed_line(svg, x(baseline.ppl), top, bottom, {"stroke-width": "1"})
+@dataclass(frozen=True)
+class Threshold:
+    """A verdict threshold: a line across the chart, and the row kinds whose interval it judges."""
+
+    value: float
+    label: str
+    kinds: frozenset[str]
+
+
+def thresholds(confirm_ratio: float | None, control_max: float | None) -> list[Threshold]:
+    """The scan's thresholds: --confirm-ratio judges single and all candidates zeroed, --control-max control A."""
+    found = [(confirm_ratio, "confirm", {Kind.WEIGHT, Kind.ALL_WEIGHTS}), (control_max, "control A max", {Kind.RANDOM_CONTROL})]
+    return [Threshold(value, f"{label} ×{value:g}", frozenset(kinds)) for value, label, kinds in found if value is not None]
+
+
+def outcome(row: Ablation, threshold: Threshold | None) -> str:
+    """Where the row's interval lies against its own threshold (the verdict's reading of it)."""
+    if threshold is None or row.ratio_low is None or row.ratio_high is None:
+        return "no threshold"
+    if row.ratio_low > threshold.value:
+        return "above"
+    return "below" if row.ratio_high < threshold.value else "across"
+
+
+def ablation_chart(ablations: Sequence[Ablation], confirm_ratio: float | None, control_max: float | None, title: str) -> Markup:
+    """Each condition's perplexity ratio to the baseline on its own tokens, with its 95% interval.
+
+    Log axis; a line at 1 (the baseline, which is not a row here) and one per verdict threshold;
+    each point colored by where its interval lies against its own threshold.
+    """
+    rows = [a for a in ablations if a.kind != Kind.BASELINE and a.ratio is not None]
+    lines = thresholds(confirm_ratio, control_max)
+    total = next((a.windows for a in ablations if a.kind == Kind.BASELINE), None)
+    row_height = 26
+    svg, (left, top, right, bottom) = _canvas(title, height=96 + row_height * len(rows) + 48, margins=(230, 96, 250, 48))
+    ends = [v for a in rows for v in (a.ratio, a.ratio_low, a.ratio_high) if v is not None and v > 0]
+    x = LogScale.covering([min(max(v, RATIO_RANGE[0]), RATIO_RANGE[1]) for v in ends] + [1.0] + [t.value for t in lines], left, right)
+    _x_log_axis(svg, x, top, bottom, "perplexity ratio to the baseline on the same tokens (log scale)")
+    references = sorted([(1.0, "×1 = baseline", False)] + [(t.value, t.label, True) for t in lines])
+    for i, (value, label, dashed) in enumerate(references):  # the rightmost line's label lowest: no line crosses a label
+        _reference_line(svg, x(value), top, bottom, label, top - 8 - 14 * (len(references) - 1 - i), dashed)
+    for i, row in enumerate(rows):
+        threshold = next((t for t in lines if row.kind in t.kinds), None)
+        _interval_row(svg, row, threshold, total, x, (left, right), top + i * row_height + row_height / 2)
+    _legend(svg, right + 240, [(f"interval {name} its threshold" if name != "no threshold" else name, color)
+                               for name, color in OUTCOME_COLORS.items()], width=205, y=34)
     return _markup(svg)
 
 
@@ -128,7 +170,14 @@ def _x_axis(svg: ET.Element, x: dict[int, float], bottom: float, label: str) -> 
 
 
 def _x_log_axis(svg: ET.Element, x: LogScale, top: float, bottom: float, label: str) -> None:
+    """Decades, and 2 and 5 of each between them (labelled too when the axis spans at most 4 decades)."""
     for exponent in x.decades():
+        for multiple in (2, 5) if exponent < x.hi else ():
+            px = f"{x(multiple * 10.0**exponent):.1f}"
+            _el(svg, "line", x1=px, x2=px, y1=str(top), y2=str(bottom), stroke=MINOR_GRID_COLOR)
+            if x.hi - x.lo <= 4:
+                _el(svg, "text", f"{multiple * 10.0**exponent:g}", x=px, y=str(bottom + 18), fill=AXIS_COLOR,
+                    **{"text-anchor": "middle", "font-size": "10"})
         px = f"{x(10.0**exponent):.1f}"
         _el(svg, "line", x1=px, x2=px, y1=str(top), y2=str(bottom), stroke=GRID_COLOR)
         _el(svg, "text", decade_label(exponent), x=px, y=str(bottom + 18), fill=AXIS_COLOR, **{"text-anchor": "middle"})
@@ -155,29 +204,58 @@ def _dashed_line(svg: ET.Element, px: float, top: float, bottom: float, style: d
         **{"stroke-dasharray": "4 3", **style})
 
 
-def _legend(svg: ET.Element, right: float, entries: list[tuple[str, str]]) -> None:
-    px = right - 110 * len(entries)
+def _legend(svg: ET.Element, right: float, entries: list[tuple[str, str]], width: int = 110, y: int = 34) -> None:
+    px = right - width * len(entries)
     for name, color in entries:
-        _el(svg, "rect", x=f"{px:.0f}", y="34", width="12", height="12", rx="2", fill=color)
-        _el(svg, "text", name, x=f"{px + 17:.0f}", y="44", fill="#374151")
-        px += 110
+        _el(svg, "rect", x=f"{px:.0f}", y=str(y), width="12", height="12", rx="2", fill=color)
+        _el(svg, "text", name, x=f"{px + 17:.0f}", y=str(y + 10), fill="#374151")
+        px += width
 
 
-def _bar(svg: ET.Element, ablation: Ablation, x: LogScale, left: float, top: float, height: float) -> None:
-    """One condition: its name left of the axis, the bar, its perplexity (and ratio) at the end."""
-    middle = f"{top + height / 2:.1f}"
-    name = ablation.name if len(ablation.name) <= 30 else ablation.name[:29] + "…"
-    label = _el(svg, "text", name, x=str(left - 8), y=middle, fill="#111827",
-                **{"text-anchor": "end", "dominant-baseline": "middle"})
-    _el(label, "title", ablation.name)
-    end = x(ablation.ppl)
-    color = AXIS_COLOR if ablation.name == "baseline" else OUT_COLOR
-    bar = _el(svg, "rect", x=str(left), y=f"{top:.1f}", width=f"{max(end - left, 1):.1f}", height=f"{height:.1f}",
-              fill=color, rx="2")
-    _el(bar, "title", f"{ablation.name}: perplexity {format_number(ablation.ppl)}")
-    ratio = "" if ablation.ratio is None else f"  {format_ratio(ablation.ratio)}"
-    _el(svg, "text", f"{format_number(ablation.ppl)}{ratio}", x=f"{end + 6:.1f}", y=middle, fill="#374151",
-        **{"dominant-baseline": "middle"})
+def _reference_line(svg: ET.Element, px: float, top: float, bottom: float, label: str, label_y: float, dashed: bool) -> None:
+    """A vertical line across the plot (×1, a threshold), labelled above it at its own height."""
+    style = {"stroke-dasharray": "5 3"} if dashed else {}
+    color = SPIKE_COLOR if dashed else "#111827"
+    _el(svg, "line", x1=f"{px:.1f}", x2=f"{px:.1f}", y1=f"{label_y + 4:.1f}", y2=str(bottom), stroke=color,
+        **{"stroke-width": "1.5", "class": "reference", **style})
+    _el(svg, "text", label, x=f"{px + 4:.1f}", y=f"{label_y:.1f}", fill=color, **{"font-size": "11"})
+
+
+def _interval_row(svg: ET.Element, row: Ablation, threshold: Threshold | None, total: int | None, x: LogScale,
+                  span: tuple[float, float], middle: float) -> None:
+    """One condition: its name left of the axis, its interval as a whisker, its ratio as a point, the numbers at the right."""
+    left, right = span
+    y = f"{middle:.1f}"
+    name = row.name if len(row.name) <= 32 else row.name[:31] + "…"
+    label = _el(svg, "text", name, x=str(left - 8), y=y, fill="#111827", **{"text-anchor": "end", "dominant-baseline": "middle"})
+    _el(label, "title", row.name)
+    color = OUTCOME_COLORS[outcome(row, threshold)]
+    mark = _el(svg, "g", **{"class": "condition"})
+    _el(mark, "title", _row_tooltip(row, total))
+    if row.ratio_low is not None and row.ratio_high is not None:
+        low, high = (min(max(x(v), left), right) for v in (row.ratio_low, row.ratio_high))
+        _el(mark, "line", x1=f"{low:.1f}", x2=f"{high:.1f}", y1=y, y2=y, stroke=color, **{"stroke-width": "2", "class": "interval"})
+        for end in (low, high):
+            _el(mark, "line", x1=f"{end:.1f}", x2=f"{end:.1f}", y1=f"{middle - 5:.1f}", y2=f"{middle + 5:.1f}", stroke=color,
+                **{"stroke-width": "2"})
+    _el(mark, "circle", cx=f"{x(row.ratio):.1f}", cy=y, r="4.5", fill=color, **{"class": "ratio"})
+    _el(svg, "text", _row_numbers(row, total), x=f"{right + 8:.1f}", y=y, fill="#374151", **{"dominant-baseline": "middle"})
+
+
+def _row_numbers(row: Ablation, total: int | None) -> str:
+    """'×3.91 [3.07, 4.97] · 2/8 windows'."""
+    text = format_ratio(row.ratio)
+    if row.ratio_low is not None and row.ratio_high is not None:
+        text += f" [{ratio(row.ratio_low)}, {ratio(row.ratio_high)}]"
+    if row.windows is not None:
+        text += f" · {row.windows}/{total} windows" if total else f" · {row.windows} windows"
+    return text
+
+
+def _row_tooltip(row: Ablation, total: int | None) -> str:
+    baseline = "" if row.baseline_ppl is None else f" against the baseline's {format_number(row.baseline_ppl)} on the same tokens"
+    return (f"{row.name}: ratio {_row_numbers(row, total)}, {row.tokens} tokens; "
+            f"perplexity {format_number(row.ppl)}{baseline}")
 
 
 def _el(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) -> ET.Element:

@@ -7,7 +7,9 @@ field has none. Strings here are raw catalog text: the templates escape them (au
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from markupsafe import Markup
@@ -35,6 +37,25 @@ class Fact:
 
 
 @dataclass
+class VerdictCounts:
+    """Candidates (spikes detection found) counted by what their causal check said."""
+
+    confirmed: int = doc("Zeroing it alone raised perplexity: its ratio's 95% interval lies above the confirm ratio.")
+    rejected: int = doc("Tested, and the interval lies below the confirm ratio: not a super weight.")
+    inconclusive: int = doc("Tested, and the interval straddles the confirm ratio (or control A was not clean).")
+    untested: int = doc("No causal check ran.")
+
+    @classmethod
+    def of(cls, verdicts: Iterable[str]) -> VerdictCounts:
+        counts = Counter(verdicts)
+        return cls(**{f.name: counts[f.name] for f in fields(cls)})
+
+    @property
+    def candidates(self) -> int:
+        return self.confirmed + self.rejected + self.inconclusive + self.untested
+
+
+@dataclass
 class Totals:
     """Counts over the whole catalog, shown at the top of the index."""
 
@@ -42,15 +63,17 @@ class Totals:
     failed: int = doc("Scans that ended in an error.")
     models: int = doc("Distinct models with at least one successful scan.")
     families: int = doc("Distinct model families among those models.")
-    super_weights: int = doc("Super weights found in the latest scan of each model (candidates and confirmed).")
-    confirmed: int = doc("Of those, the ones whose zeroing raised perplexity (verdict 'confirmed').")
+    verdicts: VerdictCounts = doc("Candidates of the latest scan of each model, by verdict.")
 
 
 @dataclass
 class WeightRow:
-    """One super weight of one model, as a table row."""
+    """One super weight candidate of one model, as a table row."""
 
     model: Link = doc("The model it belongs to, linked to its page.")
+    family: Link = doc("The model's family, linked to the family page.")
+    href: str = doc("Its own row on the model's page (an anchor URL, relative to this page).")
+    anchor: str = doc("The id of that row on the model's page: 'w-l<layer>-<row>-<col>' (with '-e<expert>' for MoE).")
     layer: int = doc("Decoder layer of the down projection.")
     row: int = doc("Output channel (paper convention: W[row, col]).")
     col: int = doc("Input channel.")
@@ -58,9 +81,12 @@ class WeightRow:
     expert: int | None = doc("Expert index in a mixture-of-experts layer, else None.")
     value: float = doc("The weight's value.")
     output_activation: float = doc("The super activation it produces: y[row] at the spike token.")
-    ppl_ratio: float | None = doc("Perplexity with this weight zeroed / baseline; None when not ablated.")
-    verdict: str = doc("'confirmed' (zeroing it hurts the model) or 'candidate' (a spike without a checked effect).")
-    shared: int = doc("How many models of the family have a super weight at the same (layer, row, col).")
+    ppl_ratio: float | None = doc("Perplexity with this weight zeroed / the baseline's on the same tokens; None when untested.")
+    ppl_ratio_low: float | None = doc("Lower end of that ratio's 95% interval; None when untested (or not recorded).")
+    ppl_ratio_high: float | None = doc("Upper end of that ratio's 95% interval.")
+    verdict: str = doc("'confirmed', 'rejected', 'inconclusive' or 'untested' (VerdictCounts says what each means).")
+    shared: int = doc("How many catalog models have a super weight candidate at the same (layer, row, col).")
+    coordinate: Link | None = doc("The page of that coordinate, when two or more models hold it.")
 
 
 @dataclass
@@ -71,9 +97,9 @@ class ModelRow:
     family: Link = doc("Its family, linked to the family page.")
     architecture: str = doc("Transformers architecture class, e.g. 'LlamaForCausalLM'.")
     parameters: str = doc("Parameter count, human readable (e.g. '135M').")
+    parameter_count: int = doc("Parameter count, exact: what the column sorts by.")
     format: str = doc("Checkpoint format and quantization, e.g. 'gguf Q4_1'.")
-    super_weights: int = doc("Super weights found by its latest scan.")
-    confirmed: int = doc("Of those, the confirmed ones.")
+    verdicts: VerdictCounts = doc("The candidates of its latest scan, by verdict.")
     scanned_at: str = doc("When its latest scan finished (UTC).")
 
 
@@ -96,8 +122,7 @@ class FamilyRow:
 
     family: Link = doc("The family, linked to its page.")
     models: int = doc("Models of the family in the catalog.")
-    super_weights: int = doc("Super weights over those models.")
-    confirmed: int = doc("Of those, the confirmed ones.")
+    verdicts: VerdictCounts = doc("Their candidates (latest scan of each), by verdict.")
     shared: int = doc("Coordinates (layer, row, col) shared by two or more of its models.")
 
 
@@ -108,17 +133,24 @@ class SharedCoordinate:
     layer: int = doc("Decoder layer.")
     row: int = doc("Output channel.")
     col: int = doc("Input channel.")
-    models: list[Link] = doc("The models that have a super weight there.")
+    page: Link = doc("The coordinate's own page, which lists every catalog model holding it.")
+    models: list[Link] = doc("The family's models that have a super weight candidate there.")
 
 
 @dataclass
 class AblationRow:
-    """Perplexity of the model under one ablation condition."""
+    """One ablation condition, paired with the baseline on exactly the tokens it covered."""
 
     name: str = doc("The condition: baseline, one weight zeroed, all zeroed, a control...")
-    ppl: float = doc("Perplexity on the evaluation text.")
-    ratio: float | None = doc("ppl / baseline ppl; None when the scan did not record it.")
-    tokens: int = doc("Tokens evaluated.")
+    kind: str | None = doc("What it changed: 'baseline', 'weight', 'all_weights', 'random_control', 'outlier_control', 'restore_sa', 'quantization'.")
+    ratio: float | None = doc("ppl / baseline_ppl (unitless); None when the scan did not record it.")
+    ratio_low: float | None = doc("Lower end of the ratio's 95% interval; None when not recorded.")
+    ratio_high: float | None = doc("Upper end of the ratio's 95% interval.")
+    windows: int | None = doc("Evaluation windows the row covers; None when not recorded.")
+    total_windows: int | None = doc("Windows of the whole evaluation text (the baseline row's).")
+    tokens: int = doc("Predicted tokens the row covers.")
+    ppl: float = doc("Perplexity under the condition: exp(mean next-token NLL in nats) over those tokens.")
+    baseline_ppl: float | None = doc("The baseline's perplexity on exactly those tokens.")
     detail: str = doc("What the condition did, in words.")
     stopword_mass: float | None = doc("Mean probability on the text's most frequent tokens; None when not measured.")
 
@@ -145,6 +177,7 @@ class IndexPage(Page):
         "Each model's strongest super weight, strongest first: largest perplexity ratio when "
         "ablated, else largest |super activation|."
     )
+    downloads: list[Link] = doc("The whole catalog as files (the latest scan of each model): CSV and Parquet per table.")
 
 
 @dataclass
@@ -158,6 +191,17 @@ class FamilyPage(Page):
 
 
 @dataclass
+class CoordinatePage(Page):
+    """One page per coordinate two or more catalog models hold (`coordinates/l<layer>-<row>-<col>.html`)."""
+
+    layer: int = doc("Decoder layer.")
+    row: int = doc("Output channel.")
+    col: int = doc("Input channel.")
+    holders: list[WeightRow] = doc("Every model's super weight candidate at this coordinate, by model name.")
+    verdicts: VerdictCounts = doc("Those candidates, by verdict.")
+
+
+@dataclass
 class ModelPage(Page):
     """One page per model (`models/<slug>.html`), from the model's latest successful scan."""
 
@@ -166,11 +210,13 @@ class ModelPage(Page):
     scan: list[Fact] = doc("The scan shown: id, time, config hash, timings.")
     summary: list[Fact] = doc("Single figures the scan derived: detection passes, stop-word shift...")
     summary_json: str = doc("The scan's nested derived figures (tables, intervals) as pretty JSON; '' when none.")
-    weights: list[WeightRow] = doc("Its super weights, in detection order.")
-    confirmed: int = doc("Of those, the confirmed ones.")
-    ablations: list[AblationRow] = doc("Perplexity per ablation condition; empty before causal checks ran.")
+    weights: list[WeightRow] = doc("Its super weight candidates, in detection order.")
+    verdicts: VerdictCounts = doc("Those candidates, by verdict.")
+    ablations: list[AblationRow] = doc("Each ablation condition against the baseline on its own tokens; empty before causal checks ran.")
     layer_chart: Markup = doc("Inline SVG: max |input| and |output| of the down projection per layer, log scale.")
-    ablation_chart: Markup | None = doc("Inline SVG: perplexity per ablation condition; None without ablations.")
+    ablation_chart: Markup | None = doc(
+        "Inline SVG: each condition's perplexity ratio (to the baseline on its own tokens) with its 95% interval, log "
+        "scale, a line at 1 and the verdict thresholds; None without ablations.")
     config: str = doc("The scan configuration as pretty-printed JSON.")
     environment: list[Fact] = doc("Software versions and device the scan ran with.")
     downloads: list[Link] = doc("This model's rows as files: the scan JSON and CSVs of its tables.")

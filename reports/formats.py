@@ -1,6 +1,8 @@
-"""How numbers read on the pages and in the charts: the same everywhere."""
+"""How numbers read on the pages and in the charts: the same everywhere (ratios as in the terminal)."""
 
 from __future__ import annotations
+
+from catalog.tables import ratio
 
 
 def format_number(value: float | None) -> str:
@@ -15,7 +17,5 @@ def format_number(value: float | None) -> str:
 
 
 def format_ratio(value: float | None) -> str:
-    """A perplexity ratio: ×1.02, ×412, ×12,345."""
-    if value is None:
-        return ""
-    return f"×{value:,.0f}" if value >= 1000 else f"×{value:.3g}"
+    """A perplexity ratio: ×1.004, ×812.5, ×12,345."""
+    return "" if value is None else f"×{ratio(value)}"  # the terminal tables' digits

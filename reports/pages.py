@@ -5,16 +5,17 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from catalog.result import ScanResult, SuperWeight
+from catalog.result import Kind, ScanResult, SuperWeight
+from db.lineage import Coordinate
 from db.repository import StoredScan
 from reports.charts import ablation_chart, layer_chart
 from reports.contexts import (
-    AblationRow, Fact, FamilyPage, FamilyRow, IndexPage, Link, ModelPage, ModelRow, ScanRow,
-    SharedCoordinate, Totals, WeightRow,
+    AblationRow, CoordinatePage, Fact, FamilyPage, FamilyRow, IndexPage, Link, ModelPage, ModelRow, ScanRow,
+    SharedCoordinate, Totals, VerdictCounts, WeightRow,
 )
-from reports.downloads import DOWNLOADS
+from reports.downloads import CATALOG_DOWNLOADS, DOWNLOADS
 from reports.formats import format_number
-from reports.site import ModelEntry, Site, when
+from reports.site import ModelEntry, Site, coordinate_of, coordinate_slug, weight_anchor, when
 
 RECENT_SCANS = 20
 STRONGEST = 15
@@ -40,22 +41,31 @@ def family_href(site: Site, family: str, root: str) -> str:
     return f"{root}families/{site.family_slugs[family]}.html"
 
 
+def coordinate_link(coordinate: Coordinate, root: str) -> Link:
+    return Link("L{} [{}, {}]".format(*coordinate), f"{root}coordinates/{coordinate_slug(coordinate)}.html")
+
+
+def verdict_counts(results: list[ScanResult]) -> VerdictCounts:
+    """The candidates of these scans, by verdict."""
+    return VerdictCounts.of(w.verdict for result in results for w in result.super_weights)
+
+
 def index_page(site: Site, prov: Provenance) -> IndexPage:
     totals = Totals(
         scans=len(site.scans), failed=sum(s.status != "ok" for s in site.scans), models=len(site.models),
-        families=len(site.families), super_weights=sum(len(m.result.super_weights) for m in site.models),
-        confirmed=sum(len(m.result.confirmed) for m in site.models),
+        families=len(site.families), verdicts=verdict_counts([m.result for m in site.models]),
     )
     families = [family_row(site, name, models) for name, models in site.families.items()]
     strongest = sorted((strongest_row(site, m) for m in site.models if m.result.super_weights),
                        key=strength, reverse=True)[:STRONGEST]
     return IndexPage(**prov.page("Super weight catalog", "", []), totals=totals, families=families,
-                     recent_scans=[scan_row(site, s, "") for s in site.scans[:RECENT_SCANS]], strongest=strongest)
+                     recent_scans=[scan_row(site, s, "") for s in site.scans[:RECENT_SCANS]], strongest=strongest,
+                     downloads=[Link(label, f"downloads/{name}") for name, label in CATALOG_DOWNLOADS.items()])
 
 
 def family_page(site: Site, family: str, models: list[ModelEntry], prov: Provenance) -> FamilyPage:
     root = "../"
-    shared = [SharedCoordinate(*coordinate, [Link(m.name, model_href(m, root)) for m in holders])
+    shared = [SharedCoordinate(*coordinate, coordinate_link(coordinate, root), [Link(m.name, model_href(m, root)) for m in holders])
               for coordinate, holders in site.shared_in(family)]
     return FamilyPage(
         **prov.page(f"Family {family}", root, [Link("Catalog", f"{root}index.html")]), family=family,
@@ -65,25 +75,40 @@ def family_page(site: Site, family: str, models: list[ModelEntry], prov: Provena
     )
 
 
+def coordinate_page(site: Site, coordinate: Coordinate, holders: list[ModelEntry], prov: Provenance) -> CoordinatePage:
+    root = "../"
+    rows = [weight_row(site, m, w, root) for m in holders for w in m.result.super_weights if coordinate_of(w) == coordinate]
+    verdicts = VerdictCounts.of(r.verdict for r in rows)
+    title = "Layer {} [{}, {}]".format(*coordinate)
+    return CoordinatePage(**prov.page(title, root, [Link("Catalog", f"{root}index.html")]), layer=coordinate[0],
+                          row=coordinate[1], col=coordinate[2], holders=rows, verdicts=verdicts)
+
+
 def model_page(site: Site, model: ModelEntry, prov: Provenance) -> ModelPage:
     root, result = "../", model.result
     summary, summary_json = split_summary(result.summary)
     crumbs = [Link("Catalog", f"{root}index.html"), Link(model.family, family_href(site, model.family, root))]
     return ModelPage(
-        **prov.page(model.name, root, crumbs), confirmed=len(result.confirmed),
+        **prov.page(model.name, root, crumbs), verdicts=verdict_counts([result]),
         family=Link(model.family, family_href(site, model.family, root)),
         facts=model_facts(result), scan=scan_facts(model.latest, result),
         weights=[weight_row(site, model, w, root) for w in result.super_weights],
-        summary=summary, summary_json=summary_json,
-        ablations=[AblationRow(a.name, a.ppl, a.ratio, a.tokens, a.detail, a.stopword_mass) for a in result.ablations],
+        summary=summary, summary_json=summary_json, ablations=ablation_rows(result),
         layer_chart=layer_chart(result.layers, f"Down-projection activations per layer: {model.name}"),
-        ablation_chart=ablation_chart(result.ablations, f"Perplexity per ablation condition: {model.name}")
+        ablation_chart=ablation_chart(result.ablations, result.config.get("confirm_ratio"), result.config.get("control_max"),
+                                      f"Perplexity ratio to the baseline on the same tokens: {model.name}")
         if result.ablations else None,
         config=json.dumps(result.config, indent=2, sort_keys=True),
         environment=[Fact(k, str(v)) for k, v in sorted(result.environment.items())],
         downloads=[Link(label, f"{model.slug}{suffix}") for suffix, label in DOWNLOADS.items()],
         history=[scan_row(site, s, root) for s in model.scans],
     )
+
+
+def ablation_rows(result: ScanResult) -> list[AblationRow]:
+    total = next((a.windows for a in result.ablations if a.kind == Kind.BASELINE), None)
+    return [AblationRow(a.name, a.kind, a.ratio, a.ratio_low, a.ratio_high, a.windows, total, a.tokens, a.ppl, a.baseline_ppl,
+                        a.detail, a.stopword_mass) for a in result.ablations]
 
 
 def model_facts(result: ScanResult) -> list[Fact]:
@@ -107,8 +132,7 @@ def scan_facts(scan: StoredScan, result: ScanResult) -> list[Fact]:
 
 
 def family_row(site: Site, family: str, models: list[ModelEntry]) -> FamilyRow:
-    return FamilyRow(Link(family, family_href(site, family, "")), len(models),
-                     sum(len(m.result.super_weights) for m in models), sum(len(m.result.confirmed) for m in models),
+    return FamilyRow(Link(family, family_href(site, family, "")), len(models), verdict_counts([m.result for m in models]),
                      len(site.shared_in(family)))
 
 
@@ -116,17 +140,20 @@ def model_row(site: Site, model: ModelEntry, root: str) -> ModelRow:
     m = model.result.model
     return ModelRow(
         model=Link(model.name, model_href(model, root)), family=Link(m.family, family_href(site, m.family, root)),
-        architecture=m.architecture, parameters=human_count(m.num_parameters),
-        format=" ".join(filter(None, [m.format, m.quantization])), super_weights=len(model.result.super_weights),
-        confirmed=len(model.result.confirmed), scanned_at=when(model.latest.finished_at),
+        architecture=m.architecture, parameters=human_count(m.num_parameters), parameter_count=m.num_parameters,
+        format=" ".join(filter(None, [m.format, m.quantization])), verdicts=verdict_counts([model.result]),
+        scanned_at=when(model.latest.finished_at),
     )
 
 
 def weight_row(site: Site, model: ModelEntry, w: SuperWeight, root: str) -> WeightRow:
+    shared, anchor = site.shared_count(w), weight_anchor(w)
     return WeightRow(
-        model=Link(model.name, model_href(model, root)), layer=w.layer, row=w.row,
+        model=Link(model.name, model_href(model, root)), family=Link(model.family, family_href(site, model.family, root)),
+        href=f"{model_href(model, root)}#{anchor}", anchor=anchor, layer=w.layer, row=w.row,
         col=w.col, param=w.param, expert=w.expert, value=w.value, output_activation=w.output_activation,
-        ppl_ratio=w.ppl_ratio, verdict=w.verdict, shared=site.shared_count(model.family, w),
+        ppl_ratio=w.ppl_ratio, ppl_ratio_low=w.ppl_ratio_low, ppl_ratio_high=w.ppl_ratio_high, verdict=w.verdict, shared=shared,
+        coordinate=coordinate_link(coordinate_of(w), root) if shared > 1 else None,
     )
 
 

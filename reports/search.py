@@ -1,8 +1,11 @@
-"""The search index: one entry per family, model and super weight, written as a script.
+"""The search index: one entry per family, model, shared coordinate and super weight candidate,
+written as a script.
 
 Browsers block fetch() of a local file under file://, so the index is a .js file that assigns
-`window.SUPERWEIGHTS_INDEX`, loaded by a <script> tag on every page. `assets/search.js` matches
-the query against each entry's `text`, normalised the same way on both sides (`normalise`).
+`window.SUPERWEIGHTS_INDEX`, loaded by a <script> tag on every page. `assets/search.js` splits a
+query into terms (`L11`, `layer:11`, `[507, 1229]`, `1:2533:7890`, words), matches each against
+an entry's `fields` (exact values rank first) and else its `text`, normalised the same way on
+both sides (`normalise`). A weight's entry links to its own row on its model's page.
 """
 
 from __future__ import annotations
@@ -11,18 +14,20 @@ import json
 import re
 from dataclasses import asdict, dataclass
 
-from reports.site import ModelEntry, Site
+from catalog.result import ModelInfo
+from reports.site import ModelEntry, Site, coordinate_slug, weight_anchor
 
 GLOBAL = "SUPERWEIGHTS_INDEX"
 
 
 @dataclass
 class SearchEntry:
-    kind: str  # "family" | "model" | "weight"
+    kind: str  # "family" | "model" | "coordinate" | "weight"
     title: str  # shown as the result's first line
     detail: str  # shown as its second line
     url: str  # relative to the site root
-    text: str  # what a query matches, normalised
+    text: str  # what a query's words match as substrings, normalised
+    fields: dict[str, str]  # field -> normalised value, for `layer:11` and exact matches: model, org, family, arch, layer, row, col, verdict...
 
 
 def normalise(text: str) -> str:
@@ -31,34 +36,49 @@ def normalise(text: str) -> str:
     return re.sub(r"\s+", " ", re.sub(r"\s*,\s*", ",", text)).strip()
 
 
+def entry(kind: str, title: str, detail: str, url: str, fields: dict[str, object]) -> SearchEntry:
+    """An entry whose `text` is its title and field values (fields left empty are dropped)."""
+    values = {name: normalise(str(value)) for name, value in fields.items() if value is not None and str(value) != ""}
+    return SearchEntry(kind, title, detail, url, normalise(" ".join([title, *values.values()])), values)
+
+
 def search_entries(site: Site) -> list[SearchEntry]:
-    entries = [
-        SearchEntry("family", family, f"family · {len(models)} models", f"families/{site.family_slugs[family]}.html",
-                    normalise(f"{family} family"))
-        for family, models in site.families.items()
-    ]
+    entries = [entry("family", family, f"family · {len(models)} models", f"families/{site.family_slugs[family]}.html", {"family": family})
+               for family, models in site.families.items()]
+    for (layer, row, col), holders in site.shared():
+        names = ", ".join(m.name for m in holders)
+        entries.append(entry("coordinate", f"L{layer} [{row}, {col}]", f"coordinate · {len(holders)} models: {names}",
+                             f"coordinates/{coordinate_slug((layer, row, col))}.html", {"layer": layer, "row": row, "col": col}))
     for model in site.models:
         entries.append(model_entry(model))
         entries.extend(weight_entries(model))
     return entries
 
 
+def organization(info: ModelInfo) -> str | None:
+    """The Hub organization (or user) of a repo id: 'HuggingFaceTB' of 'HuggingFaceTB/SmolLM2-135M'."""
+    return info.repo_id.split("/", 1)[0] if info.repo_id and "/" in info.repo_id else None
+
+
+def model_fields(model: ModelEntry) -> dict[str, object]:
+    m = model.result.model
+    return {"model": model.name, "org": organization(m), "family": m.family, "arch": m.architecture, "type": m.model_type,
+            "format": m.format, "quant": m.quantization}
+
+
 def model_entry(model: ModelEntry) -> SearchEntry:
     m = model.result.model
-    detail = f"model · {m.family} · {m.architecture} · {len(model.result.super_weights)} super weights"
-    text = f"{model.name} {m.source} {m.repo_id or ''} {m.family} {m.architecture} {m.model_type}"
-    return SearchEntry("model", model.name, detail, f"models/{model.slug}.html", normalise(text))
+    detail = f"model · {m.family} · {m.architecture} · {len(model.result.super_weights)} candidates, {len(model.result.confirmed)} confirmed"
+    return entry("model", model.name, detail, f"models/{model.slug}.html", model_fields(model))
 
 
 def weight_entries(model: ModelEntry) -> list[SearchEntry]:
-    m = model.result.model
+    common = model_fields(model)
     return [
-        SearchEntry(
-            "weight", f"{model.name} · layer {w.layer} [{w.row}, {w.col}]",
-            f"super weight · {m.family} · value {w.value:.4g} · {w.verdict}", f"models/{model.slug}.html#weights",
-            normalise(f"{model.name} {m.family} {m.architecture} layer {w.layer} l{w.layer} [{w.row}, {w.col}] "
-                      f"{w.layer}:{w.row}:{w.col} {w.param} {w.verdict}"),
-        )
+        entry("weight", f"{model.name} · layer {w.layer} [{w.row}, {w.col}]",
+              f"super weight candidate · {model.family} · {w.verdict}" + (f" · ratio ×{w.ppl_ratio:.3g}" if w.ppl_ratio is not None else ""),
+              f"models/{model.slug}.html#{weight_anchor(w)}",
+              common | {"layer": w.layer, "row": w.row, "col": w.col, "expert": w.expert, "param": w.param, "verdict": w.verdict})
         for w in model.result.super_weights
     ]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import PurePath
@@ -47,7 +48,7 @@ class Site:
     models: list[ModelEntry]  # by name
     families: dict[str, list[ModelEntry]]  # family name -> its models, families by name
     family_slugs: dict[str, str]
-    holders: dict[str, dict[Coordinate, list[ModelEntry]]]  # see coordinate_holders
+    holders: dict[Coordinate, list[ModelEntry]]  # see coordinate_holders
     by_key: dict[str, ModelEntry]  # model_key -> model
 
     @classmethod
@@ -58,16 +59,39 @@ class Site:
         return cls(scans, models, families, unique_slugs(sorted(families)), coordinate_holders(models),
                    {m.key: m for m in models})
 
-    def shared_count(self, family: str, weight: SuperWeight) -> int:
-        return len(self.holders[family].get((weight.layer, weight.row, weight.col), []))
+    def shared_count(self, weight: SuperWeight) -> int:
+        """How many catalog models hold a candidate at the weight's (layer, row, col)."""
+        return len(self.holders.get(coordinate_of(weight), []))
+
+    def shared(self) -> list[tuple[Coordinate, list[ModelEntry]]]:
+        """Coordinates held by two or more catalog models, most shared first: each gets a page."""
+        return _most_shared((c, models) for c, models in self.holders.items())
 
     def shared_in(self, family: str) -> list[tuple[Coordinate, list[ModelEntry]]]:
         """Coordinates held by two or more of the family's models, most shared first: the family's cross-model finds."""
-        shared = [(c, models) for c, models in self.holders[family].items() if len(models) > 1]
-        return sorted(shared, key=lambda item: (-len(item[1]), item[0]))
+        return _most_shared((c, [m for m in models if m.family == family]) for c, models in self.holders.items())
 
     def model_for(self, scan: StoredScan) -> ModelEntry | None:
         return self.by_key.get(model_key(scan))
+
+
+def _most_shared(items: Iterable[tuple[Coordinate, list[ModelEntry]]]) -> list[tuple[Coordinate, list[ModelEntry]]]:
+    return sorted(((c, models) for c, models in items if len(models) > 1), key=lambda item: (-len(item[1]), item[0]))
+
+
+def coordinate_of(weight: SuperWeight) -> Coordinate:
+    return (weight.layer, weight.row, weight.col)
+
+
+def coordinate_slug(coordinate: Coordinate) -> str:
+    """`l1-2533-7890`: the file name of a coordinate's page (numbers only, so never a collision)."""
+    return "l{}-{}-{}".format(*coordinate)
+
+
+def weight_anchor(weight: SuperWeight) -> str:
+    """The id of a weight's row on its model's page; experts of one MoE layer share a coordinate."""
+    expert = "" if weight.expert is None else f"-e{weight.expert}"
+    return f"w-{coordinate_slug(coordinate_of(weight))}{expert}"
 
 
 def model_key(scan: StoredScan) -> str:
@@ -104,13 +128,13 @@ def group_families(models: list[ModelEntry]) -> dict[str, list[ModelEntry]]:
     return dict(sorted(grouped.items(), key=lambda item: item[0].lower()))
 
 
-def coordinate_holders(models: list[ModelEntry]) -> dict[str, dict[Coordinate, list[ModelEntry]]]:
-    """Family -> (layer, row, col) -> the family's models with a super weight there, in `models` order."""
-    holders: dict[str, dict[Coordinate, list[ModelEntry]]] = defaultdict(lambda: defaultdict(list))
+def coordinate_holders(models: list[ModelEntry]) -> dict[Coordinate, list[ModelEntry]]:
+    """(layer, row, col) -> the models with a super weight candidate there, in `models` order."""
+    holders: dict[Coordinate, list[ModelEntry]] = defaultdict(list)
     for model in models:
-        for coordinate in dict.fromkeys((w.layer, w.row, w.col) for w in model.result.super_weights):
-            holders[model.family][coordinate].append(model)
-    return holders
+        for coordinate in dict.fromkeys(map(coordinate_of, model.result.super_weights)):
+            holders[coordinate].append(model)
+    return dict(holders)
 
 
 def slugify(name: str) -> str:

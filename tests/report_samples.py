@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from catalog.result import CANDIDATE, CONFIRMED, Ablation, LayerStat, ModelInfo, ScanResult, SuperWeight
+from catalog.result import CONFIRMED, REJECTED, UNTESTED, Ablation, Kind, LayerStat, ModelInfo, ScanResult, SuperWeight
 from db.repository import StoredScan
 
 HOSTILE = "<script>alert(1)</script>"
@@ -17,7 +17,11 @@ T0 = datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc)
 
 def result(repo_id: str, family: str, weights: list[tuple[int, int, int]], *, ablations: bool = True,
            architecture: str = "LlamaForCausalLM") -> ScanResult:
-    """A 6-layer model whose first weight is confirmed (with its ablation) and the others candidates."""
+    """A 6-layer model: checked (`ablations`), its first weight confirmed and the others rejected; else all untested.
+
+    The rows are paired as a scan pairs them: the baseline row over 8 windows (ppl 12.5), every other
+    row stopped after its first window, whose baseline perplexity is 10.
+    """
     model = ModelInfo(
         source=repo_id, repo_id=repo_id, revision="0123abcd", architecture=architecture, model_type="llama",
         family=family, num_layers=6, hidden_size=64, intermediate_size=160, num_parameters=135_000_000,
@@ -25,18 +29,21 @@ def result(repo_id: str, family: str, weights: list[tuple[int, int, int]], *, ab
     )
     spikes = {layer for layer, _, _ in weights}
     layers = [LayerStat(i, 2.0 + i, i, 900.0 if i in spikes else 5.0 + i, 7, 0, spike=i in spikes) for i in range(6)]
+    checks = [(CONFIRMED, 812.5, 640.0, 1030.0)] + [(REJECTED, 1.004, 0.955, 1.055)] * (len(weights) - 1)
     supers = [
         SuperWeight(layer, f"model.layers.{layer}.mlp.down_proj.weight", None, row, col, [row, col], -6.5 + i,
-                    1200.0, -9000.0 / (i + 1), 1, CONFIRMED if i == 0 and ablations else CANDIDATE,
-                    812.5 if i == 0 and ablations else None)
-        for i, (layer, row, col) in enumerate(weights)
+                    1200.0, -9000.0 / (i + 1), 1, verdict if ablations else UNTESTED, ratio if ablations else None,
+                    ppl_ratio_low=low if ablations else None, ppl_ratio_high=high if ablations else None)
+        for i, ((layer, row, col), (verdict, ratio, low, high)) in enumerate(zip(weights, checks))
     ]
     conditions = [
-        Ablation("baseline", 12.5, 4096, 1.0, "nothing zeroed", stopword_mass=0.125),
-        Ablation(f"zero L{weights[0][0]} [{weights[0][1]}, {weights[0][2]}]", 12.5 * 812.5, 4096, 812.5, "the super weight"),
-        Ablation("random control", 12.6, 4096, 1.008, "as many random weights"),
+        Ablation("baseline", 12.5, 4088, 1.0, "", 0.125, Kind.BASELINE, 12.5, 1.0, 1.0, 8),
+        *(Ablation(f"zero L{w.layer} [{w.row}, {w.col}]", 10.0 * w.ppl_ratio, 511, w.ppl_ratio, "", None, Kind.WEIGHT, 10.0,
+                   w.ppl_ratio_low, w.ppl_ratio_high, 1) for w in supers),
+        Ablation("control A: random", 10.08, 511, 1.008, "as many random weights", None, Kind.RANDOM_CONTROL, 10.0, 0.96, 1.06, 1),
     ] if ablations else []
-    return ScanResult(model, {"prompts": ["Apple Inc. is a worldwide tech company."], "max_iterations": 3},
+    config = {"prompts": ["Apple Inc. is a worldwide tech company."], "max_iterations": 3}
+    return ScanResult(model, config | ({"confirm_ratio": 2.0, "control_max": 1.1} if ablations else {}),
                       layers, supers, conditions, timings={"load": 1.5, "detect": 0.25},
                       environment={"torch": "2.13.0", "device": "cpu"}, config_hash="c0ffee01",
                       summary={"stopword_shift": 0.375, "intervals": {"baseline": {"ratio_low": 0.98}}} if ablations else {})

@@ -1,4 +1,4 @@
-"""Causal checks (issue 3): verdicts come from ablations, all evaluated on one load."""
+"""Causal checks (issues 3, 14): verdicts come from ablations' intervals, all evaluated on one load."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from catalog.causal import RESTORE_SA, VerifyOptions, label
 from catalog.loading import load
 from catalog.perplexity import evaluate, frequent_tokens
 from catalog.quantization import quantized, rtn
+from catalog.result import Kind
 from catalog.scan import ScanOptions, scan
 from catalog.sources import resolve
 from inotify import OpenCounter
@@ -32,9 +33,49 @@ def test_planted_super_weight_is_confirmed_and_inert_spike_is_not(verified):
     by_coords = {(w.layer, w.row, w.col): w for w in result.super_weights}
     sw = by_coords[(planted.layer, planted.row, planted.col)]
     inert = by_coords[(planted.inert.layer, planted.inert.row, planted.inert.col)]
-    assert sw.verdict == "confirmed" and sw.ppl_ratio > 3
-    assert inert.verdict == "candidate" and abs(inert.ppl_ratio - 1) < 0.05
+    assert sw.verdict == "confirmed" and sw.ppl_ratio > 3 and sw.ppl_ratio_low > VerifyOptions.confirm_ratio
+    assert inert.verdict == "rejected" and abs(inert.ppl_ratio - 1) < 0.05 and inert.ppl_ratio_high < VerifyOptions.confirm_ratio
     assert [w.ppl_ratio is not None for w in result.super_weights] == [True] * len(result.super_weights)
+
+
+def test_every_row_is_paired_with_the_baseline_on_its_own_tokens(verified):
+    """A row's baseline_ppl is the baseline on exactly its windows (an early-stopped row's differs
+    from the baseline row's), its ratio is ppl over that, and its interval holds the ratio."""
+    _, result = verified
+    base, *rows = result.ablations
+    assert (base.kind, base.baseline_ppl, base.ratio, base.ratio_low, base.ratio_high) == (Kind.BASELINE, base.ppl, 1.0, 1.0, 1.0)
+    assert base.windows == result.config["eval_token_count"] // 64
+    assert any(row.windows < base.windows for row in rows)  # early stopping: some rows are partial
+    for row in [base, *rows]:
+        assert row.tokens == row.windows * 63, row.name
+        assert row.ratio == pytest.approx(row.ppl / row.baseline_ppl, rel=1e-9), row.name
+        assert row.ratio_low <= row.ratio <= row.ratio_high, row.name
+    partial = next(row for row in rows if row.windows < base.windows)
+    assert partial.baseline_ppl != pytest.approx(base.ppl, rel=1e-6)
+    by_kind = [row.kind for row in rows]
+    assert by_kind.count(Kind.WEIGHT) == len(result.super_weights)
+    assert {Kind.ALL_WEIGHTS, Kind.RANDOM_CONTROL, Kind.OUTLIER_CONTROL, Kind.RESTORE_SA} <= set(by_kind)
+    for w in result.super_weights:
+        row = next(r for r in rows if r.name == label(w))
+        assert (w.ppl_ratio, w.ppl_ratio_low, w.ppl_ratio_high) == (row.ratio, row.ratio_low, row.ratio_high)
+
+
+def test_verdicts_say_what_the_interval_says(tiny, zipf_text):
+    """Against a threshold inside the super weight's interval it is inconclusive; with control A
+    not clean (a --control-max below its ratio) it cannot be confirmed; without checks, untested."""
+    planted = tiny("llama", effect=True, inert=True)
+    first = scan(str(planted.path), options(zipf_text, checks=VerifyOptions(early_stop=False)))  # the same windows whatever the threshold
+    sw = next(w for w in first.super_weights if (w.layer, w.row, w.col) == (planted.layer, planted.row, planted.col))
+    straddled = scan(str(planted.path), options(zipf_text, checks=VerifyOptions(early_stop=False, confirm_ratio=sw.ppl_ratio)))
+    dirty = scan(str(planted.path), options(zipf_text, checks=VerifyOptions(control_max=0.5)))
+    untested = scan(str(planted.path), options(zipf_text, verify=False))
+    verdicts = {name: [w.verdict for w in r.super_weights] for name, r in
+                [("first", first), ("straddled", straddled), ("dirty", dirty), ("untested", untested)]}
+    at = [w.layer for w in first.super_weights].index(planted.layer)
+    assert verdicts["first"][at] == "confirmed" and verdicts["straddled"][at] == "inconclusive"
+    assert verdicts["dirty"][at] == "inconclusive"
+    assert [v for i, v in enumerate(verdicts["dirty"]) if i != at] == ["rejected"] * (len(first.super_weights) - 1)
+    assert verdicts["untested"] == ["untested"] * len(untested.super_weights) and untested.ablations == []
 
 
 def test_controls_and_super_activation_restore(verified):
@@ -150,7 +191,7 @@ def test_smollm2_verdicts(smollm2_gguf, eval_text):
     confirmed = verdicts[(11, 507, 1229)]
     assert confirmed.verdict == "confirmed" and confirmed.ppl_ratio > 2.5
     late = [w for w in result.super_weights if w.layer >= 28]
-    assert late and all(w.verdict == "candidate" and abs(w.ppl_ratio - 1) < 0.05 for w in late)
+    assert late and all(w.verdict == "rejected" and abs(w.ppl_ratio - 1) < 0.05 for w in late)
     rows = {a.name: a for a in result.ablations}
     assert abs(rows["control A: random"].ratio - 1) < 0.01
     assert rows["zero all candidates"].ratio > 2.5 and rows[RESTORE_SA].ratio < 1.1

@@ -4,6 +4,7 @@ gives one line, a non-zero exit, and leaves the catalog untouched.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -15,8 +16,10 @@ import time
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
 import catalog.cli
+from db import render
 from tiny import SUPER
 
 BIN = Path(sys.executable).parent / "superweights"
@@ -94,7 +97,16 @@ def test_show_and_lineage(superweights, catalog_url):
     catalog.save(sample_result("org/base"), **times(0))
     catalog.save(sample_result("org/fine-tune", base_model="org/base"), **times(1))
     status, out, _ = superweights("show", "org/base", "--db", catalog_url)
-    assert status == 0 and "Llama 2" in out and "Super weights" in out
+    assert status == 0 and "Llama 2" in out and "Super weights (2 candidates: 1 confirmed, 1 rejected)" in out
+    wide = Console(file=io.StringIO(), width=250)  # piped, the command's own console wraps at 80 columns
+    wide.print(render.show(catalog.show("org/base")))
+    lines = wide.file.getvalue().splitlines()
+    header = next(line for line in lines if "inconclusive" in line and "status" in line)
+    scan = next(line for line in lines if line.startswith("│ 1 ") and " ok " in line)
+    counts = dict(zip((c.strip() for c in header.strip("┃").split("┃")), (c.strip() for c in scan.strip("│").split("│"))))
+    assert [counts[v] for v in ("confirmed", "rejected", "inconclusive", "untested")] == ["1", "1", "0", "0"]
+    columns = [c.strip() for c in next(line for line in lines if "condition" in line).strip("┃").split("┃")]
+    assert columns[:3] == ["condition", "× baseline", "95% interval"] and "baseline ppl" in columns  # ratio and interval first
     status, out, _ = superweights("lineage", "org/fine-tune", "--db", catalog_url)
     assert status == 0 and re.search(r"^│ org/base .*│ base +│$", out, re.M)  # its row, declared: base
     status, _, err = superweights("show", "org/unknown", "--db", catalog_url)

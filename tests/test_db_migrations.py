@@ -1,15 +1,18 @@
-"""The Alembic migrations build exactly the ORM's schema, both ways, on both backends."""
+"""The Alembic migrations build exactly the ORM's schema, both ways, on both backends, and
+carry the rows of a catalog written at an earlier revision."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Engine, inspect, text
+from sqlalchemy import Engine, MetaData, inspect, select, text
 
 from db import migrate
 from db.engine import engine_for
@@ -19,6 +22,9 @@ from db.models import TABLES, Base
 from db.repository import Catalog, upgrade
 
 ROOT = Path(__file__).resolve().parents[1]
+# Real `superweights scan` JSON of the SmolLM2 GGUF written by the schema-1 code (0001 era), its
+# source path replaced by the file name: the default scan, one with --confirm-ratio 4.5, one --no-verify.
+SCHEMA1 = {name: ROOT / "tests" / "data" / f"smollm2-schema1-{name}.json" for name in ("default", "confirm-ratio-4.5", "no-verify")}
 
 
 def _engine(url: str) -> Engine:
@@ -80,3 +86,60 @@ def test_a_catalog_from_a_newer_version_is_refused_untouched(catalog_url):
 def _stamp(engine: Engine, revision: str) -> None:
     with engine.begin() as connection:
         connection.execute(text("UPDATE alembic_version SET version_num = :r"), {"r": revision})
+
+
+def _save_at_0001(engine: Engine, scans: list[dict]) -> None:
+    """Save scan JSONs of one model as the 0001 repository did: each item's keys that name a column of
+    the tables as they are at 0001 (reflected), one scan row per scan, its children under it."""
+    meta = MetaData()
+    with engine.begin() as connection:
+        meta.reflect(connection)
+        tables = meta.tables
+
+        def insert(table: str, item: dict, **extra) -> int:
+            values = {k: v for k, v in item.items() if k in tables[table].columns} | extra
+            return connection.execute(tables[table].insert().values(values)).inserted_primary_key[0]
+
+        model_id = insert("models", scans[0]["model"])
+        for minutes, scan in enumerate(scans):
+            started = datetime(2026, 11, 30, 12, minutes, tzinfo=UTC)
+            scan_id = insert("scans", scan, model_id=model_id, status="ok", started_at=started, finished_at=started + timedelta(seconds=40),
+                             dtype=scan["model"]["dtype"], device=scan["environment"]["device"])
+            for key, table in (("layers", "layer_stats"), ("super_weights", "super_weights"), ("ablations", "ablations")):
+                for item in scan[key]:
+                    insert(table, item, scan_id=scan_id)
+
+
+def test_a_catalog_written_at_0001_gets_paired_rows_and_verdicts(empty_catalog_url):
+    """SmolLM2 at 0001: every candidate but layer 11's was refuted by its interval (rejected); with
+    --confirm-ratio 4.5 layer 11's interval [3.83, 5.06] straddles it (inconclusive); --no-verify's
+    candidates were never tested. Rows that stopped after the first window are paired with the
+    baseline on that window alone, one perplexity for all of them and not the baseline row's.
+    Downgrading gives 0001's verdicts back."""
+    engine = _engine(empty_catalog_url)
+    migrate.upgrade(engine, "0001")
+    written = {name: json.loads(path.read_text()) for name, path in SCHEMA1.items()}
+    _save_at_0001(engine, list(written.values()))
+    assert migrate.upgrade(engine) == migrate.head()
+
+    results = {s.result.config.get("confirm_ratio"): s.result for s in Catalog(empty_catalog_url).scans()}
+    default, strict, unverified = results[2.0], results[4.5], results[None]
+    assert [w.verdict for w in default.super_weights] == ["confirmed"] + ["rejected"] * 5
+    assert [w.verdict for w in strict.super_weights] == ["inconclusive"] + ["rejected"] * 5
+    assert [w.verdict for w in unverified.super_weights] == ["untested"] * 6 and unverified.ablations == []
+    l11 = default.super_weights[0]
+    assert (l11.layer, l11.row, l11.col) == (11, 507, 1229) and l11.ppl_ratio_low > 3 and l11.ppl_ratio_high < 5
+
+    base, *rows = default.ablations
+    assert [r.kind for r in default.ablations] == ["baseline"] + ["weight"] * 6 + ["all_weights", "random_control", "outlier_control", "restore_sa"]
+    assert (base.windows, base.ratio_low, base.ratio_high, base.baseline_ppl) == (8, 1.0, 1.0, base.ppl)
+    for row in rows:
+        assert row.ratio_low <= row.ratio <= row.ratio_high and row.baseline_ppl == pytest.approx(row.ppl / row.ratio)
+        assert row.tokens == row.windows * 511, row.name
+    first_window = {round(r.baseline_ppl, 9) for r in rows if r.windows == 1}
+    assert len(first_window) == 1 and first_window.pop() < base.ppl * 0.7  # the first window reads easier than the text
+
+    migrate.downgrade(engine, "0001")
+    with engine.connect() as connection:
+        verdicts = connection.execute(select(text("verdict")).select_from(text("super_weights")).order_by(text("id"))).scalars().all()
+    assert verdicts == [w["verdict"] for scan in written.values() for w in scan["super_weights"]]

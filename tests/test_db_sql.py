@@ -36,7 +36,7 @@ def filled(catalog_url) -> str:
 def test_query_result_in_every_format(filled):
     result = run_sql(filled, COORDS)
     assert result.columns == ["layer", "row", "col", "verdict"]
-    assert result.rows[:2] == [(0, 45, 101, "candidate"), (0, 45, 101, "candidate")]
+    assert result.rows[:2] == [(0, 45, 101, "rejected"), (0, 45, 101, "rejected")]
     assert list(csv.reader(io.StringIO(render.query_csv(result))))[-1] == ["2", "33", "71", "confirmed"]
     assert json.loads(render.query_json(result))[-1] == {"layer": 2, "row": 33, "col": 71, "verdict": "confirmed"}
     console = Console(file=io.StringIO(), width=200)

@@ -122,9 +122,10 @@ def test_scan_json_round_trips_with_the_schema_fields(scanned, tmp_path):
     path = tmp_path / "scan.json"
     result.to_json(path)
     data = json.loads(path.read_text())
-    assert data["schema"] == 1
+    assert data["schema"] == 2
     assert {"schema", "model", "config", "layers", "super_weights", "ablations", "timings"} <= data.keys()
     assert {"row", "col", "tensor_index", "expert", "iteration", "verdict", "ppl_ratio"} <= data["super_weights"][0].keys()
+    assert {w["verdict"] for w in data["super_weights"]} == {"untested"}  # detection only: no causal check ran
     assert ScanResult.from_json(path) == result
 
 

@@ -143,7 +143,7 @@ def assert_goes_on_exactly(s: Setup, plain: Verification) -> None:
 def test_early_stop_keeps_verdicts_and_intervals_on_tiny_llama(llama_runs):
     plain, fast = llama_runs
     assert fast.summary["evaluation"]["early_stop"] and not plain.summary["evaluation"]["early_stop"]
-    assert [w.verdict for w in fast.super_weights] == [w.verdict for w in plain.super_weights] == ["candidate", "confirmed"]
+    assert [w.verdict for w in fast.super_weights] == [w.verdict for w in plain.super_weights] == ["rejected", "confirmed"]
     assert_intervals_hold(fast, plain)
     assert sum(r.tokens for r in fast.ablations) < sum(r.tokens for r in plain.ablations)
 
@@ -155,7 +155,7 @@ def test_settled_conditions_stop_after_one_window(llama_runs):
     rows, intervals = {r.name: r for r in fast.ablations}, fast.summary["intervals"]
     for name in ("control A: random", "zero all candidates"):
         assert (intervals[name]["windows"], intervals[name]["stopped_early"]) == (1, True), name
-        assert rows[name].tokens == 127 and "stopped after 1/16 windows" in rows[name].detail
+        assert (rows[name].tokens, rows[name].windows) == (127, 1)
     full = {r.name: r.ratio for r in plain.ablations}
     assert rows["zero all candidates"].ratio > 2 and full["zero all candidates"] > 2
 

@@ -11,6 +11,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+import duckdb
 import pytest
 
 from catalog.errors import BadOptionError, UnwritableOutputError
@@ -26,7 +27,7 @@ CHAT = "meta-llama/Llama-2-7b-chat-hf"
 def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("report") / "site"
     summary = build_site(catalog_scans(), out)
-    assert (summary.pages, summary.models, summary.families, summary.scans) == (6, 3, 2, 4)
+    assert (summary.pages, summary.models, summary.families, summary.scans) == (7, 3, 2, 4)
     return out
 
 
@@ -50,13 +51,13 @@ def test_one_page_per_family_and_model(site: Path) -> None:
     assert names == {
         "index.html", "families/llama-2.html", "families/script-alert-1-script.html",
         "models/meta-llama-llama-2-7b-chat-hf.html", "models/meta-llama-llama-2-7b-hf.html",
-        "models/script-alert-1-script.html",
+        "models/script-alert-1-script.html", "coordinates/l1-2533-7890.html",
     }
 
 
 def test_hostile_name_is_escaped_in_every_file(site: Path) -> None:
     for path in site.rglob("*"):
-        if path.is_file():
+        if path.is_file() and path.suffix not in (".csv", ".parquet"):  # data files hold the raw values
             assert HOSTILE not in path.read_text(), path
     escaped = "&lt;script&gt;alert(1)&lt;/script&gt;"
     assert escaped in page(site, "models/script-alert-1-script.html")
@@ -97,8 +98,12 @@ def test_every_link_and_asset_is_a_local_file(site: Path) -> None:
 
 def test_index_lists_totals_families_scans_and_strongest(site: Path) -> None:
     html = page(site, "index.html")
-    totals = re.findall(r"<li><strong>(\d+)</strong> (\w+)", html)
-    assert totals == [("3", "models"), ("2", "families"), ("4", "super"), ("2", "confirmed"), ("4", "scans")]
+    totals = re.findall(r"<li><strong>(\d+)</strong> (\w+(?: \w+)*)", html)
+    assert totals == [("3", "models"), ("2", "families"), ("2", "confirmed super weights"), ("1", "rejected candidates"),
+                      ("0", "inconclusive"), ("1", "untested"), ("4", "scans")]
+    families = html.split("<h2>Families</h2>")[1].split("</table>")[0]
+    llama = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", families.split("llama-2.html\">")[1].split("</tr>")[0]))
+    assert llama.split() == ["Llama", "2", "2", "2", "1", "0", "0", "1"]  # models, confirmed, rejected, inconclusive, untested, shared
     assert "(1 failed)" in html and "org/missing: not found. Check the repo id." in html
     strongest = html.split("Strongest super weights")[1].split("Recent scans")[0]
     # the ablated weights (×812) rank above the hostile model's unablated candidate
@@ -115,12 +120,18 @@ def test_family_page_shows_shared_coordinates(site: Path) -> None:
 
 def test_model_page_has_facts_weights_charts_ablations_and_downloads(site: Path) -> None:
     html = page(site, "models/meta-llama-llama-2-7b-chat-hf.html")
-    for text in ("0123abcd", "LlamaForCausalLM", "model.layers.4.mlp.down_proj.weight", "random control",
+    for text in ("0123abcd", "LlamaForCausalLM", "model.layers.4.mlp.down_proj.weight", "control A: random",
                  "&#34;max_iterations&#34;: 3", "2.13.0", 'href="meta-llama-llama-2-7b-chat-hf.super-weights.csv"',
                  "<dt>Stopword shift</dt><dd>0.375</dd>", '<td class="num">0.125</td>', "&#34;ratio_low&#34;: 0.98"):
         assert text in html, text
     assert html.count("<svg") == 2 and "<dt>Intervals</dt>" not in html
-    assert "Perplexity per ablation condition" in html and "max |activation| (log scale)" in html
+    assert "Perplexity ratio to the baseline on the same tokens" in html and "max |activation| (log scale)" in html
+    table = html.split('<section id="ablations">')[1].split("<table")[1].split("</table>")[0]
+    headers = re.findall(r'<th scope="col"[^>]*>([^<]+)</th>', table)
+    assert headers[:4] == ["Condition", "× baseline", "Interval", "Windows"]  # ratio and interval first
+    row = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", table.split("zero L4 [10, 20]")[1].split("</tr>")[0])).split()
+    assert row[:5] == ["×1.004", "[0.955,", "1.055]", "1/8", "511"] and row[5:7] == ["10.04", "10"]  # paired: its own baseline, not 12.5
+    assert '<tr id="w-l1-2533-7890">' in html and 'href="../coordinates/l1-2533-7890.html"' in html
 
 
 def test_model_without_ablations_says_so(site: Path) -> None:
@@ -138,19 +149,56 @@ def test_downloads_hold_the_models_rows(site: Path) -> None:
     with open(f"{base}.super-weights.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [(r["layer"], r["row"], r["col"], r["verdict"]) for r in rows] == [
-        ("1", "2533", "7890", "confirmed"), ("4", "10", "20", "candidate")]
-    assert len(Path(f"{base}.ablations.csv").read_text().splitlines()) == 1 + 3
+        ("1", "2533", "7890", "confirmed"), ("4", "10", "20", "rejected")]
+    assert len(Path(f"{base}.ablations.csv").read_text().splitlines()) == 1 + 4
 
 
 def test_search_index_has_families_models_and_weights(site: Path) -> None:
     entries = search_index(site)
     kinds = [e["kind"] for e in entries]
-    assert (kinds.count("family"), kinds.count("model"), kinds.count("weight")) == (2, 3, 4)
-    weight = next(e for e in entries if e["kind"] == "weight" and "[4, 10, 20]" not in e["title"] and "chat" in e["title"]
-                  and "layer 1 " in e["title"])
-    assert weight["url"] == "models/meta-llama-llama-2-7b-chat-hf.html#weights"
-    for query in ("[2533, 7890]", "llama 2 layer 1", "LlamaForCausalLM", "chat 1:2533:7890"):
+    assert (kinds.count("family"), kinds.count("model"), kinds.count("coordinate"), kinds.count("weight")) == (2, 3, 1, 4)
+    weight = next(e for e in entries if e["kind"] == "weight" and "chat" in e["title"] and "layer 1 " in e["title"])
+    assert weight["url"] == "models/meta-llama-llama-2-7b-chat-hf.html#w-l1-2533-7890"
+    assert {k: weight["fields"][k] for k in ("layer", "row", "col", "org", "family", "verdict")} == {
+        "layer": "1", "row": "2533", "col": "7890", "org": "meta-llama", "family": "llama 2", "verdict": "confirmed"}
+    for query in ("2533,7890", "llama 2 layer 1", "LlamaForCausalLM"):
         assert all(term in weight["text"] for term in normalise(query).split()), query
+    [coordinate] = [e for e in entries if e["kind"] == "coordinate"]
+    assert (coordinate["title"], coordinate["url"]) == ("L1 [2533, 7890]", "coordinates/l1-2533-7890.html")
+
+
+def test_a_page_per_shared_coordinate_lists_its_holders(site: Path) -> None:
+    html = page(site, "coordinates/l1-2533-7890.html")
+    rows = html.split("<tbody>")[1].split("</tbody>")[0].split("</tr>")[:-1]
+    assert [re.search(r'<a href="([^"]+)">([^<]+)</a>', r).groups() for r in rows] == [
+        ("../models/meta-llama-llama-2-7b-chat-hf.html#w-l1-2533-7890", CHAT),
+        ("../models/meta-llama-llama-2-7b-hf.html#w-l1-2533-7890", "meta-llama/Llama-2-7b-hf")]
+    assert all("verdict-confirmed" in r and "×812" in r for r in rows)
+    assert "2 catalog models: 2 confirmed, 0 rejected" in re.sub(r"\s+", " ", html)
+
+
+def test_the_whole_catalog_downloads_as_csv_and_parquet(site: Path) -> None:
+    """The index links each file; CSV and Parquet hold the same rows, Parquet with typed columns."""
+    index = page(site, "index.html")
+    for table in ("models", "super-weights", "ablations"):
+        for ext in ("csv", "parquet"):
+            assert f'href="downloads/catalog-{table}.{ext}"' in index
+        with open(site / "downloads" / f"catalog-{table}.csv", newline="") as f:
+            from_csv = list(csv.DictReader(f))
+        with duckdb.connect() as con:
+            relation = con.sql(f"SELECT * FROM read_parquet('{site / 'downloads' / f'catalog-{table}.parquet'}')")
+            columns, from_parquet = relation.columns, relation.fetchall()
+        assert columns == list(from_csv[0]) and len(from_parquet) == len(from_csv), table
+    with duckdb.connect() as con:
+        weights = con.sql(f"SELECT model, layer, \"row\", col, verdict, ppl_ratio, ppl_ratio_low, tensor_index "
+                          f"FROM read_parquet('{site / 'downloads' / 'catalog-super-weights.parquet'}') ORDER BY model, layer").fetchall()
+        ablations = con.sql(f"SELECT name, kind, ratio, baseline_ppl, windows FROM read_parquet('{site / 'downloads' / 'catalog-ablations.parquet'}') "
+                            "WHERE model = ? ORDER BY name", params=[CHAT]).fetchall()
+    assert weights == [(HOSTILE, 2, 99, 7, "untested", None, None, "[99, 7]"),
+                       (CHAT, 1, 2533, 7890, "confirmed", 812.5, 640.0, "[2533, 7890]"),
+                       (CHAT, 4, 10, 20, "rejected", 1.004, 0.955, "[10, 20]"),
+                       ("meta-llama/Llama-2-7b-hf", 1, 2533, 7890, "confirmed", 812.5, 640.0, "[2533, 7890]")]
+    assert ablations[0] == ("baseline", "baseline", 1.0, 12.5, 8) and ("zero L4 [10, 20]", "weight", 1.004, 10.0, 1) in ablations
 
 
 def test_rebuild_replaces_the_site(tmp_path: Path) -> None:

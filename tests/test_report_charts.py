@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from catalog.result import Ablation, LayerStat
-from reports.charts import LogScale, ablation_chart, decade_label, layer_chart
+from catalog.result import Ablation, Kind, LayerStat
+from reports.charts import OUTCOME_COLORS, LogScale, ablation_chart, decade_label, layer_chart
 from report_samples import HOSTILE
 
 
@@ -42,13 +42,38 @@ def test_layer_chart_has_both_series_spikes_axes_and_title() -> None:
     assert marked == ["layer 2: max |output| 3000 (channel 5)"]
 
 
-def test_ablation_chart_has_a_bar_per_condition_and_escapes_names() -> None:
-    ablations = [Ablation("baseline", 12.5, 100, 1.0), Ablation(HOSTILE, 10_156.0, 100, 812.5)]
-    svg = ablation_chart(ablations, f"Perplexity: {HOSTILE}")
+def test_ablation_chart_plots_paired_ratios_with_intervals_thresholds_and_escapes_names() -> None:
+    """One point and whisker per condition (the baseline is the line at 1), placed by ratio and
+    interval, never by perplexity: the rejected row's perplexity (9.6) is below the baseline row's
+    (12.5) because it covers an easier first window, but its ratio on that window is 0.96."""
+    ablations = [
+        Ablation("baseline", 12.5, 4088, 1.0, kind=Kind.BASELINE, baseline_ppl=12.5, ratio_low=1.0, ratio_high=1.0, windows=8),
+        Ablation(HOSTILE, 8125.0, 511, 812.5, kind=Kind.WEIGHT, baseline_ppl=10.0, ratio_low=640.0, ratio_high=1030.0, windows=1),
+        Ablation("zero L28 [507, 678]", 9.6, 511, 0.96, kind=Kind.WEIGHT, baseline_ppl=10.0, ratio_low=0.91, ratio_high=1.01, windows=1),
+        Ablation("zero all candidates", 21.0, 4088, 2.1, kind=Kind.ALL_WEIGHTS, baseline_ppl=10.0, ratio_low=1.9, ratio_high=2.3, windows=8),
+        Ablation("control A: random", 10.1, 511, 1.01, kind=Kind.RANDOM_CONTROL, baseline_ppl=10.0, ratio_low=0.96, ratio_high=1.06, windows=1),
+        Ablation("control B: outliers", 30.0, 4088, 3.0, kind=Kind.OUTLIER_CONTROL, baseline_ppl=10.0, ratio_low=2.8, ratio_high=3.2, windows=8),
+    ]
+    svg = ablation_chart(ablations, 2.0, 1.1, f"Ratios: {HOSTILE}")
     assert HOSTILE not in svg and "&lt;script&gt;" in svg
     root = parse(svg)
-    bars = [r for r in root.findall("rect")]
-    assert len(bars) == 2
-    assert float(bars[1].get("width")) > float(bars[0].get("width"))
-    assert "perplexity (log scale)" in texts(root) and HOSTILE in texts(root)
-    assert "10,156  ×812" in texts(root)
+    labels = texts(root)
+    assert "perplexity ratio to the baseline on the same tokens (log scale)" in labels and "perplexity (log scale)" not in labels
+    assert {"×1 = baseline", "confirm ×2", "control A max ×1.1"} <= set(labels) and HOSTILE in labels
+    assert "×812.5 [640, 1,030] · 1/8 windows" in labels
+    one, control, confirm = (float(line.get("x1")) for line in root.iter("line") if line.get("class") == "reference")
+    assert one < control < confirm
+    marks = root.findall("g")
+    assert len(marks) == len(ablations) - 1  # the baseline row is the line at 1
+    by_name = dict(zip([a.name for a in ablations[1:]], marks))
+    for mark in marks:
+        dot, whisker = mark.find("circle"), mark.find("line")
+        assert float(whisker.get("x1")) <= float(dot.get("cx")) <= float(whisker.get("x2"))
+    cx = {name: float(mark.find("circle").get("cx")) for name, mark in by_name.items()}
+    assert cx["zero L28 [507, 678]"] < one < cx["control A: random"] < confirm < cx["zero all candidates"] < cx[HOSTILE]
+    colors = {name: mark.find("circle").get("fill") for name, mark in by_name.items()}
+    assert colors == {HOSTILE: OUTCOME_COLORS["above"], "zero L28 [507, 678]": OUTCOME_COLORS["below"],
+                      "zero all candidates": OUTCOME_COLORS["across"], "control A: random": OUTCOME_COLORS["below"],
+                      "control B: outliers": OUTCOME_COLORS["no threshold"]}
+    tooltip = by_name["zero L28 [507, 678]"].find("title").text
+    assert "perplexity 9.6 against the baseline's 10 on the same tokens" in tooltip

@@ -29,10 +29,10 @@ def test_report_builds_the_site_of_the_catalog(catalog_url: str, tmp_path: Path,
     out = tmp_path / "site"
     assert main(["report", "--out", str(out), "--db", catalog_url]) == 0
     printed = capsys.readouterr().out
-    assert "wrote 6 pages (3 models, 2 families, 4 scans)" in printed
+    assert "wrote 7 pages (3 models, 2 families, 4 scans)" in printed
     assert printed.strip().endswith(f"file://{(out / 'index.html').resolve()}")
     model = (out / "models" / "meta-llama-llama-2-7b-chat-hf.html").read_text()
-    assert "×812" in model and "random control" in model
+    assert "×812" in model and "control A: random" in model
     assert "org/missing: not found. Check the repo id." in (out / "index.html").read_text()
 
 

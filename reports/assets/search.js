@@ -1,6 +1,7 @@
 // Search as you type over window.SUPERWEIGHTS_INDEX (written by reports/search.py as search-index.js:
 // fetch() of a local file is blocked under file://). Results are built with textContent only:
-// catalog strings are untrusted and must never be parsed as HTML.
+// catalog strings are untrusted and must never be parsed as HTML. A query is split into terms
+// (`terms`), ranked per entry (`score`): exact field matches first.
 (function () {
   "use strict";
   var MAX_RESULTS = 20;
@@ -15,12 +16,67 @@
     return text.toLowerCase().replace(/[\[\]()]/g, " ").replace(/\s*,\s*/g, ",").replace(/\s+/g, " ").trim();
   }
 
+  // field names a query may use as `name:value`, and the index field each one means
+  var FIELDS = { layer: "layer", row: "row", col: "col", expert: "expert", org: "org", organization: "org",
+                 family: "family", model: "model", arch: "arch", architecture: "arch", type: "type",
+                 verdict: "verdict", param: "param", format: "format", quant: "quant" };
+  var KIND_ORDER = { family: 0, model: 1, coordinate: 2, weight: 3 };
+
+  // The query's terms: {field, value} for coordinates ("1:2533:7890", "[507, 1229]", "507,1229"),
+  // "L11" and "layer:11"; {field: null, value} for any other word.
+  function terms(query) {
+    var found = [];
+    function add(field, value) { found.push({ field: field, value: value }); }
+    var rest = query.toLowerCase()
+      .replace(/\b(\d+):(\d+):(\d+)\b/g, function (_, l, r, c) { add("layer", l); add("row", r); add("col", c); return " "; })
+      .replace(/\[?\s*(\d+)\s*,\s*(\d+)\s*\]?/g, function (_, r, c) { add("row", r); add("col", c); return " "; });
+    rest.split(/\s+/).forEach(function (word) {
+      var named = /^([a-z]+):(.+)$/.exec(word);
+      var layer = /^l(\d+)$/.exec(word);
+      if (named && FIELDS[named[1]]) add(FIELDS[named[1]], normalise(named[2]));
+      else if (layer) add("layer", layer[1]);
+      else if (normalise(word)) add(null, normalise(word));
+    });
+    return found;
+  }
+
+  // How well an entry matches one term (0: not at all): an exact field value 3, a field value that
+  // starts with the word 2, the word anywhere in its text 1. A named field must hold the value, or
+  // (for names, not numbers) contain it.
+  function score(entry, term) {
+    var fields = entry.fields;
+    if (term.field) {
+      var value = fields[term.field];
+      if (value === undefined) return 0;
+      if (value === term.value) return 3;
+      return !/^\d+$/.test(term.value) && value.indexOf(term.value) !== -1 ? 1 : 0;
+    }
+    var best = entry.text.indexOf(term.value) !== -1 ? 1 : 0;
+    for (var name in fields) {
+      if (fields[name] === term.value) return 3;
+      if (fields[name].indexOf(term.value) === 0) best = 2;
+    }
+    return best;
+  }
+
+  // Entries matching every term, best first (exact field matches before substrings), then by kind.
   function matches(query) {
-    var terms = normalise(query).split(" ").filter(Boolean);
-    if (!terms.length) return [];
-    return index.filter(function (entry) {
-      return terms.every(function (term) { return entry.text.indexOf(term) !== -1; });
-    }).slice(0, MAX_RESULTS);
+    var wanted = terms(query);
+    if (!wanted.length) return [];
+    var ranked = [];
+    index.forEach(function (entry, position) {
+      var total = 0;
+      for (var i = 0; i < wanted.length; i++) {
+        var s = score(entry, wanted[i]);
+        if (!s) return;
+        total += s;
+      }
+      ranked.push({ entry: entry, score: total, position: position });
+    });
+    ranked.sort(function (a, b) {
+      return b.score - a.score || KIND_ORDER[a.entry.kind] - KIND_ORDER[b.entry.kind] || a.position - b.position;
+    });
+    return ranked.slice(0, MAX_RESULTS).map(function (r) { return r.entry; });
   }
 
   function item(entry) {
