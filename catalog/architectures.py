@@ -253,8 +253,8 @@ def _fed_by_sibling(module: nn.Module, parent: nn.Module, probe: Probe) -> bool:
     before = [c for c in parent.children() if c is not module and _kind(c) and probe.call(c) and probe.call(c).order < call.order]
     if not before:
         return False
-    last = max(before, key=lambda c: probe.call(c).order)
-    return _out_width(last, probe) == width and probe.call(last).input.shape[-1] == call.out.shape[-1]
+    last = probe.call(max(before, key=lambda c: probe.call(c).order))
+    return width is not None and last.input is not None and last.out.shape[-1] == width and last.input.shape[-1] == call.out.shape[-1]
 
 
 def _confirm(scope: nn.Module, found: list[nn.Module], probe: Probe) -> bool:

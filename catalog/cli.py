@@ -25,7 +25,7 @@ from catalog.result import ScanResult
 from catalog.scan import DEFAULT_PROMPT, ScanOptions, scan_source
 from catalog.sources import ResolvedSource, resolve
 from catalog.streaming import parse_size
-from catalog.tables import ablations_table, layers_table, super_weights_table
+from catalog.tables import ablations_table, architectures_table, layers_table, super_weights_table
 
 console = Console(stderr=True)
 out = Console(width=None if sys.stdout.isatty() else 160)  # piped output: wide enough for the tables
@@ -127,6 +127,38 @@ def scan(ctx: click.Context, source: str, json_path: Path | None, **params: Any)
         console.print(sink.save(result, ctx.params, started_at), soft_wrap=True)
 
 
+@cli.command()
+@click.option("--type", "types", multiple=True, help="Check only this model type (repeatable). [default: every causal-LM type]")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the report as JSON here.")
+@click.option("--markdown", is_flag=True, help="Print the counts and the types that do not scan as Markdown (the README's list).")
+def architectures(types: tuple[str, ...], json_path: Path | None, markdown: bool) -> None:
+    """List the installed transformers' causal-LM types and whether each scans (and why not).
+
+    Each type is built tiny from its default config and searched for its down projections, as a
+    scan of a real checkpoint of it would be."""
+    import json
+
+    from rich.progress import Progress
+
+    from catalog import coverage
+
+    known = set(coverage.zoo.causal_lm_types())
+    if unknown := sorted(set(types) - known):
+        raise BadOptionError("--type", f"{', '.join(unknown)}: not a causal-LM type of the installed transformers; "
+                                       "`superweights architectures` lists them.")
+    chosen = list(types) or sorted(known)
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task("building tiny models", total=len(chosen))
+        report = coverage.coverage(chosen, lambda t: bar.update(task, advance=1, description=t))
+    if json_path:
+        json_path.write_text(json.dumps([c.to_dict() for c in report], indent=2) + "\n")
+        console.print(f"wrote {json_path}")
+    if markdown:
+        click.echo(coverage.markdown(report), nl=False)
+    else:
+        out.print(architectures_table(report))
+
+
 def add_scan_sink(sink: ScanSink) -> None:
     SCAN_SINKS.append(sink)
     scan.params.extend(sink.options)
@@ -152,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # our own status line reports the stages instead
+    hf_logging.set_verbosity_error()  # its notes (slow kernel fallbacks, config hints) are not the user's to act on
     load_plugins()
     try:
         cli.main(args=argv, prog_name="superweights", standalone_mode=False)

@@ -13,6 +13,7 @@ import torch
 
 from catalog import experts
 from catalog.architectures import DownProjection
+from catalog.errors import UnsupportedArchitectureError
 
 Entries = list[tuple[torch.Tensor, tuple[int, ...]]]  # (weight tensor, index into it) of scalars
 
@@ -69,6 +70,9 @@ def _experts_capture(site: DownProjection, args: tuple, kwargs: dict, output: to
             contribution = abs(gains[i].item() * (site.out_row(row, expert).float() @ x[i].float()).item())
             if best is None or contribution > best[0]:
                 best = (contribution, expert, x[i].detach().float().cpu(), gains[i].item())
+    if best is None:
+        raise UnsupportedArchitectureError(site.param, type(site.module).__name__, "its spike's token reached none of the "
+                                           "experts whose inputs can be recomputed (identity or zero-computation experts)")
     _, expert, x_t, gain = best
     return Capture(in_stats[0], in_stats[2], in_stats[1], out_max, row, token, y[token, row].float().item(), x_t, expert, gain)
 

@@ -42,3 +42,17 @@ def ablations_table(result: ScanResult) -> Table:
     for a in result.ablations:
         table.add_row(escape(a.name), f"{a.ppl:.4g}", "" if a.ratio is None else f"{a.ratio:.3g}", str(a.tokens), escape(a.detail))
     return table
+
+
+def architectures_table(report) -> Table:
+    """`superweights architectures`: one row per model type (`catalog.coverage.TypeCoverage`)."""
+    scans = sum(1 for c in report if c.status == "scans")
+    built = sum(1 for c in report if c.status != "does not build")
+    table = Table(title=f"Causal-LM types: {scans} of {built} that build scan ({len(report)} types)")
+    for name in ("type", "status", "layouts / reason", "sites per layer"):
+        table.add_column(name)
+    for c in report:
+        what = ", ".join(c.layouts) if c.layouts else c.reason
+        style = {"scans": "green", "not scanned": "bold red"}.get(c.status, "dim")
+        table.add_row(escape(c.model_type), c.status, escape(what), " ".join(map(str, c.sites_per_layer)), style=style)
+    return table

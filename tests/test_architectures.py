@@ -12,32 +12,28 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+from pathlib import Path
 
 import pytest
 import torch
 
-import zoo
-from catalog import experts
+from catalog import coverage, experts, zoo
 from catalog.architectures import discover
 from catalog.errors import UnsupportedArchitectureError
 from catalog.hooks import capture
 
-# Types that build but hold nothing the scanner can call a feed-forward output, with the reason.
-NOT_SCANNABLE = {
-    "mamba": "state-space blocks only", "falcon_mamba": "state-space blocks only",
-    "rwkv": "its channel mixing shifts tokens: not token-wise",
-    "cpmant": "its feed-forward module takes no plain hidden-state call",
-    "inkling_text": "its feed-forward module takes no plain hidden-state call",
-    "jetmoe": "fused experts outside transformers' experts interface",
-    "xlm": "blocks split over parallel module lists",
-    "mllama": "a text-only forward pass runs none of its block lists",
-    "hrm_text": "its blocks run several times per forward pass",
-}
 # Found, but not yet addressed exactly: tracked here so that a fix shows as an unexpected pass.
 KNOWN_GAPS = {
     "deepseek_v4": "its experts scale the router weights inside: the recorded gain is off by that factor",
     "longcat_flash": "zero-computation (identity) experts carry spikes no recomputed expert explains",
 }
+README = Path(__file__).parents[1] / "README.md"
+
+
+@pytest.fixture(scope="module")
+def report() -> dict[str, coverage.TypeCoverage]:
+    """`superweights architectures` over every causal-LM type, once."""
+    return {c.model_type: c for c in coverage.coverage()}
 
 
 def _built(model_type: str) -> torch.nn.Module:
@@ -47,15 +43,34 @@ def _built(model_type: str) -> torch.nn.Module:
         pytest.skip(f"transformers cannot build a tiny {model_type}: {type(exc).__name__}: {str(exc)[:120]}")
 
 
+def test_the_readme_lists_what_the_architectures_command_reports(report):
+    """The README's block is `superweights architectures --markdown` of the installed transformers."""
+    import transformers
+
+    text = README.read_text()
+    block = text[text.index("<!-- architectures -->\n") + len("<!-- architectures -->\n"): text.index("<!-- /architectures -->")]
+    if not block.startswith(f"transformers {transformers.__version__}:"):
+        pytest.skip(f"the README's list is for another transformers than {transformers.__version__}: "
+                    "regenerate it with `superweights architectures --markdown`")
+    assert block == coverage.markdown(list(report.values()))
+
+
+def test_at_least_nine_in_ten_types_that_build_scan(report):
+    built = [c for c in report.values() if c.status != coverage.NO_BUILD]
+    assert sum(c.status == coverage.SCANS for c in built) >= 0.9 * len(built)
+    named = ["deepseek_v2", "deepseek_v3", "gpt_oss", "llama4", "llama4_text", "gemma3", "smollm3", "granite",
+             "granitemoehybrid", "olmo3", "olmoe", "phi", "cohere", "cohere2", "glm4", "glm4_moe", "starcoder2",
+             "gpt_bigcode", "qwen3_next", "falcon_h1", "lfm2", "exaone", "exaone4", "ministral", "stablelm"]
+    assert [t for t in named if report[t].status != coverage.SCANS] == []  # the issue's list
+
+
 @pytest.mark.parametrize("model_type", [
     pytest.param(t, marks=pytest.mark.xfail(reason=KNOWN_GAPS[t], strict=True)) if t in KNOWN_GAPS else t
     for t in zoo.causal_lm_types()])
-def test_discovered_sites_address_the_weight_that_produced_the_output(model_type):
-    model = _built(model_type)
-    if model_type in NOT_SCANNABLE:
-        with pytest.raises(UnsupportedArchitectureError, match=f"'{model.config.get_text_config().model_type}'"):
-            discover(model, model.config, model_type)
-        return
+def test_discovered_sites_address_the_weight_that_produced_the_output(model_type, report):
+    if report[model_type].status != coverage.SCANS:
+        pytest.skip(f"{model_type} {report[model_type].status}: {report[model_type].reason}")
+    model = zoo.build(model_type)
     found = discover(model, model.config, model_type)
     assert found.sites and len(found.layers) + len(found.mixer_only) == found.num_layers
     params = dict(model.named_parameters())

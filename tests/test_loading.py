@@ -14,10 +14,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from catalog import zoo
 from catalog.loading import load, read_parallel
 from catalog.reader import ShardReader, index_shards
 from catalog.sources import resolve
-import zoo
 
 # A sample of layouts: dense, Conv1D, fused experts both ways, shared experts, a multimodal wrapper
 LOADED = ["llama", "gpt2", "gpt_neox", "opt", "bloom", "phi", "gemma3", "mixtral", "qwen2_moe", "gpt_oss", "deepseek_v3",

@@ -1,11 +1,13 @@
 """Every causal-LM type of the installed transformers, as a tiny random model built from its config.
 
+`superweights architectures` scans each one (`catalog.coverage`), and so do the tests.
+
 The default config of each type is shrunk to a few layers of 64-wide blocks: every size the
 config names (under any of the spellings configs use) is lowered, the config is built again
 from those values so that what it derives (layer types, head counts) follows, and sub-configs
 (a multimodal model's text and vision configs) are shrunk the same way. A type whose default
-config cannot be shrunk or built is reported by `build` with the reason; that is transformers'
-matter, not the scanner's.
+config cannot be shrunk or built raises transformers' own error from `build`: that is
+transformers' matter, not the scanner's.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ SIZES = {
     **dict.fromkeys(("num_attention_heads", "n_head", "decoder_attention_heads", "encoder_attention_heads", "n_heads"), 4),
     **dict.fromkeys(("num_key_value_heads", "num_kv_heads", "n_kv_heads", "multi_query_group_num"), 2),
     **dict.fromkeys(("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts"), 4),
-    **dict.fromkeys(("num_experts_per_tok", "moe_topk", "top_k"), 2),
+    **dict.fromkeys(("num_experts_per_tok", "moe_topk", "top_k", "moe_k"), 2),
     **dict.fromkeys(("max_position_embeddings", "n_positions", "n_ctx", "max_seq_len"), 128),
     **dict.fromkeys(("n_group", "topk_group", "mamba_n_groups", "n_groups"), 1),
     **dict.fromkeys(("qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim", "mamba_d_head", "mamba_d_state", "state_size"), 16),
@@ -51,7 +53,7 @@ def _shrunk(values: dict, layers: int) -> dict:
     for key, value in values.items():
         if isinstance(value, dict) and "model_type" in value:
             out[key] = _shrunk(value, layers)
-        elif key in ("head_dim", "num_experts_per_tok") and value is None and "qk_rope_head_dim" not in values:
+        elif value is None and (key == "num_experts_per_tok" or key == "head_dim" and "qk_rope_head_dim" not in values):
             out[key] = SIZES[key]  # defaults left to be derived, which some configs then never derive
         elif key in SIZES and isinstance(value, int) and not isinstance(value, bool):
             tiny = layers if SIZES[key] == LAYERS else SIZES[key]
@@ -67,6 +69,8 @@ def _shrunk(values: dict, layers: int) -> dict:
     if values.get("num_key_value_heads") and values.get("num_key_value_heads") == values.get("num_attention_heads"):
         out["num_key_value_heads"] = out["num_attention_heads"]  # MLA and plain multi-head attention keep them equal
     out.pop("qk_head_dim", None)  # derived from the rope and nope dims
+    if "mamba_d_ssm" in out:  # the state-space width is heads times head size
+        out["mamba_d_ssm"] = out["mamba_n_heads"] * out["mamba_d_head"]
     return out
 
 
