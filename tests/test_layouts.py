@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from catalog.causal import VerifyOptions
-from catalog.result import CANDIDATE, CONFIRMED, ScanResult, SuperWeight
+from catalog.result import CONFIRMED, REJECTED, ScanResult, SuperWeight
 from catalog.scan import DEFAULT_PROMPT, ScanOptions, scan
 from tiny import HYBRID, KIND, LAYOUTS, Plant, Planted
 
@@ -48,7 +48,7 @@ def test_confirms_the_super_weight_and_nothing_else(scanned):
     verdict, ratio = verdicts[coordinates(planted)]
     assert verdict == CONFIRMED and ratio > 2 * VerifyOptions.confirm_ratio
     verdict, ratio = verdicts[coordinates(planted.inert)]
-    assert verdict == CANDIDATE and ratio == pytest.approx(1, abs=0.02)
+    assert verdict == REJECTED and ratio == pytest.approx(1, abs=0.02)
 
 
 def test_records_what_the_module_computes(scanned):
