@@ -2,9 +2,12 @@
 
 `catalog.architectures` reads the feed-forward output projections off this record instead of
 off a list of names. The one behavioural question it asks of a module is whether it is
-*token-wise*: called again on the last token alone, does it return the last token of what it
-returned for the whole prompt? Feed-forward parts (dense MLPs and routed experts alike) are;
-attention, state-space and convolution mixers are not.
+*token-wise*: called again on the last token alone, and on the whole prompt with the other
+tokens' input negated, does it return the last token of what it returned? Feed-forward parts
+(dense MLPs and routed experts alike) are; attention, state-space and convolution mixers are not.
+The second call is what tells a mixer apart where the tokens' hidden states are all alike (a
+massive activation that every token carries dominates them after the norm): the last token
+alone then gets what the mix of alike tokens gave it.
 """
 
 from __future__ import annotations
@@ -113,33 +116,66 @@ def _copied(value: Any) -> Any:
     return value
 
 
+def _token_dim(t: torch.Tensor) -> int | None:
+    """The prompt-position dimension of a probe tensor, (1, tokens, ...) or (tokens, ...), if any."""
+    if t.dim() >= 2 and t.shape[0] == 1 and t.shape[1] == PROBE_TOKENS:
+        return 1
+    if t.dim() >= 1 and t.shape[0] == PROBE_TOKENS:
+        return 0
+    return None
+
+
+def _map_tensors(value: Any, fn) -> Any:
+    """`fn` applied to every tensor of an argument structure."""
+    if isinstance(value, torch.Tensor):
+        return fn(value)
+    if isinstance(value, (tuple, list)):
+        return (tuple if isinstance(value, tuple) else list)(_map_tensors(v, fn) for v in value)
+    if isinstance(value, dict):
+        return {k: _map_tensors(v, fn) for k, v in value.items()}
+    return value
+
+
 def _last_token(value: Any) -> Any:
     """The last token of every token-indexed tensor in an argument structure."""
-    if isinstance(value, torch.Tensor):
-        if value.dim() >= 2 and value.shape[0] == 1 and value.shape[1] == PROBE_TOKENS:
-            return value[:, -1:]
-        if value.dim() >= 1 and value.shape[0] == PROBE_TOKENS:
-            return value[-1:]
-        return value
-    if isinstance(value, tuple):
-        return tuple(_last_token(v) for v in value)
-    if isinstance(value, list):
-        return [_last_token(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _last_token(v) for k, v in value.items()}
-    return value
+    def last(t: torch.Tensor) -> torch.Tensor:
+        dim = _token_dim(t)
+        return t if dim is None else t.narrow(dim, PROBE_TOKENS - 1, 1)
+    return _map_tensors(value, last)
+
+
+def _context_negated(call: Call) -> list[tuple[tuple, dict]]:
+    """The call's arguments with its input negated at every token but the last (none where the
+    input is not a token-indexed float tensor)."""
+    x = call.input
+    dim = _token_dim(x) if x is not None and x.is_floating_point() else None
+    if dim is None:
+        return []
+    changed = x.clone()
+    changed.narrow(dim, 0, PROBE_TOKENS - 1).neg_()
+
+    def swap(t: torch.Tensor) -> torch.Tensor:
+        return changed if t is x else t
+    return [(_map_tensors(call.args, swap), _map_tensors(call.kwargs, swap))]
 
 
 def _same_on_last_token(module: nn.Module, call: Call) -> bool:
     full = call.out
     if full is None or full.numel() == 0:
         return False
+    expected = _last_token(full)
+    calls = [(_last_token(call.args), _last_token(call.kwargs)), *_context_negated(call)]
+    return all(_returns_last(module, args, kwargs, expected) for args, kwargs in calls)
+
+
+def _returns_last(module: nn.Module, args: tuple, kwargs: dict, expected: torch.Tensor) -> bool:
+    """Called on `args`, the module returns `expected` at the last token."""
     try:
         with torch.no_grad():
-            last = first_tensor(module(*_last_token(call.args), **_last_token(call.kwargs)))
+            out = first_tensor(module(*args, **kwargs))
     except Exception:  # a mixer called on one token with the whole prompt's masks: not token-wise
         return False
-    expected = _last_token(full)
+    last = _last_token(out) if out is not None else None
     if last is None or last.shape != expected.shape:
         return False
     scale = expected.abs().max().float().item() or 1.0

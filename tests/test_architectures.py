@@ -119,6 +119,17 @@ def check_plan(model, site) -> None:
         assert styles <= ({"colwise"} if site.layout == "experts_in_out" else {"rowwise", "local_rowwise", "rowwise_split_input"}), styles
 
 
+def test_attention_is_told_apart_where_every_token_carries_a_massive_activation(tiny):
+    """The planted sink dominates every token's normed hidden state, so all tokens look alike:
+    attention then gives the last token alone what it gave it in the prompt, and only a call with
+    the other tokens changed shows that it mixes them (it found o_proj in 7 of 8 layers)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny("llama", effect=True, inert=True).path, dtype=torch.float32)
+    found = discover(model, model.config, "llama")
+    assert [site.param for site in found.sites] == [f"model.layers.{i}.mlp.down_proj.weight" for i in range(8)]
+
+
 def test_a_model_without_any_feed_forward_part_is_one_clear_error():
     model = _built("mamba")
     with pytest.raises(UnsupportedArchitectureError) as caught:

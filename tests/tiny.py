@@ -10,8 +10,9 @@ here plants exactly that chain in a randomly initialised (seeded) model from a t
 2. the chosen layer's MLP reads it: the up (and gate) rows of input channel `col` get weight
    `READ` on `source` (and nothing else), so after the pre-MLP norm x[col] becomes ~50-70;
 3. the down projection's W[row, col] = `VALUE` (-8) turns that into y[row] ~ -430 to -560,
-   against ~0.1-0.6 in the other layers (see `ACTIVITY`, `SINK`). For Mixtral the chain is
-   planted in one expert and the router is set to send the tokens carrying `source` there.
+   against ~0.1-0.6 in the other layers (see `ACTIVITY`, `SINK`). For MoE kinds the chain is
+   planted in one expert and the router is set to send the tokens carrying `source` there
+   (DeepSeek's first `dense_layers` have a plain MLP: a plant there has no expert).
 
 What zeroing the weight does downstream (for the causal checks of issue 3):
 
@@ -31,8 +32,12 @@ What zeroing the weight does downstream (for the causal checks of issue 3):
   zeroing the first one exposes the second spike (the paper's iteration: `iteration` 2).
 
 Builders state the parameter names and index layouts themselves (GPT-2's Conv1D stores
-`[in, out]`; fused experts `[expert, out, in]`), independently of `catalog.architectures`, so the
-tests check the scanner against an outside description.
+`[in, out]`; fused experts `[expert, out, in]`, gpt-oss's `[expert, in, out]` with gate and up
+interleaved), independently of `catalog.architectures`, so the tests check the scanner against
+an outside description. `LAYOUTS` adds the layouts of issue 12: a fused `[E, in, out]` MoE
+(gpt-oss), an MoE with shared experts and dense first layers (DeepSeek-V3), a multimodal wrapper
+(Gemma 3: embeddings scaled by sqrt(hidden), the MLP output normed before the residual add), a
+hybrid whose mamba and attention blocks have no MLP (Nemotron-H) and Phi-2's fc1/fc2.
 """
 
 from __future__ import annotations
@@ -66,15 +71,19 @@ POSITIONS = 2048
 # while W[r, col] * x[col] of an ordinary weight stays under the spike rule's 50x.
 ACTIVITY = 6.0
 SOURCE = 100.0  # residual component in the embedding
-READ = {"gated": 1.4, "linear": 10.0}  # up/gate weight on the source dimension: x[col] ~ 50
+# up/gate weight on the source dimension: x[col] ~ 50 (gpt-oss clamps gate and up at 7: x[col] = 8 * 7)
+READ = {"gated": 1.4, "linear": 10.0, "relu2": 1.25}
 MASK = 4.0  # times READ: how strongly a masked plant's gate reads (against) the first super activation
-ROUTE = 4.0  # router weight on the source dimension (Mixtral): the expert gets ~all the weight
+ROUTE = 4.0  # router weight on the source dimension (MoE kinds): the expert gets ~all the weight
 VALUE = -8.0  # the planted W[row, col]
 INERT_VALUE = -2.0  # a weaker spike (~ -50 to -90) that must not mask the super weight's source
 SUPER, MASKED, INERT = (1, 17, 23), (2, 33, 71), (0, 45, 101)  # (layer, row, col) of each plant
 SOURCES = {"super": 5, "masked": 9, "inert": 13}  # residual dimension each plant's MLP reads
 SINK = 3  # residual dimension every token carries at SOURCE (see `_add_sink`)
+EXPERT_OF = {"super": 1, "masked": 2, "inert": 3}  # the expert each plant goes to in an MoE layer
+HYBRID = "---M*-E*"  # Nemotron-H's layers: MLP "-" (the plants' layers 0-2), mamba "M", attention "*", MoE "E"
 KINDS = ("llama", "gpt2", "gpt_neox", "mixtral")
+LAYOUTS = ("gpt_oss", "deepseek_v3", "gemma3", "nemotron_h", "phi")  # issue 12's layouts, scanned in test_layouts.py
 
 
 @dataclass(frozen=True)
@@ -112,9 +121,13 @@ class Kind:
     block: str
     reads: Callable[[str, int, int | slice, int | None], list[tuple[str, tuple]]]  # MLP input weights
     down: Callable[[str, int, int, int | None], tuple[str, tuple[int, ...]]]  # (param, index)
-    activation: str  # "gated" (SiLU(gate) * up) or "linear" (GELU(up))
+    activation: str  # "gated" (SiLU(gate) * up), "linear" (GELU(up)) or "relu2" (ReLU(up)^2)
     mlp_in: tuple[str, ...]  # names (ends of) of the MLP input weights, scaled by ACTIVITY
     router: str | None = None
+    dense_layers: int = 0  # first layers with a plain MLP in an MoE model (DeepSeek's first_k_dense_replace)
+    embed_scale: float = 1.0  # the model multiplies the embedding by this (Gemma: sqrt(hidden))
+    post_norm: str | None = None  # a norm of the MLP output before the residual add (Gemma), in the block
+    norm_offset: float = 0.0  # norms scale by (norm_offset + weight) (Gemma: 1)
 
 
 def _gated_reads(prefix: str, col: int, dim: int | slice, expert: int | None) -> list[tuple[str, tuple]]:
@@ -125,6 +138,26 @@ def _expert_reads(prefix: str, col: int, dim: int | slice, expert: int | None) -
     # gate_up_proj: (experts, 2 * intermediate, hidden); gate rows first, then up rows
     name = f"{prefix}.mlp.experts.gate_up_proj"
     return [(name, (expert, col, dim)), (name, (expert, INTERMEDIATE + col, dim))]
+
+
+def _interleaved_reads(prefix: str, col: int, dim: int | slice, expert: int | None) -> list[tuple[str, tuple]]:
+    # gpt-oss gate_up_proj: (experts, hidden, 2 * intermediate); gate at even columns, up at odd
+    name = f"{prefix}.mlp.experts.gate_up_proj"
+    return [(name, (expert, dim, 2 * col)), (name, (expert, dim, 2 * col + 1))]
+
+
+def _moe_reads(prefix: str, col: int, dim: int | slice, expert: int | None) -> list[tuple[str, tuple]]:
+    """DeepSeek: a dense layer's MLP (no expert), else the routed experts'."""
+    return (_gated_reads if expert is None else _expert_reads)(prefix, col, dim, expert)
+
+
+def _dense_down(prefix: str, row: int, col: int, expert: int | None) -> tuple[str, tuple[int, ...]]:
+    return f"{prefix}.mlp.down_proj.weight", (row, col)  # nn.Linear: (hidden, intermediate)
+
+
+def _moe_down(prefix: str, row: int, col: int, expert: int | None) -> tuple[str, tuple[int, ...]]:
+    # down_proj: (experts, hidden, intermediate)
+    return _dense_down(prefix, row, col, expert) if expert is None else (f"{prefix}.mlp.experts.down_proj", (expert, row, col))
 
 
 def _llama_config(layers: int):
@@ -157,6 +190,55 @@ def _neox_config(layers: int):
     return GPTNeoXConfig(**_common(), num_hidden_layers=layers, num_attention_heads=4)
 
 
+def _gpt_oss_config(layers: int):
+    from transformers import GptOssConfig
+
+    return GptOssConfig(
+        **_common(), num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+        num_local_experts=EXPERTS, num_experts_per_tok=2,
+    )
+
+
+def _deepseek_v3_config(layers: int):
+    from transformers import DeepseekV3Config
+
+    return DeepseekV3Config(
+        **_common(), num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=4,
+        q_lora_rank=48, kv_lora_rank=32, qk_rope_head_dim=16, qk_nope_head_dim=16, v_head_dim=16,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+        n_routed_experts=EXPERTS, num_experts_per_tok=2, n_group=1, topk_group=1, n_shared_experts=1,
+        moe_intermediate_size=INTERMEDIATE, first_k_dense_replace=1,
+    )
+
+
+def _gemma3_config(layers: int):
+    """Gemma 3 with a vision tower of as many layers: only its language model runs on text."""
+    from transformers import Gemma3Config
+
+    text = dict(**_common(), num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                query_pre_attn_scalar=16)
+    vision = dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=48, num_hidden_layers=layers,
+                  num_attention_heads=2, image_size=28, patch_size=14)
+    return Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4, tie_word_embeddings=False)
+
+
+def _nemotron_h_config(layers: int):
+    from transformers import NemotronHConfig
+
+    return NemotronHConfig(
+        **_common(), num_hidden_layers=layers, hybrid_override_pattern=HYBRID[:layers], num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, mamba_num_heads=8, mamba_head_dim=16, ssm_state_size=16, n_groups=1,
+        chunk_size=16, n_routed_experts=EXPERTS, num_experts_per_tok=2, moe_intermediate_size=INTERMEDIATE,
+        moe_shared_expert_intermediate_size=INTERMEDIATE,
+    )
+
+
+def _phi_config(layers: int):
+    from transformers import PhiConfig
+
+    return PhiConfig(**_common(), num_hidden_layers=layers, num_attention_heads=4)
+
+
 def _common() -> dict:
     return dict(
         vocab_size=len(VOCAB), hidden_size=HIDDEN, intermediate_size=INTERMEDIATE, max_position_embeddings=POSITIONS,
@@ -166,8 +248,8 @@ def _common() -> dict:
 
 KIND: dict[str, Kind] = {
     "llama": Kind(
-        _llama_config, "model.embed_tokens.weight", "lm_head.weight", "model.layers.{}", _gated_reads,
-        lambda p, row, col, e: (f"{p}.mlp.down_proj.weight", (row, col)), "gated", ("gate_proj.weight", "up_proj.weight"),
+        _llama_config, "model.embed_tokens.weight", "lm_head.weight", "model.layers.{}", _gated_reads, _dense_down,
+        "gated", ("gate_proj.weight", "up_proj.weight"),
     ),
     "gpt2": Kind(
         _gpt2_config, "transformer.wte.weight", "lm_head.weight", "transformer.h.{}",
@@ -184,6 +266,32 @@ KIND: dict[str, Kind] = {
         _mixtral_config, "model.embed_tokens.weight", "lm_head.weight", "model.layers.{}", _expert_reads,
         lambda p, row, col, e: (f"{p}.mlp.experts.down_proj", (e, row, col)), "gated", ("gate_up_proj",),
         router="mlp.gate.weight",
+    ),
+    "gpt_oss": Kind(
+        _gpt_oss_config, "model.embed_tokens.weight", "lm_head.weight", "model.layers.{}", _interleaved_reads,
+        # down_proj: (experts, intermediate, hidden), stored [E, in, out]
+        lambda p, row, col, e: (f"{p}.mlp.experts.down_proj", (e, col, row)), "gated", ("gate_up_proj",),
+        router="mlp.router.weight",
+    ),
+    "deepseek_v3": Kind(
+        _deepseek_v3_config, "model.embed_tokens.weight", "lm_head.weight", "model.layers.{}", _moe_reads, _moe_down,
+        # the dense MLP's, the shared and the routed experts' inputs
+        "gated", ("gate_proj.weight", "up_proj.weight", "gate_up_proj"), router="mlp.gate.weight", dense_layers=1,
+    ),
+    "gemma3": Kind(
+        _gemma3_config, "model.language_model.embed_tokens.weight", "lm_head.weight", "model.language_model.layers.{}",
+        _gated_reads, _dense_down, "gated", ("gate_proj.weight", "up_proj.weight"),
+        embed_scale=math.sqrt(HIDDEN), post_norm="post_feedforward_layernorm.weight", norm_offset=1.0,
+    ),
+    "nemotron_h": Kind(
+        _nemotron_h_config, "model.embeddings.weight", "lm_head.weight", "model.layers.{}",
+        lambda p, col, dim, e: [(f"{p}.mixer.up_proj.weight", (col, dim))],
+        lambda p, row, col, e: (f"{p}.mixer.down_proj.weight", (row, col)), "relu2", ("up_proj.weight", "experts.up_proj"),
+    ),
+    "phi": Kind(
+        _phi_config, "model.embed_tokens.weight", "lm_head.weight", "model.layers.{}",
+        lambda p, col, dim, e: [(f"{p}.mlp.fc1.weight", (col, dim))],
+        lambda p, row, col, e: (f"{p}.mlp.fc2.weight", (row, col)), "linear", ("mlp.fc1.weight",),
     ),
 }
 
@@ -230,13 +338,12 @@ def build_tiny(
     state = dict(model.named_parameters())
     _activate(spec, state)
     _add_sink(spec, state)
-    expert = {"super": 1, "masked": 2, "inert": 3} if spec.router else dict.fromkeys(("super", "masked", "inert"))
-    main = _plant(spec, state, SUPER, "super", expert["super"], every_token=effect, value=VALUE)
+    main = _plant(spec, state, SUPER, "super", every_token=effect, value=VALUE)
     extra = {}
     if masked:
-        extra["masked"] = _plant(spec, state, MASKED, "masked", expert["masked"], every_token=False, value=VALUE, mask=main.row)
+        extra["masked"] = _plant(spec, state, MASKED, "masked", every_token=False, value=VALUE, mask=main.row)
     if inert:
-        extra["inert"] = _plant(spec, state, INERT, "inert", expert["inert"], every_token=False, value=INERT_VALUE)
+        extra["inert"] = _plant(spec, state, INERT, "inert", every_token=False, value=INERT_VALUE)
     _set_lm_head(spec, state, main.row, effect)
     model.save_pretrained(path)
     build_tokenizer().save_pretrained(path)
@@ -258,21 +365,22 @@ def _add_sink(spec: Kind, state: dict) -> None:
     not on the random noise of an untrained residual stream.
     """
     with torch.no_grad():
-        state[spec.embed][:, SINK] = SOURCE
+        state[spec.embed][:, SINK] = SOURCE / spec.embed_scale
 
 
 def _plant(
-    spec: Kind, state: dict, where: tuple[int, int, int], name: str, expert: int | None, *,
-    every_token: bool, value: float, mask: int | None = None,
+    spec: Kind, state: dict, where: tuple[int, int, int], name: str, *, every_token: bool, value: float,
+    mask: int | None = None,
 ) -> Plant:
     """Plant the chain embedding[source] -> up/gate[col] -> W[row, col] in one layer (one expert)."""
     layer, row, col = where
     source = SOURCES[name]
     prefix = spec.block.format(layer)
+    expert = EXPERT_OF[name] if spec.router and layer >= spec.dense_layers else None
     with torch.no_grad():
         embed = state[spec.embed]  # (vocab, hidden)
         embed[:, source] = 0.0
-        embed[slice(None) if every_token else BOS, source] = SOURCE
+        embed[slice(None) if every_token else BOS, source] = SOURCE / spec.embed_scale
         for param, index in spec.reads(prefix, col, slice(None), expert):
             state[param][index] = 0.0  # a dedicated channel: it reads nothing but what is planted
         for param, index in spec.reads(prefix, col, source, expert):
@@ -280,10 +388,13 @@ def _plant(
         if mask is not None:  # the gate (first read) also reads the first super activation, negatively
             param, index = spec.reads(prefix, col, mask, expert)[0]
             state[param][index] = -math.copysign(MASK * READ[spec.activation], VALUE)  # y[row] has VALUE's sign
-        if spec.router:
+        if expert is not None:
             state[f"{prefix}.{spec.router}"][expert, source] = ROUTE  # (experts, hidden)
         param, index = spec.down(prefix, row, col, expert)
         state[param][index] = value
+        if spec.post_norm:  # y[row] dominates y, so the norm gives ~ sign(y) * sqrt(hidden) there: the residual
+            # stream gets ~ value * hidden (-512), as it gets ~ value * x[col] in the other kinds
+            state[f"{prefix}.{spec.post_norm}"][row] = abs(value) * math.sqrt(HIDDEN) - spec.norm_offset
     return Plant(layer, param, expert, row, col, index, value, None if every_token else 0)
 
 
