@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench, synth, run as
 import bench  # noqa: E402
 import synth  # noqa: E402
 from catalog.causal import VerifyOptions  # noqa: E402
-from catalog.streaming import parse_size  # noqa: E402
+from catalog.options import parse_size  # noqa: E402
 
 
 def scanned(checkpoint: synth.Checkpoint, args, budget: int | None) -> dict:

@@ -106,18 +106,15 @@ def family_of(config) -> str:
 
 def discover(model: nn.Module, config, source: str) -> Architecture:
     """The model's blocks and every down projection, found by one probe forward pass."""
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    layers, hidden = text.num_hidden_layers, text.hidden_size
-    lists = block_lists(model, layers) or block_lists(model)
-    if not lists:
-        raise UnsupportedArchitectureError(source, config.model_type, "found no list of decoder blocks")
+    text = config.get_text_config()
+    lists = decoder_lists(model, config, source)
     modules = list({id(m): m for _, blocks in lists for m in blocks.modules()}.values())
     try:
         probe = probing.run(model, modules, text.vocab_size)
     except Exception as exc:  # the model cannot run a plain text forward pass
         raise UnsupportedArchitectureError(source, config.model_type, f"a text-only forward pass failed ({type(exc).__name__}: {first_line(exc)[:160]})") from exc
     path, blocks = _called_list(lists, probe, source, config.model_type)
-    probed = [Probed(block, probe, block_sites(block, hidden, probe)) for block in blocks]
+    probed = [Probed(block, probe, block_sites(block, text.hidden_size, probe)) for block in blocks]
     return architecture(model, path, blocks, probed, source, config.model_type)
 
 
@@ -152,12 +149,19 @@ def structure(block: nn.Module) -> tuple:
                  for name, m in block.named_modules(remove_duplicate=False))
 
 
-def block_lists(model: nn.Module, layers: int | None = None) -> list[tuple[str, nn.ModuleList]]:
-    """The outermost module lists of `layers` entries (decoder blocks; a vision tower's too), or
-    of any length where the config counts its layers otherwise (a decoder-only model built from an
-    encoder-decoder config)."""
+def decoder_lists(model: nn.Module, config, source: str) -> list[tuple[str, nn.ModuleList]]:
+    """The module lists that may hold the decoder blocks: the outermost lists of num_hidden_layers
+    entries (a vision tower's too), or of any length where the config counts its layers otherwise
+    (a decoder-only model built from an encoder-decoder config)."""
+    lists = _module_lists(model, config.get_text_config().num_hidden_layers) or _module_lists(model)
+    if not lists:
+        raise UnsupportedArchitectureError(source, config.model_type, "found no list of decoder blocks")
+    return lists
+
+
+def _module_lists(model: nn.Module, length: int | None = None) -> list[tuple[str, nn.ModuleList]]:
     found = [(name, m) for name, m in model.named_modules()
-             if isinstance(m, nn.ModuleList) and name and (len(m) == layers if layers else len(m) > 1)]
+             if isinstance(m, nn.ModuleList) and name and (len(m) == length if length else len(m) > 1)]
     return [(name, m) for name, m in found if not any(name.startswith(other + ".") for other, _ in found)]
 
 
@@ -301,6 +305,7 @@ def _site(layer: int, module: nn.Module, names: dict[int, str], call: probing.Ca
         experts = "pre_routed" if len(call.args) + len(call.kwargs) == 1 else "interface"
         return DownProjection(layer, names[id(weight)], module, weight, kind, experts)
     weight = module.weight
-    if kind == "matrix":
-        kind = "in_out" if tuple(weight.shape) == (call.input.shape[-1], call.out.shape[-1]) != tuple(weight.shape[::-1]) else "out_in"
+    if kind == "matrix":  # stored [in, out] only where the widths say so; a square one reads as nn.Linear's
+        width_in, width_out = call.input.shape[-1], call.out.shape[-1]
+        kind = "in_out" if width_in != width_out and tuple(weight.shape) == (width_in, width_out) else "out_in"
     return DownProjection(layer, names[id(weight)], module, weight, kind)

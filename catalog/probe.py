@@ -82,12 +82,12 @@ def probe_ids(vocab_size: int, device: torch.device) -> torch.Tensor:
 def recording(modules: list[nn.Module]) -> Iterator[Probe]:
     """Record the first call of each module while the block is in effect; hooks always come off."""
     probe = Probe()
-    counter = iter(range(1 << 62))
 
     def hook(module, args, kwargs, output):
         probe.counts[id(module)] = probe.counts.get(id(module), 0) + 1
         if id(module) not in probe.calls:  # copies: models add to tensors in place after a call
-            probe.calls[id(module)] = Call(_copied(args), _copied(dict(kwargs)), _copied(output), next(counter))
+            copied = _map_tensors((args, kwargs, output), lambda t: t.detach().clone())
+            probe.calls[id(module)] = Call(*copied, order=len(probe.calls))
 
     handles = [m.register_forward_hook(hook, with_kwargs=True) for m in modules]
     try:
@@ -103,17 +103,6 @@ def run(model: nn.Module, modules: list[nn.Module], vocab_size: int) -> Probe:
     with recording(modules) as probe, torch.no_grad():
         model(input_ids=probe_ids(vocab_size, device), use_cache=False)
     return probe
-
-
-def _copied(value: Any) -> Any:
-    """The same structure with every tensor copied (a cache object is kept as it is)."""
-    if isinstance(value, torch.Tensor):
-        return value.detach().clone()
-    if isinstance(value, (tuple, list)):
-        return type(value)(_copied(v) for v in value) if type(value) in (tuple, list) else value
-    if isinstance(value, dict) and type(value) is dict:
-        return {k: _copied(v) for k, v in value.items()}
-    return value
 
 
 def _token_dim(t: torch.Tensor) -> int | None:

@@ -26,7 +26,6 @@ purpose. Anything else is refused with one line.
 from __future__ import annotations
 
 import contextlib
-import re
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -37,43 +36,23 @@ import torch
 from torch import nn
 
 from catalog import probe as probing
-from catalog.architectures import DownProjection, Probed, architecture, block_lists, block_sites, structure
+from catalog.architectures import DownProjection, Probed, architecture, block_sites, decoder_lists, structure
 from catalog.causal import ActivationRecorder, Condition, Evaluated, Verification, VerifyOptions, conditions, report
 from catalog.detection import Detection, SpikeRule, candidate, iterate, weight_entries
-from catalog.errors import BadOptionError, UnsupportedArchitectureError, first_line
+from catalog.errors import BadOptionError, first_line
 from catalog.hooks import Capture, Entries, capture, zeroed
 from catalog.loading import (LoadedModel, as_invalid, assign, buffers_to, checkpoint_names, model_info, open_source, place,
                              skeleton)
+from catalog.options import MAX_GPU_MEMORY, format_size
 from catalog.reader import ShardReader, checkpoint_shards
 from catalog.perplexity import Evaluation, evaluate, frequent_tokens
 from catalog.prefix import PrefixCache
 from catalog.result import SuperWeight
 from catalog.sources import ResolvedSource
 
-OPTION = "--max-gpu-memory"
-UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-         "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
-SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$", re.IGNORECASE)
 BlockCall = tuple[tuple, dict]  # a block's arguments after the hidden states, by position and by name
 Inputs = tuple[torch.Tensor, list[BlockCall]]  # the first block's hidden-state input, and every block's call
 BlockContext = Callable[[int], contextlib.AbstractContextManager]  # what a stream changes while block `layer` runs
-
-
-def parse_size(text: str) -> int:
-    """Bytes of a size such as 4GiB, 500MB or 2.5GB (decimal and binary units)."""
-    match = SIZE.match(text)
-    if not match or match.group(2).lower() not in UNITS:
-        raise BadOptionError(OPTION, f"cannot read {text!r} as a size; write e.g. 4GiB or 500MB.")
-    size = int(float(match.group(1)) * UNITS[match.group(2).lower()])
-    if size <= 0:
-        raise BadOptionError(OPTION, "must be more than zero.")
-    return size
-
-
-def format_size(size: int) -> str:
-    """Bytes in the largest binary unit that leaves at least 1 (1000 B, 1.5 MiB, 4.00 GiB)."""
-    unit = next((u for u in ("TiB", "GiB", "MiB", "KiB") if size >= UNITS[u.lower()]), "B")
-    return f"{size} B" if unit == "B" else f"{size / UNITS[unit.lower()]:.2f} {unit}"
 
 
 @dataclass
@@ -192,37 +171,20 @@ class StreamedModel:
     path: str  # of the list of blocks
     blocks: nn.ModuleList
     store: ShardStore
-    vocab_size: int
 
     def layers(self) -> Iterator[tuple[int, nn.Module]]:
         """Each block in turn with its weights on the device; the next one is read meanwhile."""
         with ThreadPoolExecutor(1) as pool:
-            pending = pool.submit(self.store.read_block, self.prefix(0))
+            pending = pool.submit(self.store.read_block, block_prefix(self.path, 0))
             for i, block in enumerate(self.blocks):
                 tensors = pending.result()
                 if i + 1 < len(self.blocks):
-                    pending = pool.submit(self.store.read_block, self.prefix(i + 1))
+                    pending = pool.submit(self.store.read_block, block_prefix(self.path, i + 1))
                 with resident(block, tensors, self.store):
                     yield i, block
 
-    def prefix(self, layer: int) -> str:
-        return f"{self.path}.{layer}."
-
     def inputs(self, ids: list[torch.Tensor]) -> list[Inputs]:
         return [block_calls(self.loaded.model, self.blocks, batch.to(self.loaded.device)) for batch in ids]
-
-    def probe(self, hidden: int) -> list[Probed]:
-        """Each block as probed on the first block of its structure, read for the purpose."""
-        first, calls = self.inputs([probing.probe_ids(self.vocab_size, self.loaded.device)])[0]
-        kinds: dict[tuple, Probed] = {}
-        for layer, block in enumerate(self.blocks):
-            kind = structure(block)
-            if kind not in kinds:
-                with resident(block, self.store.read_block(self.prefix(layer)), self.store), torch.no_grad():
-                    with probing.recording(list(block.modules())) as probe:
-                        block(first, *calls[layer][0], **calls[layer][1])
-                    kinds[kind] = Probed(block, probe, block_sites(block, hidden, probe))
-        return [kinds[structure(block)] for block in self.blocks]
 
     @torch.inference_mode()
     def detect(self, prompts: list[torch.Tensor], sites: list[DownProjection], rule: SpikeRule, max_iterations: int) -> Detection:
@@ -283,6 +245,25 @@ class StreamedModel:
             return evaluate(self.loaded.model, windows, stopwords, batch_size)
 
 
+def block_prefix(path: str, layer: int) -> str:
+    """The state-dict prefix of block `layer` of the block list at `path`."""
+    return f"{path}.{layer}."
+
+
+def probe_blocks(store: ShardStore, path: str, blocks: nn.ModuleList, inputs: Inputs, hidden: int) -> list[Probed]:
+    """Each block as probed on the first block of its structure, read for the purpose."""
+    first, calls = inputs
+    kinds: dict[tuple, Probed] = {}
+    for layer, block in enumerate(blocks):
+        kind = structure(block)
+        if kind not in kinds:
+            with resident(block, store.read_block(block_prefix(path, layer)), store), torch.no_grad():
+                with probing.recording(list(block.modules())) as probe:
+                    block(first, *calls[layer][0], **calls[layer][1])
+                kinds[kind] = Probed(block, probe, block_sites(block, hidden, probe))
+    return [kinds[structure(block)] for block in blocks]
+
+
 def open_streamed(source: ResolvedSource, stack: contextlib.ExitStack, *, budget: int, device: str = "auto",
                   dtype: str = "auto", trust_remote_code: bool = False) -> StreamedModel:
     """The model skeleton with its non-block weights on the device; blocks stay in the shards."""
@@ -290,60 +271,54 @@ def open_streamed(source: ResolvedSource, stack: contextlib.ExitStack, *, budget
     if source.format != "safetensors" or source.gguf_file:
         _unstreamable(source, f"a {source.format} file")
     opened = open_source(source, device, dtype, trust_remote_code)
-    text = opened.config.get_text_config()
+    text, model_type = opened.config.get_text_config(), opened.config.model_type
     with as_invalid(source):
         model = skeleton(opened.config, opened.dtype, trust_remote_code)
         store = ShardStore.open(source, stack, opened.device, opened.dtype)
     names = checkpoint_names(model, store.reader.spans)
     if names is None:
         _unstreamable(source, "a checkpoint that transformers converts on load (renamed, fused, quantized or float32-kept tensors)")
-    lists = block_lists(model, text.num_hidden_layers)
-    if not lists:
-        raise UnsupportedArchitectureError(source.spec, opened.config.model_type, f"found no list of {text.num_hidden_layers} decoder blocks")
+    lists = decoder_lists(model, opened.config, source.spec)
     in_blocks = _under([path for path, _ in lists])
-    _check_budget(model, lists, opened.dtype, budget, source.spec)
+    _check_budget(model, lists, in_blocks, opened.dtype, budget, source.spec)
     with as_invalid(source):
         place(model, names, store.reader.read([name for name in names if not in_blocks(name)]))
     buffers_to(model, opened.device)
+    path, blocks, inputs = _streamable(source, model, lists, probing.probe_ids(text.vocab_size, opened.device), model_type)
+    found = architecture(model, path, blocks, probe_blocks(store, path, blocks, inputs, text.hidden_size), source.spec, model_type)
     info = model_info(source, model, opened.config, opened.dtype)
-    loaded = LoadedModel(model, opened.tokenizer, None, info, opened.device, 0.0, "parallel")
-    streamed = _streamable(source, loaded, lists, store, text.vocab_size)
-    loaded.architecture = architecture(model, streamed.path, streamed.blocks, streamed.probe(text.hidden_size),
-                                       source.spec, opened.config.model_type)
-    loaded.load_seconds = time.perf_counter() - start
-    return streamed
+    loaded = LoadedModel(model, opened.tokenizer, found, info, opened.device, time.perf_counter() - start, "parallel")
+    return StreamedModel(loaded, path, blocks, store)
 
 
 def _under(paths: list[str]) -> Callable[[str], bool]:
     return lambda name: any(name.startswith(f"{path}.") for path in paths)
 
 
-def _streamable(source: ResolvedSource, loaded: LoadedModel, lists: list[tuple[str, nn.ModuleList]], store: ShardStore,
-                vocab_size: int) -> StreamedModel:
-    """The list of blocks that a text-only forward calls one at a time, each once, in order."""
-    ids = probing.probe_ids(vocab_size, loaded.device)
+def _streamable(source: ResolvedSource, model: nn.Module, lists: list[tuple[str, nn.ModuleList]], ids: torch.Tensor,
+                model_type: str) -> tuple[str, nn.ModuleList, Inputs]:
+    """The list of blocks that a text-only forward of `ids` calls one at a time, each once, in
+    order (the largest if several do), with those calls."""
     problem = None
     for path, blocks in sorted(lists, key=lambda item: -sum(p.numel() for p in item[1].parameters())):
         try:
-            block_calls(loaded.model, blocks, ids)
+            return path, blocks, block_calls(model, blocks, ids)
         except Exception as exc:  # the model's own code, fed blocks that pass their input through
             problem = first_line(exc)
-            continue
-        return StreamedModel(loaded, path, blocks, store, vocab_size)
-    _unstreamable(source, f"model type {loaded.info.model_type!r}, whose blocks cannot be called one at a time ({problem[:160]})")
+    _unstreamable(source, f"model type {model_type!r}, whose blocks cannot be called one at a time ({problem[:160]})")
 
 
 def _unstreamable(source: ResolvedSource, what: str) -> NoReturn:
-    raise BadOptionError(OPTION, f"{source.spec}: streaming needs a safetensors checkpoint whose blocks can be called "
-                                 f"one at a time, not {what}; scan it without {OPTION}.")
+    raise BadOptionError(MAX_GPU_MEMORY, f"{source.spec}: streaming needs a safetensors checkpoint whose blocks can be called "
+                                 f"one at a time, not {what}; scan it without {MAX_GPU_MEMORY}.")
 
 
-def _check_budget(model: nn.Module, lists: list[tuple[str, nn.ModuleList]], dtype: torch.dtype, budget: int, spec: str) -> None:
+def _check_budget(model: nn.Module, lists: list[tuple[str, nn.ModuleList]], in_blocks: Callable[[str], bool],
+                  dtype: torch.dtype, budget: int, spec: str) -> None:
     """The weights a pass holds at once (everything outside the blocks, plus two blocks) must fit."""
-    in_blocks = _under([path for path, _ in lists])
     outer = sum(p.numel() for n, p in model.named_parameters() if not in_blocks(n))
     block = max(sum(p.numel() for p in b.parameters()) for _, blocks in lists for b in blocks)
     needed = (outer + 2 * block) * dtype.itemsize
     if needed > budget:
-        raise BadOptionError(OPTION, f"{spec} needs at least {format_size(needed)} of weights on the device while "
+        raise BadOptionError(MAX_GPU_MEMORY, f"{spec} needs at least {format_size(needed)} of weights on the device while "
                                      f"streaming (embeddings, head and two blocks), more than {format_size(budget)}.")

@@ -34,6 +34,20 @@ def hermetic(tmp_path, monkeypatch) -> Path:
     return home
 
 
+@pytest.fixture
+def superweights(capsys):
+    """`catalog.cli.main` in-process: (exit status, stdout, stderr). `superweights_cli` runs the
+    installed console script in a subprocess instead, where a test needs a process of its own."""
+    import catalog.cli
+
+    def run(*args: str) -> tuple[int, str, str]:
+        status = catalog.cli.main(list(args))
+        captured = capsys.readouterr()
+        return status, captured.out, captured.err
+
+    return run
+
+
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory) -> TinyCache:
     """`tiny(kind, **options)`: a planted tiny checkpoint (`tiny.build_tiny`), built once per session."""

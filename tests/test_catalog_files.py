@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 from sqlalchemy import inspect, text
 
-import catalog.cli
 from db import migrate
 from db.engine import engine_for
 from db.location import parse
@@ -29,18 +28,6 @@ READS = {  # every read-only command, with the --db option last
     "report": ["report", "--out", "{tmp}/site"],
     "export": ["export", "--parquet", "{tmp}/parquet"],
 }
-
-
-@pytest.fixture
-def superweights(capsys):
-    """`catalog.cli.main` in-process: (exit status, stdout, stderr)."""
-
-    def run(*args: str) -> tuple[int, str, str]:
-        status = catalog.cli.main(list(args))
-        captured = capsys.readouterr()
-        return status, captured.out, captured.err
-
-    return run
 
 
 def digest(path: Path) -> str:

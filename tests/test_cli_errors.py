@@ -131,13 +131,19 @@ def inputs(tiny, smollm2_gguf, tmp_path_factory) -> dict[str, Bad]:
 
 
 @pytest.fixture(scope="module")
-def runs(inputs, tiny, tmp_path_factory) -> tuple[dict[str, subprocess.CompletedProcess], Path]:
-    """Every bad input, plus the pickle checkpoint with --allow-pickle, which must load."""
+def trusted(tiny, tmp_path_factory) -> Path:
+    """The remote-code checkpoint again, for a scan that trusts it."""
+    return remote_code(tiny, tmp_path_factory.mktemp("trusted") / "custom")
+
+
+@pytest.fixture(scope="module")
+def runs(inputs, trusted, tmp_path_factory) -> tuple[dict[str, subprocess.CompletedProcess], Path]:
+    """Every bad input, plus the pickle checkpoint with --allow-pickle, which must load, and the
+    remote-code checkpoint with --trust-remote-code."""
     out = tmp_path_factory.mktemp("out")
     commands = {name: [*SCAN, *bad.args, "--json", str(out / f"{name}.json")] for name, bad in inputs.items()}
     pickle_dir = inputs["pickle_refused"].args[-1]
     commands["pickle_allowed"] = [*SCAN, "--allow-pickle", pickle_dir, "--json", str(out / "pickle_allowed.json")]
-    trusted = remote_code(tiny, tmp_path_factory.mktemp("trusted") / "custom")
     commands["remote_code_trusted"] = [*SCAN, "--trust-remote-code", str(trusted), "--json", str(out / "remote_code_trusted.json")]
     commands["json_dir_missing"] = [*SCAN, inputs["empty_prompt"].args[-1], "--json", str(out / "no-such-dir" / "scan.json")]
     return run_many(commands, isolated_env(tmp_path_factory.mktemp("env"))), out
@@ -178,11 +184,11 @@ def test_allowed_pickle_is_still_loaded_with_weights_only(inputs, runs):
     assert not (evil.parent / "pwned").exists()
 
 
-def test_remote_code_runs_only_when_trusted(inputs, runs):
+def test_remote_code_runs_only_when_trusted(inputs, runs, trusted):
     """Refused: the repo's Python never ran. Trusted: it ran, and its model (a Llama under a type of
     its own) scans, its down projections found by structure."""
     results, out = runs
-    refused, trusted = Path(inputs["remote_code"].args[-1]), Path(runs[0]["remote_code_trusted"].args[-3])
+    refused = Path(inputs["remote_code"].args[-1])
     assert "needs remote code" in one_line_error(results["remote_code"])
     assert not refused.with_suffix(".ran").exists()
     assert results["remote_code_trusted"].returncode == 0, results["remote_code_trusted"].stderr

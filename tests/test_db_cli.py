@@ -18,23 +18,10 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-import catalog.cli
 from db import render
 from tiny import SUPER
 
 BIN = Path(sys.executable).parent / "superweights"
-
-
-@pytest.fixture
-def superweights(monkeypatch, capsys):
-    """Run `catalog.cli.main` in-process; returns (exit status, stdout, stderr)."""
-
-    def run(*args: str) -> tuple[int, str, str]:
-        status = catalog.cli.main(list(args))
-        captured = capsys.readouterr()
-        return status, captured.out, captured.err
-
-    return run
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:

@@ -16,23 +16,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-import catalog.cli
 from tiny import BOS, VOCAB, build_tokenizer
 
 SCAN = ["scan", "--no-save", "--device", "cpu"]
 SHORT = 128  # positions of the short-context models
-
-
-@pytest.fixture
-def superweights(capsys):
-    """`catalog.cli.main` in-process: (exit status, stdout, stderr)."""
-
-    def run(*args: str) -> tuple[int, str, str]:
-        status = catalog.cli.main(list(args))
-        captured = capsys.readouterr()
-        return status, captured.out, captured.err
-
-    return run
 
 
 def edited_config(source: Path, path: Path, **changes: object) -> Path:

@@ -10,6 +10,7 @@ from transformers import AutoModelForCausalLM
 from catalog import streaming
 from catalog.causal import VerifyOptions
 from catalog.errors import BadOptionError
+from catalog.options import parse_size
 from catalog.reader import index_shards
 from catalog.scan import ScanOptions, scan
 
@@ -107,10 +108,10 @@ def test_budget_below_two_blocks_is_refused(tiny, zipf_text):
 
 @pytest.mark.parametrize("text,size", [("4GiB", 4 << 30), ("500MB", 500_000_000), ("2.5 gb", 2_500_000_000), ("123", 123)])
 def test_sizes(text, size):
-    assert streaming.parse_size(text) == size
+    assert parse_size(text) == size
 
 
 @pytest.mark.parametrize("text", ["lots", "4 parsecs", "0GB", "-1GB"])
 def test_bad_size_is_one_line(text):
     with pytest.raises(BadOptionError, match="--max-gpu-memory: "):
-        streaming.parse_size(text)
+        parse_size(text)
