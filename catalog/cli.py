@@ -26,7 +26,7 @@ from catalog.options import NON_NEGATIVE, POSITIVE, Size, usage_line
 from catalog.output import output_file
 from catalog.result import ScanResult
 from catalog.scan import DEFAULT_PROMPT, ScanOptions, scan_source
-from catalog.sources import ResolvedSource, resolve
+from catalog.sources import ResolvedSource, resolve, with_gguf
 from catalog.tables import ablations_table, architectures_table, layers_table, super_weights_table
 
 console = Console(stderr=True)
@@ -101,15 +101,17 @@ def options_from(params: dict[str, Any]) -> ScanOptions:
 
 @cli.command()
 @click.argument("source")
+@click.option("--gguf", "gguf", metavar="FILE_OR_QUANT", help="Scan one GGUF file of the Hub repo SOURCE: its file name, or a quantization such as Q4_K_M (also written org/name:Q4_K_M).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the scan JSON (schema 2) here.")
 @scan_config_options
 @click.pass_context
-def scan(ctx: click.Context, source: str, json_path: Path | None, **params: Any) -> None:
-    """Scan SOURCE for super weights: a Hub repo id (org/name[@revision]), a checkpoint directory or a .gguf file."""
+def scan(ctx: click.Context, source: str, gguf: str | None, json_path: Path | None, **params: Any) -> None:
+    """Scan SOURCE for super weights: a Hub repo id (org/name[@revision]), one GGUF file of a Hub repo
+    (org/name:Q4_K_M), a checkpoint directory or a .gguf file."""
     options = options_from(params)
     options.validate()
     with output_file(json_path, "--json") if json_path else contextlib.nullcontext() as json_out:
-        resolved = resolve(source, allow_pickle=options.allow_pickle)
+        resolved = resolve(with_gguf(source, gguf), allow_pickle=options.allow_pickle)
         for sink in SCAN_SINKS:
             if message := sink.existing(resolved, options.config_hash(), ctx.params):
                 console.print(message, soft_wrap=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import pickle
-import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,12 +15,12 @@ from torch import nn
 from catalog.architectures import Architecture, discover, family_of
 from catalog.errors import BadOptionError, InvalidSourceError, SuperweightsError, UnsupportedArchitectureError, first_line
 from catalog.family import family_name
+from catalog.identity import Identity, checkpoint_identity, gguf_identity
 from catalog.reader import ShardReader, Span, checkpoint_shards, index_shards
 from catalog.result import ModelInfo
 from catalog.sources import ResolvedSource
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-GGUF_QUANT = re.compile(r"(I?Q\d+_[A-Z0-9_]+|I?Q\d+|BF16|F16|F32)", re.IGNORECASE)
 
 
 @dataclass
@@ -252,27 +251,12 @@ def _problem(exc: Exception) -> str:
     return f"cannot load the checkpoint ({first[:200]}); the file may be truncated or corrupt: download it again."
 
 
-def card_metadata(path) -> dict:
-    """license, base_model and tags from a checkpoint's model card (README.md front matter), if any."""
-    from huggingface_hub import ModelCard
-
-    card_file = path / "README.md"
-    if not card_file.is_file():
-        return {}
-    try:
-        data = ModelCard.load(card_file).data
-    except Exception:  # a malformed card is not a reason to refuse the weights
-        return {}
-    base = data.base_model[0] if isinstance(data.base_model, list) and data.base_model else data.base_model
-    return {"license": data.license, "base_model": base, "tags": list(data.tags or [])}
-
-
 def model_info(source: ResolvedSource, model: nn.Module, config, dtype: torch.dtype) -> ModelInfo:
     text = config.get_text_config()
-    card = card_metadata(source.path) if not source.gguf_file else {}
-    names = [source.repo_id, card.get("base_model"), source.gguf_file, getattr(config, "_name_or_path", None), source.path.name]
+    me = source_identity(source, config)
+    names = [source.repo_id, me.base_model, me.basename, me.name, source.gguf_file, getattr(config, "_name_or_path", None), source.path.name]
     return ModelInfo(
-        source=source.spec,
+        source=source.source or source.spec,
         repo_id=source.repo_id,
         revision=source.revision,
         architecture=(getattr(config, "architectures", None) or [type(model).__name__])[0],
@@ -284,9 +268,23 @@ def model_info(source: ResolvedSource, model: nn.Module, config, dtype: torch.dt
         num_parameters=sum(p.numel() for p in model.parameters()),
         dtype=str(dtype).removeprefix("torch."),
         format=source.format,
-        quantization=_gguf_quantization(source.gguf_file),
-        **card,
+        quantization=me.quantization,
+        license=me.license,
+        base_model=me.base_model,
+        tags=list(me.tags),
+        name=me.name,
+        named_from=me.named_from,
+        organization=me.organization,
+        size_label=me.size_label,
+        fingerprint=source.fingerprint,
     )
+
+
+def source_identity(source: ResolvedSource, config) -> Identity:
+    """What the files say the model is (`catalog.identity`)."""
+    if source.gguf_file:
+        return gguf_identity(source.path / source.gguf_file, source.repo_id)
+    return checkpoint_identity(source.path, getattr(config, "_name_or_path", None), source.repo_id)
 
 
 def _intermediate_size(config) -> int:
@@ -294,10 +292,3 @@ def _intermediate_size(config) -> int:
         if getattr(config, name, None):
             return int(getattr(config, name))
     return 4 * config.hidden_size  # GPT-2, BLOOM, Falcon: the 4x MLP
-
-
-def _gguf_quantization(gguf_file: str | None) -> str | None:
-    if not gguf_file:
-        return None
-    match = GGUF_QUANT.search(gguf_file.removesuffix(".gguf").split("-")[-1]) or GGUF_QUANT.search(gguf_file)
-    return match.group(1).upper() if match else "gguf"

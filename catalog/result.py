@@ -57,11 +57,16 @@ class ModelInfo:
     num_parameters: int
     dtype: str
     format: str  # "safetensors" | "gguf" | "pytorch"
-    quantization: str | None  # e.g. "Q4_1" for a GGUF file, None for full precision
+    quantization: str | None  # GGUF general.file_type by name ("Q4_1", "Q4_K_M"), None for full precision
     license: str | None = None  # Hub metadata, from the model card when the source has one
     base_model: str | None = None
     tags: list[str] = field(default_factory=list)
     downloads: int | None = None  # only known to a survey that listed the model on the Hub
+    name: str | None = None  # what the model calls itself (GGUF general.name, the repo's name...)
+    named_from: str | None = None  # where `name` came from: catalog.identity.FROM_* ("file name": a guess)
+    organization: str | None = None  # GGUF general.organization, or the repo id's owner
+    size_label: str | None = None  # GGUF general.size_label: "135M"
+    fingerprint: str | None = None  # sha256 of the weight files (catalog.fingerprint)
 
 
 @dataclass

@@ -1,15 +1,19 @@
-"""Resolve what the user asked to scan: a Hub repo id (`org/name[@rev]`), a local checkpoint
-directory, or a `.gguf` file. Resolving downloads (Hub) or checks (local) the files; it loads nothing.
+"""Resolve what the user asked to scan: a Hub repo id (`org/name[@rev]`), one GGUF file of a Hub
+repo (`org/name:Q4_K_M`), a local checkpoint directory, or a `.gguf` file. Resolving downloads
+(Hub) or checks (local) the files and fingerprints them; it loads nothing.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from catalog import settings
-from catalog.errors import GatedSourceError, InvalidSourceError, SourceNotFoundError
+from catalog.errors import BadOptionError, GatedSourceError, InvalidSourceError, SourceNotFoundError
+from catalog.fingerprint import fingerprint
 
 # What a scan needs from a Hub repo: config, tokenizer and safetensors weights, nothing else.
 HUB_PATTERNS = [
@@ -30,7 +34,12 @@ REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 @dataclass(frozen=True)
 class ResolvedSource:
-    """Files ready to load. `revision` is the pinned commit sha for Hub sources."""
+    """Files ready to load. `revision` is the pinned commit sha for Hub sources.
+
+    `spec` is what the user typed (for messages); `source` is what the model is catalogued under,
+    the same however it was typed: a local path resolved (`./m`, `m`, a symlink to it: one
+    source), a Hub repo id without its revision, `org/name:FILE.gguf` for one GGUF file of a repo.
+    `fingerprint` identifies the weights themselves (`catalog.fingerprint`)."""
 
     spec: str
     path: Path  # checkpoint directory (for GGUF: the directory holding the file)
@@ -38,23 +47,58 @@ class ResolvedSource:
     repo_id: str | None = None
     revision: str | None = None
     gguf_file: str | None = None
+    source: str = ""
+    fingerprint: str | None = None
+
+    def weight_files(self) -> list[Path]:
+        """The files holding the weights, in the order the fingerprint takes them."""
+        if self.gguf_file:
+            return [self.path / self.gguf_file]
+        if self.format == "pytorch":
+            return sorted(self.path.glob("*.bin"))
+        from catalog.reader import checkpoint_shards
+
+        return checkpoint_shards(self.path)
+
+    def fingerprinted(self) -> ResolvedSource:
+        """This source with the fingerprint of its weight files. A local source has no commit:
+        its revision is named by its fingerprint, so other weights under the same path are
+        another revision of it, never mistaken for the ones catalogued."""
+        found = fingerprint(self.weight_files())
+        return replace(self, fingerprint=found, revision=self.revision if self.repo_id else local_revision(found))
+
+    @property
+    def again(self) -> str:
+        """A spec that resolves to exactly these files again (on another node: per-node caches)."""
+        return f"{self.source}@{self.revision}" if self.repo_id and self.revision else self.source
+
+
+def local_revision(fingerprint: str) -> str:
+    """The revision of a local source: `sha256:` and the first 12 hex digits of its fingerprint."""
+    return f"sha256:{fingerprint[:12]}"
 
 
 def resolve(spec: str, *, allow_pickle: bool = False) -> ResolvedSource:
     """Turn a user's SOURCE into files on disk, or raise a typed error naming the fix."""
     path = Path(spec).expanduser()
     if path.exists():
-        return _resolve_local(spec, path, allow_pickle)
+        return _resolve_local(spec, path.resolve(), allow_pickle).fingerprinted()
     if is_local(spec):
         raise SourceNotFoundError(spec, "Give an existing checkpoint directory, a .gguf file, or a Hub repo id org/name[@revision].")
-    return _resolve_hub(spec, allow_pickle)
+    return _resolve_hub(spec, allow_pickle).fingerprinted()
 
 
 def is_local(spec: str) -> bool:
     """Whether `spec` names a file or directory rather than a Hub repo: one rule for resolving and cataloguing."""
     if Path(spec).expanduser().exists():
         return True
-    return spec.endswith(".gguf") or spec.startswith((".", "/", "~")) or not REPO_ID.match(split_revision(spec)[0])
+    repo = split_revision(split_gguf(spec)[0])[0]
+    return spec.endswith(".gguf") or spec.startswith((".", "/", "~")) or not REPO_ID.match(repo)
+
+
+def canonical(spec: str) -> str:
+    """The spec as the catalog names its source: a local path resolved; a Hub spec as typed."""
+    return str(Path(spec).expanduser().resolve()) if is_local(spec) else spec
 
 
 def split_revision(spec: str) -> tuple[str, str | None]:
@@ -63,14 +107,33 @@ def split_revision(spec: str) -> tuple[str, str | None]:
     return repo_id, revision or None
 
 
+def split_gguf(spec: str) -> tuple[str, str | None]:
+    """`org/name:Q4_K_M` (llama.cpp's spelling; `org/name:FILE.gguf` too, the revision on either
+    side) as (`org/name[@rev]`, the GGUF file or quantization), else (spec, None)."""
+    head, colon, tail = spec.partition(":")
+    if not colon:
+        return spec, None
+    gguf, at, revision = tail.partition("@")
+    return head + (f"@{revision}" if at else ""), gguf or None
+
+
+def with_gguf(spec: str, gguf: str | None) -> str:
+    """`scan org/name --gguf Q4_K_M` as the spec `org/name:Q4_K_M`."""
+    if gguf is None:
+        return spec
+    if is_local(spec) or split_gguf(spec)[1]:
+        raise BadOptionError("--gguf", f"picks a GGUF file of a Hub repo; {spec!r} is a local path or names its file already.")
+    return f"{spec}:{gguf}"
+
+
 def _resolve_local(spec: str, path: Path, allow_pickle: bool) -> ResolvedSource:
     if path.is_file():
         if path.suffix != ".gguf":
             raise InvalidSourceError(spec, "a single file must be a .gguf model; for other formats give the checkpoint directory.")
-        return ResolvedSource(spec, path.parent, "gguf", gguf_file=path.name)
+        return ResolvedSource(spec, path.parent, "gguf", gguf_file=path.name, source=str(path))
     if not (path / "config.json").is_file():
         raise InvalidSourceError(spec, "no config.json in this directory; give a Hugging Face checkpoint directory or a .gguf file.")
-    return ResolvedSource(spec, path, _weights_format(spec, path, allow_pickle))
+    return ResolvedSource(spec, path, _weights_format(spec, path, allow_pickle), source=str(path))
 
 
 def _weights_format(spec: str, path: Path, allow_pickle: bool) -> str:
@@ -91,8 +154,9 @@ def _or_a_path(repo_id: str, hub_fix: str) -> str:
     return f"{parent}/ has no {Path(repo_id).name}: check the path. As a Hub repo id: {hub_fix}"
 
 
-def _resolve_hub(spec: str, allow_pickle: bool) -> ResolvedSource:
-    from huggingface_hub import snapshot_download
+@contextmanager
+def _hub_errors(spec: str, repo_id: str, revision: str | None) -> Iterator[None]:
+    """huggingface_hub's errors as our typed ones, each naming the fix."""
     from huggingface_hub.errors import (
         GatedRepoError,
         LocalEntryNotFoundError,
@@ -100,10 +164,8 @@ def _resolve_hub(spec: str, allow_pickle: bool) -> ResolvedSource:
         RevisionNotFoundError,
     )
 
-    repo_id, revision = split_revision(spec)
-    patterns = HUB_PATTERNS + (PICKLE_PATTERNS if allow_pickle else [])
     try:
-        folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
+        yield
     except GatedRepoError as exc:
         raise GatedSourceError(spec) from exc
     except RevisionNotFoundError as exc:
@@ -112,12 +174,61 @@ def _resolve_hub(spec: str, allow_pickle: bool) -> ResolvedSource:
         raise SourceNotFoundError(spec, _or_a_path(repo_id, "no such Hub repo (or it is private: set HF_TOKEN).")) from exc
     except LocalEntryNotFoundError as exc:
         missing = f"revision {revision!r}" if revision else "the repo"
-        fix = (
-            f"HF_HUB_OFFLINE is set and {missing} is not in the HF_HOME cache; run once online or unset HF_HUB_OFFLINE."
-            if settings.hub_offline()
-            else f"the Hub cannot be reached and {missing} is not cached; check the network or HF_ENDPOINT."
-        )
-        raise SourceNotFoundError(spec, _or_a_path(repo_id, fix)) from exc
+        raise SourceNotFoundError(spec, _or_a_path(repo_id, _not_cached(missing))) from exc
+
+
+def _not_cached(missing: str) -> str:
+    if settings.hub_offline():
+        return f"HF_HUB_OFFLINE is set and {missing} is not in the HF_HOME cache; run once online or unset HF_HUB_OFFLINE."
+    return f"the Hub cannot be reached and {missing} is not cached; check the network or HF_ENDPOINT."
+
+
+def _resolve_hub(spec: str, allow_pickle: bool) -> ResolvedSource:
+    from huggingface_hub import snapshot_download
+
+    repo_spec, gguf = split_gguf(spec)
+    repo_id, revision = split_revision(repo_spec)
+    if gguf:
+        return _resolve_hub_gguf(spec, repo_id, revision, gguf)
+    patterns = HUB_PATTERNS + (PICKLE_PATTERNS if allow_pickle else [])
+    with _hub_errors(spec, repo_id, revision):
+        folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
     resolved = _resolve_local(spec, folder, allow_pickle)
     # snapshot folders are named by commit sha: this pins the revision actually scanned
-    return ResolvedSource(spec, folder, resolved.format, repo_id=repo_id, revision=folder.name)
+    return replace(resolved, repo_id=repo_id, revision=folder.name, source=repo_id)
+
+
+def _resolve_hub_gguf(spec: str, repo_id: str, revision: str | None, wanted: str) -> ResolvedSource:
+    """Just one GGUF file of a Hub repo (and its model card), at a pinned commit."""
+    from huggingface_hub import hf_hub_download, snapshot_download
+
+    with _hub_errors(spec, repo_id, revision):
+        folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=["README.md"]))
+        name = pick_gguf(spec, wanted, _gguf_files(repo_id, folder))
+        hf_hub_download(repo_id, name, revision=folder.name)  # into the snapshot folder
+    return ResolvedSource(spec, folder, "gguf", repo_id, folder.name, name, source=f"{repo_id}:{name}")
+
+
+def _gguf_files(repo_id: str, snapshot: Path) -> list[str]:
+    """The repo's GGUF files at the snapshot's commit: from the Hub, or offline those in the cache."""
+    if settings.hub_offline():
+        return sorted(str(p.relative_to(snapshot)) for p in snapshot.rglob("*.gguf"))
+    from huggingface_hub import HfApi
+
+    return sorted(f for f in HfApi().list_repo_files(repo_id, revision=snapshot.name) if f.endswith(".gguf"))
+
+
+def pick_gguf(spec: str, wanted: str, files: list[str]) -> str:
+    """The one file that `wanted` names: a file name, or a quantization such as Q4_K_M."""
+    if wanted.endswith(".gguf"):
+        matches = [f for f in files if f == wanted or Path(f).name == wanted]
+    else:
+        tag = re.compile(rf"(?<![A-Za-z0-9]){re.escape(wanted)}(?![A-Za-z0-9_])", re.IGNORECASE)
+        matches = [f for f in files if tag.search(Path(f).name)]
+    if len(matches) == 1:
+        return matches[0]
+    where = "in the HF_HOME cache (HF_HUB_OFFLINE is set)" if settings.hub_offline() else "in the repo"
+    listed = ", ".join(files[:12]) or "none"
+    if not matches:
+        raise SourceNotFoundError(spec, f"no GGUF file {where} matches {wanted!r}; its GGUF files: {listed}.")
+    raise InvalidSourceError(spec, f"{wanted!r} matches {len(matches)} GGUF files ({', '.join(matches[:6])}); give the file name.")

@@ -110,7 +110,7 @@ class CatalogSink:
         if params["no_save"]:
             return None
         catalog = Catalog(params["db"])  # a bad or unreachable catalog fails here, before a long scan
-        if params["skip_existing"] and catalog.has_scan(source.spec, source.revision, config_hash):
+        if params["skip_existing"] and catalog.has_scan(source.source, source.revision, config_hash, fingerprint=source.fingerprint):
             return f"{source.spec}: already in the catalog {catalog.display} with this revision and config; skipped (drop --skip-existing to scan again)"
         return None
 
@@ -118,5 +118,6 @@ class CatalogSink:
         if params["no_save"]:
             return "not saved (--no-save)"
         catalog = Catalog(params["db"])  # opened again: the scan in between may have lasted hours
+        note = catalog.known_as(result.model)
         scan_id = catalog.save(result, started_at=started_at, finished_at=datetime.now(UTC))
-        return f"saved scan {scan_id} to {catalog.display}"
+        return "\n".join(filter(None, [note, f"saved scan {scan_id} to {catalog.display}"]))

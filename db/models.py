@@ -36,7 +36,11 @@ def _scan_fk() -> Mapped[int]:
 
 
 class Model(Base):
-    """A model at one revision. Facts are null when only failed scans (load errors) are known."""
+    """A model at one revision. Facts are null when only failed scans (load errors) are known.
+
+    One row per set of weights: a scan of weights already catalogued (the same `fingerprint`
+    under another path, name or repo) is saved to their row; a local source's revision is named
+    by its fingerprint (`sha256:...`), so changed weights under one path are a new row."""
 
     __tablename__ = "models"
     __table_args__ = (UniqueConstraint("source", "revision"),)
@@ -59,6 +63,11 @@ class Model(Base):
     base_model: Mapped[str | None] = mapped_column(index=True)
     tags: Mapped[list[Any] | None]
     downloads: Mapped[int | None] = mapped_column(BigInteger)
+    name: Mapped[str | None]  # what the model calls itself (GGUF general.name, the repo's name)
+    named_from: Mapped[str | None]  # where the name came from; "file name" is a guess
+    organization: Mapped[str | None] = mapped_column(index=True)
+    size_label: Mapped[str | None]
+    fingerprint: Mapped[str | None] = mapped_column(String(64), index=True)  # sha256 of the weight files
 
     scans: Mapped[list[Scan]] = relationship(back_populates="model", cascade="all, delete-orphan", passive_deletes=True)
 

@@ -13,6 +13,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from catalog.identity import name_fact
 from catalog.result import VERDICTS, ScanResult
 from catalog.tables import ablations_table, super_weights_table
 from db.lineage import LineageMatch
@@ -73,7 +74,7 @@ def show(scans: list[StoredScan]) -> RenderableType:
 
 def _facts(first: StoredScan, latest: ScanResult | None) -> Table:
     """The newest scan names the model; the newest successful one (if any) gives its facts."""
-    table = Table(title=f"{first.source} @ {first.revision or '(local, no revision)'}", show_header=False)
+    table = Table(title=f"{first.source} @ {first.revision or '(no revision)'}", show_header=False)
     table.add_column(style="bold")
     table.add_column()
     table.add_row("repo id", first.repo_id or "")
@@ -83,10 +84,12 @@ def _facts(first: StoredScan, latest: ScanResult | None) -> Table:
     info = latest.model
     size = f"{info.num_layers} layers, hidden {info.hidden_size}, intermediate {info.intermediate_size}, {info.num_parameters:,} parameters"
     for name, value in [
-        ("family", info.family), ("architecture", f"{info.architecture} ({info.model_type})"), ("size", size),
+        ("name", name_fact(info.name, info.named_from)), ("organization", info.organization),
+        ("size label", info.size_label), ("family", info.family), ("architecture", f"{info.architecture} ({info.model_type})"), ("size", size),
         ("format", f"{info.format} {info.quantization or ''}".strip()), ("dtype", info.dtype),
         ("license", info.license), ("base model", info.base_model), ("tags", ", ".join(info.tags)),
         ("downloads", None if info.downloads is None else f"{info.downloads:,}"),
+        ("fingerprint", info.fingerprint and f"sha256 {info.fingerprint}"),
     ]:
         table.add_row(name, value or "")
     return table

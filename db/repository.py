@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, delete, exists, or_, select
+from sqlalchemy import Connection, Engine, and_, delete, exists, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, joinedload, selectinload
 
 from catalog.errors import BadOptionError, first_line
-from catalog.result import CONFIRMED, SCHEMA, ScanResult, check_finite
+from catalog.result import CONFIRMED, SCHEMA, ModelInfo, ScanResult, check_finite
 from db import migrate
 from db.engine import engine_for
 from db.errors import CatalogOutOfDateError, CatalogTooNewError, CatalogWriteError, NotACatalogError, UnknownModelError
@@ -83,7 +83,7 @@ class Catalog:
         info, data = result.model, result.to_dict()
         check_finite(data)
         with self._writing(info.source) as session:
-            model = _model_row(session, info.source, info.repo_id, info.revision)
+            model = _model_row(session, info.source, info.repo_id, info.revision, info.fingerprint)
             for name, value in _facts(data).items():
                 setattr(model, name, value)
             scan = _scan_row(result, data, model.id, started_at, finished_at)
@@ -113,14 +113,33 @@ class Catalog:
 
     # reads --------------------------------------------------------------------------------
 
-    def has_scan(self, source: str, revision: str | None, config_hash: str, *, include_failed: bool = False) -> bool:
+    def has_scan(self, source: str, revision: str | None, config_hash: str, *, fingerprint: str | None = None,
+                 include_failed: bool = False) -> bool:
+        """Whether this config was scanned on (source, revision), or on these weights (`fingerprint`) under any name."""
+        same = and_(Model.source == source, Model.revision.is_not_distinct_from(revision))
         query = select(Scan.id).join(Scan.model).where(
-            Model.source == source, Model.revision.is_not_distinct_from(revision), Scan.config_hash == config_hash,
+            or_(same, Model.fingerprint == fingerprint) if fingerprint else same, Scan.config_hash == config_hash,
         )
         if not include_failed:
             query = query.where(Scan.status == STATUS_OK)
         with Session(self._engine) as session:
             return bool(session.scalar(select(exists(query))))
+
+    def known_as(self, info: ModelInfo) -> str | None:
+        """How the catalog already knows the weights `info` describes, as a line for the user: under
+        another name (the scan joins that model), or not, while their name holds other weights (a
+        new revision of it). None: nothing to say."""
+        with Session(self._engine) as session:
+            same = _by_fingerprint(session, info.fingerprint)
+            if same is not None and (same.source, same.revision) != (info.source, info.revision):
+                return f"{info.source}: the same weights as {_named(same)} in the catalog (sha256 {info.fingerprint[:12]}); saved there"
+            if same is None and info.fingerprint:
+                others = session.scalars(select(Model).where(Model.source == info.source, Model.fingerprint.is_not(None),
+                                                             Model.revision.is_distinct_from(info.revision))).all()
+                if others:
+                    return (f"{info.source}: the weights differ from those catalogued under this name ({_named(others[-1])}); "
+                            f"saved as a new revision {info.revision}")
+        return None
 
     def scans(self) -> list[StoredScan]:
         """Every scan, newest first."""
@@ -194,15 +213,32 @@ def _needs_upgrade(connection: Connection, display: str, may_upgrade: bool) -> b
     return True
 
 
-def _model_row(session: Session, source: str, repo_id: str | None, revision: str | None) -> Model:
-    """The model row of (source, revision), created when new."""
-    model = session.scalar(select(Model).where(Model.source == source, Model.revision.is_not_distinct_from(revision)))
+def _model_row(session: Session, source: str, repo_id: str | None, revision: str | None, fingerprint: str | None = None) -> Model:
+    """The model row of these weights (`fingerprint`, whatever they were called), else of (source,
+    revision), else a local source's row from before fingerprints (adopted), else a new one."""
+    model = (_by_fingerprint(session, fingerprint)
+             or session.scalar(select(Model).where(Model.source == source, Model.revision.is_not_distinct_from(revision)))
+             or (fingerprint and session.scalar(select(Model).where(
+                 Model.source == source, Model.repo_id.is_(None), Model.fingerprint.is_(None)).order_by(Model.id))))
     if model is None:
         model = Model(source=source, repo_id=repo_id, revision=revision)
         session.add(model)
         session.flush()
-    model.repo_id = repo_id or model.repo_id
+    if model.fingerprint is None and model.source == source:
+        model.revision = revision  # an adopted row takes the revision its fingerprint names
+    model.repo_id = model.repo_id or repo_id
     return model
+
+
+def _by_fingerprint(session: Session, fingerprint: str | None) -> Model | None:
+    """The first-catalogued model of these weights."""
+    if not fingerprint:
+        return None
+    return session.scalar(select(Model).where(Model.fingerprint == fingerprint).order_by(Model.id).limit(1))
+
+
+def _named(model: Model) -> str:
+    return f"{model.source}@{model.revision}" if model.revision else model.source
 
 
 def _replace(session: Session, scan: Scan) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from catalog.errors import BadOptionError, first_line
-from catalog.sources import split_revision
+from catalog.sources import canonical, is_local, split_gguf, split_revision
 
 SORTS = ("downloads", "last_modified", "likes", "trending_score", "created_at")
 
@@ -65,8 +65,9 @@ def discover(query: HubQuery, api=None) -> list[Candidate]:
 
 
 def from_specs(specs: list[str]) -> list[Candidate]:
-    """Models named on the command line; an `@<40-hex sha>` pins the revision up front."""
-    return [Candidate(spec, _commit_sha(split_revision(spec)[1])) for spec in specs]
+    """Models named on the command line, local paths resolved (`canonical`); an `@<40-hex sha>`
+    pins a Hub revision up front."""
+    return [Candidate(canonical(spec), None if is_local(spec) else _commit_sha(split_revision(split_gguf(spec)[0])[1])) for spec in specs]
 
 
 def _commit_sha(revision: str | None) -> str | None:

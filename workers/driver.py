@@ -24,7 +24,7 @@ from datetime import datetime
 from typing import Any, Callable, Protocol
 
 from catalog.scan import ScanOptions
-from catalog.sources import is_local, split_revision
+from catalog.sources import ResolvedSource, canonical, is_local, split_gguf, split_revision
 from workers.discovery import Candidate
 from workers.tasks import Fetched, Outcome, Scanner, fetch, now
 
@@ -39,7 +39,8 @@ class CatalogWriter(Protocol):
 
     def save(self, result: Any, *, started_at: datetime, finished_at: datetime) -> int: ...
     def record_failure(self, **row: Any) -> int: ...
-    def has_scan(self, source: str, revision: str | None, config_hash: str, *, include_failed: bool = False) -> bool: ...
+    def has_scan(self, source: str, revision: str | None, config_hash: str, *, fingerprint: str | None = None,
+                 include_failed: bool = False) -> bool: ...
 
 
 @dataclass
@@ -296,7 +297,7 @@ class Survey:
         if fetched.error:
             return self._failed(candidate, fetched.error, candidate.revision, fetched.started_at, now())
         revision = fetched.source.revision
-        if self._known(candidate, revision):
+        if self._known(candidate, revision, fetched.source):
             self.summary.rows.append(ModelReport(candidate.spec, "skipped", revision))
             log.info("%s: already in the catalog at %s; skipped", candidate.spec, (revision or "local")[:12])
             return self.on_update(self.counts)
@@ -359,14 +360,17 @@ class Survey:
         ray.kill(slot.actor, no_restart=True)
         self._start_worker(slot)
 
-    def _known(self, candidate: Candidate, revision: str | None) -> bool:
-        if revision is None and candidate.revision is None and not is_local(candidate.spec):
-            return False  # a Hub model whose revision is not known yet: check after the download
-        return self.catalog.has_scan(candidate.spec, revision, self.config_hash, include_failed=self.settings.skip_failed)
+    def _known(self, candidate: Candidate, revision: str | None, source: ResolvedSource | None = None) -> bool:
+        """Whether the catalog has this scan: by name and revision, and once fetched by its weights too."""
+        if revision is None and candidate.revision is None:
+            return False  # a Hub revision or local fingerprint not known yet: check after the download
+        name = source.source if source else _unpinned(candidate.spec)
+        return self.catalog.has_scan(name, revision, self.config_hash, fingerprint=source and source.fingerprint,
+                                     include_failed=self.settings.skip_failed)
 
     @staticmethod
     def _repo(spec: str) -> str | None:
-        return None if is_local(spec) else split_revision(spec)[0]
+        return None if is_local(spec) else split_revision(split_gguf(spec)[0])[0]
 
     def _stop(self) -> None:
         import ray
@@ -375,8 +379,17 @@ class Survey:
             ray.kill(slot.actor, no_restart=True)
 
 
+def _unpinned(spec: str) -> str:
+    """A spec without its revision: the catalog's name for it (a local path is canonical already)."""
+    if is_local(spec):
+        return spec
+    repo, gguf = split_gguf(spec)
+    return split_revision(repo)[0] + (f":{gguf}" if gguf else "")
+
+
 def _unique(candidates: list[Candidate]) -> list[Candidate]:
+    """One candidate per source, however its path was typed (`./m`, `m`, /abs/m: one directory)."""
     seen: dict[str, Candidate] = {}
     for c in candidates:
-        seen.setdefault(c.spec, c)
+        seen.setdefault(canonical(c.spec), c)
     return list(seen.values())

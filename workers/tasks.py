@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
 from catalog.errors import SuperweightsError, first_line
@@ -112,8 +112,7 @@ class Scanner:
         assert source is not None, "the driver only scans what was fetched"
         if source.path.exists():
             return source
-        again = resolve(source.repo_id + "@" + source.revision if source.repo_id else source.spec)
-        return ResolvedSource(source.spec, again.path, again.format, source.repo_id, source.revision, again.gguf_file)
+        return replace(resolve(source.again), spec=source.spec)
 
 
 def _free_gpu_memory() -> None:
