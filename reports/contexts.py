@@ -15,9 +15,9 @@ from typing import Any
 from markupsafe import Markup
 
 
-def doc(text: str) -> Any:
-    """A dataclass field documented by `text` (kept in its metadata)."""
-    return field(metadata={"doc": text})
+def doc(text: str, **kwargs: Any) -> Any:
+    """A dataclass field documented by `text` (kept in its metadata); `kwargs` as for `field`."""
+    return field(metadata={"doc": text}, **kwargs)
 
 
 @dataclass
@@ -34,6 +34,7 @@ class Fact:
 
     label: str = doc("What the value is, e.g. 'Architecture'.")
     value: str = doc("The value, formatted for display.")
+    href: str | None = doc("Where the value links to (a repo's Hub page), or None.", default=None)
 
 
 @dataclass
@@ -101,6 +102,7 @@ class ModelRow:
     format: str = doc("Checkpoint format and quantization, e.g. 'gguf Q4_1'.")
     verdicts: VerdictCounts = doc("The candidates of its latest scan, by verdict.")
     scanned_at: str = doc("When its latest scan finished (UTC).")
+    hub: str | None = doc("Its repo's Hub page, where a repo id is known, else None.", default=None)
 
 
 @dataclass

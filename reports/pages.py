@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from catalog.identity import name_fact
 from catalog.result import Kind, ScanResult, SuperWeight
 from db.lineage import Coordinate
 from db.repository import StoredScan
@@ -15,8 +16,10 @@ from reports.contexts import (
 )
 from reports.downloads import CATALOG_DOWNLOADS, DOWNLOADS
 from reports.formats import format_number
+from catalog.sources import REPO_ID
 from reports.site import ModelEntry, Site, coordinate_of, coordinate_slug, weight_anchor, when
 
+HUB = "https://huggingface.co"
 RECENT_SCANS = 20
 STRONGEST = 15
 
@@ -114,14 +117,21 @@ def ablation_rows(result: ScanResult) -> list[AblationRow]:
 def model_facts(result: ScanResult) -> list[Fact]:
     m = result.model
     facts = [
-        ("Source", m.source), ("Repo", m.repo_id), ("Revision", m.revision), ("Family", m.family),
+        ("Source", m.source), ("Name", name_fact(m.name, m.named_from)), ("Organization", m.organization),
+        ("Size", m.size_label), ("Revision", m.revision), ("Family", m.family),
         ("Architecture", m.architecture), ("Model type", m.model_type), ("Parameters", f"{m.num_parameters:,}"),
         ("Layers", str(m.num_layers)), ("Hidden size", str(m.hidden_size)),
         ("Intermediate size", str(m.intermediate_size)), ("Format", m.format), ("Quantization", m.quantization),
-        ("Dtype", m.dtype), ("License", m.license), ("Base model", m.base_model),
-        ("Tags", ", ".join(m.tags) or None),
+        ("Dtype", m.dtype), ("License", m.license), ("Tags", ", ".join(m.tags) or None),
+        ("Weights fingerprint", m.fingerprint and f"sha256 {m.fingerprint}"),
     ]
-    return [Fact(label, value) for label, value in facts if value]
+    repo, base = (Fact(label, value, hub_url(value)) if value else None for label, value in (("Repo", m.repo_id), ("Base model", m.base_model)))
+    return [*filter(None, [repo]), *(Fact(label, value) for label, value in facts if value), *filter(None, [base])]
+
+
+def hub_url(repo_id: str | None) -> str | None:
+    """The Hub page of a repo id (None for what is not one, such as a local name)."""
+    return f"{HUB}/{repo_id}" if repo_id and REPO_ID.match(repo_id) else None
 
 
 def scan_facts(scan: StoredScan, result: ScanResult) -> list[Fact]:
@@ -142,7 +152,7 @@ def model_row(site: Site, model: ModelEntry, root: str) -> ModelRow:
         model=Link(model.name, model_href(model, root)), family=Link(m.family, family_href(site, m.family, root)),
         architecture=m.architecture, parameters=human_count(m.num_parameters), parameter_count=m.num_parameters,
         format=" ".join(filter(None, [m.format, m.quantization])), verdicts=verdict_counts([model.result]),
-        scanned_at=when(model.latest.finished_at),
+        scanned_at=when(model.latest.finished_at), hub=hub_url(m.repo_id),
     )
 
 
@@ -161,8 +171,7 @@ def scan_row(site: Site, scan: StoredScan, root: str) -> ScanRow:
     model = site.model_for(scan) if scan.status == "ok" else None
     target = Link(model.name, model_href(model, root)) if model else None
     found = len(scan.result.super_weights) if scan.result else 0
-    return ScanRow(scan.scan_id, when(scan.finished_at), scan.status, target, scan.repo_id or scan.source,
-                   scan.error, found)
+    return ScanRow(scan.scan_id, when(scan.finished_at), scan.status, target, scan.source, scan.error, found)
 
 
 def strongest_row(site: Site, model: ModelEntry) -> WeightRow:

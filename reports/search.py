@@ -56,7 +56,10 @@ def search_entries(site: Site) -> list[SearchEntry]:
 
 
 def organization(info: ModelInfo) -> str | None:
-    """The Hub organization (or user) of a repo id: 'HuggingFaceTB' of 'HuggingFaceTB/SmolLM2-135M'."""
+    """The organization the model declares (GGUF general.organization), else its repo id's owner:
+    'HuggingFaceTB' of 'HuggingFaceTB/SmolLM2-135M'."""
+    if info.organization:
+        return info.organization
     return info.repo_id.split("/", 1)[0] if info.repo_id and "/" in info.repo_id else None
 
 

@@ -1,8 +1,13 @@
 """The site's model of the catalog: which models and families there are, and their file names.
 
-A model is one repo id (or, for a local source, one path); its page shows its newest successful
-scan, and its history every scan of it. Slugs are file names derived from untrusted names, so
-they keep only `[a-z0-9._-]` and are made unique with a short hash when two names collide.
+A model is one catalog source (a repo id, one GGUF file of a repo, one resolved local path); its
+page shows its newest successful scan, and its history every scan of it. Slugs are file names
+derived from untrusted names, so they keep only `[a-z0-9._-]` and are made unique with a short
+hash when two names collide.
+
+Published pages carry no local paths: every scan enters the site through `public`, which names a
+local source by its last part (the file or directory name) and cuts the directories off any
+absolute path in an error message.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ import hashlib
 import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import PurePath
 
@@ -50,14 +55,17 @@ class Site:
     family_slugs: dict[str, str]
     holders: dict[Coordinate, list[ModelEntry]]  # see coordinate_holders
     by_key: dict[str, ModelEntry]  # model_key -> model
+    keys: dict[int, str]  # scan id -> model_key (of the scan as catalogued: `scans` are public copies)
 
     @classmethod
     def from_scans(cls, scans: list[StoredScan]) -> Site:
         """`scans` must be newest first, as `Catalog.scans()` returns them."""
-        models = collect_models(scans)
+        keys = {scan.scan_id: model_key(scan) for scan in scans}
+        public_scans = [public(scan) for scan in scans]
+        models = collect_models(public_scans, keys)
         families = group_families(models)
-        return cls(scans, models, families, unique_slugs(sorted(families)), coordinate_holders(models),
-                   {m.key: m for m in models})
+        return cls(public_scans, models, families, unique_slugs(sorted(families)), coordinate_holders(models),
+                   {m.key: m for m in models}, keys)
 
     def shared_count(self, weight: SuperWeight) -> int:
         """How many catalog models hold a candidate at the weight's (layer, row, col)."""
@@ -72,7 +80,7 @@ class Site:
         return _most_shared((c, [m for m in models if m.family == family]) for c, models in self.holders.items())
 
     def model_for(self, scan: StoredScan) -> ModelEntry | None:
-        return self.by_key.get(model_key(scan))
+        return self.by_key.get(self.keys[scan.scan_id])
 
 
 def _most_shared(items: Iterable[tuple[Coordinate, list[ModelEntry]]]) -> list[tuple[Coordinate, list[ModelEntry]]]:
@@ -95,24 +103,44 @@ def weight_anchor(weight: SuperWeight) -> str:
 
 
 def model_key(scan: StoredScan) -> str:
-    return scan.repo_id or scan.source
+    """The catalog's source: a repo id (`org/name:FILE.gguf` for one GGUF file of it) or a resolved path."""
+    return scan.source
 
 
-def display_name(scan: StoredScan) -> str:
-    """Repo id, else the last part of the path (a .gguf file or checkpoint directory name)."""
-    return scan.repo_id or PurePath(scan.source).name or scan.source
+def display_name(source: str) -> str:
+    """A Hub source as it is; a local path by its last part (the .gguf file or checkpoint directory name)."""
+    return PurePath(source).name or source if is_local_path(source) else source
 
 
-def collect_models(scans: list[StoredScan]) -> list[ModelEntry]:
+def is_local_path(source: str) -> bool:
+    return source.startswith(("/", "~", "."))
+
+
+ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~-])~?/(?:[^\s/'\"<>]+/)+(?=[^\s/'\"<>]*)")
+
+
+def scrub(text: str | None) -> str | None:
+    """`text` with the directories of each absolute path cut off (`/home/me/m/model.gguf` is `model.gguf`)."""
+    return ABSOLUTE_PATH.sub("", text) if text else text
+
+
+def public(scan: StoredScan) -> StoredScan:
+    """The scan as a published page may show it: no local path in its source, error or model facts."""
+    source = display_name(scan.source)
+    result = scan.result and replace(scan.result, model=replace(scan.result.model, source=source))
+    return replace(scan, source=source, error=scrub(scan.error), result=result)
+
+
+def collect_models(scans: list[StoredScan], keys: dict[int, str]) -> list[ModelEntry]:
     """One entry per model with a successful scan; `scans` must be newest first."""
     by_key: dict[str, list[StoredScan]] = defaultdict(list)
     for scan in scans:
-        by_key[model_key(scan)].append(scan)
+        by_key[keys[scan.scan_id]].append(scan)
     entries = []
     for key, history in by_key.items():
         latest = next((s for s in history if s.status == "ok" and s.result is not None), None)
         if latest is not None:
-            entries.append(ModelEntry(key, display_name(latest), "", latest, history))
+            entries.append(ModelEntry(key, latest.source, "", latest, history))
     entries.sort(key=lambda m: (m.name.lower(), m.key))
     slugs = unique_slugs([m.key for m in entries], [m.name for m in entries])
     for entry in entries:

@@ -72,28 +72,38 @@ def test_every_page_passes_tidy(site: Path) -> None:
         assert run.returncode == 0, f"{path}:\n{run.stderr}"
 
 
+HUB_PAGE = re.compile(r"^https://huggingface\.co/[\w.-]+/[\w.-]+$")
+
+
 class Links(HTMLParser):
-    """Every href and src of a page."""
+    """Every href and src of a page; the Hub pages that <a> tags link to apart."""
 
     def __init__(self) -> None:
         super().__init__()
         self.targets: list[str] = []
+        self.hub: list[str] = []
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.targets += [value for name, value in attrs if name in ("href", "src") and value]
+        for name, value in attrs:
+            if name in ("href", "src") and value:
+                (self.hub if tag == "a" and HUB_PAGE.match(value) else self.targets).append(value)
 
 
-def test_every_link_and_asset_is_a_local_file(site: Path) -> None:
-    for path in [*pages(site), *site.rglob("*.js"), *site.rglob("*.css")]:
+def test_every_asset_and_link_is_a_local_file_but_links_to_repos_hub_pages(site: Path) -> None:
+    for path in [*site.rglob("*.js"), *site.rglob("*.css")]:
         assert not re.search(r"https?://|//cdn", path.read_text()), path
+    hub_links = set()
     for path in pages(site):
         parser = Links()
         parser.feed(path.read_text())
         assert parser.targets
+        hub_links.update(parser.hub)
         for target in parser.targets:
             url = urlparse(target)
             assert not url.scheme and not url.netloc, target
             assert (path.parent / unquote(url.path)).resolve().is_file(), f"{path}: {target}"
+    # the two real repo ids; the hostile name is no repo id, so it links nowhere
+    assert hub_links == {"https://huggingface.co/meta-llama/Llama-2-7b-hf", "https://huggingface.co/meta-llama/Llama-2-7b-chat-hf"}
 
 
 def test_index_lists_totals_families_scans_and_strongest(site: Path) -> None:

@@ -4,6 +4,7 @@ cache laid out as huggingface_hub lays it out, with HF_HUB_OFFLINE=1 and nothing
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -65,9 +66,11 @@ def test_revision_not_in_the_offline_cache_is_a_clear_error(runs):
     assert not list(out.glob("unknown_revision.json*"))
 
 
-def test_local_directory_keeps_no_repo_or_revision(tiny):
+def test_local_directory_has_no_repo_and_a_revision_named_by_its_weights(tiny):
     resolved = resolve(str(tiny("llama").path))
-    assert (resolved.format, resolved.repo_id, resolved.revision) == ("safetensors", None, None)
+    weights = hashlib.sha256((tiny("llama").path / "model.safetensors").read_bytes()).hexdigest()
+    assert (resolved.format, resolved.repo_id, resolved.fingerprint) == ("safetensors", None, weights)
+    assert resolved.revision == f"sha256:{weights[:12]}"
 
 
 @pytest.mark.parametrize("spec", ["./missing-dir", "missing.gguf", "not a repo id", "org/name/extra"])

@@ -53,8 +53,9 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("models") as batch:
-        for name in INDEXED:
-            batch.drop_index(f"ix_models_{name}")
-        for name in COLUMNS:
-            batch.drop_column(name)
+    # ALTER TABLE ... DROP COLUMN (SQLite 3.35+), not a batch copy: recreating `models` on SQLite
+    # drops the old table, which with foreign keys on deletes every scan through ON DELETE CASCADE
+    for name in INDEXED:
+        op.drop_index(f"ix_models_{name}", table_name="models")
+    for name in COLUMNS:
+        op.drop_column("models", name)
