@@ -84,7 +84,7 @@ def resolve(spec: str, *, allow_pickle: bool = False) -> ResolvedSource:
     if path.exists():
         return _resolve_local(spec, path.resolve(), allow_pickle).fingerprinted()
     if is_local(spec):
-        raise SourceNotFoundError(spec, "Give an existing checkpoint directory, a .gguf file, or a Hub repo id org/name[@revision].")
+        raise SourceNotFoundError(spec, "Give an existing checkpoint directory, a .gguf file, or a Hub repo id org/name[@revision] (one GGUF file of it: org/name:Q4_K_M).")
     return _resolve_hub(spec, allow_pickle).fingerprinted()
 
 
@@ -92,8 +92,10 @@ def is_local(spec: str) -> bool:
     """Whether `spec` names a file or directory rather than a Hub repo: one rule for resolving and cataloguing."""
     if Path(spec).expanduser().exists():
         return True
-    repo = split_revision(split_gguf(spec)[0])[0]
-    return spec.endswith(".gguf") or spec.startswith((".", "/", "~")) or not REPO_ID.match(repo)
+    repo, gguf = split_gguf(spec)
+    if spec.startswith((".", "/", "~")) or not REPO_ID.match(split_revision(repo)[0]):
+        return True
+    return spec.endswith(".gguf") and not gguf  # org/name:FILE.gguf is one file of a Hub repo
 
 
 def canonical(spec: str) -> str:
