@@ -143,3 +143,29 @@ def test_a_catalog_written_at_0001_gets_paired_rows_and_verdicts(empty_catalog_u
     with engine.connect() as connection:
         verdicts = connection.execute(select(text("verdict")).select_from(text("super_weights")).order_by(text("id"))).scalars().all()
     assert verdicts == [w["verdict"] for scan in written.values() for w in scan["super_weights"]]
+
+
+def test_a_catalog_written_at_0002_names_its_hub_models_and_keeps_every_scan(empty_catalog_url):
+    """0003: Hub rows get name and organization from their repo id, a source typed with its
+    revision is renamed to the repo id unless that name is taken at that revision; local rows keep
+    theirs (no fingerprint: the files are not at hand). Downgrading drops the columns, not the scans."""
+    engine = _engine(empty_catalog_url)
+    migrate.upgrade(engine, "0002")
+    rows = [("org/tiny@main", "org/tiny", "abc"), ("org/x", "org/x", "r1"), ("org/x@r1", "org/x", "r1"), ("/m/model.gguf", None, None)]
+    moment = datetime(2026, 12, 1, tzinfo=UTC)
+    with engine.begin() as connection:
+        for i, (source, repo_id, revision) in enumerate(rows, 1):
+            connection.execute(text("INSERT INTO models (id, source, repo_id, revision) VALUES (:i, :s, :r, :v)"),
+                               {"i": i, "s": source, "r": repo_id, "v": revision})
+            connection.execute(text("INSERT INTO scans (model_id, config_hash, config, status, started_at, finished_at) "
+                                    "VALUES (:i, 'c0ffee', '{}', 'ok', :t, :t)"), {"i": i, "t": moment})
+    assert migrate.upgrade(engine) == migrate.head()
+    with engine.connect() as connection:
+        found = connection.execute(text("SELECT source, name, organization, named_from, fingerprint FROM models ORDER BY id")).all()
+    assert [tuple(row) for row in found] == [
+        ("org/tiny", "tiny", "org", "hub repo id", None), ("org/x", "x", "org", "hub repo id", None),
+        ("org/x@r1", "x", "org", "hub repo id", None), ("/m/model.gguf", None, None, None, None)]
+    migrate.downgrade(engine, "0002")
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT count(*) FROM scans")).scalar() == 4
+        assert "fingerprint" not in {c["name"] for c in inspect(connection).get_columns("models")}

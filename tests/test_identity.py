@@ -228,3 +228,30 @@ def test_a_file_missing_from_the_offline_cache_is_one_line(gguf_hub, tmp_path):
     run = superweights_process(*SCAN, "org/elsewhere:Q4_1", "--no-save", env=gguf_hub[0])
     line = one_line_error(run)
     assert "org/elsewhere:Q4_1" in line and "HF_HUB_OFFLINE" in line
+
+
+# -- published pages -----------------------------------------------------------------------------------
+
+
+def test_published_pages_carry_no_local_paths(superweights, tiny, tmp_path):
+    """A catalog of a local checkpoint, and of a broken one whose error names its path: no file
+    of the site (pages, downloads, search-index.js) holds the directory they were read from."""
+    model, broken, url = tmp_path / "models" / "m", tmp_path / "models" / "broken", f"sqlite:///{tmp_path / 'catalog.db'}"
+    shutil.copytree(tiny("llama", effect=True).path, model)
+    shutil.copytree(model, broken)
+    (broken / "model.safetensors").write_bytes((model / "model.safetensors").read_bytes()[:1000])
+    assert superweights(*SCAN, str(model), "--db", url)[0] == 0
+    status, _, err = superweights(*SCAN, str(broken), "--db", url)
+    assert status == 1 and str(broken) in err
+    from datetime import UTC, datetime
+
+    Catalog(url).record_failure(source=str(broken), repo_id=None, revision=None, config_hash="c0ffee", config={},
+                                error=err.strip().removeprefix("error: "), started_at=datetime.now(UTC), finished_at=datetime.now(UTC))
+    site = tmp_path / "site"
+    assert superweights("report", "--db", url, "--out", str(site))[0] == 0
+    files = [p for p in site.rglob("*") if p.is_file()]
+    assert site / "search-index.js" in files and len(files) > 10
+    leaks = [p for p in files if str(tmp_path).encode() in p.read_bytes()]
+    assert leaks == []
+    index = (site / "index.html").read_text()
+    assert "broken: cannot load the checkpoint" in index and ">m<" in index

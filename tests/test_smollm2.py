@@ -32,11 +32,17 @@ def scanned(smollm2_gguf, tmp_path_factory) -> tuple[ScanResult, str]:
     return ScanResult.from_json(path), run.stdout
 
 
-def test_the_model_is_read_from_the_gguf(scanned):
+def test_the_model_is_read_from_the_gguf(scanned, smollm2_gguf):
+    """Name, organization, size, license and quantization (`general.file_type` 3) as the file declares them."""
     result, _ = scanned
     model = result.model
     assert (model.model_type, model.family, model.format, model.quantization) == ("llama", "SmolLM2", "gguf", "Q4_1")
     assert (model.num_layers, model.hidden_size, model.intermediate_size) == (30, 576, 1536)
+    assert (model.name, model.named_from, model.organization, model.size_label, model.license) == (
+        "Smollm2 135M 8k Lc100K Mix1 Ep2", "gguf metadata", "HuggingFaceTB", "135M", "apache-2.0")
+    assert (model.source, model.repo_id) == (str(smollm2_gguf.resolve()), None)
+    assert model.fingerprint == "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"  # sha256sum of the file
+    assert model.revision == "sha256:b179c9523d0e"
 
 
 def test_layer_11_carries_the_super_activation(scanned):

@@ -8,7 +8,6 @@ namespace: `tests/isolated.sh .venv/bin/python -m pytest tests/test_survey.py`.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import http.server
 import json
 import logging
@@ -25,23 +24,13 @@ from pathlib import Path
 
 import pytest
 
-from tiny import write_zipf_text
+from tiny import add_to_hub_cache, write_zipf_text
 
 pytestmark = pytest.mark.ray
 
 GOOD = {"org/tiny-llama": "llama", "org/tiny-gpt2": "gpt2", "org/tiny-llama-2": "llama"}
 BROKEN = "org/tiny-broken"  # a Llama whose safetensors file is cut in half
 MISSING = "org/not-cached"  # not in the offline cache: fails in the download stage
-
-
-def add_to_hub_cache(hf_home: Path, repo_id: str, checkpoint: Path) -> str:
-    """Lay `checkpoint` out as huggingface_hub's cache does: refs/main -> snapshots/<sha>/."""
-    sha = hashlib.sha1(repo_id.encode()).hexdigest()
-    repo = hf_home / "hub" / f"models--{repo_id.replace('/', '--')}"
-    shutil.copytree(checkpoint, repo / "snapshots" / sha)
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(sha)
-    return sha
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +40,8 @@ def hub(tmp_path_factory, tiny) -> dict[str, str]:
     revisions = {}
     for seed, (repo_id, kind) in enumerate({**GOOD, BROKEN: "llama"}.items()):
         revisions[repo_id] = add_to_hub_cache(root / "hf", repo_id, tiny(kind, effect=True, seed=seed).path)
-    weights = next((root / "hf" / "hub" / "models--org--tiny-broken" / "snapshots").glob("*/model.safetensors"))
-    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    weights = next((root / "hf" / "hub" / "models--org--tiny-broken" / "snapshots").glob("*/model.safetensors")).resolve()
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # the blob the snapshot links to
     return {"HF_HOME": str(root / "hf"), **revisions}
 
 
@@ -139,6 +128,17 @@ def test_survey_on_two_nodes_records_every_model_and_skips_them_next_time(cluste
     assert "Survey: 0 scanned, 1 failed, 3 skipped" in again.stderr
     assert all(f"{s}: already in the catalog at {hub[s][:12]}; skipped" in again.stderr for s in GOOD)
     assert {s: len(rs) for s, rs in rows_by_source(catalog).items()} == dict.fromkeys(specs, 1)
+
+
+def test_a_survey_scans_a_directory_once_however_its_path_is_typed(cluster, catalog, options, tiny, tmp_path, monkeypatch):
+    from workers.discovery import from_specs
+    from workers.driver import Survey
+
+    shutil.copytree(tiny("llama", effect=True).path, tmp_path / "m")
+    monkeypatch.chdir(tmp_path)
+    summary = Survey(catalog, options).run(from_specs(["./m", "m", str(tmp_path / "m")]))
+    assert [(r.spec, r.status) for r in summary.rows] == [(str(tmp_path / "m"), "scanned")]
+    assert list(rows_by_source(catalog)) == [str(tmp_path / "m")]
 
 
 def test_a_survey_in_which_every_model_failed_exits_non_zero(cluster, hub, catalog, options):

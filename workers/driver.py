@@ -39,6 +39,7 @@ class CatalogWriter(Protocol):
 
     def save(self, result: Any, *, started_at: datetime, finished_at: datetime) -> int: ...
     def record_failure(self, **row: Any) -> int: ...
+    def known_as(self, info: Any) -> str | None: ...
     def has_scan(self, source: str, revision: str | None, config_hash: str, *, fingerprint: str | None = None,
                  include_failed: bool = False) -> bool: ...
 
@@ -309,6 +310,8 @@ class Survey:
             return self._failed(job.candidate, outcome.error, revision, outcome.started_at, outcome.finished_at,
                                 job.attempts, outcome.node)
         outcome.result.model.downloads = job.candidate.downloads
+        if note := self.catalog.known_as(outcome.result.model):
+            log.info("%s", note)  # the same weights under another name, or a new revision of this one
         self.catalog.save(outcome.result, started_at=outcome.started_at, finished_at=outcome.finished_at)
         found = len(outcome.result.super_weights)
         self.summary.rows.append(ModelReport(spec, "scanned", revision, found, round(outcome.seconds, 1),
