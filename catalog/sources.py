@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from catalog import settings
-from catalog.errors import BadOptionError, GatedSourceError, InvalidSourceError, SourceNotFoundError
+from catalog.errors import BadOptionError, GatedSourceError, InvalidSourceError, SourceNotFoundError, first_line
 from catalog.fingerprint import fingerprint
 
 # What a scan needs from a Hub repo: config, tokenizer and safetensors weights, nothing else.
@@ -64,7 +64,10 @@ class ResolvedSource:
         """This source with the fingerprint of its weight files. A local source has no commit:
         its revision is named by its fingerprint, so other weights under the same path are
         another revision of it, never mistaken for the ones catalogued."""
-        found = fingerprint(self.weight_files())
+        try:
+            found = fingerprint(self.weight_files())
+        except (OSError, ValueError) as exc:  # unreadable file, broken index: the load would fail the same way
+            raise InvalidSourceError(self.spec, f"cannot read its weight files ({first_line(exc)[:200]}).") from exc
         return replace(self, fingerprint=found, revision=self.revision if self.repo_id else local_revision(found))
 
     @property
