@@ -5,79 +5,25 @@ return a `ScanResult`. Every condition runs on the same loaded weights (DESIGN.m
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
-from functools import cached_property, partial
-from pathlib import Path
+from dataclasses import asdict
+from functools import partial
 
 import torch
 
 from catalog import __version__
-from catalog.causal import VerifyOptions, verify
-from catalog.detection import SpikeRule, detect
-from catalog.errors import BadOptionError, InvalidSourceError, NonFiniteError
-from catalog.evaltext import EvalText, load_eval_text
+from catalog.causal import verify
+from catalog.config import ScanOptions
+from catalog.detection import detect
+from catalog.errors import InvalidSourceError, NonFiniteError
 from catalog.loading import LoadedModel, load
 from catalog.result import ScanResult, check_finite
 from catalog.sources import ResolvedSource, resolve
 from catalog.streaming import open_streamed
 
-DEFAULT_PROMPT = "Apple Inc. is a worldwide tech company."  # the paper's detection prompt
-
 Progress = Callable[[str], None]
-
-
-@dataclass
-class ScanOptions:
-    device: str = "auto"
-    dtype: str = "auto"
-    prompts: list[str] = field(default_factory=lambda: [DEFAULT_PROMPT])
-    max_iterations: int = 3
-    rule: SpikeRule = field(default_factory=SpikeRule)
-    trust_remote_code: bool = False
-    allow_pickle: bool = False
-    verify: bool = True
-    eval_text: Path | None = None  # None: wikitext-2 when eval_dataset says so, else the offline default
-    eval_dataset: str | None = None
-    eval_tokens: int = 4096
-    seq_len: int = 512
-    checks: VerifyOptions = field(default_factory=VerifyOptions)
-    max_gpu_memory: int | None = None  # bytes; set: stream the blocks (`catalog.streaming`), the same scan
-
-    def validate(self) -> None:
-        if not self.prompts or any(not p.strip() for p in self.prompts):
-            raise BadOptionError("--prompt", "empty prompt; give some text, e.g. --prompt 'Apple Inc. is a worldwide tech company.'")
-        if self.max_iterations < 1:
-            raise BadOptionError("--max-iterations", "must be at least 1.")
-        if self.verify and not 2 <= self.seq_len <= self.eval_tokens:
-            raise BadOptionError("--seq-len", f"must be between 2 and --eval-tokens ({self.eval_tokens}).")
-
-    @property
-    def verification(self) -> VerifyOptions:
-        """The checks as run and recorded: a streamed pass carries every window, so it evaluates
-        every condition fully (early stopping off), whatever `checks` asks."""
-        return self.checks if self.max_gpu_memory is None else replace(self.checks, early_stop=False)
-
-    @cached_property
-    def text(self) -> EvalText:
-        return load_eval_text(self.eval_text, self.eval_dataset)
-
-    def to_config(self) -> dict:
-        """What determines the result: two scans with equal configs of one revision are the same scan."""
-        config = {"prompts": list(self.prompts), "max_iterations": self.max_iterations, "dtype": self.dtype, **self.rule.to_config()}
-        if self.verify:
-            config |= {"eval_text": self.text.name, "eval_sha256": self.text.sha256, "eval_tokens": self.eval_tokens,
-                       "seq_len": self.seq_len, **self.verification.to_config()}
-        return config
-
-    def config_hash(self) -> str:
-        """Stable key of `to_config()`: the catalog keys scans by (source, revision, this)."""
-        blob = json.dumps(self.to_config(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def model_input(loaded: LoadedModel, ids: torch.Tensor, what: str) -> torch.Tensor:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, delete, exists, or_, select
+from sqlalchemy import Connection, Engine, delete, exists, func, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, joinedload, selectinload
 
@@ -26,7 +26,7 @@ from catalog.errors import BadOptionError, first_line
 from catalog.result import CONFIRMED, SCHEMA, ScanResult, check_finite
 from db import migrate
 from db.engine import engine_for
-from db.errors import CatalogOutOfDateError, CatalogTooNewError, CatalogWriteError, NotACatalogError, UnknownModelError
+from db.errors import AmbiguousModelError, CatalogOutOfDateError, CatalogTooNewError, CatalogWriteError, NotACatalogError, UnknownModelError
 from db.lineage import Coordinate, LineageMatch, ModelKey, rank
 from db.location import CatalogURL, locate
 from db.models import STATUS_FAILED, STATUS_OK, AblationRow, Base, LayerStatRow, Model, Scan, SuperWeightRow
@@ -141,11 +141,22 @@ class Catalog:
         return rank(query, mine, others)
 
     def _model_ids(self, model: str) -> list[int]:
+        """The models `model` names: those whose source or repo id it is, else the one model (all
+        its revisions) whose source or repo id contains it, ignoring case."""
         with Session(self._engine) as session:
-            ids = list(session.scalars(select(Model.id).where(or_(Model.source == model, Model.repo_id == model))))
-        if not ids:
+            if ids := list(session.scalars(select(Model.id).where(or_(Model.source == model, Model.repo_id == model)))):
+                return ids
+            pattern = f"%{_escape_like(model.lower())}%"
+            found = session.execute(
+                select(Model.id, Model.repo_id, Model.source).where(
+                    or_(func.lower(Model.source).like(pattern, escape="\\"), func.lower(Model.repo_id).like(pattern, escape="\\")))
+            ).all()
+        names = sorted({repo_id or source for _, repo_id, source in found})
+        if len(names) > 1:
+            raise AmbiguousModelError(model, names)
+        if not names:
             raise UnknownModelError(model, self.display)
-        return ids
+        return [model_id for model_id, _, _ in found]
 
     def _confirmed_coordinates(self) -> tuple[dict[int, ModelKey], dict[int, set[Coordinate]]]:
         with Session(self._engine) as session:
@@ -259,3 +270,8 @@ def _columns(row: Base) -> dict[str, Any]:
 def _utc(moment: datetime) -> datetime:
     """Store and return UTC; a naive time is taken as UTC (SQLite keeps no zone)."""
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _escape_like(text: str) -> str:
+    """`text` matched literally inside a LIKE pattern (escape character: backslash)."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
