@@ -141,8 +141,9 @@ class Catalog:
         return rank(query, mine, others)
 
     def _model_ids(self, model: str) -> list[int]:
-        """The models `model` names: those whose source or repo id it is, else the one model (all
-        its revisions) whose source or repo id contains it, ignoring case."""
+        """The models `model` names: those whose source or repo id it is; else the one model (all its
+        revisions) whose name without the organization is it; else the one whose source or repo id
+        contains it. Case is ignored after the exact match."""
         with Session(self._engine) as session:
             if ids := list(session.scalars(select(Model.id).where(or_(Model.source == model, Model.repo_id == model)))):
                 return ids
@@ -151,12 +152,17 @@ class Catalog:
                 select(Model.id, Model.repo_id, Model.source).where(
                     or_(func.lower(Model.source).like(pattern, escape="\\"), func.lower(Model.repo_id).like(pattern, escape="\\")))
             ).all()
-        names = sorted({repo_id or source for _, repo_id, source in found})
-        if len(names) > 1:
-            raise AmbiguousModelError(model, names)
-        if not names:
+        by_name: dict[str, list[int]] = {}
+        for model_id, repo_id, source in found:
+            by_name.setdefault(repo_id or source, []).append(model_id)
+        named = [name for name in by_name if name.rsplit("/", 1)[-1].lower() == model.lower()]
+        if len(named) == 1:
+            return by_name[named[0]]
+        if len(by_name) > 1:
+            raise AmbiguousModelError(model, sorted(by_name))
+        if not by_name:
             raise UnknownModelError(model, self.display)
-        return [model_id for model_id, _, _ in found]
+        return next(iter(by_name.values()))
 
     def _confirmed_coordinates(self) -> tuple[dict[int, ModelKey], dict[int, set[Coordinate]]]:
         with Session(self._engine) as session:
