@@ -37,7 +37,7 @@ from catalog.evaltext import load_eval_text  # noqa: E402
 from catalog.loading import pick_dtype  # noqa: E402
 from catalog.perplexity import evaluate, frequent_tokens  # noqa: E402
 from catalog.reader import ShardReader  # noqa: E402
-from catalog.scan import scan, scan_source  # noqa: E402
+from catalog.scanner import scan, scan_source  # noqa: E402
 from catalog.sources import resolve  # noqa: E402
 
 VARIANTS = {

@@ -113,7 +113,7 @@ def scan(ctx: click.Context, source: str, json_path: Path | None, **params: Any)
                 console.print(message, soft_wrap=True)
                 return
         started_at = datetime.now(timezone.utc)
-        from catalog.scan import scan_source  # torch and transformers: only for commands that scan
+        from catalog.scanner import scan_source  # torch and transformers: only for commands that scan
 
         quiet_transformers()
         with console.status("scanning") as status:

@@ -14,7 +14,7 @@ from catalog.loading import load
 from catalog.perplexity import evaluate, frequent_tokens
 from catalog.quantization import quantized, rtn
 from catalog.result import Kind
-from catalog.scan import scan
+from catalog.scanner import scan
 from catalog.sources import resolve
 
 

@@ -17,7 +17,7 @@ from catalog.detection import detect
 from catalog.hooks import capture, zeroed
 from catalog.loading import load
 from catalog.result import ScanResult
-from catalog.scan import scan
+from catalog.scanner import scan
 from catalog.sources import resolve
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")

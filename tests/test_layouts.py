@@ -18,7 +18,7 @@ from tiny import HYBRID, KIND, LAYOUTS, Plant, Planted
 
 from catalog.config import DEFAULT_PROMPT, ScanOptions, VerifyOptions
 from catalog.result import CONFIRMED, REJECTED, ScanResult, SuperWeight
-from catalog.scan import scan
+from catalog.scanner import scan
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

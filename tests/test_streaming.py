@@ -12,7 +12,7 @@ from catalog.config import ScanOptions, VerifyOptions
 from catalog.errors import BadOptionError
 from catalog.options import parse_size
 from catalog.reader import index_shards
-from catalog.scan import scan
+from catalog.scanner import scan
 
 BUDGET = 1 << 30
 

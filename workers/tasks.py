@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from catalog.config import ScanOptions
 from catalog.errors import SuperweightsError, first_line
 from catalog.result import ScanResult
-from catalog.scan import scan_source
+from catalog.scanner import scan_source
 from catalog.sources import ResolvedSource, resolve
 
 

@@ -12,13 +12,14 @@ from dataclasses import asdict
 from functools import partial
 
 import torch
+from torch import nn
 
 from catalog import __version__
 from catalog.causal import verify
 from catalog.config import ScanOptions
 from catalog.detection import detect
-from catalog.errors import InvalidSourceError, NonFiniteError
-from catalog.loading import LoadedModel, load
+from catalog.errors import BadOptionError, InvalidSourceError, NonFiniteError
+from catalog.loading import LoadedModel, in_memory, load
 from catalog.result import ScanResult, check_finite
 from catalog.sources import ResolvedSource, resolve
 from catalog.streaming import open_streamed
@@ -51,14 +52,36 @@ def environment(loaded: LoadedModel) -> dict[str, str]:
     }
 
 
-def scan(spec: str, options: ScanOptions, progress: Progress | None = None) -> ScanResult:
+def scan(source: str | nn.Module, options: ScanOptions | None = None, progress: Progress | None = None, *,
+         tokenizer=None, name: str | None = None) -> ScanResult:
+    """Scan a source for super weights: a Hub repo id (org/name[@revision]), a checkpoint directory or
+    a .gguf file; or a model already in memory with its `tokenizer` (then `name` names it in the
+    result, by default its config's `_name_or_path`). `options`: the defaults of `superweights scan`."""
+    options = options or ScanOptions()
+    if not isinstance(source, str):
+        return scan_model(source, tokenizer, options, name=name, progress=progress)
     options.validate()
     started = time.perf_counter()
-    source = resolve(spec, allow_pickle=options.allow_pickle)
-    resolved = time.perf_counter() - started
-    result = scan_source(source, options, progress)
-    result.timings = {"resolve": round(resolved, 3), **result.timings}
+    resolved = resolve(source, allow_pickle=options.allow_pickle)
+    seconds = time.perf_counter() - started
+    result = scan_source(resolved, options, progress)
+    result.timings = {"resolve": round(seconds, 3), **result.timings}
     return result
+
+
+def scan_model(model: nn.Module, tokenizer, options: ScanOptions, *, name: str | None = None,
+               progress: Progress | None = None) -> ScanResult:
+    """Scan a loaded transformers model where it is (its device and dtype: `options.device` and
+    `options.dtype` do not move it); its weights are as they were when this returns."""
+    if tokenizer is None:
+        raise BadOptionError("tokenizer", "a model in memory needs its tokenizer: scan(model, options, tokenizer=tokenizer).")
+    if options.max_gpu_memory is not None:
+        raise BadOptionError("max_gpu_memory", "streaming reads the blocks from a checkpoint; a model in memory is scanned where it is.")
+    options.validate()
+    config = options.to_config()
+    name = name or getattr(model.config, "_name_or_path", None) or type(model).__name__
+    loaded = in_memory(model, tokenizer, name)
+    return _checked(name, lambda: _scan_with(loaded, partial(detect, model), partial(verify, model), options, config, progress or (lambda _m: None)))
 
 
 def scan_source(source: ResolvedSource, options: ScanOptions, progress: Progress | None = None) -> ScanResult:
@@ -66,13 +89,18 @@ def scan_source(source: ResolvedSource, options: ScanOptions, progress: Progress
     say = progress or (lambda _msg: None)
     options.validate()
     config = options.to_config()  # reads the evaluation text now: a bad --eval-text fails before loading
+    with contextlib.ExitStack() as stack:
+        return _checked(source.spec, lambda: _scan_loaded(source, options, config, say, stack))
+
+
+def _checked(spec: str, run: Callable[[], ScanResult]) -> ScanResult:
+    """The result of `run`, refused (naming `spec`) if a number in it is not finite."""
     try:
-        with contextlib.ExitStack() as stack:
-            result = _scan_loaded(source, options, config, say, stack)
+        result = run()
         result.check_finite()
         return result
     except NonFiniteError as exc:
-        raise InvalidSourceError(source.spec, str(exc)) from exc
+        raise InvalidSourceError(spec, str(exc)) from exc
 
 
 def _scan_loaded(source: ResolvedSource, options: ScanOptions, config: dict, say: Progress, stack: contextlib.ExitStack) -> ScanResult:
@@ -85,8 +113,13 @@ def _scan_loaded(source: ResolvedSource, options: ScanOptions, config: dict, say
     else:
         streamed = open_streamed(source, stack, budget=options.max_gpu_memory, **where)
         loaded, run_detect, run_verify = streamed.loaded, streamed.detect, streamed.verify
-    timings = {"load": round(loaded.load_seconds, 3)}
+    return _scan_with(loaded, run_detect, run_verify, options, config, say)
 
+
+def _scan_with(loaded: LoadedModel, run_detect: Callable, run_verify: Callable, options: ScanOptions, config: dict,
+               say: Progress) -> ScanResult:
+    """Detect, then verify, on a loaded (or streamed) model."""
+    timings = {"load": round(loaded.load_seconds, 3)}
     say("detecting")
     start = time.perf_counter()
     sites = loaded.architecture.sites
