@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from catalog.architectures import DownProjection
+from catalog.config import VerifyOptions
 from catalog.detection import weight_entries
 from catalog.hooks import Entries, zeroed, zeroed_per_sample
 from catalog.perplexity import Evaluation, Interval, Settled, evaluate, frequent_tokens, paired_interval, segment_losses
