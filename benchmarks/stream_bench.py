@@ -19,7 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench, synth, run as
 
 import bench  # noqa: E402
 import synth  # noqa: E402
-from catalog.causal import VerifyOptions  # noqa: E402
+
+from catalog.config import VerifyOptions  # noqa: E402
 from catalog.options import parse_size  # noqa: E402
 
 

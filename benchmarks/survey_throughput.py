@@ -87,7 +87,7 @@ def eval_text(path: Path, vocab: int) -> Path:
 
 def survey(args: argparse.Namespace) -> dict:
     """One survey of every model on `args.gpus` GPUs (this process owns its Ray instance)."""
-    from catalog.scan import ScanOptions
+    from catalog.config import ScanOptions
     from db.repository import Catalog
     from workers.discovery import from_specs
     from workers.driver import Survey, SurveySettings, start_ray

@@ -33,48 +33,22 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
 
 from catalog.architectures import DownProjection
+from catalog.config import VerifyOptions
 from catalog.detection import weight_entries
 from catalog.hooks import Entries, zeroed, zeroed_per_sample
-from catalog.perplexity import PARTS, Evaluation, Interval, Settled, evaluate, frequent_tokens, paired_interval, segment_losses
+from catalog.perplexity import Evaluation, Interval, Settled, evaluate, frequent_tokens, paired_interval, segment_losses
 from catalog.prefix import PrefixCache
 from catalog.quantization import quantized
 from catalog.result import CONFIRMED, INCONCLUSIVE, REJECTED, Ablation, Kind, SuperWeight
 
 RESTORE_SA = "+SA: zero all, restore super activation"
 FIRST_BATCH = 8  # conditions whose first windows share one forward pass (memory: logits of 8 windows)
-
-
-@dataclass(frozen=True)
-class VerifyOptions:
-    """Thresholds and sizes of the causal checks; recorded in the scan's `config`."""
-
-    confirm_ratio: float = 2.0
-    control_max: float = 1.1
-    # control B zeroes this fraction of all down-projection weights, largest magnitude first: the
-    # paper's 7000 non-super-weight outliers of Llama-7B's 1.44e9 down-projection weights
-    outlier_fraction: float = 7000 / 1.44e9
-    seed: int = 0
-    quant_check: bool = False
-    quant_block: int = 128
-    clip_quantile: float = 1e-4
-    batch_size: int = 4
-    share_prefix: bool = True
-    early_stop: bool = True
-    stop_precision: float = 0.05  # rows without a threshold stop when the ratio is known within +-5%
-    parts: int = PARTS  # segments per window, the observations of an interval (early stopping)
-
-    def to_config(self) -> dict:
-        config = asdict(self)
-        del config["share_prefix"]  # exact up to rounding: the same scan either way
-        if not self.early_stop:  # full evaluation keeps the config (and catalog key) it always had
-            del config["early_stop"], config["stop_precision"], config["parts"]
-        return config
 
 
 @dataclass

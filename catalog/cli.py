@@ -19,18 +19,16 @@ from typing import Any, Protocol
 import click
 from rich.console import Console
 
-from catalog.causal import VerifyOptions
-from catalog.detection import SpikeRule
+from catalog.config import DEFAULT_PROMPT, ScanOptions, SpikeRule, VerifyOptions
 from catalog.errors import BadOptionError, SuperweightsError
 from catalog.options import NON_NEGATIVE, POSITIVE, Size, usage_line
 from catalog.output import output_file
 from catalog.result import ScanResult
-from catalog.scan import DEFAULT_PROMPT, ScanOptions, scan_source
 from catalog.sources import ResolvedSource, resolve, with_gguf
-from catalog.tables import ablations_table, architectures_table, layers_table, super_weights_table
+from catalog.tables import ablations_table, architectures_table, layers_table, stdout_console, super_weights_table
 
 console = Console(stderr=True)
-out = Console(width=None if sys.stdout.isatty() else 160)  # piped output: wide enough for the tables
+out = stdout_console()
 
 
 class ScanSink(Protocol):
@@ -117,6 +115,9 @@ def scan(ctx: click.Context, source: str, gguf: str | None, json_path: Path | No
                 console.print(message, soft_wrap=True)
                 return
         started_at = datetime.now(timezone.utc)
+        from catalog.scanner import scan_source  # torch and transformers: only for commands that scan
+
+        quiet_transformers()
         with console.status("scanning") as status:
             result = scan_source(resolved, options, progress=status.update)
         out.print(layers_table(result))
@@ -145,6 +146,8 @@ def architectures(types: tuple[str, ...], json_path: Path | None, markdown: bool
 
     from catalog import coverage
 
+    quiet_transformers()
+
     known = set(coverage.zoo.causal_lm_types())
     if unknown := sorted(set(types) - known):
         raise BadOptionError("--type", f"{', '.join(unknown)}: not a causal-LM type of the installed transformers; "
@@ -161,6 +164,15 @@ def architectures(types: tuple[str, ...], json_path: Path | None, markdown: bool
         click.echo(coverage.markdown(report), nl=False)
     else:
         out.print(architectures_table(report))
+
+
+def quiet_transformers() -> None:
+    """Our own status line reports the stages; transformers' notes (slow kernel fallbacks, config
+    hints) are not the user's to act on. Called by the commands that scan, which import it anyway."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
 
 
 def add_scan_sink(sink: ScanSink) -> None:
@@ -185,10 +197,6 @@ def main(argv: list[str] | None = None) -> int:
 
     SUPERWEIGHTS_DEBUG=1 shows the traceback too.
     """
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # our own status line reports the stages instead
-    hf_logging.set_verbosity_error()  # its notes (slow kernel fallbacks, config hints) are not the user's to act on
     try:
         load_plugins()
         cli.main(args=argv, prog_name="superweights", standalone_mode=False)

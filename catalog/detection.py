@@ -12,25 +12,15 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from catalog.architectures import DownProjection
+from catalog.config import SpikeRule
 from catalog.hooks import Capture, capture, zeroed
 from catalog.result import LayerStat, SuperWeight
-
-
-@dataclass(frozen=True)
-class SpikeRule:
-    """When a layer's down projection counts as spiking; recorded in the scan's `config`."""
-
-    ratio: float = 50.0  # max |output| over the median of all layers' max |output|
-    min_abs: float = 0.0  # and at least this large in absolute terms
-
-    def to_config(self) -> dict[str, float]:
-        return {f"spike_{k}": v for k, v in asdict(self).items()}
 
 
 @dataclass

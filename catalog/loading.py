@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import pickle
 import time
+from pathlib import Path
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -107,6 +108,19 @@ def load(source: ResolvedSource, *, device: str = "auto", dtype: str = "auto", t
     architecture = discover(model, opened.config, source.spec)
     info = model_info(source, model, opened.config, opened.dtype)
     return LoadedModel(model, opened.tokenizer, architecture, info, opened.device, time.perf_counter() - start, loader)
+
+
+def in_memory(model: nn.Module, tokenizer, name: str) -> LoadedModel:
+    """A model and tokenizer the caller already holds (a notebook's model), taken where they are: its
+    device and dtype. The scan changes its weights only for a condition and puts them back."""
+    start = time.perf_counter()
+    weight = next(model.parameters())
+    checkpoint = Path(getattr(model.config, "_name_or_path", "") or name)  # where its model card may be
+    source = ResolvedSource(name, checkpoint, "in-memory")
+    model.eval()
+    architecture = discover(model, model.config, name)
+    info = model_info(source, model, model.config, weight.dtype)
+    return LoadedModel(model, tokenizer, architecture, info, weight.device, time.perf_counter() - start, "in-memory")
 
 
 def skeleton(config, dtype: torch.dtype, trust_remote_code: bool) -> nn.Module:

@@ -22,9 +22,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from catalog.config import PARTS
 from catalog.errors import NonFiniteError
-
-PARTS = 4  # segments per window: the paired observations of an interval
 
 # two-sided 95% quantiles of Student's t, by degrees of freedom 1..30 (beyond: the normal's 1.96)
 T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,

@@ -37,16 +37,16 @@ from torch import nn
 
 from catalog import probe as probing
 from catalog.architectures import DownProjection, Probed, architecture, block_sites, decoder_lists, structure
-from catalog.causal import ActivationRecorder, Condition, Evaluated, Verification, VerifyOptions, conditions, report
-from catalog.detection import Detection, SpikeRule, candidate, iterate, weight_entries
+from catalog.causal import ActivationRecorder, Condition, Evaluated, Verification, conditions, report
+from catalog.config import SpikeRule, VerifyOptions
+from catalog.detection import Detection, candidate, iterate, weight_entries
 from catalog.errors import BadOptionError, first_line
 from catalog.hooks import Capture, Entries, capture, zeroed
-from catalog.loading import (LoadedModel, as_invalid, assign, buffers_to, checkpoint_names, model_info, open_source, place,
-                             skeleton)
+from catalog.loading import LoadedModel, as_invalid, assign, buffers_to, checkpoint_names, model_info, open_source, place, skeleton
 from catalog.options import MAX_GPU_MEMORY, format_size
-from catalog.reader import ShardReader, checkpoint_shards
 from catalog.perplexity import Evaluation, evaluate, frequent_tokens
 from catalog.prefix import PrefixCache
+from catalog.reader import ShardReader, checkpoint_shards
 from catalog.result import SuperWeight
 from catalog.sources import ResolvedSource
 

@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
+from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from catalog.result import CONFIRMED, Ablation, Kind, ScanResult
+
+PIPED_WIDTH = 1000  # columns of piped output: no table is cut or folded to fit a terminal that is not there
+
+
+def stdout_console() -> Console:
+    """Standard output: a terminal's own width; piped, as wide as the tables are ($COLUMNS overrides)."""
+    return Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else PIPED_WIDTH)
 
 
 def layers_table(result: ScanResult) -> Table:

@@ -11,17 +11,17 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
 
 from catalog.cli import add_scan_sink
 from catalog.options import NON_NEGATIVE
 from catalog.result import ScanResult
 from catalog.sources import ResolvedSource
+from catalog.tables import stdout_console
 from db import render
 from db.query import QueryLimits, export_parquet, run_sql
 from db.repository import Catalog, upgrade
 
-out = Console()
+out = stdout_console()
 
 DB_HELP = "Catalog URL: sqlite:///PATH or postgresql://USER[:PASSWORD]@HOST[:PORT]/DB. [default: $SUPERWEIGHTS_DB, else $SUPERWEIGHTS_HOME/catalog.db]"
 db_option = click.option("--db", "url", metavar="URL", help=DB_HELP)

@@ -104,9 +104,16 @@ class WriteRefusedError(CatalogError, PermissionError):
 class UnknownModelError(CatalogError, LookupError):
     def __init__(self, model: str, url: str) -> None:
         super().__init__(
-            f"{model}: not in the catalog {url}. Give a source or repo id as scanned; "
+            f"{model}: not in the catalog {url}. Give a source or repo id as scanned, or any unique part of one; "
             "`superweights sql \"SELECT source, repo_id FROM models\"` lists them."
         )
+        self.model = model
+
+
+class AmbiguousModelError(CatalogError, LookupError):
+    def __init__(self, model: str, matches: list[str]) -> None:
+        shown = ", ".join(matches[:5]) + (f" and {len(matches) - 5} more" if len(matches) > 5 else "")
+        super().__init__(f"{model}: matches {len(matches)} models ({shown}); give more of the name.")
         self.model = model
 
 

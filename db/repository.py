@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, delete, exists, or_, select
+from sqlalchemy import Connection, Engine, and_, delete, exists, func, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, joinedload, selectinload
 
@@ -26,7 +26,7 @@ from catalog.errors import BadOptionError, first_line
 from catalog.result import CONFIRMED, SCHEMA, ModelInfo, ScanResult, check_finite
 from db import migrate
 from db.engine import engine_for
-from db.errors import CatalogOutOfDateError, CatalogTooNewError, CatalogWriteError, NotACatalogError, UnknownModelError
+from db.errors import AmbiguousModelError, CatalogOutOfDateError, CatalogTooNewError, CatalogWriteError, NotACatalogError, UnknownModelError
 from db.lineage import Coordinate, LineageMatch, ModelKey, rank
 from db.location import CatalogURL, locate
 from db.models import STATUS_FAILED, STATUS_OK, AblationRow, Base, LayerStatRow, Model, Scan, SuperWeightRow
@@ -160,11 +160,28 @@ class Catalog:
         return rank(query, mine, others)
 
     def _model_ids(self, model: str) -> list[int]:
+        """The models `model` names: those whose source or repo id it is; else the one model (all its
+        revisions) whose name without the organization is it; else the one whose source or repo id
+        contains it. Case is ignored after the exact match."""
         with Session(self._engine) as session:
-            ids = list(session.scalars(select(Model.id).where(or_(Model.source == model, Model.repo_id == model))))
-        if not ids:
+            if ids := list(session.scalars(select(Model.id).where(or_(Model.source == model, Model.repo_id == model)))):
+                return ids
+            pattern = f"%{_escape_like(model.lower())}%"
+            found = session.execute(
+                select(Model.id, Model.repo_id, Model.source).where(
+                    or_(func.lower(Model.source).like(pattern, escape="\\"), func.lower(Model.repo_id).like(pattern, escape="\\")))
+            ).all()
+        by_name: dict[str, list[int]] = {}
+        for model_id, repo_id, source in found:
+            by_name.setdefault(repo_id or source, []).append(model_id)
+        named = [name for name in by_name if name.rsplit("/", 1)[-1].lower() == model.lower()]
+        if len(named) == 1:
+            return by_name[named[0]]
+        if len(by_name) > 1:
+            raise AmbiguousModelError(model, sorted(by_name))
+        if not by_name:
             raise UnknownModelError(model, self.display)
-        return ids
+        return next(iter(by_name.values()))
 
     def _confirmed_coordinates(self) -> tuple[dict[int, ModelKey], dict[int, set[Coordinate]]]:
         with Session(self._engine) as session:
@@ -295,3 +312,8 @@ def _columns(row: Base) -> dict[str, Any]:
 def _utc(moment: datetime) -> datetime:
     """Store and return UTC; a naive time is taken as UTC (SQLite keeps no zone)."""
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _escape_like(text: str) -> str:
+    """`text` matched literally inside a LIKE pattern (escape character: backslash)."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")

@@ -6,15 +6,16 @@ import math
 
 import pytest
 import torch
+from inotify import OpenCounter
 
-from catalog.causal import RESTORE_SA, VerifyOptions, label
+from catalog.causal import RESTORE_SA, label
+from catalog.config import ScanOptions, VerifyOptions
 from catalog.loading import load
 from catalog.perplexity import evaluate, frequent_tokens
 from catalog.quantization import quantized, rtn
 from catalog.result import Kind
-from catalog.scan import ScanOptions, scan
+from catalog.scanner import scan
 from catalog.sources import resolve
-from inotify import OpenCounter
 
 
 def options(text, **kw) -> ScanOptions:
@@ -205,7 +206,8 @@ def test_control_b_takes_the_largest_non_candidate_weights(tiny, bunched, count,
     left out: also when most of them sit in one projection (more than an even share per site), when
     a site's share is read from its rows of largest maximum (count 10), and among bf16's many ties."""
     from catalog.causal import outlier_control
-    from catalog.detection import SpikeRule, detect
+    from catalog.config import SpikeRule
+    from catalog.detection import detect
 
     loaded = load(resolve(str(tiny("llama").path)), device="cpu", dtype=dtype)
     sites = loaded.architecture.sites

@@ -10,14 +10,15 @@ import json
 
 import pytest
 import torch
+from tiny import KINDS, NUM_LAYERS, Planted
 
-from catalog.detection import SpikeRule, detect
+from catalog.config import DEFAULT_PROMPT, ScanOptions, SpikeRule
+from catalog.detection import detect
 from catalog.hooks import capture, zeroed
 from catalog.loading import load
 from catalog.result import ScanResult
-from catalog.scan import DEFAULT_PROMPT, ScanOptions, scan
+from catalog.scanner import scan
 from catalog.sources import resolve
-from tiny import KINDS, NUM_LAYERS, Planted
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

@@ -36,3 +36,19 @@ def test_command_and_options_in_readme(name, command):
         for opt in param.opts + param.secondary_opts:
             if opt.startswith("--") and opt != "--help":
                 assert opt in README, f"README does not mention {opt} of `superweights {name}`"
+
+
+def test_make_test_names_the_system_packages_it_cannot_install(tmp_path):
+    """Without root's apt-get, `make test`'s first step names what to install, in one line, and stops."""
+    import shutil
+    import subprocess
+
+    bin_dir = tmp_path / "bin"  # a PATH with none of the tools the tests need, and no apt-get
+    bin_dir.mkdir()
+    for tool in ("ls", "id"):
+        (bin_dir / tool).symlink_to(shutil.which(tool))
+    script = Path(__file__).with_name("system_packages.sh")
+    done = subprocess.run(["/bin/sh", str(script)], env={"PATH": str(bin_dir)}, capture_output=True, text=True)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1
+    assert "the tests need these Debian packages: tidy chromium chromium-driver iproute2 util-linux" in done.stderr
+    assert "tests/system_packages.sh" in (script.parents[1] / "Makefile").read_text()  # what `make test` runs first

@@ -12,17 +12,17 @@ import math
 
 import pytest
 import torch
+from tiny import KINDS, write_zipf_text
 
-from catalog.causal import RESTORE_SA, VerifyOptions, Verification, label, verify
+from catalog.causal import RESTORE_SA, Verification, label, verify
 from catalog.cli import options_from, scan
-from catalog.hooks import zeroed
-from catalog.detection import SpikeRule, detect
+from catalog.config import DEFAULT_PROMPT, SpikeRule, VerifyOptions
+from catalog.detection import detect
 from catalog.evaltext import load_eval_text
+from catalog.hooks import zeroed
 from catalog.loading import LoadedModel, load
 from catalog.perplexity import Evaluation, evaluate, frequent_tokens, paired_interval
-from catalog.scan import DEFAULT_PROMPT
 from catalog.sources import resolve
-from tiny import KINDS, write_zipf_text
 
 FULL = VerifyOptions(early_stop=False)  # --full-eval: every condition on every window
 PLAIN = VerifyOptions(share_prefix=False, early_stop=False)  # and through the whole model

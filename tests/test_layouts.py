@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from catalog.causal import VerifyOptions
-from catalog.result import CONFIRMED, REJECTED, ScanResult, SuperWeight
-from catalog.scan import DEFAULT_PROMPT, ScanOptions, scan
 from tiny import HYBRID, KIND, LAYOUTS, Plant, Planted
+
+from catalog.config import DEFAULT_PROMPT, ScanOptions, VerifyOptions
+from catalog.result import CONFIRMED, REJECTED, ScanResult, SuperWeight
+from catalog.scanner import scan
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

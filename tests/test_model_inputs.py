@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-
 from tiny import BOS, VOCAB, build_tokenizer
 
 SCAN = ["scan", "--no-save", "--device", "cpu"]
@@ -140,7 +139,7 @@ def test_a_budget_below_the_model_names_both_sizes_in_readable_units(superweight
 def test_a_survey_row_holds_the_line_that_scan_prints(models, zipf_text):
     """The survey's scan stage, called as Ray calls it: the former IndexError scans, NaN weights fail
     with the scan's one line, and an unexpected error is called a bug (not a bare AttributeError)."""
-    from catalog.scan import ScanOptions
+    from catalog.config import ScanOptions
     from workers.tasks import Scanner, describe_error, fetch
 
     scanner = Scanner(ScanOptions(device="cpu", eval_text=zipf_text, eval_tokens=512, seq_len=256))

@@ -8,11 +8,11 @@ import pytest
 from transformers import AutoModelForCausalLM
 
 from catalog import streaming
-from catalog.causal import VerifyOptions
+from catalog.config import ScanOptions, VerifyOptions
 from catalog.errors import BadOptionError
 from catalog.options import parse_size
 from catalog.reader import index_shards
-from catalog.scan import ScanOptions, scan
+from catalog.scanner import scan
 
 BUDGET = 1 << 30
 

@@ -74,7 +74,7 @@ def catalog(tmp_path):
 
 @pytest.fixture(scope="module")
 def options(tmp_path_factory):
-    from catalog.scan import ScanOptions
+    from catalog.config import ScanOptions
 
     zipf = write_zipf_text(tmp_path_factory.mktemp("eval") / "zipf.txt")  # the causal checks' text, offline
     return ScanOptions(device="cpu", eval_text=zipf, eval_tokens=512, seq_len=64)
@@ -89,9 +89,9 @@ def rows_by_source(catalog) -> dict[str, list]:
 
 def test_scanner_runs_locally_without_ray(hub, options, monkeypatch):
     """The scan stage is a plain callable class: fetch one model, scan it, get a result."""
-    from workers.tasks import Scanner, fetch
-
     from huggingface_hub import constants
+
+    from workers.tasks import Scanner, fetch
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", os.path.join(hub["HF_HOME"], "hub"))  # read at import
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
@@ -12,13 +12,15 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from catalog.cli import options_from, scan_config_options
+from catalog.cli import options_from, quiet_transformers, scan_config_options
 from catalog.errors import SurveyFailedError
 from catalog.options import NON_NEGATIVE
 from db.cli import db_option
 from db.repository import Catalog
 from workers.discovery import SORTS, Candidate, HubQuery, discover, from_specs
-from workers.driver import Counts, Survey, SurveySettings, SurveySummary, start_ray
+
+if TYPE_CHECKING:
+    from workers.driver import Counts, Survey, SurveySummary
 
 console = Console(stderr=True)
 
@@ -49,6 +51,9 @@ def survey(models: tuple[str, ...], query: str | None, author: str | None, task:
     Models already in the catalog at the same revision and scan config are skipped; each result is
     saved as it arrives, so an interrupted survey continues where it stopped when run again.
     """
+    from workers.driver import Survey, SurveySettings, start_ray  # Ray, torch: only when surveying
+
+    quiet_transformers()
     options = options_from(scan)
     catalog = Catalog(url)
     candidates = from_specs(list(models))

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable, Protocol
 
-from catalog.scan import ScanOptions
+from catalog.config import ScanOptions
 from catalog.sources import ResolvedSource, canonical, is_local, split_gguf, split_revision
 from workers.discovery import Candidate
 from workers.tasks import Fetched, Outcome, Scanner, fetch, now

@@ -13,9 +13,10 @@ import warnings
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
+from catalog.config import ScanOptions
 from catalog.errors import SuperweightsError, first_line
 from catalog.result import ScanResult
-from catalog.scan import ScanOptions, scan_source
+from catalog.scanner import scan_source
 from catalog.sources import ResolvedSource, resolve
 
 

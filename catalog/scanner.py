@@ -5,79 +5,26 @@ return a `ScanResult`. Every condition runs on the same loaded weights (DESIGN.m
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
-from functools import cached_property, partial
-from pathlib import Path
+from dataclasses import asdict
+from functools import partial
 
 import torch
+from torch import nn
 
 from catalog import __version__
-from catalog.causal import VerifyOptions, verify
-from catalog.detection import SpikeRule, detect
+from catalog.causal import verify
+from catalog.config import ScanOptions
+from catalog.detection import detect
 from catalog.errors import BadOptionError, InvalidSourceError, NonFiniteError
-from catalog.evaltext import EvalText, load_eval_text
-from catalog.loading import LoadedModel, load
+from catalog.loading import LoadedModel, in_memory, load
 from catalog.result import ScanResult, check_finite
 from catalog.sources import ResolvedSource, resolve
 from catalog.streaming import open_streamed
 
-DEFAULT_PROMPT = "Apple Inc. is a worldwide tech company."  # the paper's detection prompt
-
 Progress = Callable[[str], None]
-
-
-@dataclass
-class ScanOptions:
-    device: str = "auto"
-    dtype: str = "auto"
-    prompts: list[str] = field(default_factory=lambda: [DEFAULT_PROMPT])
-    max_iterations: int = 3
-    rule: SpikeRule = field(default_factory=SpikeRule)
-    trust_remote_code: bool = False
-    allow_pickle: bool = False
-    verify: bool = True
-    eval_text: Path | None = None  # None: wikitext-2 when eval_dataset says so, else the offline default
-    eval_dataset: str | None = None
-    eval_tokens: int = 4096
-    seq_len: int = 512
-    checks: VerifyOptions = field(default_factory=VerifyOptions)
-    max_gpu_memory: int | None = None  # bytes; set: stream the blocks (`catalog.streaming`), the same scan
-
-    def validate(self) -> None:
-        if not self.prompts or any(not p.strip() for p in self.prompts):
-            raise BadOptionError("--prompt", "empty prompt; give some text, e.g. --prompt 'Apple Inc. is a worldwide tech company.'")
-        if self.max_iterations < 1:
-            raise BadOptionError("--max-iterations", "must be at least 1.")
-        if self.verify and not 2 <= self.seq_len <= self.eval_tokens:
-            raise BadOptionError("--seq-len", f"must be between 2 and --eval-tokens ({self.eval_tokens}).")
-
-    @property
-    def verification(self) -> VerifyOptions:
-        """The checks as run and recorded: a streamed pass carries every window, so it evaluates
-        every condition fully (early stopping off), whatever `checks` asks."""
-        return self.checks if self.max_gpu_memory is None else replace(self.checks, early_stop=False)
-
-    @cached_property
-    def text(self) -> EvalText:
-        return load_eval_text(self.eval_text, self.eval_dataset)
-
-    def to_config(self) -> dict:
-        """What determines the result: two scans with equal configs of one revision are the same scan."""
-        config = {"prompts": list(self.prompts), "max_iterations": self.max_iterations, "dtype": self.dtype, **self.rule.to_config()}
-        if self.verify:
-            config |= {"eval_text": self.text.name, "eval_sha256": self.text.sha256, "eval_tokens": self.eval_tokens,
-                       "seq_len": self.seq_len, **self.verification.to_config()}
-        return config
-
-    def config_hash(self) -> str:
-        """Stable key of `to_config()`: the catalog keys scans by (source, revision, this)."""
-        blob = json.dumps(self.to_config(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def model_input(loaded: LoadedModel, ids: torch.Tensor, what: str) -> torch.Tensor:
@@ -105,14 +52,36 @@ def environment(loaded: LoadedModel) -> dict[str, str]:
     }
 
 
-def scan(spec: str, options: ScanOptions, progress: Progress | None = None) -> ScanResult:
+def scan(source: str | nn.Module, options: ScanOptions | None = None, progress: Progress | None = None, *,
+         tokenizer=None, name: str | None = None) -> ScanResult:
+    """Scan a source for super weights: a Hub repo id (org/name[@revision]), a checkpoint directory or
+    a .gguf file; or a model already in memory with its `tokenizer` (then `name` names it in the
+    result, by default its config's `_name_or_path`). `options`: the defaults of `superweights scan`."""
+    options = options or ScanOptions()
+    if not isinstance(source, str):
+        return scan_model(source, tokenizer, options, name=name, progress=progress)
     options.validate()
     started = time.perf_counter()
-    source = resolve(spec, allow_pickle=options.allow_pickle)
-    resolved = time.perf_counter() - started
-    result = scan_source(source, options, progress)
-    result.timings = {"resolve": round(resolved, 3), **result.timings}
+    resolved = resolve(source, allow_pickle=options.allow_pickle)
+    seconds = time.perf_counter() - started
+    result = scan_source(resolved, options, progress)
+    result.timings = {"resolve": round(seconds, 3), **result.timings}
     return result
+
+
+def scan_model(model: nn.Module, tokenizer, options: ScanOptions, *, name: str | None = None,
+               progress: Progress | None = None) -> ScanResult:
+    """Scan a loaded transformers model where it is (its device and dtype: `options.device` and
+    `options.dtype` do not move it); its weights are as they were when this returns."""
+    if tokenizer is None:
+        raise BadOptionError("tokenizer", "a model in memory needs its tokenizer: scan(model, options, tokenizer=tokenizer).")
+    if options.max_gpu_memory is not None:
+        raise BadOptionError("max_gpu_memory", "streaming reads the blocks from a checkpoint; a model in memory is scanned where it is.")
+    options.validate()
+    config = options.to_config()
+    name = name or getattr(model.config, "_name_or_path", None) or type(model).__name__
+    loaded = in_memory(model, tokenizer, name)
+    return _checked(name, lambda: _scan_with(loaded, partial(detect, model), partial(verify, model), options, config, progress or (lambda _m: None)))
 
 
 def scan_source(source: ResolvedSource, options: ScanOptions, progress: Progress | None = None) -> ScanResult:
@@ -120,13 +89,18 @@ def scan_source(source: ResolvedSource, options: ScanOptions, progress: Progress
     say = progress or (lambda _msg: None)
     options.validate()
     config = options.to_config()  # reads the evaluation text now: a bad --eval-text fails before loading
+    with contextlib.ExitStack() as stack:
+        return _checked(source.spec, lambda: _scan_loaded(source, options, config, say, stack))
+
+
+def _checked(spec: str, run: Callable[[], ScanResult]) -> ScanResult:
+    """The result of `run`, refused (naming `spec`) if a number in it is not finite."""
     try:
-        with contextlib.ExitStack() as stack:
-            result = _scan_loaded(source, options, config, say, stack)
+        result = run()
         result.check_finite()
         return result
     except NonFiniteError as exc:
-        raise InvalidSourceError(source.spec, str(exc)) from exc
+        raise InvalidSourceError(spec, str(exc)) from exc
 
 
 def _scan_loaded(source: ResolvedSource, options: ScanOptions, config: dict, say: Progress, stack: contextlib.ExitStack) -> ScanResult:
@@ -139,8 +113,13 @@ def _scan_loaded(source: ResolvedSource, options: ScanOptions, config: dict, say
     else:
         streamed = open_streamed(source, stack, budget=options.max_gpu_memory, **where)
         loaded, run_detect, run_verify = streamed.loaded, streamed.detect, streamed.verify
-    timings = {"load": round(loaded.load_seconds, 3)}
+    return _scan_with(loaded, run_detect, run_verify, options, config, say)
 
+
+def _scan_with(loaded: LoadedModel, run_detect: Callable, run_verify: Callable, options: ScanOptions, config: dict,
+               say: Progress) -> ScanResult:
+    """Detect, then verify, on a loaded (or streamed) model."""
+    timings = {"load": round(loaded.load_seconds, 3)}
     say("detecting")
     start = time.perf_counter()
     sites = loaded.architecture.sites

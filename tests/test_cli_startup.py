@@ -1,0 +1,79 @@
+"""The commands that do not scan start fast: they import neither torch nor transformers, find a
+model by any unique part of its name, and print whole tables when piped."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from db.repository import Catalog
+from db_samples import sample_result, times
+
+# `catalog.cli.main` with ARGS, then the heavy libraries it imported, as JSON on the descriptor $PROBE_FD
+PROBE = """
+import json, os, sys
+from catalog.cli import main
+status = main(sys.argv[1:])
+with os.fdopen(int(os.environ["PROBE_FD"]), "w") as report:
+    json.dump({"status": status, "loaded": [m for m in ("torch", "transformers", "ray") if m in sys.modules]}, report)
+"""
+LONG = "org/" + "a-model-name-longer-than-any-terminal-" * 3 + "7b"
+
+
+def run_probe(args: list[str]) -> tuple[dict, subprocess.CompletedProcess]:
+    read, write = os.pipe()
+    done = subprocess.run([sys.executable, "-c", PROBE, *args], pass_fds=(write,), capture_output=True, text=True,
+                          env={k: v for k, v in os.environ.items() if k != "COLUMNS"} | {"PROBE_FD": str(write)}, timeout=120)
+    os.close(write)
+    with os.fdopen(read) as report:
+        return json.loads(report.read() or "{}"), done
+
+
+@pytest.fixture
+def catalog_url(tmp_path: Path) -> str:
+    url = f"sqlite:///{tmp_path / 'catalog.db'}"
+    catalog = Catalog(url)
+    catalog.save(sample_result("org/tiny-llama"), **times(0))
+    catalog.save(sample_result("org/tiny-llama-chat", base_model="org/tiny-llama"), **times(1))
+    catalog.save(sample_result(LONG), **times(2))
+    return url
+
+
+def test_commands_that_do_not_scan_import_neither_torch_nor_transformers(catalog_url, tmp_path):
+    commands = {
+        "help": ["--help"], "scan help": ["scan", "--help"], "survey help": ["survey", "--help"],
+        "sql": ["sql", "SELECT count(*) FROM models", "--db", catalog_url],
+        "show": ["show", "org/tiny-llama", "--db", catalog_url], "lineage": ["lineage", "org/tiny-llama-chat", "--db", catalog_url],
+        "export": ["export", "--parquet", str(tmp_path / "parquet"), "--db", catalog_url],
+        "db upgrade": ["db", "upgrade", "--db", catalog_url], "report": ["report", "--out", str(tmp_path / "site"), "--db", catalog_url],
+    }
+    for name, args in commands.items():
+        report, done = run_probe(args)
+        assert report == {"status": 0, "loaded": []}, (name, done.stderr[-2000:])
+    assert (tmp_path / "site" / "index.html").is_file() and any((tmp_path / "parquet").glob("*.parquet"))
+
+
+def test_show_finds_a_model_by_any_unique_part_of_its_name(superweights, catalog_url):
+    status, out, _ = superweights("show", "TINY-LLAMA-CH", "--db", catalog_url)  # case ignored
+    assert status == 0 and "org/tiny-llama-chat" in out
+    status, out, _ = superweights("show", "Tiny-Llama", "--db", catalog_url)  # the name without its organization
+    assert status == 0 and "org/tiny-llama-chat" not in out
+    status, out, err = superweights("show", "tiny", "--db", catalog_url)
+    assert (status, out) == (1, "") and err.strip().count("\n") == 0
+    assert "matches 2 models (org/tiny-llama, org/tiny-llama-chat)" in err
+    status, out, _ = superweights("show", "org/tiny-llama", "--db", catalog_url)  # exact beats the longer name it is part of
+    assert status == 0 and "org/tiny-llama-chat" not in out
+    status, _, err = superweights("lineage", "%", "--db", catalog_url)  # LIKE's wildcards are literal
+    assert status == 1 and "not in the catalog" in err
+
+
+def test_piped_tables_are_not_cut_to_a_terminal_width(catalog_url):
+    report, done = run_probe(["show", "model-name-longer", "--db", catalog_url])
+    assert report["status"] == 0, done.stderr
+    assert LONG in done.stdout  # on one line, neither folded nor cut with an ellipsis
+    assert max(map(len, done.stdout.splitlines())) > 120
