@@ -86,3 +86,30 @@ def measure(model, ids: torch.Tensor, weight: SuperWeight) -> tuple[float, float
         _, experts, weights = seen["args"]  # (tokens, top_k) each
         gain = weights[weight.token][experts[weight.token] == weight.expert].item()
     return grad[tuple(weight.tensor_index)].item() / gain, y.item()
+
+
+def test_quant_check_on_fused_experts_stored_in_out(tiny, zipf_text):
+    """gpt-oss keeps each expert's down projection as `[in, out]`: round-to-nearest must run along
+    the input channels of W[out, in] (the stored tensor's first axis), keep the planted scalar at its
+    `tensor_index`, and leave every weight as it was; clipping without holding it out ruins it."""
+    from catalog.loading import load
+    from catalog.quantization import quantized, rtn
+    from catalog.sources import resolve
+
+    planted = tiny("gpt_oss", effect=True)
+    loaded = load(resolve(str(planted.path)), device="cpu")
+    site = next(s for s in loaded.architecture.sites if s.param == planted.param)
+    assert site.layout == "experts_in_out"
+    stored = site.weight.detach().clone()
+    with quantized([site], 4, 32, clip_quantile=0.01, keep=[(site.weight, tuple(planted.tensor_index))]):
+        assert site.weight[tuple(planted.tensor_index)].item() == planted.value
+        expected = rtn(stored[planted.expert].T, 4, 32, clip_quantile=0.01).T  # W[out, in] quantized by rows
+        held = torch.ones_like(expected, dtype=torch.bool)
+        held[tuple(planted.tensor_index)[1:]] = False
+        assert torch.equal(site.weight[planted.expert][held], expected[held])
+    assert torch.equal(site.weight, stored)
+
+    checks = VerifyOptions(quant_check=True, quant_block=32, clip_quantile=0.01)
+    result = scan(str(planted.path), ScanOptions(device="cpu", eval_text=zipf_text, eval_tokens=512, seq_len=64, checks=checks))
+    rows = {a.name: a for a in result.ablations}
+    assert rows["int4 RTN block 32 + clip"].ratio > 3 * rows["int4 RTN block 32 + clip + keep SW"].ratio
