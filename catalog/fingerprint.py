@@ -21,8 +21,11 @@ SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 def fingerprint(files: Sequence[Path], threads: int | None = None) -> str:
-    """The sha256 of one file, or of the files' sha256s (one per line, in the order given)."""
-    with ThreadPoolExecutor(threads or min(8, len(files) or 1, os.cpu_count() or 1)) as pool:
+    """The sha256 of one file, or of the files' sha256s (one per line, in the order given).
+    No files is a `ValueError`: weights that are not there identify nothing."""
+    if not files:
+        raise ValueError("no weight files")
+    with ThreadPoolExecutor(threads or min(8, len(files), os.cpu_count() or 1)) as pool:
         digests = list(pool.map(file_sha256, files))
     if len(digests) == 1:
         return digests[0]

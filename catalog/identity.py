@@ -40,6 +40,7 @@ def gguf_identity(path: Path, repo_id: str | None = None) -> Identity:
     meta = {k.removeprefix("general."): v for k, v in read_metadata(path).items() if k.startswith("general.")}
     quantization = file_type_name(meta.get("file_type")) or quantization_from_name(path.name)
     base = _gguf_base_model(meta)
+    tags = meta.get("tags")
     if not meta.get("name"):
         return Identity(repo_id or path.name, FROM_REPO if repo_id else FROM_FILE_NAME, _organization(repo_id),
                         quantization=quantization, base_model=base, license=_text(meta.get("license")))
@@ -47,7 +48,7 @@ def gguf_identity(path: Path, repo_id: str | None = None) -> Identity:
         name=str(meta["name"]), named_from=FROM_GGUF,
         organization=_text(meta.get("organization")) or _organization(repo_id), basename=_text(meta.get("basename")),
         size_label=_text(meta.get("size_label")), license=_text(meta.get("license")), base_model=base,
-        quantization=quantization, tags=tuple(str(t) for t in meta.get("tags", []) if isinstance(meta.get("tags"), list)),
+        quantization=quantization, tags=tuple(map(str, tags)) if isinstance(tags, list) else (),
     )
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import pickle
 import time
-from pathlib import Path
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn

@@ -60,6 +60,8 @@ def scan(source: str | nn.Module, options: ScanOptions | None = None, progress: 
     options = options or ScanOptions()
     if not isinstance(source, str):
         return scan_model(source, tokenizer, options, name=name, progress=progress)
+    if tokenizer is not None or name is not None:
+        raise BadOptionError("tokenizer", f"{source!r} is read from its files, tokenizer included; tokenizer= and name= are for a model in memory.")
     options.validate()
     started = time.perf_counter()
     resolved = resolve(source, allow_pickle=options.allow_pickle)

@@ -114,19 +114,20 @@ def split_revision(spec: str) -> tuple[str, str | None]:
 
 def split_gguf(spec: str) -> tuple[str, str | None]:
     """`org/name:Q4_K_M` (llama.cpp's spelling; `org/name:FILE.gguf` too, the revision on either
-    side) as (`org/name[@rev]`, the GGUF file or quantization), else (spec, None)."""
+    side) as (`org/name[@rev]`, the GGUF file or quantization: "" when nothing follows the colon),
+    else (spec, None)."""
     head, colon, tail = spec.partition(":")
     if not colon:
         return spec, None
     gguf, at, revision = tail.partition("@")
-    return head + (f"@{revision}" if at else ""), gguf or None
+    return head + (f"@{revision}" if at else ""), gguf
 
 
 def with_gguf(spec: str, gguf: str | None) -> str:
     """`scan org/name --gguf Q4_K_M` as the spec `org/name:Q4_K_M`."""
     if gguf is None:
         return spec
-    if is_local(spec) or split_gguf(spec)[1]:
+    if is_local(spec) or split_gguf(spec)[1] is not None:
         raise BadOptionError("--gguf", f"picks a GGUF file of a Hub repo; {spec!r} is a local path or names its file already.")
     return f"{spec}:{gguf}"
 
@@ -193,7 +194,7 @@ def _resolve_hub(spec: str, allow_pickle: bool) -> ResolvedSource:
 
     repo_spec, gguf = split_gguf(spec)
     repo_id, revision = split_revision(repo_spec)
-    if gguf:
+    if gguf is not None:
         return _resolve_hub_gguf(spec, repo_id, revision, gguf)
     patterns = HUB_PATTERNS + (PICKLE_PATTERNS if allow_pickle else [])
     with _hub_errors(spec, repo_id, revision):
@@ -206,6 +207,9 @@ def _resolve_hub(spec: str, allow_pickle: bool) -> ResolvedSource:
 def _resolve_hub_gguf(spec: str, repo_id: str, revision: str | None, wanted: str) -> ResolvedSource:
     """Just one GGUF file of a Hub repo (and its model card), at a pinned commit."""
     from huggingface_hub import hf_hub_download, snapshot_download
+
+    if not wanted.strip():
+        raise BadOptionError("--gguf", f"{spec!r} names no GGUF file; give its file name or a quantization, e.g. {repo_id}:Q4_K_M.")
 
     with _hub_errors(spec, repo_id, revision):
         folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=["README.md"]))

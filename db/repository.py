@@ -162,7 +162,9 @@ class Catalog:
     def _model_ids(self, model: str) -> list[int]:
         """The models `model` names: those whose source or repo id it is; else the one model (all its
         revisions) whose name without the organization is it; else the one whose source or repo id
-        contains it. Case is ignored after the exact match."""
+        contains it. Case is ignored after the exact match; an empty `model` names none."""
+        if not model.strip():
+            raise UnknownModelError(model, self.display)
         with Session(self._engine) as session:
             if ids := list(session.scalars(select(Model.id).where(or_(Model.source == model, Model.repo_id == model)))):
                 return ids

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from catalog.identity import name_fact
 from catalog.result import Kind, ScanResult, SuperWeight
+from catalog.sources import REPO_ID
 from db.lineage import Coordinate
 from db.repository import StoredScan
 from reports.charts import ablation_chart, layer_chart
@@ -16,7 +17,6 @@ from reports.contexts import (
 )
 from reports.downloads import CATALOG_DOWNLOADS, DOWNLOADS
 from reports.formats import format_number
-from catalog.sources import REPO_ID
 from reports.site import ModelEntry, Site, coordinate_of, coordinate_slug, weight_anchor, when
 
 HUB = "https://huggingface.co"
@@ -125,8 +125,12 @@ def model_facts(result: ScanResult) -> list[Fact]:
         ("Dtype", m.dtype), ("License", m.license), ("Tags", ", ".join(m.tags) or None),
         ("Weights fingerprint", m.fingerprint and f"sha256 {m.fingerprint}"),
     ]
-    repo, base = (Fact(label, value, hub_url(value)) if value else None for label, value in (("Repo", m.repo_id), ("Base model", m.base_model)))
-    return [*filter(None, [repo]), *(Fact(label, value) for label, value in facts if value), *filter(None, [base])]
+    return [*_linked("Repo", m.repo_id), *(Fact(label, value) for label, value in facts if value), *_linked("Base model", m.base_model)]
+
+
+def _linked(label: str, repo_id: str | None) -> list[Fact]:
+    """A fact naming a repo, linked to its Hub page; none when there is no repo id."""
+    return [Fact(label, repo_id, hub_url(repo_id))] if repo_id else []
 
 
 def hub_url(repo_id: str | None) -> str | None:

@@ -42,6 +42,8 @@ def test_a_model_in_memory_needs_its_tokenizer(tiny):
     model = AutoModelForCausalLM.from_pretrained(tiny("llama", effect=True).path)
     with pytest.raises(BadOptionError, match="needs its tokenizer"):
         scan(model, ScanOptions(device="cpu"))
+    with pytest.raises(BadOptionError, match="tokenizer= and name= are for a model in memory"):  # not silently ignored
+        scan(str(tiny("llama", effect=True).path), ScanOptions(device="cpu"), tokenizer=object())
 
 
 def test_the_readme_example_runs_and_finds_smollm2s_super_weight(smollm2_gguf):

@@ -68,8 +68,9 @@ def test_show_finds_a_model_by_any_unique_part_of_its_name(superweights, catalog
     assert "matches 2 models (org/tiny-llama, org/tiny-llama-chat)" in err
     status, out, _ = superweights("show", "org/tiny-llama", "--db", catalog_url)  # exact beats the longer name it is part of
     assert status == 0 and "org/tiny-llama-chat" not in out
-    status, _, err = superweights("lineage", "%", "--db", catalog_url)  # LIKE's wildcards are literal
-    assert status == 1 and "not in the catalog" in err
+    for nothing in ("%", "", " "):  # LIKE's wildcards are literal; an empty name is part of every name, yet names none
+        status, _, err = superweights("lineage", nothing, "--db", catalog_url)
+        assert status == 1 and "not in the catalog" in err
 
 
 def test_piped_tables_are_not_cut_to_a_terminal_width(catalog_url):

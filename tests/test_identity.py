@@ -116,6 +116,8 @@ def test_shards_are_fingerprinted_by_their_sha256s_in_order(tmp_path):
     lines = "".join(f"{hashlib.sha256(d).hexdigest()}\n" for d in (b"one", b"two"))
     assert fingerprint(files, threads=2) == hashlib.sha256(lines.encode()).hexdigest()
     assert fingerprint(files[:1]) == hashlib.sha256(b"one").hexdigest()
+    with pytest.raises(ValueError, match="no weight files"):  # else every weightless source would share one fingerprint
+        fingerprint([])
 
 
 # -- GGUF: what the file declares ---------------------------------------------------------------------
@@ -210,6 +212,12 @@ def test_a_quantization_the_repo_lacks_names_the_files_it_has(in_gguf_hub):
 def test_gguf_option_is_for_hub_repos(tmp_path):
     with pytest.raises(BadOptionError, match="--gguf"):
         with_gguf(str(tmp_path), "Q4_1")
+
+
+@pytest.mark.parametrize("spec", [f"{REPO}:", f"{REPO}: ", with_gguf(REPO, ""), f"{REPO}:@main"])
+def test_a_colon_with_no_gguf_file_after_it_is_refused_not_the_whole_repo(in_gguf_hub, spec):
+    with pytest.raises(BadOptionError, match=f"names no GGUF file; .* {REPO}:Q4_K_M"):
+        resolve(spec)
 
 
 @pytest.mark.integration
