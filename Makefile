@@ -50,7 +50,9 @@ demo: $(STAMP) fixtures
 
 # Tests run in a fresh network namespace when possible, so Ray and PostgreSQL stay on loopback;
 # the system packages their real components need are installed first (tests/system_packages.sh).
+# The linter (configured in pyproject.toml) runs first.
 test: system-packages $(STAMP) fixtures
+	$(BIN)/ruff check .
 	tests/isolated.sh $(BIN)/python -m pytest -q -ra
 
 # Issue 7, CPU part: a small synthetic checkpoint (floor, scan variants, naive) and the real

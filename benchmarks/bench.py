@@ -29,7 +29,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # synth, run as a script
 
-import synth  # noqa: E402
 from catalog.architectures import discover  # noqa: E402
 from catalog.causal import RESTORE_SA, ActivationRecorder, conditions  # noqa: E402
 from catalog.config import ScanOptions, VerifyOptions  # noqa: E402
@@ -39,6 +38,8 @@ from catalog.perplexity import evaluate, frequent_tokens  # noqa: E402
 from catalog.reader import ShardReader  # noqa: E402
 from catalog.scanner import scan, scan_source  # noqa: E402
 from catalog.sources import resolve  # noqa: E402
+
+import synth  # noqa: E402
 
 VARIANTS = {
     "full": VerifyOptions(early_stop=False),  # every condition on every window (`--full-eval`)
@@ -237,7 +238,8 @@ def environment(device: str) -> dict:
 def prepare(size: str, args) -> tuple[synth.Checkpoint, float]:
     """The checkpoint built, its shards in the page cache, the kernels warm; and the floor."""
     checkpoint = synth.build(size, args.work / size, device=args.device if args.device.startswith("cuda") else "cpu")
-    print(f"[{size}] built {checkpoint.bytes / 1e9:.2f} GB in {len(checkpoint.shards)} shards, {checkpoint.build_seconds:.1f} s", flush=True)
+    print(f"[{size}] built {checkpoint.bytes / 1e9:.2f} GB in {len(checkpoint.shards)} shards, {checkpoint.build_seconds:.1f} s",
+          flush=True)
     warm_page_cache(checkpoint.shards)
     warm_up(checkpoint, args.device, args.seq_len)
     floor_s = floor(checkpoint.shards, args.device)
@@ -251,14 +253,16 @@ def bench_size(size: str, args) -> dict:
         check_reader(checkpoint.shards, args.device)
     reads = {threads: round(parallel_read(checkpoint.shards, args.device, threads), 3) for threads in args.read_threads}
     print(f"[{size}] parallel read by threads: {reads}", flush=True)
-    scans = {name: best_scan(checkpoint, args.device, checks, args.eval_tokens, args.seq_len, args.repeats) for name, checks in VARIANTS.items()}
+    scans = {name: best_scan(checkpoint, args.device, checks, args.eval_tokens, args.seq_len, args.repeats) for name,
+             checks in VARIANTS.items()}
     for name, s in scans.items():
-        print(f"[{size}] scan {name}: {s['wall_s']:.3f} s (runs {s['walls_s']})  phases {s['phases']}  peak {s['peak_gpu_gb']} GB  tokens {s['tokens']}", flush=True)
+        print(f"[{size}] scan {name}: {s['wall_s']:.3f} s (runs {s['walls_s']})  phases {s['phases']}  peak {s['peak_gpu_gb']} GB  tokens "
+              f"{s['tokens']}", flush=True)
     main_scan = scans[MAIN]
     naive_run = naive(checkpoint, args.device, main_scan["result"], args.eval_tokens, args.seq_len) if args.naive else {}
     direct_s = direct_load(checkpoint, args.device)
     row = {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         **environment(args.device),
         "model_size": size,
         "checkpoint": synth.describe(checkpoint),
@@ -302,9 +306,10 @@ def smollm2() -> dict:
         start = time.perf_counter()
         result = scan(str(gguf), ScanOptions(device="cpu", checks=VARIANTS[name]))
         rows[name] = {"wall_s": round(time.perf_counter() - start, 2), "phases": result.timings,
-                      "confirmed": [f"L{w.layer}[{w.row},{w.col}]" for w in result.confirmed], "tokens": sum(a.tokens for a in result.ablations)}
+                      "confirmed": [f"L{w.layer}[{w.row},{w.col}]" for w in result.confirmed],
+                      "tokens": sum(a.tokens for a in result.ablations)}
         print(f"[smollm2 cpu] {name}: {rows[name]}", flush=True)
-    return {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), **environment("cpu"), "model_size": "smollm2-135m-q4_1",
+    return {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), **environment("cpu"), "model_size": "smollm2-135m-q4_1",
             "scans": rows, "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2)}
 
 
@@ -330,7 +335,7 @@ def main(argv: list[str] | None = None) -> None:
 def write_results(rows: list[dict], results: Path, name: str) -> Path:
     """One JSON file of rows, named by the UTC time of writing and `name`."""
     results.mkdir(parents=True, exist_ok=True)
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
     out = results / f"{stamp}-{name}.json"
     out.write_text(json.dumps(rows, indent=1, default=str) + "\n")
     print(f"wrote {out}")

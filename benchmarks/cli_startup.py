@@ -24,9 +24,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # db_samples
 
-from db_samples import sample_result, times  # noqa: E402
-
 from db.repository import Catalog  # noqa: E402
+
+from db_samples import sample_result, times  # noqa: E402
 
 SUPERWEIGHTS = Path(sys.executable).with_name("superweights")
 

@@ -18,10 +18,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench, synth, run as a script
 
 import bench  # noqa: E402
-import synth  # noqa: E402
 
 from catalog.config import VerifyOptions  # noqa: E402
 from catalog.options import parse_size  # noqa: E402
+
+import synth  # noqa: E402
 
 
 def scanned(checkpoint: synth.Checkpoint, args, budget: int | None) -> dict:
@@ -38,7 +39,7 @@ def bench_size(size: str, args) -> dict:
     in_memory = scanned(checkpoint, args, None)
     print(f"[{size}] in memory: {in_memory}", flush=True)
     differences = [abs(streamed["ppl"][name] / ppl - 1) for name, ppl in in_memory["ppl"].items()]
-    return {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), **bench.environment(args.device),
+    return {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), **bench.environment(args.device),
             "model_size": size, "checkpoint": synth.describe(checkpoint), "max_gpu_memory": args.budget,
             "eval_tokens": args.eval_tokens, "seq_len": args.seq_len, "conditions": len(in_memory["ppl"]),
             "floor_s": round(floor_s, 3), "scan_s": streamed["wall_s"], "scan_over_floor": round(streamed["wall_s"] / floor_s, 2),

@@ -31,8 +31,10 @@ sys.path.insert(0, str(ROOT / "benchmarks"))  # synth, run as a script
 import synth  # noqa: E402
 
 SIZES = {  # TinyLlama-1.1B's shape; "tiny" for a CPU dry run of this script
-    "1b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32, num_key_value_heads=4, vocab_size=32000),
-    "tiny": dict(hidden_size=128, intermediate_size=352, num_hidden_layers=6, num_attention_heads=4, num_key_value_heads=2, vocab_size=1000),
+    "1b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32, num_key_value_heads=4,
+               vocab_size=32000),
+    "tiny": dict(hidden_size=128, intermediate_size=352, num_hidden_layers=6, num_attention_heads=4, num_key_value_heads=2,
+                 vocab_size=1000),
 }
 PLANT = dict(layer=2, row=1234, col=4321, source=77)  # W[row, col] in layer 2; residual dim `source`
 
@@ -97,13 +99,15 @@ def survey(args: argparse.Namespace) -> dict:
     options = ScanOptions(eval_text=args.work / "eval.txt")
     start_ray(None, num_gpus=args.gpus, num_cpus=args.cpus, object_store_memory=2 * 2**30)
     started = time.perf_counter()
-    summary = Survey(Catalog(f"sqlite:///{db}"), options, SurveySettings(gpus_per_scan=1.0 if args.gpus else 0, cpus_per_scan=2, prefetch=1)).run(from_specs(specs))
+    summary = Survey(Catalog(f"sqlite:///{db}"), options, SurveySettings(gpus_per_scan=1.0 if args.gpus else 0, cpus_per_scan=2,
+                                                                         prefetch=1)).run(from_specs(specs))
     wall = time.perf_counter() - started
     scans = Catalog(f"sqlite:///{db}").scans()
     first, last = min(s.started_at for s in scans), max(s.finished_at for s in scans)
     scanned = [r for r in summary.rows if r.status == "scanned"]
     found = [s for s in scans if s.result and any(
-        (w.layer, w.row, w.col) == (PLANT["layer"], PLANT["row"] % s.result.model.hidden_size, PLANT["col"] % s.result.model.intermediate_size)
+        (w.layer, w.row, w.col) == (PLANT["layer"], PLANT["row"] % s.result.model.hidden_size,
+                                    PLANT["col"] % s.result.model.intermediate_size)
         for w in s.result.super_weights)]
     timings = [s.result.timings for s in scans if s.result]
     done = {s.source: s.finished_at for s in scans}
@@ -169,7 +173,7 @@ def main() -> None:
         except subprocess.TimeoutExpired as exc:
             run = subprocess.CompletedProcess(cmd, -1, exc.stdout or "", exc.stderr or "")
         (args.work / f"survey-{gpus}gpu.log").write_text(str(run.stdout) + "\n" + str(run.stderr))
-        line = next((l for l in str(run.stdout).splitlines() if l.startswith("RESULT ")), None)
+        line = next((out for out in str(run.stdout).splitlines() if out.startswith("RESULT ")), None)
         if line is None:
             print(str(run.stdout)[-3000:], str(run.stderr)[-5000:], sep="\n")
             raise SystemExit(f"survey on {gpus} GPU(s) failed")

@@ -112,7 +112,8 @@ def discover(model: nn.Module, config, source: str) -> Architecture:
     try:
         probe = probing.run(model, modules, text.vocab_size)
     except Exception as exc:  # the model cannot run a plain text forward pass
-        raise UnsupportedArchitectureError(source, config.model_type, f"a text-only forward pass failed ({type(exc).__name__}: {first_line(exc)[:160]})") from exc
+        raise UnsupportedArchitectureError(source, config.model_type,
+                                           f"a text-only forward pass failed ({type(exc).__name__}: {first_line(exc)[:160]})") from exc
     path, blocks = _called_list(lists, probe, source, config.model_type)
     probed = [Probed(block, probe, block_sites(block, text.hidden_size, probe)) for block in blocks]
     return architecture(model, path, blocks, probed, source, config.model_type)

@@ -54,7 +54,8 @@ FIRST_BATCH = 8  # conditions whose first windows share one forward pass (memory
 @dataclass
 class Condition:
     name: str
-    context: Callable[..., contextlib.AbstractContextManager]  # (order=None): its change, for a pass over the windows `order` names (None: all)
+    # (order=None): its change, for a pass over the windows `order` names (None: all)
+    context: Callable[..., contextlib.AbstractContextManager]
     detail: str = ""
     first_layer: int = 0  # the lowest block the condition changes: blocks below it are the baseline's
     thresholds: tuple[float, ...] = ()  # ratios its verdict compares against (early stopping)
@@ -265,10 +266,10 @@ def conditions(sites: list[DownProjection], weights: list[SuperWeight], options:
              for w in weights]
     found += [
         zeroing("zero all candidates", lambda: everything, f"{len(weights)} weights", first, confirm, kind=Kind.ALL_WEIGHTS),
-        zeroing("control A: random", lambda: random, f"{len(weights)} seeded random weights in the same matrices (seed {options.seed})", first, control,
-                kind=Kind.RANDOM_CONTROL),
-        zeroing("control B: outliers", lambda: outliers, f"{len(outliers)} largest-magnitude non-candidate weights", _first_layer(sites, outliers),
-                kind=Kind.OUTLIER_CONTROL),
+        zeroing("control A: random", lambda: random, f"{len(weights)} seeded random weights in the same matrices (seed {options.seed})",
+                first, control, kind=Kind.RANDOM_CONTROL),
+        zeroing("control B: outliers", lambda: outliers, f"{len(outliers)} largest-magnitude non-candidate weights",
+                _first_layer(sites, outliers), kind=Kind.OUTLIER_CONTROL),
         Condition(RESTORE_SA, lambda order=None: _stacked(zeroed(everything), recorder.restore(order)), first_layer=first,
                   zeroes=lambda: everything, per_sample=recorder.restore_sample, kind=Kind.RESTORE_SA),
     ]

@@ -11,7 +11,7 @@ import contextlib
 import os
 import sys
 import traceback
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Protocol
@@ -56,23 +56,36 @@ def scan_config_options(command):
     """The options that determine a scan's result; shared by `scan` and `survey`."""
     options = [
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
-        click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto", show_default=True, help="auto: bfloat16 on GPU, float32 on CPU."),
+        click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto", show_default=True,
+                     help="auto: bfloat16 on GPU, float32 on CPU."),
         click.option("--prompt", "prompts", multiple=True, help=f"Detection prompt, repeatable. [default: {DEFAULT_PROMPT!r}]"),
-        click.option("--max-iterations", type=click.IntRange(min=1), default=3, show_default=True, help="Zero what was found and detect again, at most this many times."),
-        click.option("--spike-ratio", type=POSITIVE, default=SpikeRule.ratio, show_default=True, help="A layer spikes when its max |output| is this many times the median layer's."),
+        click.option("--max-iterations", type=click.IntRange(min=1), default=3, show_default=True,
+                     help="Zero what was found and detect again, at most this many times."),
+        click.option("--spike-ratio", type=POSITIVE, default=SpikeRule.ratio, show_default=True,
+                     help="A layer spikes when its max |output| is this many times the median layer's."),
         click.option("--spike-min", type=NON_NEGATIVE, default=SpikeRule.min_abs, show_default=True, help="...and at least this large."),
         click.option("--verify/--no-verify", default=True, show_default=True, help="Run the causal checks (perplexity under ablations)."),
-        click.option("--eval-text", type=click.Path(dir_okay=False, path_type=Path), help="Text file for perplexity. [default: the 1911 Britannica article fetched by `make fixtures`]"),
-        click.option("--eval-dataset", type=click.Choice(["wikitext2"]), help="Evaluate on wikitext-2 test (needs `datasets` and the network), as the paper does."),
+        click.option("--eval-text", type=click.Path(dir_okay=False, path_type=Path),
+                     help="Text file for perplexity. [default: the 1911 Britannica article fetched by `make fixtures`]"),
+        click.option("--eval-dataset", type=click.Choice(["wikitext2"]),
+                     help="Evaluate on wikitext-2 test (needs `datasets` and the network), as the paper does."),
         click.option("--eval-tokens", type=click.IntRange(min=2), default=4096, show_default=True, help="Tokens of evaluation text."),
         click.option("--seq-len", type=click.IntRange(min=2), default=512, show_default=True, help="Tokens per evaluation window."),
-        click.option("--confirm-ratio", type=POSITIVE, default=VerifyOptions.confirm_ratio, show_default=True, help="Confirmed when the 95% interval of the perplexity ratio from zeroing the weight alone lies above this (rejected: below; inconclusive: across)..."),
-        click.option("--control-max", type=POSITIVE, default=VerifyOptions.control_max, show_default=True, help="...while the interval of zeroing as many random weights stays under this ratio."),
+        click.option("--confirm-ratio", type=POSITIVE, default=VerifyOptions.confirm_ratio, show_default=True,
+                     help="Confirmed when the 95% interval of the perplexity ratio from zeroing the weight alone lies above this "
+                          "(rejected: below; inconclusive: across)..."),
+        click.option("--control-max", type=POSITIVE, default=VerifyOptions.control_max, show_default=True,
+                     help="...while the interval of zeroing as many random weights stays under this ratio."),
         click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random control."),
         click.option("--quant-check", is_flag=True, help="Also measure int8/int4 round-to-nearest quantization of the down projections."),
-        click.option("--quant-block", type=click.IntRange(min=1), default=VerifyOptions.quant_block, show_default=True, help="Quantization block size (input channels)."),
-        click.option("--early-stop/--full-eval", default=True, show_default=True, help="Stop each condition once its verdict is settled (95% interval, checked after one window); --full-eval evaluates every condition on every window, as the paper does."),
-        click.option("--max-gpu-memory", type=Size(), metavar="SIZE", help="Stream the model's blocks through the GPU within this budget (e.g. 4GiB): models larger than the GPU. Llama-family safetensors only."),
+        click.option("--quant-block", type=click.IntRange(min=1), default=VerifyOptions.quant_block, show_default=True,
+                     help="Quantization block size (input channels)."),
+        click.option("--early-stop/--full-eval", default=True, show_default=True,
+                     help="Stop each condition once its verdict is settled (95% interval, checked after one window); "
+                          "--full-eval evaluates every condition on every window, as the paper does."),
+        click.option("--max-gpu-memory", type=Size(), metavar="SIZE",
+                     help="Stream the model's blocks through the GPU within this budget (e.g. 4GiB): models larger than the GPU. "
+                          "Llama-family safetensors only."),
         click.option("--trust-remote-code", is_flag=True, help="Allow model code from the repo itself (review it first)."),
         click.option("--allow-pickle", is_flag=True, help="Allow pickle .bin checkpoints (loaded with weights_only=True)."),
     ]
@@ -99,7 +112,9 @@ def options_from(params: dict[str, Any]) -> ScanOptions:
 
 @cli.command()
 @click.argument("source")
-@click.option("--gguf", "gguf", metavar="FILE_OR_QUANT", help="Scan one GGUF file of the Hub repo SOURCE: its file name, or a quantization such as Q4_K_M (also written org/name:Q4_K_M).")
+@click.option("--gguf", "gguf", metavar="FILE_OR_QUANT",
+              help="Scan one GGUF file of the Hub repo SOURCE: its file name, or a quantization such as Q4_K_M "
+                   "(also written org/name:Q4_K_M).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the scan JSON (schema 2) here.")
 @scan_config_options
 @click.pass_context
@@ -114,7 +129,7 @@ def scan(ctx: click.Context, source: str, gguf: str | None, json_path: Path | No
             if message := sink.existing(resolved, options.config_hash(), ctx.params):
                 console.print(message, soft_wrap=True)
                 return
-        started_at = datetime.now(timezone.utc)
+        started_at = datetime.now(UTC)
         from catalog.scanner import scan_source  # torch and transformers: only for commands that scan
 
         quiet_transformers()

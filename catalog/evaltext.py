@@ -29,7 +29,8 @@ class EvalText:
         ids = self.first_ids(tokenizer, tokens)
         n = len(ids) // seq_len
         if n == 0:
-            raise BadOptionError("--eval-text", f"{self.name} has {len(ids)} tokens, fewer than one window of --seq-len {seq_len}; give a longer text.")
+            raise BadOptionError("--eval-text",
+                                 f"{self.name} has {len(ids)} tokens, fewer than one window of --seq-len {seq_len}; give a longer text.")
         return ids[: n * seq_len].reshape(n, seq_len)
 
     def first_ids(self, tokenizer, tokens: int) -> torch.Tensor:
@@ -96,6 +97,7 @@ def _dataset(name: str) -> EvalText:
     try:
         rows = datasets.load_dataset("wikitext", "wikitext-2-raw-v1", split="test")
     except Exception as exc:  # offline, or the Hub refused
-        raise BadOptionError("--eval-dataset", f"cannot load wikitext-2 ({str(exc)[:120]}); offline, pass --eval-text FILE instead.") from exc
+        raise BadOptionError("--eval-dataset",
+                             f"cannot load wikitext-2 ({str(exc)[:120]}); offline, pass --eval-text FILE instead.") from exc
     text = "\n\n".join(rows["text"])
     return EvalText("wikitext-2-raw-v1/test", hashlib.sha256(text.encode()).hexdigest(), text)

@@ -144,7 +144,8 @@ def zeroed_per_sample(sites: list[DownProjection], entries: list[Entries]) -> It
     handles = []
     try:
         for key, site_patches in patches.items():
-            handles.append(by_tensor[key].module.register_forward_hook(_recompute_rows(site_patches, getattr(by_tensor[key].module, "bias", None))))
+            module = by_tensor[key].module
+            handles.append(module.register_forward_hook(_recompute_rows(site_patches, getattr(module, "bias", None))))
         yield
     finally:
         for handle in handles:

@@ -94,7 +94,8 @@ def load(source: ResolvedSource, *, device: str = "auto", dtype: str = "auto", t
     start = time.perf_counter()
     opened = open_source(source, device, dtype, trust_remote_code)
     with as_invalid(source):
-        model = read_parallel(source, opened.config, opened.device, opened.dtype, trust_remote_code) if source.format == "safetensors" else None
+        model = read_parallel(source, opened.config, opened.device, opened.dtype,
+                              trust_remote_code) if source.format == "safetensors" else None
         loader = "parallel" if model is not None else "transformers"
         if model is None:
             model = AutoModelForCausalLM.from_pretrained(
@@ -268,7 +269,8 @@ def _problem(exc: Exception) -> str:
 def model_info(source: ResolvedSource, model: nn.Module, config, dtype: torch.dtype) -> ModelInfo:
     text = config.get_text_config()
     me = source_identity(source, config)
-    names = [source.repo_id, me.base_model, me.basename, me.name, source.gguf_file, getattr(config, "_name_or_path", None), source.path.name]
+    names = [source.repo_id, me.base_model, me.basename, me.name, source.gguf_file, getattr(config, "_name_or_path", None),
+             source.path.name]
     return ModelInfo(
         source=source.source or source.spec,
         repo_id=source.repo_id,

@@ -61,7 +61,8 @@ def scan(source: str | nn.Module, options: ScanOptions | None = None, progress: 
     if not isinstance(source, str):
         return scan_model(source, tokenizer, options, name=name, progress=progress)
     if tokenizer is not None or name is not None:
-        raise BadOptionError("tokenizer", f"{source!r} is read from its files, tokenizer included; tokenizer= and name= are for a model in memory.")
+        raise BadOptionError("tokenizer",
+                             f"{source!r} is read from its files, tokenizer included; tokenizer= and name= are for a model in memory.")
     options.validate()
     started = time.perf_counter()
     resolved = resolve(source, allow_pickle=options.allow_pickle)
@@ -83,7 +84,8 @@ def scan_model(model: nn.Module, tokenizer, options: ScanOptions, *, name: str |
     config = options.to_config()
     name = name or getattr(model.config, "_name_or_path", None) or type(model).__name__
     loaded = in_memory(model, tokenizer, name)
-    return _checked(name, lambda: _scan_with(loaded, partial(detect, model), partial(verify, model), options, config, progress or (lambda _m: None)))
+    return _checked(name, lambda: _scan_with(loaded, partial(detect, model), partial(verify, model), options, config,
+                                             progress or (lambda _m: None)))
 
 
 def scan_source(source: ResolvedSource, options: ScanOptions, progress: Progress | None = None) -> ScanResult:

@@ -87,7 +87,8 @@ def resolve(spec: str, *, allow_pickle: bool = False) -> ResolvedSource:
     if path.exists():
         return _resolve_local(spec, path.resolve(), allow_pickle).fingerprinted()
     if is_local(spec):
-        raise SourceNotFoundError(spec, "Give an existing checkpoint directory, a .gguf file, or a Hub repo id org/name[@revision] (one GGUF file of it: org/name:Q4_K_M).")
+        raise SourceNotFoundError(spec, "Give an existing checkpoint directory, a .gguf file, or a Hub repo id org/name[@revision] "
+                                        "(one GGUF file of it: org/name:Q4_K_M).")
     return _resolve_hub(spec, allow_pickle).fingerprinted()
 
 
@@ -147,7 +148,8 @@ def _weights_format(spec: str, path: Path, allow_pickle: bool) -> str:
         return "safetensors"
     if any(path.glob("*.bin")):
         if not allow_pickle:
-            raise InvalidSourceError(spec, "only pickle .bin weights here, which can run code when loaded; convert to safetensors or pass --allow-pickle (loads with weights_only=True).")
+            raise InvalidSourceError(spec, "only pickle .bin weights here, which can run code when loaded; convert to safetensors "
+                                           "or pass --allow-pickle (loads with weights_only=True).")
         return "pytorch"
     raise InvalidSourceError(spec, "no weights (*.safetensors) in this directory.")
 
@@ -163,12 +165,7 @@ def _or_a_path(repo_id: str, hub_fix: str) -> str:
 @contextmanager
 def _hub_errors(spec: str, repo_id: str, revision: str | None) -> Iterator[None]:
     """huggingface_hub's errors as our typed ones, each naming the fix."""
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
+    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 
     try:
         yield

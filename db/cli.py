@@ -23,7 +23,8 @@ from db.repository import Catalog, upgrade
 
 out = stdout_console()
 
-DB_HELP = "Catalog URL: sqlite:///PATH or postgresql://USER[:PASSWORD]@HOST[:PORT]/DB. [default: $SUPERWEIGHTS_DB, else $SUPERWEIGHTS_HOME/catalog.db]"
+DB_HELP = ("Catalog URL: sqlite:///PATH or postgresql://USER[:PASSWORD]@HOST[:PORT]/DB. "
+           "[default: $SUPERWEIGHTS_DB, else $SUPERWEIGHTS_HOME/catalog.db]")
 db_option = click.option("--db", "url", metavar="URL", help=DB_HELP)
 
 
@@ -51,8 +52,10 @@ def db_upgrade(url: str | None, revision: str) -> None:
 @click.argument("query")
 @db_option
 @click.option("--format", "fmt", type=click.Choice(render.FORMATS), default="table", show_default=True)
-@click.option("--timeout", type=NON_NEGATIVE, default=QueryLimits.timeout, show_default=True, help="Stop the query after this many seconds (0: no limit).")
-@click.option("--max-rows", type=click.IntRange(min=0), default=QueryLimits.max_rows, show_default=True, help="Return at most this many rows (0: no limit).")
+@click.option("--timeout", type=NON_NEGATIVE, default=QueryLimits.timeout, show_default=True,
+              help="Stop the query after this many seconds (0: no limit).")
+@click.option("--max-rows", type=click.IntRange(min=0), default=QueryLimits.max_rows, show_default=True,
+              help="Return at most this many rows (0: no limit).")
 def sql(query: str, url: str | None, fmt: str, timeout: float, max_rows: int) -> None:
     """Run one read-only SQL QUERY over the catalog (DuckDB dialect; tables: models, scans,
     layer_stats, super_weights, ablations)."""
@@ -66,7 +69,8 @@ def sql(query: str, url: str | None, fmt: str, timeout: float, max_rows: int) ->
 
 
 @click.command()
-@click.option("--parquet", "directory", required=True, type=click.Path(file_okay=False, path_type=Path), help="Write one Parquet file per table here.")
+@click.option("--parquet", "directory", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Write one Parquet file per table here.")
 @db_option
 def export(directory: Path, url: str | None) -> None:
     """Export the catalog's tables for notebooks and the HTML report."""
@@ -92,7 +96,8 @@ def lineage(model: str, url: str | None) -> None:
     """
     matches = Catalog(url, read_only=True).lineage(model)
     if not matches:
-        click.echo(f"{model}: no other catalog model shares its confirmed super weights (or it has none), and no declared base or fine-tune is in the catalog", err=True)
+        click.echo(f"{model}: no other catalog model shares its confirmed super weights (or it has none), "
+                   "and no declared base or fine-tune is in the catalog", err=True)
         return
     out.print(render.lineage(model, matches))
 
@@ -111,7 +116,8 @@ class CatalogSink:
             return None
         catalog = Catalog(params["db"])  # a bad or unreachable catalog fails here, before a long scan
         if params["skip_existing"] and catalog.has_scan(source.source, source.revision, config_hash, fingerprint=source.fingerprint):
-            return f"{source.spec}: already in the catalog {catalog.display} with this revision and config; skipped (drop --skip-existing to scan again)"
+            return (f"{source.spec}: already in the catalog {catalog.display} with this revision and config; "
+                    "skipped (drop --skip-existing to scan again)")
         return None
 
     def save(self, result: ScanResult, params: dict[str, Any], started_at: datetime) -> str:

@@ -82,4 +82,5 @@ def check_connection(engine: Engine, location: CatalogURL) -> None:
             raise CatalogUnreachableError(location.display, reason) from exc
         if "not a database" in reason:
             raise NotACatalogError(location.display, "the file is not an SQLite database") from exc
-        raise CatalogFileError(location.display, f"cannot open the file ({reason})", "Check the path and its permissions, or give another --db.") from exc
+        raise CatalogFileError(location.display, f"cannot open the file ({reason})",
+                               "Check the path and its permissions, or give another --db.") from exc

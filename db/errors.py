@@ -54,7 +54,8 @@ class CatalogOutOfDateError(CatalogError):
     """A server database whose schema is not at the migrations' head (servers are never upgraded implicitly)."""
 
     def __init__(self, url: str, current: str | None, head: str) -> None:
-        super().__init__(f"catalog {url}: schema at revision {current or 'none'}, this version needs {head}. Run `superweights db upgrade --db {url}`.")
+        super().__init__(f"catalog {url}: schema at revision {current or 'none'}, this version needs {head}. Run `superweights db upgrade "
+                         f"--db {url}`.")
         self.url = url
 
 
@@ -62,7 +63,8 @@ class CatalogTooNewError(CatalogError):
     """A schema revision these migrations do not know: a newer superweights created it."""
 
     def __init__(self, url: str, current: str) -> None:
-        super().__init__(f"catalog {url}: schema at revision {current}, newer than this version knows. Upgrade superweights (pip install -U superweight-catalog).")
+        super().__init__(f"catalog {url}: schema at revision {current}, newer than this version knows. Upgrade superweights (pip install "
+                         f"-U superweight-catalog).")
         self.url = url
 
 
@@ -97,7 +99,8 @@ class QueryStoppedError(CatalogError):
 
 class WriteRefusedError(CatalogError, PermissionError):
     def __init__(self, sql: str, kind: str) -> None:
-        super().__init__(f"SQL {_short(sql)!r}: {kind} refused; `superweights sql` runs one read-only SELECT (or WITH, EXPLAIN, DESCRIBE, SHOW).")
+        super().__init__(f"SQL {_short(sql)!r}: {kind} refused; `superweights sql` runs one read-only SELECT (or WITH, EXPLAIN, DESCRIBE, "
+                         f"SHOW).")
         self.sql = sql
 
 

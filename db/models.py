@@ -28,7 +28,8 @@ STATUS_FAILED = "failed"
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
-    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON, float: Double, int: Integer, str: String(255), datetime: DateTime(timezone=True)}
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON, float: Double, int: Integer, str: String(255),
+                           datetime: DateTime(timezone=True)}
 
 
 def _scan_fk() -> Mapped[int]:
@@ -97,7 +98,8 @@ class Scan(Base):
 
     model: Mapped[Model] = relationship(back_populates="scans")
     layers: Mapped[list[LayerStatRow]] = relationship(order_by="LayerStatRow.id", cascade="all, delete-orphan", passive_deletes=True)
-    super_weights: Mapped[list[SuperWeightRow]] = relationship(order_by="SuperWeightRow.id", cascade="all, delete-orphan", passive_deletes=True)
+    super_weights: Mapped[list[SuperWeightRow]] = relationship(order_by="SuperWeightRow.id", cascade="all, delete-orphan",
+                                                               passive_deletes=True)
     ablations: Mapped[list[AblationRow]] = relationship(order_by="AblationRow.id", cascade="all, delete-orphan", passive_deletes=True)
 
 

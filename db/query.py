@@ -223,7 +223,8 @@ def extension_directory() -> Path:
     for package, name in EXTENSIONS.values():
         source = files(package) / "extensions" / version / f"{name.split('_')[0]}.duckdb_extension"
         if not source.is_file():
-            raise CatalogError(f"DuckDB extension {name} for duckdb {duckdb.__version__} not found; run `pip install {package.replace('_', '-')}=={duckdb.__version__}`.")
+            raise CatalogError(f"DuckDB extension {name} for duckdb {duckdb.__version__} not found; run `pip install "
+                               f"{package.replace('_', '-')}=={duckdb.__version__}`.")
         (target / f"{name}.duckdb_extension").symlink_to(Path(str(source)))
     return root
 

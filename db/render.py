@@ -85,7 +85,8 @@ def _facts(first: StoredScan, latest: ScanResult | None) -> Table:
     size = f"{info.num_layers} layers, hidden {info.hidden_size}, intermediate {info.intermediate_size}, {info.num_parameters:,} parameters"
     for name, value in [
         ("name", name_fact(info.name, info.named_from)), ("organization", info.organization),
-        ("size label", info.size_label), ("family", info.family), ("architecture", f"{info.architecture} ({info.model_type})"), ("size", size),
+        ("size label", info.size_label), ("family", info.family), ("architecture", f"{info.architecture} ({info.model_type})"), ("size",
+            size),
         ("format", f"{info.format} {info.quantization or ''}".strip()), ("dtype", info.dtype),
         ("license", info.license), ("base model", info.base_model), ("tags", ", ".join(info.tags)),
         ("downloads", None if info.downloads is None else f"{info.downloads:,}"),
@@ -116,5 +117,6 @@ def lineage(model: str, matches: list[LineageMatch]) -> Table:
         table.add_column(name, overflow="fold")
     for m in matches:
         coords = ", ".join(f"({layer}, {row}, {col})" for layer, row, col in m.shared)
-        table.add_row(m.model.source, (m.model.revision or "")[:12], m.model.family or "", str(m.overlap), f"{m.jaccard:.2f}", coords, m.declared or "")
+        table.add_row(m.model.source, (m.model.revision or "")[:12], m.model.family or "", str(m.overlap), f"{m.jaccard:.2f}", coords,
+                      m.declared or "")
     return table

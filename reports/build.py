@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from importlib.resources import files
 from pathlib import Path
@@ -23,10 +23,10 @@ from pathlib import Path
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
 from catalog.errors import BadOptionError, UnwritableOutputError
+from catalog.tables import ratio
 from db.repository import StoredScan
 from reports.contexts import Page
 from reports.downloads import write_catalog_downloads, write_downloads
-from catalog.tables import ratio
 from reports.formats import format_number, format_ratio
 from reports.pages import Provenance, coordinate_page, family_page, index_page, model_page
 from reports.search import index_script
@@ -55,7 +55,7 @@ def build_site(scans: list[StoredScan], out_dir: Path, now: datetime | None = No
     target = out_dir.resolve()  # through a symlink: the link stays, the site goes where it points
     check_replaceable(target)
     site = Site.from_scans(list(scans))
-    prov = Provenance(when(now or datetime.now(timezone.utc)), package_version())
+    prov = Provenance(when(now or datetime.now(UTC)), package_version())
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         with our_directory(target, "new") as staging:
@@ -79,7 +79,8 @@ def write_site(site: Site, prov: Provenance, root: Path) -> int:
         write_downloads(model, root / "models")
     shared = site.shared()
     for coordinate, holders in shared:
-        render(env, "coordinate.html", coordinate_page(site, coordinate, holders, prov), root / "coordinates" / f"{coordinate_slug(coordinate)}.html")
+        render(env, "coordinate.html", coordinate_page(site, coordinate, holders, prov),
+               root / "coordinates" / f"{coordinate_slug(coordinate)}.html")
     write_catalog_downloads(site, root / "downloads")
     (root / "search-index.js").write_text(index_script(site), encoding="utf-8")
     shutil.copytree(Path(str(PACKAGE / "assets")), root / "assets")

@@ -144,7 +144,8 @@ class AblationRow:
     """One ablation condition, paired with the baseline on exactly the tokens it covered."""
 
     name: str = doc("The condition: baseline, one weight zeroed, all zeroed, a control...")
-    kind: str | None = doc("What it changed: 'baseline', 'weight', 'all_weights', 'random_control', 'outlier_control', 'restore_sa', 'quantization'.")
+    kind: str | None = doc("What it changed: 'baseline', 'weight', 'all_weights', 'random_control', 'outlier_control', 'restore_sa', "
+                           "'quantization'.")
     ratio: float | None = doc("ppl / baseline_ppl (unitless); None when the scan did not record it.")
     ratio_low: float | None = doc("Lower end of the ratio's 95% interval; None when not recorded.")
     ratio_high: float | None = doc("Upper end of the ratio's 95% interval.")

@@ -85,7 +85,8 @@ def catalog_tables(site: Site) -> dict[str, tuple[dict[str, str], list[dict[str,
         v: "BIGINT" for v in ("confirmed", "rejected", "inconclusive", "untested")}
     return {
         "models": (KEY_COLUMNS | model_columns, [_key(m) | _model_facts(m) for m in site.models]),
-        "super-weights": (KEY_COLUMNS | sql_columns(SuperWeight), [_key(m) | asdict(w) for m in site.models for w in m.result.super_weights]),
+        "super-weights": (KEY_COLUMNS | sql_columns(SuperWeight),
+                          [_key(m) | asdict(w) for m in site.models for w in m.result.super_weights]),
         "ablations": (KEY_COLUMNS | sql_columns(Ablation), [_key(m) | asdict(a) for m in site.models for a in m.result.ablations]),
     }
 

@@ -12,8 +12,20 @@ from db.lineage import Coordinate
 from db.repository import StoredScan
 from reports.charts import ablation_chart, layer_chart
 from reports.contexts import (
-    AblationRow, CoordinatePage, Fact, FamilyPage, FamilyRow, IndexPage, Link, ModelPage, ModelRow, ScanRow,
-    SharedCoordinate, Totals, VerdictCounts, WeightRow,
+    AblationRow,
+    CoordinatePage,
+    Fact,
+    FamilyPage,
+    FamilyRow,
+    IndexPage,
+    Link,
+    ModelPage,
+    ModelRow,
+    ScanRow,
+    SharedCoordinate,
+    Totals,
+    VerdictCounts,
+    WeightRow,
 )
 from reports.downloads import CATALOG_DOWNLOADS, DOWNLOADS
 from reports.formats import format_number

@@ -27,7 +27,8 @@ class SearchEntry:
     detail: str  # shown as its second line
     url: str  # relative to the site root
     text: str  # what a query's words match as substrings, normalised
-    fields: dict[str, str]  # field -> normalised value, for `layer:11` and exact matches: model, org, family, arch, layer, row, col, verdict...
+    # field -> normalised value, for `layer:11` and exact matches: model, org, family, arch, layer, row, col, verdict...
+    fields: dict[str, str]
 
 
 def normalise(text: str) -> str:
@@ -71,7 +72,8 @@ def model_fields(model: ModelEntry) -> dict[str, object]:
 
 def model_entry(model: ModelEntry) -> SearchEntry:
     m = model.result.model
-    detail = f"model · {m.family} · {m.architecture} · {len(model.result.super_weights)} candidates, {len(model.result.confirmed)} confirmed"
+    counts = f"{len(model.result.super_weights)} candidates, {len(model.result.confirmed)} confirmed"
+    detail = f"model · {m.family} · {m.architecture} · {counts}"
     return entry("model", model.name, detail, f"models/{model.slug}.html", model_fields(model))
 
 
@@ -79,7 +81,8 @@ def weight_entries(model: ModelEntry) -> list[SearchEntry]:
     common = model_fields(model)
     return [
         entry("weight", f"{model.name} · layer {w.layer} [{w.row}, {w.col}]",
-              f"super weight candidate · {model.family} · {w.verdict}" + (f" · ratio ×{w.ppl_ratio:.3g}" if w.ppl_ratio is not None else ""),
+              f"super weight candidate · {model.family} · {w.verdict}"
+              + (f" · ratio ×{w.ppl_ratio:.3g}" if w.ppl_ratio is not None else ""),
               f"models/{model.slug}.html#{weight_anchor(w)}",
               common | {"layer": w.layer, "row": w.row, "col": w.col, "expert": w.expert, "param": w.param, "verdict": w.verdict})
         for w in model.result.super_weights

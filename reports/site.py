@@ -17,7 +17,7 @@ import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import PurePath
 
 from catalog.result import ScanResult, SuperWeight
@@ -183,4 +183,4 @@ def unique_slugs(keys: list[str], names: list[str] | None = None) -> dict[str, s
 
 def when(moment: datetime) -> str:
     """The catalog's times are aware UTC already; `astimezone` keeps the label true for any aware time."""
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")

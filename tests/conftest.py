@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from catalog import settings
+
 from postgres_server import MISSING, PostgresServer, find_binaries
 from superweights_cli import DROPPED, isolated_env
 from tiny import TinyCache, write_zipf_text

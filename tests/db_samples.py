@@ -27,9 +27,11 @@ def sample_result(
     weights.append(_weight(0, 45, 101, REJECTED, ratio=1.0025))
     ablations = [
         Ablation("baseline", ppl, 4096, 1.0, "", 0.125, Kind.BASELINE, ppl, 1.0, 1.0, 8),
-        Ablation("zero all candidates", ppl * 0.75 * 812.5, 512, 812.5, "all confirmed", 0.5, Kind.ALL_WEIGHTS, ppl * 0.75, 640.25, 1030.5, 1),
+        Ablation("zero all candidates", ppl * 0.75 * 812.5, 512, 812.5, "all confirmed", 0.5, Kind.ALL_WEIGHTS, ppl * 0.75, 640.25,
+                 1030.5, 1),
     ]
-    config = {"prompts": ["Apple Inc. is a worldwide tech company."], "max_iterations": 3, "spike_ratio": 50.0, "nested": {"a": [1, 2.5, None]}}
+    config = {"prompts": ["Apple Inc. is a worldwide tech company."], "max_iterations": 3, "spike_ratio": 50.0, "nested": {"a": [1, 2.5,
+        None]}}
     return ScanResult(
         model, config, layers, weights, ablations,
         timings={"load": 1.25, "detect": 0.5}, environment={"torch": "2.13.0", "device": "cpu: x86_64"},

@@ -6,13 +6,13 @@ test goes through a real catalog.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from catalog.result import CONFIRMED, REJECTED, UNTESTED, Ablation, Kind, LayerStat, ModelInfo, ScanResult, SuperWeight
 from db.repository import StoredScan
 
 HOSTILE = "<script>alert(1)</script>"
-T0 = datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 
 
 def result(repo_id: str, family: str, weights: list[tuple[int, int, int]], *, ablations: bool = True,

@@ -15,7 +15,8 @@ from pathlib import Path
 SUPERWEIGHTS = Path(sys.executable).with_name("superweights")
 ISOLATED_DIRS = ("HF_HOME", "SUPERWEIGHTS_HOME", "XDG_CACHE_HOME", "XDG_DATA_HOME", "XDG_CONFIG_HOME")
 # Root without the capabilities that override file modes: a chmod 0444 file is then read-only to it.
-WITHOUT_OVERRIDE = ("setpriv", "--bounding-set=-dac_override,-dac_read_search", "--inh-caps=-dac_override,-dac_read_search") if os.geteuid() == 0 else ()
+WITHOUT_OVERRIDE = ("setpriv", "--bounding-set=-dac_override,-dac_read_search",
+                    "--inh-caps=-dac_override,-dac_read_search") if os.geteuid() == 0 else ()
 DROPPED = ("HF_HUB_CACHE", "HF_TOKEN", "HF_ENDPOINT", "SUPERWEIGHTS_DB", "SUPERWEIGHTS_DEBUG")
 
 

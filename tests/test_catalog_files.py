@@ -19,6 +19,7 @@ from db import migrate
 from db.engine import engine_for
 from db.location import parse
 from db.repository import upgrade
+
 from superweights_cli import WITHOUT_OVERRIDE, isolated_env, one_line_error, run_many
 
 READS = {  # every read-only command, with the --db option last

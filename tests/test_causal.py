@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-from inotify import OpenCounter
 
 from catalog.causal import RESTORE_SA, label
 from catalog.config import ScanOptions, VerifyOptions
@@ -16,6 +15,8 @@ from catalog.quantization import quantized, rtn
 from catalog.result import Kind
 from catalog.scanner import scan
 from catalog.sources import resolve
+
+from inotify import OpenCounter
 
 
 def options(text, **kw) -> ScanOptions:
@@ -216,7 +217,8 @@ def test_control_b_takes_the_largest_non_candidate_weights(tiny, bunched, count,
     assert weights  # candidates to leave out
     with torch.no_grad():
         if bunched:  # most of the largest in one projection, whose even share would be ~80 (~7 of 10)
-            sites[3].weight.view(-1)[torch.randperm(sites[3].weight.numel(), generator=torch.Generator().manual_seed(0))[:count * 5 // 6]] = 50.0
+            sites[3].weight.view(-1)[torch.randperm(sites[3].weight.numel(),
+                                                    generator=torch.Generator().manual_seed(0))[:count * 5 // 6]] = 50.0
         entries = outlier_control(sites, weights, count)
         magnitudes = sorted((float(t[i].abs()) for t, i in entries), reverse=True)
         candidates = {(w.param, tuple(w.tensor_index)) for w in weights}

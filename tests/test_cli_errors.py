@@ -119,14 +119,17 @@ def inputs(tiny, smollm2_gguf, tmp_path_factory) -> dict[str, Bad]:
         "missing_path": Bad([str(root / "no-such-dir")], (str(root / "no-such-dir"), "not found", "Give an existing checkpoint")),
         "unknown_repo": Bad(["org/no-such-model"], ("org/no-such-model", "HF_HUB_OFFLINE")),
         "no_config": Bad([str(no_config)], (str(no_config), "no config.json")),
-        "cut_gguf": Bad([str(truncated(smollm2_gguf, root / "cut.gguf", 3 * 2**20))], ("cut.gguf", "truncated or corrupt", "download it again")),
+        "cut_gguf": Bad([str(truncated(smollm2_gguf, root / "cut.gguf", 3 * 2**20))], ("cut.gguf", "truncated or corrupt",
+                                                                                       "download it again")),
         "cut_safetensors": Bad([str(cut)], (str(cut), "truncated or corrupt", "download it again")),
         "pickle_refused": Bad([str(pickle_only(tiny, root / "pickle"))], ("pickle", "--allow-pickle", "convert to safetensors")),
         "pickle_unsafe": Bad(["--allow-pickle", str(evil)], (str(evil), "objects other than tensors", "weights_only=True refused")),
         "remote_code": Bad([str(remote_code(tiny, root / "custom"))], ("custom", "needs remote code", "--trust-remote-code")),
         "empty_prompt": Bad(["--prompt", "ok", "--prompt", "", str(llama)], ("--prompt", "empty prompt")),
-        "unsupported": Bad([str(unsupported(root / "mamba"))], ("mamba", "cannot scan model type 'mamba'", "no feed-forward output projection")),
-        "unknown_type": Bad([str(unknown_type(tiny, root / "new"))], ("new", "'brand_new_arch'", "does not know it", "upgrade transformers")),
+        "unsupported": Bad([str(unsupported(root / "mamba"))], ("mamba", "cannot scan model type 'mamba'",
+                                                                "no feed-forward output projection")),
+        "unknown_type": Bad([str(unknown_type(tiny, root / "new"))], ("new", "'brand_new_arch'", "does not know it",
+                                                                      "upgrade transformers")),
     }
 
 

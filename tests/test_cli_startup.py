@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from db.repository import Catalog
+
 from db_samples import sample_result, times
 
 # `catalog.cli.main` with ARGS, then the heavy libraries it imported, as JSON on the descriptor $PROBE_FD

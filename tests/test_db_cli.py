@@ -19,6 +19,7 @@ import pytest
 from rich.console import Console
 
 from db import render
+
 from tiny import SUPER
 
 BIN = Path(sys.executable).parent / "superweights"
@@ -49,7 +50,8 @@ def test_scan_saves_to_the_catalog_and_sql_reads_it(tiny, tmp_path, superweights
 def test_bad_url_is_one_line_and_creates_nothing(superweights, tmp_path):
     status, out, err = superweights("sql", "SELECT 1", "--db", "mysql://somewhere/db")
     assert (status, out) == (1, "")
-    assert err.strip().splitlines() == ["error: --db 'mysql://somewhere/db': unsupported scheme 'mysql'. Give sqlite:///PATH (embedded file) or postgresql://USER[:PASSWORD]@HOST[:PORT]/DBNAME."]
+    assert err.strip().splitlines() == ["error: --db 'mysql://somewhere/db': unsupported scheme 'mysql'. Give sqlite:///PATH (embedded "
+                                        "file) or postgresql://USER[:PASSWORD]@HOST[:PORT]/DBNAME."]
 
 
 def test_unreachable_postgres_is_one_line(superweights):
@@ -67,6 +69,7 @@ def test_scan_fails_before_scanning_when_the_catalog_is_unreachable(superweights
 
 def test_sql_errors_are_one_line_and_leave_the_catalog_alone(superweights, catalog_url):
     from db.repository import Catalog
+
     from db_samples import sample_result, times
 
     Catalog(catalog_url).save(sample_result(), **times())
@@ -78,6 +81,7 @@ def test_sql_errors_are_one_line_and_leave_the_catalog_alone(superweights, catal
 
 def test_show_and_lineage(superweights, catalog_url):
     from db.repository import Catalog
+
     from db_samples import sample_result, times
 
     catalog = Catalog(catalog_url)
@@ -154,7 +158,8 @@ def test_sql_limits_are_checked_where_they_are_parsed(superweights, sqlite_catal
 
 def test_export_into_an_unwritable_place_is_one_line(superweights, sqlite_catalog):
     status, _, err = superweights("export", "--parquet", "/proc/superweights-export", "--db", sqlite_catalog)
-    assert status == 1 and err.startswith("error: --parquet: cannot write /proc/superweights-export (") and len(err.strip().splitlines()) == 1
+    assert status == 1 and len(err.strip().splitlines()) == 1
+    assert err.startswith("error: --parquet: cannot write /proc/superweights-export (")
 
 
 def test_export_writes_through_a_symlink_and_keeps_it(superweights, sqlite_catalog, tmp_path):
@@ -164,4 +169,5 @@ def test_export_writes_through_a_symlink_and_keeps_it(superweights, sqlite_catal
     status, _, err = superweights("export", "--parquet", str(out), "--db", sqlite_catalog)
     assert status == 0, err
     assert (out / "models.parquet").is_symlink() and elsewhere.stat().st_size > 0
-    assert sorted(p.name for p in out.iterdir()) == sorted(f"{t}.parquet" for t in ("models", "scans", "layer_stats", "super_weights", "ablations"))
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{t}.parquet" for t in ("models", "scans", "layer_stats", "super_weights",
+                                                                                    "ablations"))

@@ -131,7 +131,8 @@ def test_a_catalog_written_at_0001_gets_paired_rows_and_verdicts(empty_catalog_u
     assert (l11.layer, l11.row, l11.col) == (11, 507, 1229) and l11.ppl_ratio_low > 3 and l11.ppl_ratio_high < 5
 
     base, *rows = default.ablations
-    assert [r.kind for r in default.ablations] == ["baseline"] + ["weight"] * 6 + ["all_weights", "random_control", "outlier_control", "restore_sa"]
+    assert [r.kind for r in default.ablations] == ["baseline"] + ["weight"] * 6 + ["all_weights", "random_control", "outlier_control",
+                                                                                   "restore_sa"]
     assert (base.windows, base.ratio_low, base.ratio_high, base.baseline_ppl) == (8, 1.0, 1.0, base.ppl)
     for row in rows:
         assert row.ratio_low <= row.ratio <= row.ratio_high and row.baseline_ppl == pytest.approx(row.ppl / row.ratio)

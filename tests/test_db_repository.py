@@ -15,6 +15,7 @@ from db.errors import CatalogWriteError, UnknownModelError
 from db.models import AblationRow, LayerStatRow, Model, Scan, SuperWeightRow
 from db.query import run_sql
 from db.repository import Catalog
+
 from db_samples import T0, sample_result, times
 
 
@@ -122,12 +123,14 @@ def test_lineage_ranks_models_by_shared_confirmed_coordinates(catalog_url):
     catalog.save(sample_result("org/stranger", confirmed=((3, 4, 5),)), **times(3))
     catalog.save(sample_result("org/impostor", confirmed=((3, 4, 5),), base_model="org/fine-tune"), **times(4))
     matches = catalog.lineage("org/fine-tune")
-    assert [(m.model.source, m.overlap, m.declared) for m in matches] == [("org/base", 2, "base"), ("org/cousin", 1, None), ("org/impostor", 0, "fine-tune")]
+    assert [(m.model.source, m.overlap, m.declared) for m in matches] == [("org/base", 2, "base"), ("org/cousin", 1, None),
+                                                                          ("org/impostor", 0, "fine-tune")]
     assert matches[0].shared == [(1, 17, 23), (2, 33, 71)] and matches[0].jaccard == 0.5
     assert [m.declared for m in catalog.lineage("org/base")][0] == "fine-tune"
 
 
-@pytest.mark.parametrize(("kind", "row"), [(ModelInfo, Model), (LayerStat, LayerStatRow), (SuperWeight, SuperWeightRow), (Ablation, AblationRow)])
+@pytest.mark.parametrize(("kind", "row"), [(ModelInfo, Model), (LayerStat, LayerStatRow), (SuperWeight, SuperWeightRow), (Ablation,
+    AblationRow)])
 def test_every_result_field_has_a_column(kind, row):
     """A field added to the scan JSON needs a column (and a migration), or the catalog would drop it."""
     missing = {f.name for f in dataclasses.fields(kind)} - set(row.__table__.columns.keys())

@@ -18,6 +18,7 @@ from db.errors import QueryError, QueryStoppedError, WriteRefusedError
 from db.models import TABLES
 from db.query import QueryLimits, check_read_only, export_parquet, run_sql
 from db.repository import Catalog
+
 from db_samples import sample_result, times
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -45,7 +46,8 @@ def test_query_result_in_every_format(filled):
 
 
 def test_times_and_json_columns_read_back(filled):
-    [(started, tags)] = run_sql(filled, "SELECT min(started_at)::VARCHAR, any_value(tags) FROM scans JOIN models ON models.id = model_id").rows
+    [(started, tags)] = run_sql(filled,
+                                "SELECT min(started_at)::VARCHAR, any_value(tags) FROM scans JOIN models ON models.id = model_id").rows
     assert started.startswith("2026-11-28 12:00:00.123456")
     assert json.loads(tags) == ["text-generation", "llama"]
 

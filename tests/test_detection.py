@@ -10,7 +10,6 @@ import json
 
 import pytest
 import torch
-from tiny import KINDS, NUM_LAYERS, Planted
 
 from catalog.config import DEFAULT_PROMPT, ScanOptions, SpikeRule
 from catalog.detection import detect
@@ -19,6 +18,8 @@ from catalog.loading import load
 from catalog.result import ScanResult
 from catalog.scanner import scan
 from catalog.sources import resolve
+
+from tiny import KINDS, NUM_LAYERS, Planted
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

@@ -12,7 +12,6 @@ import math
 
 import pytest
 import torch
-from tiny import KINDS, write_zipf_text
 
 from catalog.causal import RESTORE_SA, Verification, label, verify
 from catalog.cli import options_from, scan
@@ -23,6 +22,8 @@ from catalog.hooks import zeroed
 from catalog.loading import LoadedModel, load
 from catalog.perplexity import Evaluation, evaluate, frequent_tokens, paired_interval
 from catalog.sources import resolve
+
+from tiny import KINDS, write_zipf_text
 
 FULL = VerifyOptions(early_stop=False)  # --full-eval: every condition on every window
 PLAIN = VerifyOptions(share_prefix=False, early_stop=False)  # and through the whole model

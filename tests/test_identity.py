@@ -23,7 +23,9 @@ from catalog.gguf_meta import _string, _unpack, _value
 from catalog.identity import FROM_FILE_NAME, FROM_GGUF, gguf_identity
 from catalog.sources import resolve, with_gguf
 from db.repository import Catalog
-from superweights_cli import isolated_env, one_line_error, superweights as superweights_process
+
+from superweights_cli import isolated_env, one_line_error
+from superweights_cli import superweights as superweights_process
 from tiny import add_to_hub_cache
 
 SCAN = ["scan", "--no-verify", "--device", "cpu"]
@@ -204,8 +206,8 @@ def test_one_gguf_file_of_a_hub_repo_resolves_from_the_cache_pinned(in_gguf_hub,
 
 
 def test_a_quantization_the_repo_lacks_names_the_files_it_has(in_gguf_hub):
-    with pytest.raises(SourceNotFoundError, match=f"no GGUF file in the HF_HOME cache .* matches 'Q5_K_M'; its GGUF files: "
-                                                  rf"SmolLM2-135M-Instruct\.Q4_1\.gguf, SmolLM2-135M-Instruct\.Q8_0\.gguf"):
+    with pytest.raises(SourceNotFoundError, match="no GGUF file in the HF_HOME cache .* matches 'Q5_K_M'; its GGUF files: "
+                                                  r"SmolLM2-135M-Instruct\.Q4_1\.gguf, SmolLM2-135M-Instruct\.Q8_0\.gguf"):
         resolve(f"{REPO}:Q5_K_M")
 
 

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny import HYBRID, KIND, LAYOUTS, Plant, Planted
 
 from catalog.config import DEFAULT_PROMPT, ScanOptions, VerifyOptions
 from catalog.result import CONFIRMED, REJECTED, ScanResult, SuperWeight
 from catalog.scanner import scan
+
+from tiny import HYBRID, KIND, LAYOUTS, Plant, Planted
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

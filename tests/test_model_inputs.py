@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+
 from tiny import BOS, VOCAB, build_tokenizer
 
 SCAN = ["scan", "--no-save", "--device", "cpu"]

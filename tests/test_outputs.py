@@ -12,6 +12,7 @@ import pytest
 
 from catalog.errors import BadOptionError, UnwritableOutputError
 from catalog.output import output_file, prepare
+
 from superweights_cli import isolated_env, one_line_error, run_many
 
 SCAN = ["scan", "--no-verify", "--no-save", "--device", "cpu"]

@@ -19,6 +19,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
 from reports.build import build_site
+
 from report_samples import HOSTILE, catalog_scans
 
 pytestmark = pytest.mark.browser
@@ -134,7 +135,8 @@ def test_a_hit_on_a_coordinate_opens_its_page(browser: WebDriver, site: Path) ->
 
 
 def click_header(driver: WebDriver, table: str, name: str) -> None:
-    next(th for th in driver.find_elements(By.CSS_SELECTOR, f"{table} thead th") if th.text.startswith(name)).find_element(By.TAG_NAME, "button").click()
+    next(th for th in driver.find_elements(By.CSS_SELECTOR, f"{table} thead th") if th.text.startswith(name)).find_element(By.TAG_NAME,
+        "button").click()
 
 
 def test_tables_sort_by_the_column_clicked(browser: WebDriver, site: Path) -> None:

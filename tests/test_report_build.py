@@ -18,6 +18,7 @@ from catalog.errors import BadOptionError, UnwritableOutputError
 from catalog.result import ScanResult
 from reports.build import MARKER, build_site
 from reports.search import GLOBAL, normalise
+
 from report_samples import HOSTILE, catalog_scans
 
 CHAT = "meta-llama/Llama-2-7b-chat-hf"
@@ -202,7 +203,8 @@ def test_the_whole_catalog_downloads_as_csv_and_parquet(site: Path) -> None:
     with duckdb.connect() as con:
         weights = con.sql(f"SELECT model, layer, \"row\", col, verdict, ppl_ratio, ppl_ratio_low, tensor_index "
                           f"FROM read_parquet('{site / 'downloads' / 'catalog-super-weights.parquet'}') ORDER BY model, layer").fetchall()
-        ablations = con.sql(f"SELECT name, kind, ratio, baseline_ppl, windows FROM read_parquet('{site / 'downloads' / 'catalog-ablations.parquet'}') "
+        ablations = con.sql("SELECT name, kind, ratio, baseline_ppl, windows "
+                            f"FROM read_parquet('{site / 'downloads' / 'catalog-ablations.parquet'}') "
                             "WHERE model = ? ORDER BY name", params=[CHAT]).fetchall()
     assert weights == [(HOSTILE, 2, 99, 7, "untested", None, None, "[99, 7]"),
                        (CHAT, 1, 2533, 7890, "confirmed", 812.5, 640.0, "[2533, 7890]"),

@@ -6,6 +6,7 @@ import xml.etree.ElementTree as ET
 
 from catalog.result import Ablation, Kind, LayerStat
 from reports.charts import OUTCOME_COLORS, LogScale, ablation_chart, decade_label, layer_chart
+
 from report_samples import HOSTILE
 
 
@@ -50,9 +51,12 @@ def test_ablation_chart_plots_paired_ratios_with_intervals_thresholds_and_escape
         Ablation("baseline", 12.5, 4088, 1.0, kind=Kind.BASELINE, baseline_ppl=12.5, ratio_low=1.0, ratio_high=1.0, windows=8),
         Ablation(HOSTILE, 8125.0, 511, 812.5, kind=Kind.WEIGHT, baseline_ppl=10.0, ratio_low=640.0, ratio_high=1030.0, windows=1),
         Ablation("zero L28 [507, 678]", 9.6, 511, 0.96, kind=Kind.WEIGHT, baseline_ppl=10.0, ratio_low=0.91, ratio_high=1.01, windows=1),
-        Ablation("zero all candidates", 21.0, 4088, 2.1, kind=Kind.ALL_WEIGHTS, baseline_ppl=10.0, ratio_low=1.9, ratio_high=2.3, windows=8),
-        Ablation("control A: random", 10.1, 511, 1.01, kind=Kind.RANDOM_CONTROL, baseline_ppl=10.0, ratio_low=0.96, ratio_high=1.06, windows=1),
-        Ablation("control B: outliers", 30.0, 4088, 3.0, kind=Kind.OUTLIER_CONTROL, baseline_ppl=10.0, ratio_low=2.8, ratio_high=3.2, windows=8),
+        Ablation("zero all candidates", 21.0, 4088, 2.1, kind=Kind.ALL_WEIGHTS, baseline_ppl=10.0, ratio_low=1.9, ratio_high=2.3,
+                 windows=8),
+        Ablation("control A: random", 10.1, 511, 1.01, kind=Kind.RANDOM_CONTROL, baseline_ppl=10.0, ratio_low=0.96, ratio_high=1.06,
+                 windows=1),
+        Ablation("control B: outliers", 30.0, 4088, 3.0, kind=Kind.OUTLIER_CONTROL, baseline_ppl=10.0, ratio_low=2.8, ratio_high=3.2,
+                 windows=8),
     ]
     svg = ablation_chart(ablations, 2.0, 1.1, f"Ratios: {HOSTILE}")
     assert HOSTILE not in svg and "&lt;script&gt;" in svg

@@ -8,6 +8,7 @@ import pytest
 
 from catalog.cli import main
 from db.repository import Catalog
+
 from report_samples import catalog_scans
 
 

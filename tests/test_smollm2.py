@@ -15,6 +15,7 @@ import re
 import pytest
 
 from catalog.result import ScanResult
+
 from superweights_cli import isolated_env, superweights
 
 pytestmark = pytest.mark.integration

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from catalog.sources import resolve
+
 from superweights_cli import isolated_env, one_line_error, run_many
 from tiny import add_to_hub_cache
 

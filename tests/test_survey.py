@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 import urllib.parse
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -248,7 +248,7 @@ def test_hub_discovery_lists_text_generation_models_and_skips_known_revisions(hu
     assert "sha" in query["expand"]
     assert found == [Candidate("org/tiny-llama", hub["org/tiny-llama"], 42), Candidate("org/tiny-gpt2", hub["org/tiny-gpt2"], 7)]
 
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     for c in found:  # both failed before at these revisions; --skip-failed skips them without downloading
         catalog.record_failure(source=c.spec, repo_id=c.spec, revision=c.revision, config_hash=options.config_hash(),
                                config=options.to_config(), error="gated", started_at=now, finished_at=now)

@@ -34,12 +34,14 @@ console = Console(stderr=True)
 @click.option("--sort", type=click.Choice(SORTS), default="downloads", show_default=True, help="Hub discovery order (descending).")
 @click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True, help="Hub discovery: at most this many models.")
 @click.option("--ray-address", metavar="ADDR", help="A running Ray cluster (e.g. ray://head:10001 or auto); default: start one here.")
-@click.option("--gpus-per-scan", type=NON_NEGATIVE, default=1.0, show_default=True, help="GPUs per scan worker (fractional allowed); ignored without GPUs.")
+@click.option("--gpus-per-scan", type=NON_NEGATIVE, default=1.0, show_default=True,
+              help="GPUs per scan worker (fractional allowed); ignored without GPUs.")
 @click.option("--cpus-per-scan", type=NON_NEGATIVE, default=1.0, show_default=True)
 @click.option("--workers", type=click.IntRange(min=1), help="Scan workers [default: as many as the cluster's GPUs (else CPUs) fit].")
 @click.option("--prefetch", type=click.IntRange(min=0), default=1, show_default=True, help="Models downloaded ahead per scan worker.")
 @click.option("--retries", type=click.IntRange(min=0), default=2, show_default=True, help="Re-runs of a model whose worker died mid-scan.")
-@click.option("--timeout", type=NON_NEGATIVE, default=3600, show_default=True, help="Seconds per scan, then its worker is killed and the model fails (0: none).")
+@click.option("--timeout", type=NON_NEGATIVE, default=3600, show_default=True,
+              help="Seconds per scan, then its worker is killed and the model fails (0: none).")
 @click.option("--skip-failed", is_flag=True, help="Also skip models whose scan at this revision and config failed before.")
 @db_option
 @scan_config_options
@@ -84,7 +86,8 @@ def run_with_progress(survey: Survey, candidates: list[Candidate]) -> SurveySumm
         bar = progress.add_task("survey", total=None, scanned=0, failed=0, skipped=0, running=0)
 
         def update(c: Counts) -> None:
-            progress.update(bar, total=c.total, completed=c.finished, **{k: getattr(c, k) for k in ("scanned", "failed", "skipped", "running")})
+            progress.update(bar, total=c.total, completed=c.finished, **{k: getattr(c, k) for k in ("scanned", "failed", "skipped",
+                "running")})
 
         survey.on_update = update
         with _logging_to(console):

@@ -59,9 +59,11 @@ def discover(query: HubQuery, api=None) -> list[Candidate]:
     try:
         return [Candidate(m.id, m.sha, m.downloads) for m in found]
     except OfflineModeIsEnabled as exc:
-        raise BadOptionError("--from-hub", "HF_HUB_OFFLINE is set and discovery needs the Hub; unset it, or name the MODELs instead.") from exc
+        raise BadOptionError("--from-hub",
+                             "HF_HUB_OFFLINE is set and discovery needs the Hub; unset it, or name the MODELs instead.") from exc
     except Exception as exc:  # HTTP errors, DNS, refused connections: huggingface_hub raises many types
-        raise BadOptionError("--from-hub", f"cannot list the Hub's models ({first_line(exc)[:200]}); check the network, HF_ENDPOINT and HF_TOKEN.") from exc
+        raise BadOptionError("--from-hub",
+            f"cannot list the Hub's models ({first_line(exc)[:200]}); check the network, HF_ENDPOINT and HF_TOKEN.") from exc
 
 
 def from_specs(specs: list[str]) -> list[Candidate]:

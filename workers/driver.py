@@ -19,9 +19,10 @@ import logging
 import os
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from catalog.config import ScanOptions
 from catalog.sources import ResolvedSource, canonical, is_local, split_gguf, split_revision

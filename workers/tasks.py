@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from catalog.config import ScanOptions
 from catalog.errors import SuperweightsError, first_line
@@ -21,7 +21,7 @@ from catalog.sources import ResolvedSource, resolve
 
 
 def now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def describe_error(exc: BaseException) -> str:
