@@ -1,6 +1,6 @@
 """The `superweights` command line: thin commands over library functions, one error catch in `main`.
 
-`catalog` imports neither `db`, `workers` nor `reports` (DESIGN.md). Their commands and the
+`catalog` imports neither `db`, `workers` nor `reports` (docs/ARCHITECTURE.md). Their commands and the
 catalog writer behind `scan` arrive as plugins through the `superweights.plugins` entry points:
 each is a `register(cli)` function that adds commands, or a `ScanSink` via `add_scan_sink`.
 """

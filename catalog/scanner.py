@@ -1,5 +1,5 @@
 """The scan: resolve a source, load it once, detect super weights, verify them causally, and
-return a `ScanResult`. Every condition runs on the same loaded weights (DESIGN.md).
+return a `ScanResult`. Every condition runs on the same loaded weights (docs/ARCHITECTURE.md).
 """
 
 from __future__ import annotations

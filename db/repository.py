@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session, joinedload, selectinload
 
 from catalog.errors import BadOptionError, first_line
 from catalog.result import CONFIRMED, SCHEMA, ModelInfo, ScanResult, check_finite
+from catalog.sources import canonical
 from db import migrate
 from db.engine import engine_for
 from db.errors import AmbiguousModelError, CatalogOutOfDateError, CatalogTooNewError, CatalogWriteError, NotACatalogError, UnknownModelError
@@ -160,13 +161,15 @@ class Catalog:
         return rank(query, mine, others)
 
     def _model_ids(self, model: str) -> list[int]:
-        """The models `model` names: those whose source or repo id it is; else the one model (all its
-        revisions) whose name without the organization is it; else the one whose source or repo id
-        contains it. Case is ignored after the exact match; an empty `model` names none."""
+        """The models `model` names: those whose source or repo id it is (a local path however typed:
+        `./m` is the source scanned as `m`); else the one model (all its revisions) whose name without
+        the organization is it; else the one whose source or repo id contains it. Case is ignored
+        after the exact match; an empty `model` names none."""
         if not model.strip():
             raise UnknownModelError(model, self.display)
+        exact = {model, canonical(model)}
         with Session(self._engine) as session:
-            if ids := list(session.scalars(select(Model.id).where(or_(Model.source == model, Model.repo_id == model)))):
+            if ids := list(session.scalars(select(Model.id).where(or_(Model.source.in_(exact), Model.repo_id == model)))):
                 return ids
             pattern = f"%{_escape_like(model.lower())}%"
             found = session.execute(

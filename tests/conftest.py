@@ -42,6 +42,7 @@ def superweights(capsys):
     import catalog.cli
 
     def run(*args: str) -> tuple[int, str, str]:
+        capsys.readouterr()  # what the test printed before (building a fixture) is not the command's
         status = catalog.cli.main(list(args))
         captured = capsys.readouterr()
         return status, captured.out, captured.err

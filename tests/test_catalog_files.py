@@ -93,12 +93,22 @@ def test_read_commands_never_migrate_an_empty_database(superweights, empty_catal
         assert inspect(engine_for(parse(empty_catalog_url))).get_table_names() == []
 
 
-def test_writes_refuse_another_programs_database(superweights, tmp_path, tiny):
-    path = foreign_db(tmp_path / "theirs.db")
+def text_file(path: Path) -> Path:
+    path.write_text("just some notes\n" * 100)
+    return path
+
+
+@pytest.mark.parametrize("make,says", [
+    (foreign_db, "not a superweights catalog (it holds tables of its own"),
+    (text_file, "not a superweights catalog (the file is not an SQLite database)"),
+], ids=["foreign-database", "text-file"])
+def test_writes_refuse_what_is_not_a_catalog(superweights, tmp_path, tiny, make, says):
+    """`db upgrade` and `scan` neither migrate nor overwrite it, and the scan never starts."""
+    path, model = make(tmp_path / "theirs.db"), str(tiny("llama").path)
     before = digest(path)
-    for args in (["db", "upgrade"], ["scan", str(tiny("llama").path), "--no-verify"]):
+    for args in (["db", "upgrade"], ["scan", model, "--no-verify"]):
         status, out, err = superweights(*args, "--db", f"sqlite:///{path}")
-        assert (status, out) == (1, "") and "not a superweights catalog (it holds tables of its own" in err
+        assert (status, out) == (1, "") and says in err and len(err.strip().splitlines()) == 1
     assert digest(path) == before
 
 
@@ -145,6 +155,31 @@ def test_a_second_migration_waits_for_the_first(tmp_path):
             connection.execute(text("INSERT INTO alembic_version VALUES (:head)"), {"head": migrate.head()})
     second.join()
     assert outcome == [(url, migrate.head())]
+
+
+@pytest.mark.postgres
+def test_a_second_migration_of_a_server_waits_for_the_first(postgres_server):
+    """Migrators of one server database queue on an advisory lock: the second, started while the
+    first holds it, waits, then finds the schema at head instead of creating its tables twice."""
+    url = postgres_server.create_database()
+    engine = engine_for(parse(url))
+    outcome: list = []
+    with engine.connect() as first:
+        first.execute(text("SELECT pg_advisory_lock(:key)"), {"key": migrate.LOCK_KEY})
+        second = threading.Thread(target=lambda: outcome.append(_upgrade_or_error(url)))
+        second.start()
+        while second.is_alive() and not _waiting_for_advisory_lock(first):
+            time.sleep(0.01)
+        assert second.is_alive() and outcome == []  # it waits: nothing migrated behind the lock
+        migrate.upgrade_on(first)  # the first migrator's work, under its lock
+        first.commit()
+        first.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": migrate.LOCK_KEY})
+    second.join()
+    assert outcome == [(url, migrate.head())]
+
+
+def _waiting_for_advisory_lock(connection) -> bool:
+    return bool(connection.execute(text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")).scalar())
 
 
 def _upgrade_or_error(url: str) -> object:

@@ -146,6 +146,34 @@ def test_sql_says_when_max_rows_cut_the_result(superweights, sqlite_catalog):
     assert err.strip() == "note: only the first 3 rows; raise --max-rows (0: no limit) or add a LIMIT."
 
 
+def test_sql_is_limited_by_default(superweights, sqlite_catalog):
+    """Without --max-rows a runaway result stops at 10,000 rows and says so."""
+    status, out, err = superweights("sql", "SELECT * FROM range(20000)", "--db", sqlite_catalog, "--format", "csv")
+    assert status == 0 and out.splitlines()[1:] == [str(n) for n in range(10_000)]
+    assert err.strip() == "note: only the first 10000 rows; raise --max-rows (0: no limit) or add a LIMIT."
+
+
+def test_sql_past_its_timeout_is_one_line(superweights, sqlite_catalog):
+    status, out, err = superweights("sql", ENDLESS, "--db", sqlite_catalog, "--timeout", "0.5")
+    assert (status, out) == (1, "")
+    assert re.fullmatch(r"error: SQL 'WITH RECURSIVE r\(n\) AS .*\.\.\.': stopped after 0\.5s \(--timeout\); narrow it.*", err.strip())
+    assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("reader", ["sqlite_scan('{path}', 't')", "sqlite_attach('{path}')", "read_text('{path}')"])
+def test_sql_cannot_read_another_file(superweights, sqlite_catalog, tmp_path, reader):
+    """Another database or file on the disk stays out of reach of `superweights sql`."""
+    import sqlite3
+
+    secret = tmp_path / "secret.db"
+    with sqlite3.connect(secret) as con:
+        con.execute("CREATE TABLE t (password TEXT)")
+        con.execute("INSERT INTO t VALUES ('hunter2')")
+    status, out, err = superweights("sql", f"SELECT * FROM {reader.format(path=secret)}", "--db", sqlite_catalog)
+    assert (status, out) == (1, "") and "hunter2" not in err
+    assert err.startswith("error: SQL ") and len(err.strip().splitlines()) == 1
+
+
 @pytest.mark.parametrize("args,line", [
     (["--timeout", "nan"], "error: --timeout: 'nan' is not a finite number."),
     (["--timeout", "-1"], "error: --timeout: -1.0 is not in the range x>=0."),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import click
@@ -9,7 +10,9 @@ import pytest
 
 from catalog.cli import cli, load_plugins
 
-README = (Path(__file__).parents[1] / "README.md").read_text()
+ROOT = Path(__file__).parents[1]
+README = (ROOT / "README.md").read_text()
+ARCHITECTURE = ROOT / "docs" / "ARCHITECTURE.md"
 
 
 def _commands(group: click.Group, prefix: str = "") -> list[tuple[str, click.Command]]:
@@ -52,3 +55,16 @@ def test_make_test_names_the_system_packages_it_cannot_install(tmp_path):
     assert done.returncode == 1 and done.stderr.count("\n") == 1
     assert "the tests need these Debian packages: tidy chromium chromium-driver iproute2 util-linux" in done.stderr
     assert "tests/system_packages.sh" in (script.parents[1] / "Makefile").read_text()  # what `make test` runs first
+
+
+def test_architecture_notes_name_only_files_that_exist():
+    """The design notes point a newcomer at files; a rename that forgets them is caught here."""
+    cited = set(re.findall(r"`((?:catalog|db|workers|reports|tests|benchmarks)/[\w/.]+)`", ARCHITECTURE.read_text()))
+    assert cited, "docs/ARCHITECTURE.md names no file"
+    assert [p for p in sorted(cited) if not (ROOT / p).exists()] == []
+
+
+def test_code_cites_design_notes_users_can_open():
+    """Docstrings cite the notes by their path in the repository, never a file outside it."""
+    stale = [str(p.relative_to(ROOT)) for d in ("catalog", "db", "workers", "reports") for p in (ROOT / d).rglob("*.py") if "DESIGN.md" in p.read_text()]
+    assert stale == []

@@ -70,6 +70,21 @@ def test_scan_dot_in_two_directories_is_two_models(superweights, tiny, tmp_path,
     assert [source for source, _ in models(url)] == [str(tmp_path / "a"), str(tmp_path / "b")]
 
 
+def test_show_finds_a_local_model_however_its_path_is_typed(superweights, tiny, tmp_path, monkeypatch):
+    """`show .` inside the directory and `show ./m` beside it: the source the scan recorded."""
+    shutil.copytree(tiny("llama", effect=True).path, tmp_path / "m")
+    shutil.copytree(tiny("llama", effect=True, seed=1).path, tmp_path / "mm")  # `m` is part of its name too
+    url = f"sqlite:///{tmp_path / 'catalog.db'}"
+    monkeypatch.chdir(tmp_path)
+    for spec in ("m", "mm"):
+        assert superweights(*SCAN, spec, "--db", url)[0] == 0
+    for where, spec in ((tmp_path, "./m"), (tmp_path, "m/"), (tmp_path / "m", ".")):
+        monkeypatch.chdir(where)
+        status, out, err = superweights("show", spec, "--db", url)
+        assert status == 0, err
+        assert str(tmp_path / "m") in out and str(tmp_path / "mm") not in out
+
+
 def test_other_weights_under_a_catalogued_path_are_a_new_revision(superweights, tiny, tmp_path):
     model, url = tmp_path / "m", f"sqlite:///{tmp_path / 'catalog.db'}"
     shutil.copytree(tiny("llama", effect=True).path, model)

@@ -49,6 +49,18 @@ def gpt2_short(path: Path) -> Path:
     return path
 
 
+def opt_short(path: Path) -> Path:
+    """A real OPT with 128 learned positions (its table has 2 more rows, an offset OPT adds)."""
+    from transformers import AutoModelForCausalLM, OPTConfig
+
+    torch.manual_seed(0)
+    config = OPTConfig(vocab_size=len(VOCAB), hidden_size=64, num_hidden_layers=2, num_attention_heads=4, ffn_dim=128,
+                       word_embed_proj_dim=64, max_position_embeddings=SHORT, bos_token_id=BOS, eos_token_id=2, pad_token_id=1)
+    AutoModelForCausalLM.from_config(config).save_pretrained(path)
+    build_tokenizer().save_pretrained(path)
+    return path
+
+
 def foreign_bos(source: Path, path: Path) -> Path:
     """The tiny Llama with a tokenizer that prepends BOS id 256, one past its 256-row embedding."""
     shutil.copytree(source, path)
@@ -64,6 +76,7 @@ def models(tiny, tmp_path_factory) -> dict[str, Path]:
     llama = tiny("llama", effect=True).path
     return {
         "gpt2_short": gpt2_short(root / "gpt2-short"),
+        "opt_short": opt_short(root / "opt-short"),
         "llama_short": edited_config(llama, root / "llama-short", max_position_embeddings=SHORT),
         "nan_down": poisoned(llama, root / "nan-down", "model.layers.3.mlp.down_proj.weight", float("nan")),
         "inf_attention": poisoned(llama, root / "inf-attention", "model.layers.2.self_attn.q_proj.weight", float("inf")),
@@ -73,9 +86,9 @@ def models(tiny, tmp_path_factory) -> dict[str, Path]:
     }
 
 
-@pytest.mark.parametrize("name", ["gpt2_short", "llama_short"])
+@pytest.mark.parametrize("name", ["gpt2_short", "opt_short", "llama_short"])
 def test_windows_and_prompts_are_clipped_to_the_context(superweights, models, zipf_text, tmp_path, name):
-    """GPT-2 would index past its position table (IndexError); a Llama would run past its context."""
+    """GPT-2 and OPT would index past their position tables (IndexError); a Llama would run past its context."""
     long_prompt = " ".join(VOCAB[3:] * 2)  # ~500 tokens
     out = tmp_path / "scan.json"
     status, _, err = superweights(*SCAN, str(models[name]), "--eval-text", str(zipf_text), "--eval-tokens", "1024",

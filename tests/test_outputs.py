@@ -88,7 +88,7 @@ def test_a_missing_directory_or_a_directory_is_refused(tmp_path):
 
 @pytest.fixture(scope="module")
 def json_runs(tiny, tmp_path_factory):
-    """`scan --json` into a symlink to stdout, a symlink to /dev/full, and /proc."""
+    """`scan --json` into /dev/stdout and /dev/full, symlinks to them, and /proc."""
     root = tmp_path_factory.mktemp("json")
     (root / "stdout.json").symlink_to("/proc/self/fd/1")  # what /dev/stdout is
     (root / "full.json").symlink_to("/dev/full")
@@ -96,23 +96,27 @@ def json_runs(tiny, tmp_path_factory):
     commands = {
         "stdout": [*SCAN, model, "--json", str(root / "stdout.json")],
         "full": [*SCAN, model, "--json", str(root / "full.json")],
+        "dev_stdout": [*SCAN, model, "--json", "/dev/stdout"],
+        "dev_full": [*SCAN, model, "--json", "/dev/full"],
         "proc": [*SCAN, model, "--json", "/proc/superweights-scan.json"],
     }
     return run_many(commands, isolated_env(tmp_path_factory.mktemp("env"))), root
 
 
-def test_json_to_stdout_reaches_stdout(json_runs, tiny):
+@pytest.mark.parametrize("run", ["stdout", "dev_stdout"])
+def test_json_to_stdout_reaches_stdout(json_runs, tiny, run):
     runs, root = json_runs
-    assert runs["stdout"].returncode == 0, runs["stdout"].stderr
-    document = json.loads(runs["stdout"].stdout[runs["stdout"].stdout.index("{\n"):])  # after the tables
+    assert runs[run].returncode == 0, runs[run].stderr
+    document = json.loads(runs[run].stdout[runs[run].stdout.index("{\n"):])  # after the tables
     assert document["model"]["source"] == str(tiny("llama").path)
-    assert (root / "stdout.json").is_symlink()
+    assert (root / "stdout.json").is_symlink() and Path("/dev/stdout").is_symlink()
 
 
-def test_json_to_a_full_device_is_one_line_and_the_link_stays(json_runs):
+@pytest.mark.parametrize("run", ["full", "dev_full"])
+def test_json_to_a_full_device_is_one_line_and_the_device_stays(json_runs, run):
     runs, root = json_runs
-    assert "--json: cannot write" in one_line_error(runs["full"]) and "No space left on device" in runs["full"].stderr
-    assert (root / "full.json").is_symlink()
+    assert "--json: cannot write" in one_line_error(runs[run]) and "No space left on device" in runs[run].stderr
+    assert (root / "full.json").is_symlink() and stat.S_ISCHR(os.stat("/dev/full").st_mode)
 
 
 def test_json_into_proc_fails_before_scanning(json_runs):
