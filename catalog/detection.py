@@ -72,6 +72,7 @@ def candidate(site: DownProjection, cap: Capture, iteration: int) -> SuperWeight
         row=cap.out_channel,
         col=col,
         tensor_index=list(index),
+        tensor_shape=list(site.weight.shape),
         value=value,
         input_activation=x_col,
         output_activation=cap.y,

@@ -76,6 +76,22 @@ class UnwritableOutputError(BadOptionError):
         self.path = path
 
 
+class KeepListError(SuperweightsError, ValueError):
+    """A keep list that cannot be written from this scan (`superweights export --keep-list`)."""
+
+    def __init__(self, model: str, problem: str) -> None:
+        super().__init__(f"{model}: {problem}")
+        self.model = model
+
+
+class RestoreError(SuperweightsError, ValueError):
+    """A restore file, or a checkpoint it does not fit, that `apply-restore` refuses; nothing was written."""
+
+    def __init__(self, path: object, problem: str) -> None:
+        super().__init__(f"{path}: {problem}")
+        self.path = path
+
+
 class SurveyFailedError(SuperweightsError):
     """A survey in which no model was scanned or skipped: every one failed."""
 

@@ -1,4 +1,5 @@
-"""The key-value metadata of a GGUF file (`general.name`, `general.file_type`, ...), read without torch.
+"""The key-value metadata of a GGUF file (`general.name`, `general.file_type`, ...) and its tensor
+names, read without torch.
 
 GGUF (llama.cpp's format) starts with `GGUF`, a version, the tensor and key counts, then the
 keys: a length-prefixed name, a value type, a value. Arrays are skipped unless they are short
@@ -23,18 +24,35 @@ def read_metadata(path: Path) -> dict[str, object]:
 
     Raises `ValueError` for a file that is not GGUF or is cut short."""
     with open(path, "rb") as f:
-        if f.read(4) != b"GGUF":
-            raise ValueError(f"{Path(path).name}: not a GGUF file (no GGUF magic)")
-        version, _tensors, count = struct.unpack("<IQQ", _exact(f, 20))
-        if version < 2:
-            raise ValueError(f"{Path(path).name}: GGUF version {version} is too old to read")
-        metadata = {}
-        for _ in range(count):
-            key = _string(f)
-            value = _value(f, _unpack(f, "<I"))
-            if value is not _SKIPPED:
-                metadata[key] = value
-        return metadata
+        return _header(f, Path(path).name)[1]
+
+
+def read_tensor_names(path: Path) -> list[str]:
+    """The names of the file's tensors, in file order (`blk.11.ffn_down.weight`): the tensor infos
+    that follow the keys, each a name, its dimensions, its type and its data offset."""
+    with open(path, "rb") as f:
+        tensors, _ = _header(f, Path(path).name)
+        names = []
+        for _ in range(tensors):
+            names.append(_string(f))
+            f.seek(8 * _unpack(f, "<I") + 4 + 8, 1)  # the dimensions (uint64 each), the type, the offset
+        return names
+
+
+def _header(f: BinaryIO, name: str) -> tuple[int, dict[str, object]]:
+    """The tensor count and the keys; leaves `f` at the first tensor info."""
+    if f.read(4) != b"GGUF":
+        raise ValueError(f"{name}: not a GGUF file (no GGUF magic)")
+    version, tensors, count = struct.unpack("<IQQ", _exact(f, 20))
+    if version < 2:
+        raise ValueError(f"{name}: GGUF version {version} is too old to read")
+    metadata = {}
+    for _ in range(count):
+        key = _string(f)
+        value = _value(f, _unpack(f, "<I"))
+        if value is not _SKIPPED:
+            metadata[key] = value
+    return tensors, metadata
 
 
 _SKIPPED = object()

@@ -102,6 +102,7 @@ class SuperWeight:
     share: float = 0.0  # W[row, col] * x[col] / y[row]: how much of the spike this weight makes
     ppl_ratio_low: float | None = None  # that row's 95% interval, which the verdict compares
     ppl_ratio_high: float | None = None
+    tensor_shape: list[int] | None = None  # shape of the stored tensor `tensor_index` indexes (None: scanned before it was kept)
 
 
 @dataclass

@@ -12,9 +12,12 @@ from typing import Any
 
 import click
 
+from catalog import keeplist
 from catalog.cli import add_scan_sink
+from catalog.errors import BadOptionError
+from catalog.gguf_meta import read_tensor_names
 from catalog.options import NON_NEGATIVE
-from catalog.result import ScanResult
+from catalog.result import CONFIRMED, ScanResult
 from catalog.sources import ResolvedSource
 from catalog.tables import stdout_console
 from db import render
@@ -69,13 +72,32 @@ def sql(query: str, url: str | None, fmt: str, timeout: float, max_rows: int) ->
 
 
 @click.command()
-@click.option("--parquet", "directory", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Write one Parquet file per table here.")
+@click.argument("model", required=False)
+@click.option("--parquet", "directory", type=click.Path(file_okay=False, path_type=Path), help="Write one Parquet file per table here.")
+@click.option("--keep-list", "fmt", type=click.Choice(list(keeplist.FORMATS)),
+              help="Print what a quantizer of MODEL should keep in full precision, in this tool's terms.")
+@click.option("--verdict", type=click.Choice(keeplist.VERDICT_CHOICES), default=CONFIRMED, show_default=True,
+              help="Keep the confirmed super weights, or every candidate.")
+@click.option("--check-gguf", "gguf", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="With --keep-list llama.cpp: refuse tensor names this GGUF file does not have.")
 @db_option
-def export(directory: Path, url: str | None) -> None:
-    """Export the catalog's tables for notebooks and the HTML report."""
-    for path in export_parquet(url, directory):
-        click.echo(f"wrote {path}", err=True)
+def export(model: str | None, directory: Path | None, fmt: str | None, verdict: str, gguf: Path | None, url: str | None) -> None:
+    """Export the catalog's tables (--parquet DIR), or MODEL's keep list for a quantizer (--keep-list FORMAT MODEL)."""
+    if (directory is None) == (fmt is None) or (fmt is None) != (model is None):
+        raise BadOptionError("export", "give either --parquet DIR, or --keep-list FORMAT and a MODEL.")
+    if gguf is not None and fmt != "llama.cpp":
+        raise BadOptionError("--check-gguf", "checks llama.cpp tensor names; use it with --keep-list llama.cpp.")
+    if directory is not None:
+        for path in export_parquet(url, directory):
+            click.echo(f"wrote {path}", err=True)
+        return
+    keep = keeplist.keep_list(Catalog(url, read_only=True).latest(model).result, fmt, verdict)
+    if gguf is not None:
+        keeplist.check_gguf(keep, read_tensor_names(gguf), str(gguf))
+    click.echo(keep.text, nl=False)
+    if not keep.weights:
+        click.echo(f"{model}: its latest scan has no {'super weight candidate' if verdict == keeplist.ALL else f'{verdict} super weight'}; "
+                   "the keep list is empty (nothing to hold out).", err=True)
 
 
 @click.command()

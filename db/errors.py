@@ -113,6 +113,12 @@ class UnknownModelError(CatalogError, LookupError):
         self.model = model
 
 
+class NoSuccessfulScanError(CatalogError, LookupError):
+    def __init__(self, model: str, url: str) -> None:
+        super().__init__(f"{model}: every scan of it in the catalog {url} failed; scan it again (`superweights scan`).")
+        self.model = model
+
+
 class AmbiguousModelError(CatalogError, LookupError):
     def __init__(self, model: str, matches: list[str]) -> None:
         shown = ", ".join(matches[:5]) + (f" and {len(matches) - 5} more" if len(matches) > 5 else "")

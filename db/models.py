@@ -128,6 +128,7 @@ class SuperWeightRow(Base):
     row: Mapped[int]
     col: Mapped[int]
     tensor_index: Mapped[list[Any]]
+    tensor_shape: Mapped[list[Any] | None]  # the stored tensor's shape; NULL for scans before revision 0004
     value: Mapped[float]
     input_activation: Mapped[float]
     output_activation: Mapped[float]

@@ -27,7 +27,8 @@ from catalog.result import CONFIRMED, SCHEMA, ModelInfo, ScanResult, check_finit
 from catalog.sources import canonical
 from db import migrate
 from db.engine import engine_for
-from db.errors import AmbiguousModelError, CatalogOutOfDateError, CatalogTooNewError, CatalogWriteError, NotACatalogError, UnknownModelError
+from db.errors import (AmbiguousModelError, CatalogOutOfDateError, CatalogTooNewError, CatalogWriteError, NoSuccessfulScanError, NotACatalogError,
+                       UnknownModelError)
 from db.lineage import Coordinate, LineageMatch, ModelKey, rank
 from db.location import CatalogURL, locate
 from db.models import STATUS_FAILED, STATUS_OK, AblationRow, Base, LayerStatRow, Model, Scan, SuperWeightRow
@@ -150,6 +151,13 @@ class Catalog:
         """The scans of the models whose source or repo id is `model`, newest first."""
         ids = self._model_ids(model)
         return self._stored(select(Scan).where(Scan.model_id.in_(ids)))
+
+    def latest(self, model: str) -> StoredScan:
+        """The newest successful scan of the models `model` names (as `show`)."""
+        scan = next((s for s in self.show(model) if s.result is not None), None)
+        if scan is None:
+            raise NoSuccessfulScanError(model, self.display)
+        return scan
 
     def lineage(self, model: str) -> list[LineageMatch]:
         """Catalog models sharing `model`'s confirmed super-weight coordinates, most shared first."""

@@ -170,3 +170,30 @@ def test_a_catalog_written_at_0002_names_its_hub_models_and_keeps_every_scan(emp
     with engine.connect() as connection:
         assert connection.execute(text("SELECT count(*) FROM scans")).scalar() == 4
         assert "fingerprint" not in {c["name"] for c in inspect(connection).get_columns("models")}
+
+
+def test_a_catalog_written_at_0003_keeps_its_super_weights_without_a_shape(empty_catalog_url):
+    """0004: `super_weights.tensor_shape` arrives NULL for rows written before (a restore file for
+    them is refused until the model is scanned again); a new save stores it; downgrading drops it."""
+    engine = _engine(empty_catalog_url)
+    migrate.upgrade(engine, "0003")
+    moment = datetime(2026, 12, 1, tzinfo=UTC)
+    with engine.begin() as connection:
+        connection.execute(text("INSERT INTO models (id, source) VALUES (1, 'org/old')"))
+        connection.execute(text("INSERT INTO scans (id, model_id, config_hash, config, status, started_at, finished_at) "
+                                "VALUES (1, 1, 'c0ffee', '{}', 'ok', :t, :t)"), {"t": moment})
+        connection.execute(text("INSERT INTO super_weights (scan_id, layer, param, row, col, tensor_index, value, input_activation, "
+                                "output_activation, share, token, iteration, verdict) VALUES "
+                                "(1, 2, 'model.layers.2.mlp.down_proj.weight', 3, 4, '[3, 4]', -1.5, 10, -15, 1, 0, 1, 'confirmed')"))
+    migrate.upgrade(engine)
+    (old,) = Catalog(empty_catalog_url, read_only=True).show("org/old")
+    assert old.result.super_weights[0].tensor_shape is None and old.result.super_weights[0].tensor_index == [3, 4]
+    from db_samples import sample_result, times
+
+    Catalog(empty_catalog_url).save(sample_result(), **times())
+    (new,) = Catalog(empty_catalog_url, read_only=True).show("org/tiny-llama")
+    assert {tuple(w.tensor_shape) for w in new.result.super_weights} == {(64, 160)}
+    migrate.downgrade(engine, "0003")
+    with engine.connect() as connection:
+        assert "tensor_shape" not in {c["name"] for c in inspect(connection).get_columns("super_weights")}
+        assert connection.execute(text("SELECT count(*) FROM super_weights")).scalar() == 3
