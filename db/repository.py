@@ -27,8 +27,15 @@ from catalog.result import CONFIRMED, SCHEMA, ModelInfo, ScanResult, check_finit
 from catalog.sources import canonical
 from db import migrate
 from db.engine import engine_for
-from db.errors import (AmbiguousModelError, CatalogOutOfDateError, CatalogTooNewError, CatalogWriteError, NoSuccessfulScanError, NotACatalogError,
-                       UnknownModelError)
+from db.errors import (
+    AmbiguousModelError,
+    CatalogOutOfDateError,
+    CatalogTooNewError,
+    CatalogWriteError,
+    NoSuccessfulScanError,
+    NotACatalogError,
+    UnknownModelError,
+)
 from db.lineage import Coordinate, LineageMatch, ModelKey, rank
 from db.location import CatalogURL, locate
 from db.models import STATUS_FAILED, STATUS_OK, AblationRow, Base, LayerStatRow, Model, Scan, SuperWeightRow

@@ -42,7 +42,8 @@ def sample_result(
 def _weight(layer: int, row: int, col: int, verdict: str, ratio: float) -> SuperWeight:
     return SuperWeight(
         layer=layer, param=f"model.layers.{layer}.mlp.down_proj.weight", expert=None, row=row, col=col,
-        tensor_index=[row, col], tensor_shape=[64, 160], value=-8.000000476837158, input_activation=1002.3456789, output_activation=-8018.1234567,
+        tensor_index=[row, col], tensor_shape=[64, 160], value=-8.000000476837158, input_activation=1002.3456789,
+        output_activation=-8018.1234567,
         iteration=1, verdict=verdict, ppl_ratio=ratio, token=0, share=0.9876543210123,
         ppl_ratio_low=ratio * 0.75, ppl_ratio_high=ratio * 1.25,
     )

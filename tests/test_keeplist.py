@@ -12,11 +12,12 @@ import json
 import re
 
 import pytest
-from db_samples import sample_result, times
 
 from catalog.config import ScanOptions
 from catalog.gguf_meta import read_tensor_names
 from db.repository import Catalog
+
+from db_samples import sample_result, times
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -47,7 +48,8 @@ def test_llama_cpp_arguments_keep_the_tensor_holding_the_super_weight(superweigh
 def test_module_lists_name_the_transformers_modules(superweights, saved, fmt):
     """`llm_int8_skip_modules` and `ignore` take module names: the state-dict name less `.weight`."""
     assert json.loads(export(superweights, saved, fmt)[1]) == ["model.layers.1.mlp.down_proj"]
-    assert json.loads(export(superweights, saved, fmt, "--verdict", "all")[1]) == ["model.layers.1.mlp.down_proj", "model.layers.0.mlp.down_proj"]
+    everything = json.loads(export(superweights, saved, fmt, "--verdict", "all")[1])
+    assert everything == ["model.layers.1.mlp.down_proj", "model.layers.0.mlp.down_proj"]
 
 
 def test_the_restore_file_holds_each_scalar_at_its_stored_index_with_its_shape(superweights, saved):
@@ -128,7 +130,8 @@ def test_read_tensor_names_reads_what_gguf_writes(tmp_path):
 
 
 KINDS = ["llama", "gpt2", "gpt_oss", "gemma3", "phi", "gpt_neox", "mixtral", "deepseek_v3"]
-LOADER_ARCH = {"gpt_neox": "gptneox", "mixtral": "llama", "deepseek_v3": "deepseek2", "phi": "phi2", "gemma3": "gemma3"}  # llama.cpp's name of each
+# llama.cpp's architecture of each, where it is not the model type
+LOADER_ARCH = {"gpt_neox": "gptneox", "mixtral": "llama", "deepseek_v3": "deepseek2", "phi": "phi2", "gemma3": "gemma3"}
 
 
 def test_names_are_compared_from_the_block_on():
@@ -179,6 +182,7 @@ def test_smollm2_keep_lists_name_tensors_of_the_real_gguf(superweights, smollm2_
     names = [re.sub(r"\\(.)", r"\1", arg.split("=")[0]) for arg in out.split()[1::2]]
     assert names[0] == "blk.11.ffn_down.weight" and set(names) <= set(tensors)
     assert [n for n in tensors if re.search(out.split()[1].split("=")[0], n)] == ["blk.11.ffn_down.weight"]
-    assert json.loads(export(superweights, catalog_url, "bitsandbytes", "--verdict", "all", model=model)[1])[0] == "model.layers.11.mlp.down_proj"
+    modules = json.loads(export(superweights, catalog_url, "bitsandbytes", "--verdict", "all", model=model)[1])
+    assert modules[0] == "model.layers.11.mlp.down_proj"
     scalar = json.loads(export(superweights, catalog_url, "restore", "--verdict", "all", model=model)[1])["scalars"][0]
     assert (scalar["tensor_shape"], scalar["tensor_index"]) == ([576, 1536], [507, 1229])
