@@ -55,7 +55,7 @@ test: system-packages $(STAMP) fixtures
 	$(BIN)/ruff check .
 	tests/isolated.sh $(BIN)/python -m pytest -q -ra
 
-# Issue 7, CPU part: a small synthetic checkpoint (floor, scan variants, naive) and the real
+# The CPU benchmarks: a small synthetic checkpoint (floor, scan variants, naive) and the real
 # SmolLM2 scan end to end (wall time, peak RSS, phases); JSON into benchmarks/results/. The GPU
 # part runs through the device tool: benchmarks/README.md gives the command.
 system-packages:

@@ -1,4 +1,4 @@
-"""Scan cost against the cost of reading the weights once (issue 7).
+"""Scan cost against the cost of reading the weights once.
 
 For each synthetic checkpoint (`benchmarks/synth.py`), in one process, page cache warm:
 - floor: `safetensors.torch.load_file(shard, device=...)` for every shard in turn, no model code;

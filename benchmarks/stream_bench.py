@@ -1,4 +1,4 @@
-"""Layer streaming under a GPU-memory budget (issue 7, item 3) against the floor and the in-memory scan.
+"""Layer streaming under a GPU-memory budget against the floor and the in-memory scan.
 
 For each synthetic checkpoint (`synth.py`), page cache warm: the floor (`bench.floor`), the scan
 streamed under `--budget` (wall, phases, peak `torch.cuda.max_memory_allocated`), then the same

@@ -15,20 +15,22 @@ scan found (the planted weight must be found in every model).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))  # synth, run as a script
+sys.path.insert(0, str(ROOT / "tests"))  # tiny's Hub-cache layout
 
 import synth  # noqa: E402
+from tiny import add_to_hub_cache  # noqa: E402
 
 SIZES = {  # TinyLlama-1.1B's shape; "tiny" for a CPU dry run of this script
     "1b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32, num_key_value_heads=4,
@@ -46,10 +48,7 @@ def build(hf_home: Path, index: int, size: str, device: str) -> str:
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     repo_id = f"bench/llama-{size}-{index}"
-    sha = hashlib.sha1(repo_id.encode()).hexdigest()
-    repo = hf_home / "hub" / f"models--{repo_id.replace('/', '--')}"
-    snap = repo / "snapshots" / sha
-    if (snap / "model.safetensors").exists():
+    if (hf_home / "hub" / f"models--{repo_id.replace('/', '--')}" / "refs" / "main").exists():
         return repo_id
     shape = SIZES[size]
     config = LlamaConfig(**shape, bos_token_id=1, eos_token_id=2, max_position_embeddings=2048, tie_word_embeddings=False)
@@ -68,13 +67,13 @@ def build(hf_home: Path, index: int, size: str, device: str) -> str:
     state[f"{layer}.gate_proj.weight"][p["col"], p["source"]] = 4.0  # (intermediate, hidden)
     state[f"{layer}.up_proj.weight"][p["col"], p["source"]] = 4.0
     state[f"{layer}.down_proj.weight"][p["row"], p["col"]] = -8.0  # (hidden, intermediate)
-    snap.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.cpu().contiguous() for k, v in state.items()}, str(snap / "model.safetensors"), metadata={"format": "pt"})
-    config.architectures = ["LlamaForCausalLM"]
-    config.save_pretrained(snap)
-    synth.save_tokenizer(shape["vocab_size"], snap)
-    (repo / "refs").mkdir(exist_ok=True)
-    (repo / "refs" / "main").write_text(sha)
+    hf_home.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=hf_home) as staging:  # on the cache's disk
+        save_file({k: v.cpu().contiguous() for k, v in state.items()}, f"{staging}/model.safetensors", metadata={"format": "pt"})
+        config.architectures = ["LlamaForCausalLM"]
+        config.save_pretrained(staging)
+        synth.save_tokenizer(shape["vocab_size"], Path(staging))
+        add_to_hub_cache(hf_home, repo_id, Path(staging))
     return repo_id
 
 

@@ -112,7 +112,7 @@ def outlier_control(sites: list[DownProjection], weights: list[SuperWeight], cou
     """The `count` largest-magnitude down-projection weights that are not candidates.
 
     Selected on the weights' device in a few tensor operations and one transfer: a 7B model's
-    control B has ~7000 entries, and one Python step per entry cost about half a second on a GPU.
+    control B has ~7000 entries, too many for one Python step (and one GPU synchronisation) each.
     Each projection's top-k is taken in turn, so `weight_of` may read one at a time.
     """
     skip = {(w.param, tuple(w.tensor_index)) for w in weights}
@@ -161,8 +161,7 @@ def _top_magnitudes(weight: torch.Tensor, n: int) -> TopK:
     """The `n` largest |weight| and their flat indices, from the `n` rows of largest maximum.
 
     Those rows hold the n largest values (ties included: each row's maximum is one of the values
-    ranked), and a top-k over them reads n rows instead of the whole matrix: a 7B projection's
-    top-470 took 0.6 ms over its 45M values on an H200.
+    ranked), and a top-k over them reads n rows instead of the whole matrix.
     """
     magnitudes = weight.detach().abs()
     rows = magnitudes.reshape(-1, magnitudes.shape[-1])
@@ -336,7 +335,7 @@ def verify(model: nn.Module, windows: torch.Tensor, sites: list[DownProjection],
                   "baseline_seconds": round(baseline_seconds, 4),  # what each extra condition is measured against
                   "setup_seconds": round(setup_seconds, 4),  # choosing the conditions' weights (control B's top-k)
                   "first_window_batch": len(first), "first_window_seconds": round(first_seconds, 4)}
-    return report(base, evaluated, recorder, weights, options, evaluation)
+    return conclude(base, evaluated, recorder, weights, options, evaluation)
 
 
 @dataclass
@@ -349,8 +348,8 @@ class Evaluated:
     seconds: float | None = None
 
 
-def report(base: Evaluation, evaluated: list[Evaluated], recorder: ActivationRecorder, weights: list[SuperWeight],
-           options: VerifyOptions, evaluation: dict) -> Verification:
+def conclude(base: Evaluation, evaluated: list[Evaluated], recorder: ActivationRecorder, weights: list[SuperWeight],
+             options: VerifyOptions, evaluation: dict) -> Verification:
     """Rows, intervals, verdicts and summary of a verification, in memory or streamed."""
     rows, intervals = [_ablation_row(Kind.BASELINE, "baseline", base, base, paired_interval(base, base))], {}
     for e in evaluated:
@@ -422,8 +421,8 @@ def _widened(interval: Interval, precision: float) -> Interval:
     """The t-interval, widened to at least the stopping precision (ratio / (1 + p), ratio * (1 + p)).
 
     Windows of one text are not independent draws, nor are the segments of one window, so a
-    t-interval over a few of them can be too narrow (SmolLM2's +SA row: 1.0038 [1.0024, 1.0051]
-    after 2 windows, 1.0018 over all).
+    t-interval over a few of them can be too narrow: after two windows it may exclude the ratio
+    that all windows give.
     """
     return replace(interval, low=min(interval.low, interval.ratio / (1 + precision)),
                    high=max(interval.high, interval.ratio * (1 + precision)))

@@ -25,7 +25,7 @@ from catalog.options import NON_NEGATIVE, POSITIVE, Size, usage_line
 from catalog.output import output_file
 from catalog.result import ScanResult
 from catalog.sources import ResolvedSource, resolve, with_gguf
-from catalog.tables import ablations_table, architectures_table, layers_table, stdout_console, super_weights_table
+from catalog.terminal import ablations_table, architectures_table, layers_table, stdout_console, super_weights_table
 
 console = Console(stderr=True)
 out = stdout_console()

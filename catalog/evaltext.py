@@ -36,8 +36,8 @@ class EvalText:
     def first_ids(self, tokenizer, tokens: int) -> torch.Tensor:
         """The text's first `tokens` token ids, from as little of the text as gives them.
 
-        wikitext-2's test split is 1.3 MB and a scan reads 4096 tokens of it; even the synthetic
-        7B's 20000-word text took 46 ms to tokenize whole, a sixth of verification. A prefix cut at
+        A scan reads a few thousand tokens, and tokenizing a whole long text (wikitext-2's test
+        split) costs a noticeable part of a fast verification. A prefix cut at
         whitespace, MARGIN tokens longer than needed, tokenizes like the whole text up to there
         (tokenizers merge within words); the prefix doubles until it is long enough.
         """

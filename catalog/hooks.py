@@ -172,7 +172,7 @@ def _row_indices(pairs: list[tuple[int, int]]) -> tuple[list[int], list[int], li
 
 def _on_device(lists: list[list[int]], device: torch.device) -> list[torch.Tensor]:
     """The index lists as tensors on `device`, through one host-to-device copy: each copy of a
-    small index tensor waits for the GPU, and a 7B's batch of first windows made 135 of them."""
+    small index tensor waits for the GPU, and a batch of first windows needs one per touched site."""
     joined = torch.tensor([value for values in lists for value in values], dtype=torch.long).to(device)
     return list(joined.split([len(values) for values in lists]))
 

@@ -1,7 +1,7 @@
 """Read safetensors tensors onto a device in parallel: the scan's load is the cost of one read.
 
 `safetensors.torch.load_file(shard, device="cuda")` reads one tensor at a time into pageable
-host memory and copies it over; on an H200 that is about 5 GB/s. Here `threads` workers each
+host memory and copies it over, one transfer at a time. Here `threads` workers each
 `pread` byte ranges of the shards (from the page cache or the disk) into a pinned staging
 buffer and copy it to the device on their own CUDA stream while they read the next range into a
 second buffer: the reads run in parallel and overlap the host-to-device copies. For the CPU the

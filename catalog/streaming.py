@@ -37,7 +37,7 @@ from torch import nn
 
 from catalog import probe as probing
 from catalog.architectures import DownProjection, Probed, architecture, block_sites, decoder_lists, structure
-from catalog.causal import ActivationRecorder, Condition, Evaluated, Verification, conditions, report
+from catalog.causal import ActivationRecorder, Condition, Evaluated, Verification, conclude, conditions
 from catalog.config import SpikeRule, VerifyOptions
 from catalog.detection import Detection, candidate, iterate, weight_entries
 from catalog.errors import BadOptionError, first_line
@@ -82,7 +82,7 @@ class ShardStore:
 
 
 @contextlib.contextmanager
-def resident(module: nn.Module, tensors: dict[str, torch.Tensor], store: ShardStore) -> Iterator[None]:
+def materialized(module: nn.Module, tensors: dict[str, torch.Tensor], store: ShardStore) -> Iterator[None]:
     """The module's parameters hold `tensors` inside the block; back on the meta device after."""
     try:
         for name, tensor in tensors.items():
@@ -180,7 +180,7 @@ class StreamedModel:
                 tensors = pending.result()
                 if i + 1 < len(self.blocks):
                     pending = pool.submit(self.store.read_block, block_prefix(self.path, i + 1))
-                with resident(block, tensors, self.store):
+                with materialized(block, tensors, self.store):
                     yield i, block
 
     def inputs(self, ids: list[torch.Tensor]) -> list[Inputs]:
@@ -232,7 +232,7 @@ class StreamedModel:
         evaluated = [Evaluated(c, self._evaluation(windows, stopwords, streams[c.name], options.batch_size), c.first_layer) for c in plan]
         evaluation = {"prefix_shared": True, "early_stop": False, "streamed": True,
                       "head_seconds": round(head_seconds, 4)}  # the head and loss of one condition, after the pass
-        return report(baseline, evaluated, recorder, weights, options, evaluation)
+        return conclude(baseline, evaluated, recorder, weights, options, evaluation)
 
     def _read_weight(self, site: DownProjection) -> torch.Tensor:
         """A down projection's values on the device, for control B's top-k (one at a time, freed after)."""
@@ -257,7 +257,7 @@ def probe_blocks(store: ShardStore, path: str, blocks: nn.ModuleList, inputs: In
     for layer, block in enumerate(blocks):
         kind = structure(block)
         if kind not in kinds:
-            with resident(block, store.read_block(block_prefix(path, layer)), store), torch.no_grad():
+            with materialized(block, store.read_block(block_prefix(path, layer)), store), torch.no_grad():
                 with probing.recording(list(block.modules())) as probe:
                     block(first, *calls[layer][0], **calls[layer][1])
                 kinds[kind] = Probed(block, probe, block_sites(block, hidden, probe))

@@ -19,7 +19,7 @@ from catalog.gguf_meta import read_tensor_names
 from catalog.options import NON_NEGATIVE
 from catalog.result import CONFIRMED, ScanResult
 from catalog.sources import ResolvedSource
-from catalog.tables import stdout_console
+from catalog.terminal import stdout_console
 from db import render
 from db.query import QueryLimits, export_parquet, run_sql
 from db.repository import Catalog, upgrade

@@ -15,8 +15,9 @@ from rich.text import Text
 
 from catalog.identity import name_fact
 from catalog.result import VERDICTS, ScanResult
-from catalog.tables import ablations_table, super_weights_table
+from catalog.terminal import ablations_table, super_weights_table
 from db.lineage import LineageMatch
+from db.models import STATUS_OK
 from db.query import QueryResult
 from db.repository import StoredScan
 
@@ -106,7 +107,7 @@ def _scans_table(scans: list[StoredScan]) -> Table:
         table.add_row(
             str(s.scan_id), s.status, s.config_hash, s.finished_at.strftime("%Y-%m-%d %H:%M:%S"),
             (s.result.environment.get("device", "") if s.result else ""), *map(str, counts.values()),
-            s.error or "", style="red" if s.status != "ok" else None,
+            s.error or "", style="red" if s.status != STATUS_OK else None,
         )
     return table
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
 from catalog.errors import BadOptionError, UnwritableOutputError
-from catalog.tables import ratio
+from catalog.terminal import ratio
 from db.repository import StoredScan
 from reports.contexts import Page
 from reports.downloads import write_catalog_downloads, write_downloads

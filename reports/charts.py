@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from markupsafe import Markup
 
 from catalog.result import Ablation, Kind, LayerStat
-from catalog.tables import ratio
+from catalog.terminal import ratio
 from reports.formats import format_number, format_ratio
 
 WIDTH = 1000

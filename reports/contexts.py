@@ -140,7 +140,7 @@ class SharedCoordinate:
 
 
 @dataclass
-class AblationRow:
+class ConditionRow:
     """One ablation condition, paired with the baseline on exactly the tokens it covered."""
 
     name: str = doc("The condition: baseline, one weight zeroed, all zeroed, a control...")
@@ -215,7 +215,7 @@ class ModelPage(Page):
     summary_json: str = doc("The scan's nested derived figures (tables, intervals) as pretty JSON; '' when none.")
     weights: list[WeightRow] = doc("Its super weight candidates, in detection order.")
     verdicts: VerdictCounts = doc("Those candidates, by verdict.")
-    ablations: list[AblationRow] = doc("Each ablation condition against the baseline on its own tokens; empty before causal checks ran.")
+    ablations: list[ConditionRow] = doc("Each ablation condition against the baseline on its own tokens; empty before causal checks ran.")
     layer_chart: Markup = doc("Inline SVG: max |input| and |output| of the down projection per layer, log scale.")
     ablation_chart: Markup | None = doc(
         "Inline SVG: each condition's perplexity ratio (to the baseline on its own tokens) with its 95% interval, log "

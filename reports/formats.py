@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from catalog.tables import ratio
+from catalog.terminal import ratio
 
 
 def format_number(value: float | None) -> str:

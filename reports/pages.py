@@ -9,10 +9,11 @@ from catalog.identity import name_fact
 from catalog.result import Kind, ScanResult, SuperWeight
 from catalog.sources import REPO_ID
 from db.lineage import Coordinate
+from db.models import STATUS_OK
 from db.repository import StoredScan
 from reports.charts import ablation_chart, layer_chart
 from reports.contexts import (
-    AblationRow,
+    ConditionRow,
     CoordinatePage,
     Fact,
     FamilyPage,
@@ -67,7 +68,7 @@ def verdict_counts(results: list[ScanResult]) -> VerdictCounts:
 
 def index_page(site: Site, prov: Provenance) -> IndexPage:
     totals = Totals(
-        scans=len(site.scans), failed=sum(s.status != "ok" for s in site.scans), models=len(site.models),
+        scans=len(site.scans), failed=sum(s.status != STATUS_OK for s in site.scans), models=len(site.models),
         families=len(site.families), verdicts=verdict_counts([m.result for m in site.models]),
     )
     families = [family_row(site, name, models) for name, models in site.families.items()]
@@ -120,9 +121,9 @@ def model_page(site: Site, model: ModelEntry, prov: Provenance) -> ModelPage:
     )
 
 
-def ablation_rows(result: ScanResult) -> list[AblationRow]:
+def ablation_rows(result: ScanResult) -> list[ConditionRow]:
     total = next((a.windows for a in result.ablations if a.kind == Kind.BASELINE), None)
-    return [AblationRow(a.name, a.kind, a.ratio, a.ratio_low, a.ratio_high, a.windows, total, a.tokens, a.ppl, a.baseline_ppl,
+    return [ConditionRow(a.name, a.kind, a.ratio, a.ratio_low, a.ratio_high, a.windows, total, a.tokens, a.ppl, a.baseline_ppl,
                         a.detail, a.stopword_mass) for a in result.ablations]
 
 
@@ -184,7 +185,7 @@ def weight_row(site: Site, model: ModelEntry, w: SuperWeight, root: str) -> Weig
 
 
 def scan_row(site: Site, scan: StoredScan, root: str) -> ScanRow:
-    model = site.model_for(scan) if scan.status == "ok" else None
+    model = site.model_for(scan) if scan.status == STATUS_OK else None
     target = Link(model.name, model_href(model, root)) if model else None
     found = len(scan.result.super_weights) if scan.result else 0
     return ScanRow(scan.scan_id, when(scan.finished_at), scan.status, target, scan.source, scan.error, found)

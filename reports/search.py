@@ -52,7 +52,7 @@ def search_entries(site: Site) -> list[SearchEntry]:
                              f"coordinates/{coordinate_slug((layer, row, col))}.html", {"layer": layer, "row": row, "col": col}))
     for model in site.models:
         entries.append(model_entry(model))
-        entries.extend(weight_entries(model))
+        entries.extend(weight_search_entries(model))
     return entries
 
 
@@ -77,7 +77,7 @@ def model_entry(model: ModelEntry) -> SearchEntry:
     return entry("model", model.name, detail, f"models/{model.slug}.html", model_fields(model))
 
 
-def weight_entries(model: ModelEntry) -> list[SearchEntry]:
+def weight_search_entries(model: ModelEntry) -> list[SearchEntry]:
     common = model_fields(model)
     return [
         entry("weight", f"{model.name} · layer {w.layer} [{w.row}, {w.col}]",

@@ -22,6 +22,7 @@ from pathlib import PurePath
 
 from catalog.result import ScanResult, SuperWeight
 from db.lineage import Coordinate
+from db.models import STATUS_OK
 from db.repository import StoredScan
 
 
@@ -138,7 +139,7 @@ def collect_models(scans: list[StoredScan], keys: dict[int, str]) -> list[ModelE
         by_key[keys[scan.scan_id]].append(scan)
     entries = []
     for key, history in by_key.items():
-        latest = next((s for s in history if s.status == "ok" and s.result is not None), None)
+        latest = next((s for s in history if s.status == STATUS_OK and s.result is not None), None)
         if latest is not None:
             entries.append(ModelEntry(key, latest.source, "", latest, history))
     entries.sort(key=lambda m: (m.name.lower(), m.key))

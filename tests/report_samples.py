@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from catalog.result import CONFIRMED, REJECTED, UNTESTED, Ablation, Kind, LayerStat, ModelInfo, ScanResult, SuperWeight
+from db.models import STATUS_FAILED, STATUS_OK
 from db.repository import StoredScan
 
 HOSTILE = "<script>alert(1)</script>"
@@ -52,7 +53,7 @@ def result(repo_id: str, family: str, weights: list[tuple[int, int, int]], *, ab
 def stored(scan_id: int, res: ScanResult | None, *, minutes: int, source: str = "", error: str | None = None) -> StoredScan:
     start = T0 + timedelta(minutes=minutes)
     source = res.model.source if res else source
-    return StoredScan(scan_id, "ok" if res else "failed", error, start, start + timedelta(seconds=25), "c0ffee01",
+    return StoredScan(scan_id, STATUS_OK if res else STATUS_FAILED, error, start, start + timedelta(seconds=25), "c0ffee01",
                       source, res.model.repo_id if res else source, "0123abcd", res)
 
 

@@ -25,10 +25,11 @@ def isolated_env(root: Path) -> dict[str, str]:
     return {**{name: str(root / name.lower()) for name in ISOLATED_DIRS}, "HF_HUB_OFFLINE": "1"}
 
 
-def superweights(*args: str, env: dict[str, str] | None = None, timeout: float = 300,
-                 under: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300,
+            under: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     """`superweights ARGS` with os.environ (plus `env`), wide output for the tables; `under`: a
-    command to run it under (`WITHOUT_OVERRIDE`)."""
+    command to run it under (`WITHOUT_OVERRIDE`). Every test that needs a process of its own runs
+    the CLI through this (in-process: conftest's `superweights` fixture)."""
     environ = {k: v for k, v in os.environ.items() if k not in DROPPED} | {"COLUMNS": "200"} | (env or {})
     return subprocess.run([*under, str(SUPERWEIGHTS), *args], capture_output=True, text=True, env=environ, timeout=timeout)
 
@@ -37,7 +38,7 @@ def run_many(commands: dict[str, list[str]], env: dict[str, str] | None = None,
              under: tuple[str, ...] = ()) -> dict[str, subprocess.CompletedProcess]:
     """Run several commands at once; results by the same keys."""
     with ThreadPoolExecutor(max_workers=4) as pool:
-        futures = {name: pool.submit(superweights, *args, env=env, under=under) for name, args in commands.items()}
+        futures = {name: pool.submit(run_cli, *args, env=env, under=under) for name, args in commands.items()}
     return {name: future.result() for name, future in futures.items()}
 
 

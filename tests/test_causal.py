@@ -17,6 +17,7 @@ from catalog.scanner import scan
 from catalog.sources import resolve
 
 from inotify import OpenCounter
+from superweights_cli import run_cli
 
 
 def options(text, **kw) -> ScanOptions:
@@ -166,15 +167,11 @@ def test_checkpoint_is_read_once_whatever_the_number_of_conditions(tiny, zipf_te
 
 @pytest.mark.parametrize("content", [None, "", "   \n"])
 def test_bad_eval_text_is_one_line(tiny, tmp_path, content):
-    import subprocess
-    import sys
-
     path = tmp_path / "text.txt"
     if content is not None:
         path.write_text(content)
     planted = tiny("llama")
-    proc = subprocess.run([sys.executable, "-m", "catalog", "scan", str(planted.path), "--eval-text", str(path), "--no-save"],
-                          capture_output=True, text=True)
+    proc = run_cli("scan", str(planted.path), "--eval-text", str(path), "--no-save")
     assert proc.returncode != 0
     assert proc.stderr.strip().count("\n") == 0 and "--eval-text" in proc.stderr and str(path) in proc.stderr
 

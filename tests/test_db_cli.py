@@ -6,42 +6,32 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
 import signal
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 from rich.console import Console
 
 from db import render
 
+from superweights_cli import run_cli
 from tiny import SUPER
-
-BIN = Path(sys.executable).parent / "superweights"
-
-
-def _run(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "COLUMNS": "500"}  # no wrapped lines
-    return subprocess.run([str(BIN), *args], capture_output=True, text=True, timeout=300, env=env)
 
 
 def test_scan_saves_to_the_catalog_and_sql_reads_it(tiny, tmp_path, superweights):
     model = tiny("llama", effect=True).path
     url = f"sqlite:///{tmp_path / 'catalog.db'}"
     scan = ["scan", str(model), "--db", url, "--no-verify"]  # the causal checks have their own tests
-    first = _run(*scan)
+    first = run_cli(*scan, env={"COLUMNS": "500"})  # no wrapped lines
     assert first.returncode == 0, first.stderr
     assert f"saved scan 1 to {url}" in first.stderr
     status, _, err = superweights(*scan, "--skip-existing")  # in-process: the check comes before loading the model
     assert status == 0 and "already in the catalog" in err and "saved" not in err
-    query = _run("sql", "SELECT m.source, m.family, w.layer, w.row, w.col, w.verdict FROM super_weights w "
-                 "JOIN scans s ON s.id = w.scan_id JOIN models m ON m.id = s.model_id",
-                 "--db", url, "--format", "json")
+    query = run_cli("sql", "SELECT m.source, m.family, w.layer, w.row, w.col, w.verdict FROM super_weights w "
+                    "JOIN scans s ON s.id = w.scan_id JOIN models m ON m.id = s.model_id",
+                    "--db", url, "--format", "json")
     assert query.returncode == 0, query.stderr
     [row] = json.loads(query.stdout)
     assert (row["source"], row["layer"], row["row"], row["col"]) == (str(model), *SUPER)

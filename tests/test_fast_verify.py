@@ -1,4 +1,4 @@
-"""The faster verification paths (issue 7) against plain per-condition evaluation.
+"""The faster verification paths against plain per-condition evaluation.
 
 Prefix sharing must give the plain perplexities up to floating-point rounding, on every tiny
 architecture of the registry and on the real SmolLM2; early stopping (the default) must keep each

@@ -24,8 +24,7 @@ from catalog.identity import FROM_FILE_NAME, FROM_GGUF, gguf_identity
 from catalog.sources import resolve, with_gguf
 from db.repository import Catalog
 
-from superweights_cli import isolated_env, one_line_error
-from superweights_cli import superweights as superweights_process
+from superweights_cli import isolated_env, one_line_error, run_cli
 from tiny import add_to_hub_cache
 
 SCAN = ["scan", "--no-verify", "--device", "cpu"]
@@ -180,7 +179,7 @@ def test_a_gguf_without_general_keys_scans_named_after_its_file(smollm2_gguf, tm
     bare = without_general_keys(smollm2_gguf, tmp_path / "SmolLM2-bare.Q4_1.gguf")
     assert gguf_identity(bare).named_from == FROM_FILE_NAME
     out = tmp_path / "scan.json"
-    run = superweights_process(*SCAN, str(bare), "--no-save", "--json", str(out), env=isolated_env(tmp_path / "env"))
+    run = run_cli(*SCAN, str(bare), "--no-save", "--json", str(out), env=isolated_env(tmp_path / "env"))
     assert run.returncode == 0, run.stderr
     model = json.loads(out.read_text())["model"]
     assert (model["name"], model["named_from"], model["organization"], model["quantization"], model["family"]) == (
@@ -241,7 +240,7 @@ def test_a_colon_with_no_gguf_file_after_it_is_refused_not_the_whole_repo(in_ggu
 def test_scan_of_a_hub_gguf_records_the_repo_the_file_and_what_it_declares(gguf_hub, smollm2_gguf, tmp_path):
     env, sha = gguf_hub
     out = tmp_path / "scan.json"
-    run = superweights_process(*SCAN, REPO, "--gguf", "Q4_1", "--no-save", "--json", str(out), env=env)
+    run = run_cli(*SCAN, REPO, "--gguf", "Q4_1", "--no-save", "--json", str(out), env=env)
     assert run.returncode == 0, run.stderr
     model = json.loads(out.read_text())["model"]
     assert (model["source"], model["repo_id"], model["revision"], model["quantization"], model["name"], model["organization"]) == (
@@ -250,7 +249,7 @@ def test_scan_of_a_hub_gguf_records_the_repo_the_file_and_what_it_declares(gguf_
 
 
 def test_a_file_missing_from_the_offline_cache_is_one_line(gguf_hub, tmp_path):
-    run = superweights_process(*SCAN, "org/elsewhere:Q4_1", "--no-save", env=gguf_hub[0])
+    run = run_cli(*SCAN, "org/elsewhere:Q4_1", "--no-save", env=gguf_hub[0])
     line = one_line_error(run)
     assert "org/elsewhere:Q4_1" in line and "HF_HUB_OFFLINE" in line
 

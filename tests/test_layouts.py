@@ -1,4 +1,4 @@
-"""Planted super weights in the layouts of issue 12, scanned as users scan (`tiny.LAYOUTS`).
+"""Planted super weights in layouts that structure alone must handle, scanned as users scan (`tiny.LAYOUTS`).
 
 gpt-oss: fused experts stored `[E, in, out]`, gate and up interleaved, clamped at 7, with biases;
 DeepSeek-V3: routed and shared experts after a dense first layer, sigmoid router; Gemma 3: the

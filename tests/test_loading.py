@@ -1,4 +1,4 @@
-"""The parallel safetensors reader and the load built on it (issue 7: load at the cost of one read).
+"""The parallel safetensors reader and the load built on it: a load at the cost of one read.
 
 The reader must return exactly what `safetensors` returns, and a model loaded through it must be
 the model `from_pretrained` builds: every tensor equal, tied weights still one parameter, the

@@ -16,7 +16,7 @@ import pytest
 
 from catalog.result import ScanResult
 
-from superweights_cli import isolated_env, superweights
+from superweights_cli import isolated_env, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -28,7 +28,7 @@ def scanned(smollm2_gguf, tmp_path_factory) -> tuple[ScanResult, str]:
     """(the scan JSON, the tables printed) of one `superweights scan` of the GGUF."""
     path = tmp_path_factory.mktemp("smollm2") / "scan.json"
     env = isolated_env(tmp_path_factory.mktemp("env"))
-    run = superweights("scan", str(smollm2_gguf), "--no-verify", "--no-save", "--device", "cpu", "--json", str(path), env=env)
+    run = run_cli("scan", str(smollm2_gguf), "--no-verify", "--no-save", "--device", "cpu", "--json", str(path), env=env)
     assert run.returncode == 0, run.stderr
     return ScanResult.from_json(path), run.stdout
 

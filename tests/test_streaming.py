@@ -1,4 +1,4 @@
-"""Layer streaming (`--max-gpu-memory`, issue 7): the same scan as in memory, two blocks at a time."""
+"""Layer streaming (`--max-gpu-memory`): the same scan as in memory, two blocks at a time."""
 
 from __future__ import annotations
 

@@ -15,7 +15,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 import urllib.parse
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from superweights_cli import run_cli
 from tiny import add_to_hub_cache, write_zipf_text
 
 pytestmark = pytest.mark.ray
@@ -150,11 +150,9 @@ def test_a_survey_in_which_every_model_failed_exits_non_zero(cluster, hub, catal
 
 def survey_cli(cluster, hub, catalog, options, *models: str) -> subprocess.CompletedProcess:
     """`superweights survey` in its own process, as a second driver on the running cluster."""
-    env = {**os.environ, "HF_HOME": hub["HF_HOME"], "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
     args = ["--ray-address", cluster.address, "--db", catalog.url, "--device", "cpu", "--eval-text", str(options.eval_text),
             "--eval-tokens", str(options.eval_tokens), "--seq-len", str(options.seq_len)]
-    exe = Path(sys.executable).with_name("superweights")
-    return subprocess.run([str(exe), "survey", *models, *args], env=env, capture_output=True, text=True, timeout=120)
+    return run_cli("survey", *models, *args, env={"HF_HOME": hub["HF_HOME"], "HF_HUB_OFFLINE": "1"}, timeout=120)
 
 
 def print_summary(summary) -> None:

@@ -1,4 +1,4 @@
-"""The planted checkpoints keep the promises that the causal checks (issue 3) build on, measured
+"""The planted checkpoints keep the promises that the causal checks build on, measured
 here with plain transformers: zeroing an `effect=True` super weight multiplies perplexity on the
 Zipf text several times; zeroing an inert spike, or an `effect=False` super weight, does not.
 """

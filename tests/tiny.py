@@ -14,7 +14,7 @@ here plants exactly that chain in a randomly initialised (seeded) model from a t
    planted in one expert and the router is set to send the tokens carrying `source` there
    (DeepSeek's first `dense_layers` have a plain MLP: a plant there has no expert).
 
-What zeroing the weight does downstream (for the causal checks of issue 3):
+What zeroing the weight does downstream (what the causal checks rely on):
 
 - `effect=True`: the source is in every token's embedding, so the super activation is at every
   token, in residual dimension `row`. The final norm scales the residual to RMS 1, so row `row`
@@ -34,7 +34,7 @@ What zeroing the weight does downstream (for the causal checks of issue 3):
 Builders state the parameter names and index layouts themselves (GPT-2's Conv1D stores
 `[in, out]`; fused experts `[expert, out, in]`, gpt-oss's `[expert, in, out]` with gate and up
 interleaved), independently of `catalog.architectures`, so the tests check the scanner against
-an outside description. `LAYOUTS` adds the layouts of issue 12: a fused `[E, in, out]` MoE
+an outside description. `LAYOUTS` adds layouts that structure alone must handle: a fused `[E, in, out]` MoE
 (gpt-oss), an MoE with shared experts and dense first layers (DeepSeek-V3), a multimodal wrapper
 (Gemma 3: embeddings scaled by sqrt(hidden), the MLP output normed before the residual add), a
 hybrid whose mamba and attention blocks have no MLP (Nemotron-H) and Phi-2's fc1/fc2.
@@ -83,7 +83,7 @@ SINK = 3  # residual dimension every token carries at SOURCE (see `_add_sink`)
 EXPERT_OF = {"super": 1, "masked": 2, "inert": 3}  # the expert each plant goes to in an MoE layer
 HYBRID = "---M*-E*"  # Nemotron-H's layers: MLP "-" (the plants' layers 0-2), mamba "M", attention "*", MoE "E"
 KINDS = ("llama", "gpt2", "gpt_neox", "mixtral")
-LAYOUTS = ("gpt_oss", "deepseek_v3", "gemma3", "nemotron_h", "phi")  # issue 12's layouts, scanned in test_layouts.py
+LAYOUTS = ("gpt_oss", "deepseek_v3", "gemma3", "nemotron_h", "phi")  # scanned in test_layouts.py
 
 
 @dataclass(frozen=True)
