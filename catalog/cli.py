@@ -181,6 +181,20 @@ def architectures(types: tuple[str, ...], json_path: Path | None, markdown: bool
         out.print(architectures_table(report))
 
 
+@cli.command("apply-restore")
+@click.argument("restore_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("checkpoint_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Write the restored checkpoint here: a new (or empty) directory, moved into place once complete.")
+def apply_restore(restore_file: Path, checkpoint_dir: Path, out_dir: Path) -> None:
+    """Write RESTORE_FILE's full-precision scalars (`export --keep-list restore`) into a copy of the
+    (de)quantized safetensors checkpoint CHECKPOINT_DIR; the input is only read."""
+    from catalog.restore import apply_restore as restore
+
+    scalars = restore(restore_file, checkpoint_dir, out_dir)
+    console.print(f"wrote {len(scalars)} full-precision scalars into {out_dir}", soft_wrap=True)
+
+
 def quiet_transformers() -> None:
     """Our own status line reports the stages; transformers' notes (slow kernel fallbacks, config
     hints) are not the user's to act on. Called by the commands that scan, which import it anyway."""

@@ -51,7 +51,7 @@ def chosen(result: ScanResult, verdict: str = CONFIRMED) -> list[SuperWeight]:
 def keep_list(result: ScanResult, fmt: str, verdict: str = CONFIRMED) -> KeepList:
     """The keep list of format `fmt` (one of `FORMATS`) for the scan's `verdict` weights."""
     weights = chosen(result, verdict)
-    names, text = FORMATS[fmt](result, weights, verdict)
+    names, text = FORMATS[fmt](result, weights)
     return KeepList(fmt, weights, names, text)
 
 
@@ -68,23 +68,23 @@ def gguf_tensor(result: ScanResult, weight: SuperWeight) -> str:
     return name
 
 
-def _llama_cpp(result: ScanResult, weights: list[SuperWeight], verdict: str) -> tuple[list[str], str]:
+def _llama_cpp(result: ScanResult, weights: list[SuperWeight]) -> tuple[list[str], str]:
     names = list(dict.fromkeys(gguf_tensor(result, w) for w in weights))
     return names, "".join(f"--tensor-type {re.escape(n)}={LLAMA_CPP_TYPE} " for n in names).rstrip() + "\n" * bool(names)
 
 
-def _modules(result: ScanResult, weights: list[SuperWeight], verdict: str) -> tuple[list[str], str]:
+def _modules(result: ScanResult, weights: list[SuperWeight]) -> tuple[list[str], str]:
     names = list(dict.fromkeys(map(module_name, weights)))
     return names, json.dumps(names, indent=2) + "\n"
 
 
-def _restore(result: ScanResult, weights: list[SuperWeight], verdict: str) -> tuple[list[str], str]:
+def _restore(result: ScanResult, weights: list[SuperWeight]) -> tuple[list[str], str]:
     if unshaped := [w.param for w in weights if w.tensor_shape is None]:
         raise KeepListError(result.model.source, f"its scan did not record the shape of {unshaped[0]} (scanned before "
                                                  "superweights kept shapes); scan it again for a restore file.")
     model = result.model
     document = {
-        "format": RESTORE_FORMAT, "version": RESTORE_VERSION, "verdict": verdict,
+        "format": RESTORE_FORMAT, "version": RESTORE_VERSION,
         "model": {"source": model.source, "repo_id": model.repo_id, "revision": model.revision, "fingerprint": model.fingerprint},
         "scalars": [{"param": w.param, "tensor_shape": w.tensor_shape, "tensor_index": w.tensor_index, "value": w.value,
                      "layer": w.layer, "row": w.row, "col": w.col, "expert": w.expert, "verdict": w.verdict} for w in weights],
@@ -92,7 +92,7 @@ def _restore(result: ScanResult, weights: list[SuperWeight], verdict: str) -> tu
     return [w.param for w in weights], json.dumps(document, indent=2) + "\n"
 
 
-Writer = Callable[[ScanResult, list[SuperWeight], str], tuple[list[str], str]]
+Writer = Callable[[ScanResult, list[SuperWeight]], tuple[list[str], str]]  # (names, text)
 FORMATS: dict[str, Writer] = {"llama.cpp": _llama_cpp, "bitsandbytes": _modules, "llm-compressor": _modules, "restore": _restore}
 
 

@@ -222,5 +222,6 @@ class ModelPage(Page):
         "scale, a line at 1 and the verdict thresholds; None without ablations.")
     config: str = doc("The scan configuration as pretty-printed JSON.")
     environment: list[Fact] = doc("Software versions and device the scan ran with.")
-    downloads: list[Link] = doc("This model's rows as files: the scan JSON and CSVs of its tables.")
+    downloads: list[Link] = doc("This model's rows as files: the scan JSON, CSVs of its tables, and the keep list of its confirmed "
+                                "super weights for each quantizer (llama.cpp, bitsandbytes, llm-compressor, a restore file).")
     history: list[ScanRow] = doc("Every scan of this model, newest first.")

@@ -1,6 +1,7 @@
-"""The catalog's rows as files: per model, the scan JSON and a CSV of each of its tables next to
-its page; for the whole catalog (the latest scan of each model), a CSV and a Parquet file of its
-models, super weight candidates and ablation rows in `downloads/`.
+"""The catalog's rows as files: per model, the scan JSON, a CSV of each of its tables and the keep
+lists of its confirmed super weights for quantizers (`catalog.keeplist`) next to its page; for
+the whole catalog (the latest scan of each model), a CSV and a Parquet file of its models, super
+weight candidates and ablation rows in `downloads/`.
 
 The JSON escapes <, > and & (still valid JSON) so a hostile model name is inert even when the
 file is opened in a browser; CSV cells hold the raw values, since that is what a CSV is for (list
@@ -21,7 +22,9 @@ from typing import Any
 
 import duckdb
 
-from catalog.result import Ablation, LayerStat, ModelInfo, SuperWeight
+from catalog.errors import KeepListError
+from catalog.keeplist import keep_list
+from catalog.result import Ablation, LayerStat, ModelInfo, ScanResult, SuperWeight
 from reports.search import script_json
 from reports.site import ModelEntry, Site
 
@@ -37,6 +40,12 @@ DOWNLOADS = {  # file suffix -> link label on the model page
     ".super-weights.csv": "Super weights CSV",
     ".layers.csv": "Layers CSV",
     ".ablations.csv": "Ablations CSV",
+}
+KEEP_LISTS = {  # file suffix -> (keep-list format, link label): what a quantizer keeps (README "Keep lists for quantizers")
+    ".keep-llama.cpp.txt": ("llama.cpp", "llama.cpp: llama-quantize --tensor-type arguments"),
+    ".keep-bitsandbytes.json": ("bitsandbytes", "bitsandbytes: llm_int8_skip_modules"),
+    ".keep-llm-compressor.json": ("llm-compressor", "llm-compressor: ignore list"),
+    ".restore.json": ("restore", "Restore file (superweights apply-restore)"),
 }
 
 
@@ -54,8 +63,22 @@ def write_downloads(model: ModelEntry, directory: Path) -> None:
         ".layers.csv": to_csv(LayerStat, [asdict(s) for s in result.layers]),
         ".ablations.csv": to_csv(Ablation, [asdict(a) for a in result.ablations]),
     }
-    for suffix, text in files.items():
+    for suffix, text in (files | keep_lists(result)).items():
         (directory / f"{model.slug}{suffix}").write_text(text, encoding="utf-8")
+
+
+def keep_lists(result: ScanResult) -> dict[str, str]:
+    """File suffix -> text of each keep list of the scan's confirmed super weights (`KEEP_LISTS`);
+    a list the scan cannot give (no tensor shapes recorded, a name llama.cpp lacks) is left out.
+    JSON is escaped as the scan JSON is."""
+    files = {}
+    for suffix, (fmt, _) in KEEP_LISTS.items():
+        try:
+            text = keep_list(result, fmt).text
+        except KeepListError:
+            continue
+        files[suffix] = script_json(json.loads(text), indent=2) + "\n" if suffix.endswith(".json") else text
+    return files
 
 
 def to_csv(row_type: type, rows: list[dict]) -> str:

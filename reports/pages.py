@@ -28,7 +28,7 @@ from reports.contexts import (
     VerdictCounts,
     WeightRow,
 )
-from reports.downloads import CATALOG_DOWNLOADS, DOWNLOADS
+from reports.downloads import CATALOG_DOWNLOADS, DOWNLOADS, KEEP_LISTS, keep_lists
 from reports.formats import format_number
 from reports.site import ModelEntry, Site, coordinate_of, coordinate_slug, weight_anchor, when
 
@@ -116,7 +116,8 @@ def model_page(site: Site, model: ModelEntry, prov: Provenance) -> ModelPage:
         if result.ablations else None,
         config=json.dumps(result.config, indent=2, sort_keys=True),
         environment=[Fact(k, str(v)) for k, v in sorted(result.environment.items())],
-        downloads=[Link(label, f"{model.slug}{suffix}") for suffix, label in DOWNLOADS.items()],
+        downloads=[Link(label, f"{model.slug}{suffix}") for suffix, label in DOWNLOADS.items()]
+        + [Link(KEEP_LISTS[suffix][1], f"{model.slug}{suffix}") for suffix in keep_lists(result)],
         history=[scan_row(site, s, root) for s in model.scans],
     )
 

@@ -34,7 +34,7 @@ def result(repo_id: str, family: str, weights: list[tuple[int, int, int]], *, ab
     supers = [
         SuperWeight(layer, f"model.layers.{layer}.mlp.down_proj.weight", None, row, col, [row, col], -6.5 + i,
                     1200.0, -9000.0 / (i + 1), 1, verdict if ablations else UNTESTED, ratio if ablations else None,
-                    ppl_ratio_low=low if ablations else None, ppl_ratio_high=high if ablations else None)
+                    ppl_ratio_low=low if ablations else None, ppl_ratio_high=high if ablations else None, tensor_shape=[4096, 11008])
         for i, ((layer, row, col), (verdict, ratio, low, high)) in enumerate(zip(weights, checks))
     ]
     conditions = [

@@ -51,6 +51,9 @@ def test_commands_that_do_not_scan_import_neither_torch_nor_transformers(catalog
         "sql": ["sql", "SELECT count(*) FROM models", "--db", catalog_url],
         "show": ["show", "org/tiny-llama", "--db", catalog_url], "lineage": ["lineage", "org/tiny-llama-chat", "--db", catalog_url],
         "export": ["export", "--parquet", str(tmp_path / "parquet"), "--db", catalog_url],
+        **{f"export {fmt}": ["export", "--keep-list", fmt, "org/tiny-llama", "--db", catalog_url]
+           for fmt in ("llama.cpp", "bitsandbytes", "llm-compressor", "restore")},
+        "apply-restore help": ["apply-restore", "--help"],
         "db upgrade": ["db", "upgrade", "--db", catalog_url], "report": ["report", "--out", str(tmp_path / "site"), "--db", catalog_url],
     }
     for name, args in commands.items():

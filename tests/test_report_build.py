@@ -164,6 +164,21 @@ def test_downloads_hold_the_models_rows(site: Path) -> None:
     assert len(Path(f"{base}.ablations.csv").read_text().splitlines()) == 1 + 4
 
 
+def test_model_page_offers_each_keep_list(site: Path) -> None:
+    """The confirmed super weight's tensor for each quantizer; JSON escaped as the scan JSON is."""
+    html = page(site, "models/meta-llama-llama-2-7b-chat-hf.html")
+    base = site / "models" / "meta-llama-llama-2-7b-chat-hf"
+    for suffix in (".keep-llama.cpp.txt", ".keep-bitsandbytes.json", ".keep-llm-compressor.json", ".restore.json"):
+        assert f'href="meta-llama-llama-2-7b-chat-hf{suffix}" download' in html
+    assert Path(f"{base}.keep-llama.cpp.txt").read_text() == "--tensor-type blk\\.1\\.ffn_down\\.weight=f16\n"
+    assert json.loads(Path(f"{base}.keep-bitsandbytes.json").read_text()) == ["model.layers.1.mlp.down_proj"]
+    restore = json.loads(Path(f"{base}.restore.json").read_text())
+    assert [(s["param"], s["tensor_shape"], s["tensor_index"]) for s in restore["scalars"]] == [
+        ("model.layers.1.mlp.down_proj.weight", [4096, 11008], [2533, 7890])]
+    hostile = (site / "models" / "script-alert-1-script.restore.json").read_text()
+    assert json.loads(hostile)["scalars"] == [] and "<" not in hostile  # untested candidates only: nothing confirmed to keep
+
+
 def test_search_index_has_families_models_and_weights(site: Path) -> None:
     entries = search_index(site)
     kinds = [e["kind"] for e in entries]
