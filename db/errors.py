@@ -106,8 +106,9 @@ class WriteRefusedError(CatalogError, PermissionError):
 
 class UnknownModelError(CatalogError, LookupError):
     def __init__(self, model: str, url: str) -> None:
+        shown = model if model.strip() else repr(model)  # a blank name is quoted, so the line still names it
         super().__init__(
-            f"{model}: not in the catalog {url}. Give a source or repo id as scanned, or any unique part of one; "
+            f"{shown}: not in the catalog {url}. Give a source or repo id as scanned, or any unique part of one; "
             "`superweights sql \"SELECT source, repo_id FROM models\"` lists them."
         )
         self.model = model
