@@ -179,12 +179,12 @@ def test_a_catalog_written_at_0003_keeps_its_super_weights_without_a_shape(empty
     migrate.upgrade(engine, "0003")
     moment = datetime(2026, 12, 1, tzinfo=UTC)
     with engine.begin() as connection:
-        connection.execute(text("INSERT INTO models (id, source) VALUES (1, 'org/old')"))
-        connection.execute(text("INSERT INTO scans (id, model_id, config_hash, config, status, started_at, finished_at) "
-                                "VALUES (1, 1, 'c0ffee', '{}', 'ok', :t, :t)"), {"t": moment})
+        connection.execute(text("INSERT INTO models (source) VALUES ('org/old')"))  # ids from the sequences (PostgreSQL)
+        connection.execute(text("INSERT INTO scans (model_id, config_hash, config, status, started_at, finished_at) "
+                                "SELECT id, 'c0ffee', '{}', 'ok', :t, :t FROM models"), {"t": moment})
         connection.execute(text("INSERT INTO super_weights (scan_id, layer, param, row, col, tensor_index, value, input_activation, "
-                                "output_activation, share, token, iteration, verdict) VALUES "
-                                "(1, 2, 'model.layers.2.mlp.down_proj.weight', 3, 4, '[3, 4]', -1.5, 10, -15, 1, 0, 1, 'confirmed')"))
+                                "output_activation, share, token, iteration, verdict) SELECT id, 2, 'model.layers.2.mlp.down_proj.weight', "
+                                "3, 4, '[3, 4]', -1.5, 10, -15, 1, 0, 1, 'confirmed' FROM scans"))
     migrate.upgrade(engine)
     (old,) = Catalog(empty_catalog_url, read_only=True).show("org/old")
     assert old.result.super_weights[0].tensor_shape is None and old.result.super_weights[0].tensor_index == [3, 4]
