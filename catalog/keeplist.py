@@ -21,8 +21,10 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from catalog.errors import KeepListError
+from catalog.gguf_meta import read_tensor_names
 from catalog.gguf_names import gguf_name
 from catalog.result import CONFIRMED, ScanResult, SuperWeight
 
@@ -96,7 +98,11 @@ Writer = Callable[[ScanResult, list[SuperWeight]], tuple[list[str], str]]  # (na
 FORMATS: dict[str, Writer] = {"llama.cpp": _llama_cpp, "bitsandbytes": _modules, "llm-compressor": _modules, "restore": _restore}
 
 
-def check_gguf(keep: KeepList, tensors: list[str], file: str) -> None:
-    """Refuse llama.cpp names that the GGUF `file` (its `tensors`) does not have."""
-    if missing := [n for n in keep.names if n not in set(tensors)]:
-        raise KeepListError(file, f"has no tensor {missing[0]}; is it a GGUF of this model?")
+def check_gguf(keep: KeepList, path: Path) -> None:
+    """Refuse llama.cpp names that the GGUF file at `path` does not have."""
+    try:
+        tensors = set(read_tensor_names(path))
+    except (OSError, ValueError) as exc:
+        raise KeepListError(str(path), f"cannot read its tensor names ({exc}); give a GGUF file.") from exc
+    if missing := [n for n in keep.names if n not in tensors]:
+        raise KeepListError(str(path), f"has no tensor {missing[0]}; is it a GGUF of this model?")

@@ -15,7 +15,6 @@ import click
 from catalog import keeplist
 from catalog.cli import add_scan_sink
 from catalog.errors import BadOptionError
-from catalog.gguf_meta import read_tensor_names
 from catalog.options import NON_NEGATIVE
 from catalog.result import CONFIRMED, ScanResult
 from catalog.sources import ResolvedSource
@@ -93,11 +92,11 @@ def export(model: str | None, directory: Path | None, fmt: str | None, verdict: 
         return
     keep = keeplist.keep_list(Catalog(url, read_only=True).latest(model).result, fmt, verdict)
     if gguf is not None:
-        keeplist.check_gguf(keep, read_tensor_names(gguf), str(gguf))
+        keeplist.check_gguf(keep, gguf)
     click.echo(keep.text, nl=False)
     if not keep.weights:
-        click.echo(f"{model}: its latest scan has no {'super weight candidate' if verdict == keeplist.ALL else f'{verdict} super weight'}; "
-                   "the keep list is empty (nothing to hold out).", err=True)
+        kept = "super weight candidate" if verdict == keeplist.ALL else f"{verdict} super weight"
+        click.echo(f"{model}: its latest scan has no {kept}; the keep list is empty (nothing to hold out).", err=True)
 
 
 @click.command()

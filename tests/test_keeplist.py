@@ -101,30 +101,60 @@ def test_export_reads_the_catalog_without_writing_it(superweights, tmp_path):
     (("export", "--keep-list", "restore", "org/tiny-llama", "--check-gguf", "{gguf}"),
      "error: --check-gguf: checks llama.cpp tensor names; use it with --keep-list llama.cpp.\n"),
     (("export", "--keep-list", "restore", "org/nothing"), None),
+    (("export", "--keep-list", "llama.cpp", "org/tiny-llama", "--check-gguf", "{gguf}"), None),  # four bytes, not a GGUF file
+    (("export", "--keep-list", "llama.cpp", "org/tiny-llama", "--check-gguf", "{other}"),
+     "error: {other}: has no tensor blk.1.ffn_down.weight; is it a GGUF of this model?\n"),
 ])
 def test_bad_arguments_are_one_line(superweights, saved, tmp_path, args, message):
-    gguf = tmp_path / "x.gguf"
+    gguf, other = tmp_path / "x.gguf", tmp_path / "other.gguf"
     gguf.write_bytes(b"GGUF")
-    status, out, err = superweights(*(a.format(gguf=gguf) for a in args), "--db", saved)
+    write_gguf(other, {"blk.0.ffn_down.weight": (4, 6)})
+    status, out, err = superweights(*(a.format(gguf=gguf, other=other) for a in args), "--db", saved)
     assert status != 0 and out == "" and err.count("\n") == 1 and err.startswith("error: ")
     if message:
-        assert err == message
+        assert err == message.format(other=other)
 
 
-def test_read_tensor_names_reads_what_gguf_writes(tmp_path):
+def test_a_model_whose_scans_all_failed_has_no_keep_list(superweights, catalog_url):
+    Catalog(catalog_url).record_failure(source="org/broken", repo_id="org/broken", revision="r1", config_hash="c0ffee", config={},
+                                        error="out of memory", **times())
+    status, out, err = export(superweights, catalog_url, "llama.cpp", model="org/broken")
+    assert (status, out) == (1, "") and err.startswith("error: org/broken: every scan of it in the catalog") and err.count("\n") == 1
+
+
+def test_a_tensor_llama_cpp_has_no_name_for_is_refused(superweights, catalog_url):
+    result = sample_result()
+    for weight in result.super_weights:
+        weight.param = weight.param.replace("model.layers.", "model.decoder.layers.").replace("mlp.down_proj", "fc2")  # OPT
+    Catalog(catalog_url).save(result, **times())
+    status, out, err = export(superweights, catalog_url, "llama.cpp")
+    assert (status, out) == (1, "") and err == (
+        "error: org/tiny-llama: model.decoder.layers.1.fc2.weight has no GGUF tensor name in llama.cpp's table (the gguf package); "
+        "use --keep-list restore, or upgrade gguf.\n")
+    assert json.loads(export(superweights, catalog_url, "bitsandbytes")[1]) == ["model.decoder.layers.1.fc2"]
+
+
+def write_gguf(path, tensors: dict[str, tuple[int, ...]]) -> None:
+    """A GGUF file of zero tensors, written by the `gguf` package (llama.cpp's own writer)."""
     import gguf
     import numpy as np
 
-    path = tmp_path / "m.gguf"
     writer = gguf.GGUFWriter(str(path), "llama")
     writer.add_block_count(2)
     writer.add_array("tokenizer.ggml.tokens", [f"t{i}" for i in range(100)])  # longer than the arrays kept: skipped
-    for name, shape in [("token_embd.weight", (8, 4)), ("blk.0.ffn_down.weight", (4, 6)), ("blk.1.ffn_down_exps.weight", (3, 4, 6))]:
+    for name, shape in tensors.items():
         writer.add_tensor(name, np.zeros(shape, dtype=np.float32))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+
+
+def test_read_tensor_names_reads_what_gguf_writes(tmp_path):
+    import gguf
+
+    path = tmp_path / "m.gguf"
+    write_gguf(path, {"token_embd.weight": (8, 4), "blk.0.ffn_down.weight": (4, 6), "blk.1.ffn_down_exps.weight": (3, 4, 6)})
     assert read_tensor_names(path) == ["token_embd.weight", "blk.0.ffn_down.weight", "blk.1.ffn_down_exps.weight"]
     assert read_tensor_names(path) == [t.name for t in gguf.GGUFReader(path).tensors]
 
