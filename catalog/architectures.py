@@ -23,14 +23,18 @@ experts modules that keep their own calling convention.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import torch
 from torch import nn
 
 from catalog import probe as probing
 from catalog.errors import UnsupportedArchitectureError, first_line
+from catalog.patches import hooked
 from catalog.probe import Probe
+from catalog.result import SuperWeight
 
 # Display names where the architecture's own class name would read worse (a family name from the
 # repo id, model card or GGUF metadata wins over these, `catalog.family`).
@@ -42,6 +46,7 @@ FAMILY_NAMES: dict[str, str] = {
 SUFFIXES = ("ForCausalLM", "ForConditionalGeneration", "LMHeadModel", "Model")
 
 LAYOUTS = ("out_in", "in_out", "experts", "experts_in_out")
+Entries = list[tuple[torch.Tensor, tuple[int, ...]]]  # (weight tensor, index into it) of scalars
 
 
 @dataclass(frozen=True)
@@ -79,12 +84,36 @@ class DownProjection:
         return self.weight[:, rows].T if self.layout == "in_out" else self.weight[rows]
 
 
+class Sites(list[DownProjection]):
+    """A model's down projections in block order, with the lookups that detection, verification
+    and streaming make of them: by state-dict name (a `SuperWeight` names its `param`), and by
+    weight tensor (an `Entries` scalar names its tensor). Built once, never changed after."""
+
+    @cached_property
+    def _by_param(self) -> dict[str, DownProjection]:
+        return {site.param: site for site in self}
+
+    @cached_property
+    def _by_tensor(self) -> dict[int, DownProjection]:
+        return {id(site.weight): site for site in self}  # a streamed block's new values keep the tensor (`loading.assign`)
+
+    def named(self, param: str) -> DownProjection:
+        return self._by_param[param]
+
+    def holding(self, tensor: torch.Tensor) -> DownProjection:
+        return self._by_tensor[id(tensor)]
+
+    def scalars(self, weights: Iterable[SuperWeight]) -> Entries:
+        """Each weight's (tensor, index) entry, for `hooks.zeroed`."""
+        return [(self.named(w.param).weight, tuple(w.tensor_index)) for w in weights]
+
+
 @dataclass
 class Architecture:
     """Where a model keeps its blocks and down projections; `mixer_only` blocks have no MLP."""
 
     blocks: str  # dotted path of the list of decoder blocks
-    sites: list[DownProjection]
+    sites: Sites
     mixer_only: list[int] = field(default_factory=list)
     num_layers: int = 0
 
@@ -141,7 +170,7 @@ def architecture(model: nn.Module, path: str, blocks: nn.ModuleList, probed: lis
             mixer_only.append(layer)
     if not sites:
         raise UnsupportedArchitectureError(source, model_type, "found no feed-forward output projection in any decoder block")
-    return Architecture(path, sites, mixer_only, len(blocks))
+    return Architecture(path, Sites(sites), mixer_only, len(blocks))
 
 
 def structure(block: nn.Module) -> tuple:
@@ -278,16 +307,12 @@ def _confirm(scope: nn.Module, found: list[nn.Module], probe: Probe) -> bool:
 def _recall(scope: nn.Module, call: probing.Call, found: list[nn.Module], replace, shift: bool = False) -> torch.Tensor | None:
     """Call `scope` again on its probed input (shifted by one where `shift`), each found module's
     output replaced by `replace(i, output)`."""
-    handles = [m.register_forward_hook(lambda mod, args, out, i=i: replace(i, out)) for i, m in enumerate(found)]
     args = (call.args[0] + 1.0, *call.args[1:]) if shift and call.args else call.args
     try:
-        with torch.no_grad():
+        with hooked((m, lambda mod, args, out, i=i: replace(i, out)) for i, m in enumerate(found)), torch.no_grad():
             return probing.first_tensor(scope(*args, **call.kwargs))
     except Exception:  # a module that cannot be called again on its own recorded input is not confirmed
         return None
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def _replaced(out, make):

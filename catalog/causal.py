@@ -38,10 +38,10 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import nn
 
-from catalog.architectures import DownProjection
+from catalog.architectures import DownProjection, Entries, Sites
 from catalog.config import VerifyOptions
-from catalog.detection import weight_entries
-from catalog.hooks import Entries, zeroed, zeroed_per_sample
+from catalog.hooks import zeroed, zeroed_per_sample
+from catalog.patches import hooked
 from catalog.perplexity import Evaluation, Interval, Settled, evaluate, frequent_tokens, paired_interval, segment_losses
 from catalog.prefix import PrefixCache
 from catalog.quantization import quantized
@@ -83,14 +83,13 @@ def label(w: SuperWeight) -> str:
     return f"zero L{w.layer}{expert} [{w.row}, {w.col}]"
 
 
-def random_control(sites: list[DownProjection], weights: list[SuperWeight], seed: int) -> Entries:
+def random_control(sites: Sites, weights: list[SuperWeight], seed: int) -> Entries:
     """One seeded random scalar per candidate, in the candidate's own matrix, never a candidate."""
     gen = torch.Generator().manual_seed(seed)
     taken = {(w.param, tuple(w.tensor_index)) for w in weights}
-    by_param = {s.param: s.weight for s in sites}
     entries = []
     for w in weights:
-        tensor = by_param[w.param]
+        tensor = sites.named(w.param).weight
         while True:
             index = tuple(int(torch.randint(n, (1,), generator=gen)) for n in tensor.shape)
             if (w.param, index) not in taken:
@@ -190,21 +189,14 @@ class ActivationRecorder:
     whole channel.
     """
 
-    def __init__(self, sites: list[DownProjection], weights: list[SuperWeight]) -> None:
-        by_param = {s.param: s for s in sites}
-        self.targets = [(by_param[w.param].module, w.row, abs(w.output_activation) / 10) for w in weights]
+    def __init__(self, sites: Sites, weights: list[SuperWeight]) -> None:
+        self.targets = [(sites.named(w.param).module, w.row, abs(w.output_activation) / 10) for w in weights]
         self.recorded: list[list[torch.Tensor]] = [[] for _ in self.targets]
         self.restored_positions = 0
 
-    @contextlib.contextmanager
-    def _hooks(self, fn, targets: list[int] | None = None) -> Iterator[None]:
+    def _hooks(self, fn, targets: list[int] | None = None) -> contextlib.AbstractContextManager:
         indices = range(len(self.targets)) if targets is None else targets
-        handles = [self.targets[i][0].register_forward_hook(fn(i)) for i in indices]
-        try:
-            yield
-        finally:
-            for h in handles:
-                h.remove()
+        return hooked((self.targets[i][0], fn(i)) for i in indices)
 
     def record(self) -> contextlib.AbstractContextManager:
         def make(i):
@@ -253,15 +245,15 @@ class ActivationRecorder:
         return output
 
 
-def conditions(sites: list[DownProjection], weights: list[SuperWeight], options: VerifyOptions, recorder: ActivationRecorder,
+def conditions(sites: Sites, weights: list[SuperWeight], options: VerifyOptions, recorder: ActivationRecorder,
                weight_of: WeightOf = own_weight) -> list[Condition]:
-    everything = weight_entries(sites, weights)
+    everything = sites.scalars(weights)
     total = sum(site.weight.numel() for site in sites)
     outliers = outlier_control(sites, weights, max(len(weights), round(options.outlier_fraction * total)), weight_of)
     random = random_control(sites, weights, options.seed)
     first = min(w.layer for w in weights)  # zero all, control A (same matrices) and +SA start here
     confirm, control = (options.confirm_ratio,), (options.control_max,)
-    found = [zeroing(label(w), lambda w=w: weight_entries(sites, [w]), first_layer=w.layer, thresholds=confirm, kind=Kind.WEIGHT, target=w)
+    found = [zeroing(label(w), lambda w=w: sites.scalars([w]), first_layer=w.layer, thresholds=confirm, kind=Kind.WEIGHT, target=w)
              for w in weights]
     found += [
         zeroing("zero all candidates", lambda: everything, f"{len(weights)} weights", first, confirm, kind=Kind.ALL_WEIGHTS),
@@ -277,9 +269,8 @@ def conditions(sites: list[DownProjection], weights: list[SuperWeight], options:
     return found
 
 
-def _first_layer(sites: list[DownProjection], entries: Entries) -> int:
-    layer_of = {id(site.weight): site.layer for site in sites}
-    return min(layer_of[id(tensor)] for tensor, _ in entries)
+def _first_layer(sites: Sites, entries: Entries) -> int:
+    return min(sites.holding(tensor).layer for tensor, _ in entries)
 
 
 def _quant_conditions(sites: list[DownProjection], keep: Entries, options: VerifyOptions) -> list[Condition]:
@@ -308,7 +299,7 @@ def _stacked(*managers: contextlib.AbstractContextManager) -> Iterator[None]:
         yield
 
 
-def verify(model: nn.Module, windows: torch.Tensor, sites: list[DownProjection], weights: list[SuperWeight],
+def verify(model: nn.Module, windows: torch.Tensor, sites: Sites, weights: list[SuperWeight],
            options: VerifyOptions, progress: Callable[[str], None] = lambda _m: None) -> Verification:
     stopwords = frequent_tokens(windows)
     recorder = ActivationRecorder(sites, weights)
@@ -379,7 +370,7 @@ def _evaluate_condition(model: nn.Module, windows: torch.Tensor, stopwords: torc
 
 @torch.inference_mode()
 def _first_windows(model: nn.Module, windows: torch.Tensor, stopwords: torch.Tensor, plan: list[Condition],
-                   sites: list[DownProjection], prefix: PrefixCache | None, options: VerifyOptions) -> dict[str, Evaluation]:
+                   sites: Sites, prefix: PrefixCache | None, options: VerifyOptions) -> dict[str, Evaluation]:
     """The first window of every condition that zeroes scalars (+SA too), FIRST_BATCH per forward pass.
 
     Early stopping settles most conditions on their first window, where one condition is a
@@ -387,9 +378,8 @@ def _first_windows(model: nn.Module, windows: torch.Tensor, stopwords: torch.Ten
     repeated once per condition, and each sample zeroes its own condition's scalars
     (`hooks.zeroed_per_sample`), from the lowest first layer of the batch.
     """
-    dense = {id(site.weight) for site in sites if not site.fused}
     zeroes = {c.name: c.zeroes() for c in plan if c.zeroes is not None}
-    batchable = [c for c in plan if c.name in zeroes and all(id(t) in dense for t, _ in zeroes[c.name])]
+    batchable = [c for c in plan if c.name in zeroes and not any(sites.holding(t).fused for t, _ in zeroes[c.name])]
     device = next(model.parameters()).device
     first: dict[str, Evaluation] = {}
     for group in (batchable[i: i + FIRST_BATCH] for i in range(0, len(batchable), FIRST_BATCH)):

@@ -122,7 +122,6 @@ def scan(ctx: click.Context, source: str, gguf: str | None, json_path: Path | No
     """Scan SOURCE for super weights: a Hub repo id (org/name[@revision]), one GGUF file of a Hub repo
     (org/name:Q4_K_M), a checkpoint directory or a .gguf file."""
     options = options_from(params)
-    options.validate()
     with output_file(json_path, "--json") if json_path else contextlib.nullcontext() as json_out:
         resolved = resolve(with_gguf(source, gguf), allow_pickle=options.allow_pickle)
         for sink in SCAN_SINKS:

@@ -62,6 +62,8 @@ class VerifyOptions:
 
 @dataclass
 class ScanOptions:
+    """Everything a scan is told; checked once, when built, so a bad value fails before any model loads."""
+
     device: str = "auto"
     dtype: str = "auto"
     prompts: list[str] = field(default_factory=lambda: [DEFAULT_PROMPT])
@@ -77,7 +79,7 @@ class ScanOptions:
     checks: VerifyOptions = field(default_factory=VerifyOptions)
     max_gpu_memory: int | None = None  # bytes; set: stream the blocks (`catalog.streaming`), the same scan
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
         if not self.prompts or any(not p.strip() for p in self.prompts):
             raise BadOptionError("--prompt", "empty prompt; give some text, e.g. --prompt 'Apple Inc. is a worldwide tech company.'")
         if self.max_iterations < 1:

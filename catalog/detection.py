@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from catalog.architectures import DownProjection
+from catalog.architectures import DownProjection, Sites
 from catalog.config import SpikeRule
 from catalog.hooks import Capture, capture, zeroed
 from catalog.result import LayerStat, SuperWeight
@@ -82,12 +82,6 @@ def candidate(site: DownProjection, cap: Capture, iteration: int) -> SuperWeight
     )
 
 
-def weight_entries(sites: list[DownProjection], weights: list[SuperWeight]) -> list[tuple[torch.Tensor, tuple[int, ...]]]:
-    """(tensor, index) pairs for `hooks.zeroed`, looked up by state-dict name."""
-    by_param = {site.param: site.weight for site in sites}
-    return [(by_param[w.param], tuple(w.tensor_index)) for w in weights]
-
-
 # One detection pass with `found` zeroed, at iteration `iteration`: per site the capture, and the
 # candidate a spiking site names, by site (in memory, or block by block in `catalog.streaming`).
 Pass = Callable[[list[SuperWeight], int], tuple[dict[int, Capture], Callable[[int], SuperWeight]]]
@@ -114,9 +108,9 @@ def iterate(run_pass: Pass, sites: list[DownProjection], rule: SpikeRule, max_it
     return Detection(layers, found, passes, reference)
 
 
-def detect(model: nn.Module, prompts: list[torch.Tensor], sites: list[DownProjection], rule: SpikeRule, max_iterations: int) -> Detection:
+def detect(model: nn.Module, prompts: list[torch.Tensor], sites: Sites, rule: SpikeRule, max_iterations: int) -> Detection:
     def run_pass(found: list[SuperWeight], iteration: int) -> tuple[dict[int, Capture], Callable[[int], SuperWeight]]:
-        with zeroed(weight_entries(sites, found)):
+        with zeroed(sites.scalars(found)):
             captures = run_prompts(model, prompts, sites)
         return captures, lambda i: candidate(sites[i], captures[i], iteration)
 

@@ -1,21 +1,21 @@
 """Context managers that always undo themselves: activation captures on the down projections,
 weights zeroed in place (restored bit for bit, since the original scalars are kept), and the
-same zeroing applied per sample of a batch without touching the weights.
+same zeroing applied per sample of a batch without touching the weights. Their hooks go through
+`catalog.patches.hooked`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 
 from catalog import experts
-from catalog.architectures import DownProjection
+from catalog.architectures import DownProjection, Entries, Sites
 from catalog.errors import UnsupportedArchitectureError
-
-Entries = list[tuple[torch.Tensor, tuple[int, ...]]]  # (weight tensor, index into it) of scalars
+from catalog.patches import hooked
 
 
 @dataclass
@@ -81,25 +81,23 @@ def _experts_capture(site: DownProjection, args: tuple, kwargs: dict, output: to
 def capture(sites: list[DownProjection]) -> Iterator[dict[int, Capture]]:
     """Record a `Capture` per site (keyed by position in `sites`) on each forward pass of batch size 1."""
     captured: dict[int, Capture] = {}
-    handles = []
-    for i, site in enumerate(sites):
-        def hook(module, args, kwargs, output, i=i, site=site):
+
+    def recorder(i: int, site: DownProjection) -> Callable:
+        def hook(module, args, kwargs, output):
             y = output[0] if isinstance(output, tuple) else output
             if site.fused:
                 captured[i] = _experts_capture(site, args, kwargs, y)
             else:
                 x = args[0] if args else next(iter(kwargs.values()))
                 captured[i] = _dense_capture(x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1]))
-        handles.append(site.module.register_forward_hook(hook, with_kwargs=True))
-    try:
+        return hook
+
+    with hooked(((site.module, recorder(i, site)) for i, site in enumerate(sites)), with_kwargs=True):
         yield captured
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 @contextmanager
-def zeroed(entries: Iterable[tuple[torch.Tensor, tuple[int, ...]]]) -> Iterator[None]:
+def zeroed(entries: Entries) -> Iterator[None]:
     """Zero each (tensor, index) scalar in place; put the exact original values back on exit.
 
     One gather and one scatter per tensor, however many scalars (control B of a 7B model zeroes
@@ -126,7 +124,7 @@ def zeroed(entries: Iterable[tuple[torch.Tensor, tuple[int, ...]]]) -> Iterator[
 
 
 @contextmanager
-def zeroed_per_sample(sites: list[DownProjection], entries: list[Entries]) -> Iterator[None]:
+def zeroed_per_sample(sites: Sites, entries: list[Entries]) -> Iterator[None]:
     """Forward passes as if sample k of each batch ran under `zeroed(entries[k])`, all in one batch.
 
     The weights stay as they are; a hook recomputes, for sample k only, each output row that its
@@ -134,32 +132,25 @@ def zeroed_per_sample(sites: list[DownProjection], entries: list[Entries]) -> It
     product, as the layer's matrix product computes it, up to summation order). Dense layouts
     only (nn.Linear, Conv1D): fused experts route tokens, and are refused.
     """
-    by_tensor = {id(site.weight): site for site in sites}
-    groups = [(sample, key, pairs) for sample, sample_entries in enumerate(entries)
-              for key, pairs in _rows_and_cols(by_tensor, sample_entries).items()]
+    groups = [(sample, param, pairs) for sample, sample_entries in enumerate(entries)
+              for param, pairs in _rows_and_cols(sites, sample_entries).items()]
     indices = _on_device([lists for _, _, pairs in groups for lists in _row_indices(pairs)], sites[0].weight.device)
-    patches: dict[int, list[tuple[int, torch.Tensor, torch.Tensor]]] = {}  # site -> (sample, rows, zeroed rows)
-    for (sample, key, _), (rows, at, cols) in zip(groups, zip(*[iter(indices)] * 3)):
-        patches.setdefault(key, []).append((sample, rows, _zeroed_rows(by_tensor[key], rows, at, cols)))
-    handles = []
-    try:
-        for key, site_patches in patches.items():
-            module = by_tensor[key].module
-            handles.append(module.register_forward_hook(_recompute_rows(site_patches, getattr(module, "bias", None))))
+    patches: dict[str, list[tuple[int, torch.Tensor, torch.Tensor]]] = {}  # site -> (sample, rows, zeroed rows)
+    for (sample, param, _), (rows, at, cols) in zip(groups, zip(*[iter(indices)] * 3)):
+        patches.setdefault(param, []).append((sample, rows, _zeroed_rows(sites.named(param), rows, at, cols)))
+    modules = [(sites.named(param).module, site_patches) for param, site_patches in patches.items()]
+    with hooked((module, _recompute_rows(site_patches, getattr(module, "bias", None))) for module, site_patches in modules):
         yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
-def _rows_and_cols(by_tensor: dict[int, DownProjection], entries: Entries) -> dict[int, list[tuple[int, int]]]:
-    """The (row, col) of W[row, col] of each entry, per site."""
-    grouped: dict[int, list[tuple[int, int]]] = {}
+def _rows_and_cols(sites: Sites, entries: Entries) -> dict[str, list[tuple[int, int]]]:
+    """The (row, col) of W[row, col] of each entry, per site (by its param)."""
+    grouped: dict[str, list[tuple[int, int]]] = {}
     for tensor, index in entries:
-        site = by_tensor[id(tensor)]
+        site = sites.holding(tensor)
         if site.fused:
             raise ValueError(f"{site.param}: per-sample zeroing needs a dense down projection")
-        grouped.setdefault(id(tensor), []).append((index[1], index[0]) if site.layout == "in_out" else tuple(index))
+        grouped.setdefault(site.param, []).append((index[1], index[0]) if site.layout == "in_out" else tuple(index))
     return grouped
 
 

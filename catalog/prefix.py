@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from catalog.architectures import DownProjection
+from catalog.patches import forwards_replaced, hooked
 
 
 def blocks_of(model: nn.Module, sites: list[DownProjection]) -> nn.ModuleList | None:
@@ -73,12 +74,8 @@ class PrefixCache:
                 else:
                     self.supported = False
             return hook
-        handles = [self.blocks[layer - 1].register_forward_hook(make(layer)) for layer in self.layers]
-        try:
+        with hooked((self.blocks[layer - 1], make(layer)) for layer in self.layers):
             yield
-        finally:
-            for handle in handles:
-                handle.remove()
         self.outputs = {layer: torch.cat(kept) for layer, kept in batches.items() if kept}
 
     def start(self, first_layer: int) -> int:
@@ -106,13 +103,5 @@ class PrefixCache:
             cursor += n
             return recorded[cursor - n: cursor]
 
-        patched = []
-        try:
-            for i in range(start):
-                block = self.blocks[i]
-                block.forward = replay if i == start - 1 else passthrough
-                patched.append(block)
+        with forwards_replaced((self.blocks[i], replay if i == start - 1 else passthrough) for i in range(start)):
             yield
-        finally:
-            for block in patched:
-                del block.forward  # the instance attribute; the class's forward shows again

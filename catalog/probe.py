@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from catalog.patches import hooked
+
 PROBE_TOKENS = 7  # a length no width in a real or tiny model equals, so token dimensions are recognisable
 
 
@@ -89,12 +91,8 @@ def recording(modules: list[nn.Module]) -> Iterator[Probe]:
             copied = _map_tensors((args, kwargs, output), lambda t: t.detach().clone())
             probe.calls[id(module)] = Call(*copied, order=len(probe.calls))
 
-    handles = [m.register_forward_hook(hook, with_kwargs=True) for m in modules]
-    try:
+    with hooked(((m, hook) for m in modules), with_kwargs=True):
         yield probe
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def run(model: nn.Module, modules: list[nn.Module], vocab_size: int) -> Probe:

@@ -63,7 +63,6 @@ def scan(source: str | nn.Module, options: ScanOptions | None = None, progress: 
     if tokenizer is not None or name is not None:
         raise BadOptionError("tokenizer",
                              f"{source!r} is read from its files, tokenizer included; tokenizer= and name= are for a model in memory.")
-    options.validate()
     started = time.perf_counter()
     resolved = resolve(source, allow_pickle=options.allow_pickle)
     seconds = time.perf_counter() - started
@@ -80,7 +79,6 @@ def scan_model(model: nn.Module, tokenizer, options: ScanOptions, *, name: str |
         raise BadOptionError("tokenizer", "a model in memory needs its tokenizer: scan(model, options, tokenizer=tokenizer).")
     if options.max_gpu_memory is not None:
         raise BadOptionError("max_gpu_memory", "streaming reads the blocks from a checkpoint; a model in memory is scanned where it is.")
-    options.validate()
     config = options.to_config()
     name = name or getattr(model.config, "_name_or_path", None) or type(model).__name__
     loaded = in_memory(model, tokenizer, name)
@@ -91,7 +89,6 @@ def scan_model(model: nn.Module, tokenizer, options: ScanOptions, *, name: str |
 def scan_source(source: ResolvedSource, options: ScanOptions, progress: Progress | None = None) -> ScanResult:
     """Scan already-resolved files (the survey resolves in a separate download stage)."""
     say = progress or (lambda _msg: None)
-    options.validate()
     config = options.to_config()  # reads the evaluation text now: a bad --eval-text fails before loading
     with contextlib.ExitStack() as stack:
         return _checked(source.spec, lambda: _scan_loaded(source, options, config, say, stack))

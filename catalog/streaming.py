@@ -36,14 +36,15 @@ import torch
 from torch import nn
 
 from catalog import probe as probing
-from catalog.architectures import DownProjection, Probed, architecture, block_sites, decoder_lists, structure
+from catalog.architectures import DownProjection, Entries, Probed, Sites, architecture, block_sites, decoder_lists, structure
 from catalog.causal import ActivationRecorder, Condition, Evaluated, Verification, conclude, conditions
 from catalog.config import SpikeRule, VerifyOptions
-from catalog.detection import Detection, candidate, iterate, weight_entries
+from catalog.detection import Detection, candidate, iterate
 from catalog.errors import BadOptionError, first_line
-from catalog.hooks import Capture, Entries, capture, zeroed
+from catalog.hooks import Capture, capture, zeroed
 from catalog.loading import LoadedModel, as_invalid, assign, buffers_to, checkpoint_names, model_info, open_source, place, skeleton
 from catalog.options import MAX_GPU_MEMORY, format_size
+from catalog.patches import forwards_replaced, hooked
 from catalog.perplexity import Evaluation, evaluate, frequent_tokens
 from catalog.prefix import PrefixCache
 from catalog.reader import ShardReader, checkpoint_shards
@@ -108,16 +109,9 @@ def block_calls(model: nn.Module, blocks: nn.ModuleList, ids: torch.Tensor) -> I
     def passthrough(hidden_states, *args, **kwargs):
         return hidden_states
 
-    handles = [block.register_forward_pre_hook(record, with_kwargs=True) for block in blocks]
-    try:
-        for block in blocks:
-            block.forward = passthrough
+    with (hooked(((block, record) for block in blocks), pre=True, with_kwargs=True),
+          forwards_replaced((block, passthrough) for block in blocks)):
         model(input_ids=ids, use_cache=False)
-    finally:
-        for block in blocks:
-            del block.forward  # the instance attribute; the class's forward shows again
-        for handle in handles:
-            handle.remove()
     if len(calls) != len(blocks):
         raise ValueError(f"the model called its {len(blocks)} blocks {len(calls)} times")
     return first[0], calls
@@ -145,17 +139,16 @@ class Stream:
                            for h, calls in zip(self.hidden, self.calls)]
 
 
-def per_block(entries: Entries, sites: list[DownProjection]) -> BlockContext:
+def per_block(entries: Entries, sites: Sites) -> BlockContext:
     """`zeroed(entries)` for one block at a time: the scalars grouped by block once, not at every
     block (control B zeroes ~7000, in every block)."""
-    layer_of = {id(site.weight): site.layer for site in sites}
     by_layer: dict[int, Entries] = {}
     for tensor, index in entries:
-        by_layer.setdefault(layer_of[id(tensor)], []).append((tensor, index))
+        by_layer.setdefault(sites.holding(tensor).layer, []).append((tensor, index))
     return lambda layer: zeroed(by_layer.get(layer, []))
 
 
-def block_context(condition: Condition, sites: list[DownProjection]) -> BlockContext:
+def block_context(condition: Condition, sites: Sites) -> BlockContext:
     """A condition's change to one block: its own block's zeroed scalars, or its whole context
     (quantized matrices, +SA's write-back), whose changes outside the resident block fall on meta tensors."""
     if condition.zeroes is not None and condition.per_sample is None:
@@ -187,16 +180,16 @@ class StreamedModel:
         return [block_calls(self.loaded.model, self.blocks, batch.to(self.loaded.device)) for batch in ids]
 
     @torch.inference_mode()
-    def detect(self, prompts: list[torch.Tensor], sites: list[DownProjection], rule: SpikeRule, max_iterations: int) -> Detection:
+    def detect(self, prompts: list[torch.Tensor], sites: Sites, rule: SpikeRule, max_iterations: int) -> Detection:
         """`catalog.detection.detect`, one streamed pass per iteration."""
         calls = self.inputs(prompts)
         return iterate(lambda found, iteration: self._detection_pass(calls, sites, found, iteration), sites, rule, max_iterations)
 
-    def _detection_pass(self, calls: list[Inputs], sites: list[DownProjection], found: list[SuperWeight],
+    def _detection_pass(self, calls: list[Inputs], sites: Sites, found: list[SuperWeight],
                         iteration: int) -> tuple[dict[int, Capture], Callable[[int], SuperWeight]]:
         """Per site the largest-spike capture over the prompts (`detection.run_prompts`), with
         `found` zeroed, and the candidate it names (read while its block is resident: every site's)."""
-        zero_found = per_block(weight_entries(sites, found), sites)
+        zero_found = per_block(sites.scalars(found), sites)
         streams = [Stream.of([call], zero_found) for call in calls]
         best: dict[int, Capture] = {}
         named: dict[int, SuperWeight] = {}
@@ -211,7 +204,7 @@ class StreamedModel:
         return best, named.__getitem__
 
     @torch.inference_mode()
-    def verify(self, windows: torch.Tensor, sites: list[DownProjection], weights: list[SuperWeight],
+    def verify(self, windows: torch.Tensor, sites: Sites, weights: list[SuperWeight],
                options: VerifyOptions, progress: Callable[[str], None] = lambda _m: None) -> Verification:
         """`catalog.causal.verify` (with its prefix sharing) in one streamed pass over the blocks; the
         pass carries every window, so `options.early_stop` is not used (`ScanOptions.verification`)."""

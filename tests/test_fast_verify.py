@@ -254,12 +254,11 @@ def test_per_sample_zeroing_equals_zeroing_the_weights(tiny, zipf, kind):
     """A batch whose samples each zero their own scalars gives each sample the logits of running
     it alone with those scalars zeroed in place, and leaves the weights untouched."""
     from catalog.causal import outlier_control, random_control
-    from catalog.detection import weight_entries
     from catalog.hooks import zeroed_per_sample
 
     s = setup(str(tiny(kind, effect=True, inert=True).path), zipf, tokens=256, seq_len=64)
     model, window = s.loaded.model, s.windows[:1]
-    per_sample = [weight_entries(s.sites, s.weights[:1]), weight_entries(s.sites, s.weights),
+    per_sample = [s.sites.scalars(s.weights[:1]), s.sites.scalars(s.weights),
                   random_control(s.sites, s.weights, 0), outlier_control(s.sites, s.weights, 40), []]
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with torch.inference_mode():

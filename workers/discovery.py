@@ -23,7 +23,7 @@ class HubQuery:
     sort: str = "downloads"  # descending
     limit: int = 20
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:  # checked once, when built
         if self.sort not in SORTS:
             raise BadOptionError("--sort", f"unknown sort {self.sort!r}; use one of {', '.join(SORTS)}.")
         if self.limit < 1:
@@ -43,7 +43,6 @@ def discover(query: HubQuery, api=None) -> list[Candidate]:
     """The Hub's models matching `query`, most downloaded (or most recent) first."""
     from huggingface_hub import HfApi
 
-    query.validate()
     api = api or HfApi()
     from huggingface_hub.errors import OfflineModeIsEnabled
 

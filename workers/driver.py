@@ -166,7 +166,6 @@ class Survey:
 
     def __init__(self, catalog: CatalogWriter, options: ScanOptions, settings: SurveySettings | None = None,
                  scanner: type[Scanner] = Scanner, on_update: Callable[[Counts], None] | None = None) -> None:
-        options.validate()
         self.catalog, self.options = catalog, options
         self.settings = settings or SurveySettings()
         self.worker_class = ray_remote(scanner)

@@ -88,7 +88,6 @@ class Scanner:
     """
 
     def __init__(self, options: ScanOptions) -> None:
-        options.validate()
         self.options = options
         import torch  # noqa: F401  (the heavy import, once per worker)
         import transformers  # noqa: F401
