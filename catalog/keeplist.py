@@ -62,7 +62,7 @@ def module_name(weight: SuperWeight) -> str:
     return weight.param.rpartition(".")[0]
 
 
-def gguf_tensor(result: ScanResult, weight: SuperWeight) -> str:
+def _gguf_tensor(result: ScanResult, weight: SuperWeight) -> str:
     name = gguf_name(weight.param, weight.layer)
     if name is None:
         raise KeepListError(result.model.source, f"{weight.param} has no GGUF tensor name in llama.cpp's table (the gguf package); "
@@ -71,7 +71,7 @@ def gguf_tensor(result: ScanResult, weight: SuperWeight) -> str:
 
 
 def _llama_cpp(result: ScanResult, weights: list[SuperWeight]) -> tuple[list[str], str]:
-    names = list(dict.fromkeys(gguf_tensor(result, w) for w in weights))
+    names = list(dict.fromkeys(_gguf_tensor(result, w) for w in weights))
     return names, "".join(f"--tensor-type {re.escape(n)}={LLAMA_CPP_TYPE} " for n in names).rstrip() + "\n" * bool(names)
 
 

@@ -59,6 +59,8 @@ class Stored:
 
 @dataclass(frozen=True)
 class Write:
+    """The bytes of one scalar, at their offset in one file of the copy."""
+
     file: str
     offset: int
     data: bytes
