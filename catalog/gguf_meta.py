@@ -1,15 +1,18 @@
 """The key-value metadata of a GGUF file (`general.name`, `general.file_type`, ...) and its tensor
-names, read without torch.
+table, read without torch.
 
 GGUF (llama.cpp's format) starts with `GGUF`, a version, the tensor and key counts, then the
 keys: a length-prefixed name, a value type, a value. Arrays are skipped unless they are short
 (`MAX_ARRAY`): the tokenizer's vocabulary lives here too, and `gguf.GGUFReader` would build all
-of it (seconds for a 49k vocabulary) to answer what the first few keys already say.
+of it (seconds for a 49k vocabulary) to answer what the first few keys already say. The tensor
+table follows: per tensor a name, its dimensions (innermost first), a ggml type and an offset
+into the data, which starts at the next multiple of `general.alignment` (32 by default).
 """
 
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -17,6 +20,28 @@ SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?
 STRING, ARRAY = 8, 9
 MAX_ARRAY = 64  # longer arrays (vocabularies, merges, scores) are skipped, not kept
 MAX_STRING = 1 << 24
+MAX_DIMS = 8
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    """One tensor of the file: where its bytes start and how they are stored."""
+
+    name: str
+    shape: tuple[int, ...]  # outermost first, as numpy and torch index it (the file lists ggml's order)
+    ggml_type: int
+    start: int  # absolute byte offset in the file
+
+
+@dataclass(frozen=True)
+class Header:
+    metadata: dict[str, object]  # arrays longer than MAX_ARRAY left out
+    array_lengths: dict[str, int]  # every array's length, those left out too
+    tensors: tuple[TensorEntry, ...]
+
+    @property
+    def architecture(self) -> str:
+        return str(self.metadata.get("general.architecture", ""))
 
 
 def read_metadata(path: Path) -> dict[str, object]:
@@ -24,35 +49,51 @@ def read_metadata(path: Path) -> dict[str, object]:
 
     Raises `ValueError` for a file that is not GGUF or is cut short."""
     with open(path, "rb") as f:
-        return _header(f, Path(path).name)[1]
+        return _key_values(f, path)[0]
+
+
+def read_header(path: Path) -> Header:
+    """The metadata and the tensor table (no tensor data). `ValueError` as `read_metadata`."""
+    with open(path, "rb") as f:
+        metadata, lengths, tensors = _key_values(f, path)
+        entries = [_tensor_entry(f) for _ in range(tensors)]
+        alignment = int(metadata.get("general.alignment", 32))  # type: ignore[call-overload]
+        data = -(-f.tell() // alignment) * alignment
+    return Header(metadata, lengths, tuple(TensorEntry(n, s, t, data + offset) for n, s, t, offset in entries))
 
 
 def read_tensor_names(path: Path) -> list[str]:
-    """The names of the file's tensors, in file order (`blk.11.ffn_down.weight`): the tensor infos
-    that follow the keys, each a name, its dimensions, its type and its data offset."""
-    with open(path, "rb") as f:
-        tensors, _ = _header(f, Path(path).name)
-        names = []
-        for _ in range(tensors):
-            names.append(_string(f))
-            f.seek(8 * _unpack(f, "<I") + 4 + 8, 1)  # the dimensions (uint64 each), the type, the offset
-        return names
+    """The names of the file's tensors, in file order (`blk.11.ffn_down.weight`)."""
+    return [tensor.name for tensor in read_header(path).tensors]
 
 
-def _header(f: BinaryIO, name: str) -> tuple[int, dict[str, object]]:
-    """The tensor count and the keys; leaves `f` at the first tensor info."""
+def _key_values(f: BinaryIO, path: Path) -> tuple[dict[str, object], dict[str, int], int]:
+    """(metadata, array lengths, tensor count), the file left at the tensor table."""
     if f.read(4) != b"GGUF":
-        raise ValueError(f"{name}: not a GGUF file (no GGUF magic)")
+        raise ValueError(f"{Path(path).name}: not a GGUF file (no GGUF magic)")
     version, tensors, count = struct.unpack("<IQQ", _exact(f, 20))
     if version < 2:
-        raise ValueError(f"{name}: GGUF version {version} is too old to read")
-    metadata = {}
+        raise ValueError(f"{Path(path).name}: GGUF version {version} is too old to read")
+    metadata, lengths = {}, {}
     for _ in range(count):
-        key = _string(f)
-        value = _value(f, _unpack(f, "<I"))
+        key, kind = _string(f), _unpack(f, "<I")
+        if kind == ARRAY:
+            item, lengths[key] = _unpack(f, "<I"), _unpack(f, "<Q")
+            value = _array(f, item, lengths[key])
+        else:
+            value = _value(f, kind)
         if value is not _SKIPPED:
             metadata[key] = value
-    return tensors, metadata
+    return metadata, lengths, tensors
+
+
+def _tensor_entry(f: BinaryIO) -> tuple[str, tuple[int, ...], int, int]:
+    name, dims = _string(f), _unpack(f, "<I")
+    if dims > MAX_DIMS:
+        raise ValueError(f"a GGUF tensor of {dims} dimensions: the file is corrupt")
+    shape = struct.unpack(f"<{dims}Q", _exact(f, 8 * dims))
+    kind, offset = struct.unpack("<IQ", _exact(f, 12))
+    return name, tuple(reversed(shape)), kind, offset
 
 
 _SKIPPED = object()
@@ -62,14 +103,17 @@ def _value(f: BinaryIO, kind: int) -> object:
     if kind == STRING:
         return _string(f)
     if kind == ARRAY:
-        item, length = _unpack(f, "<I"), _unpack(f, "<Q")
-        if length > MAX_ARRAY:
-            _skip_array(f, item, length)
-            return _SKIPPED
-        return [_value(f, item) for _ in range(length)]
+        return _array(f, _unpack(f, "<I"), _unpack(f, "<Q"))
     if kind not in SCALARS:
         raise ValueError(f"unknown GGUF value type {kind}")
     return _unpack(f, SCALARS[kind])
+
+
+def _array(f: BinaryIO, item: int, length: int) -> object:
+    if length > MAX_ARRAY:
+        _skip_array(f, item, length)
+        return _SKIPPED
+    return [_value(f, item) for _ in range(length)]
 
 
 def _skip_array(f: BinaryIO, item: int, length: int) -> None:

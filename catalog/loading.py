@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import pickle
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +16,8 @@ from torch import nn
 from catalog.architectures import Architecture, discover, family_of
 from catalog.errors import BadOptionError, InvalidSourceError, SuperweightsError, UnsupportedArchitectureError, first_line
 from catalog.family import family_name
+from catalog.gguf_load import config_read_once, gguf_config, read_tensors
+from catalog.gguf_meta import Header, read_header
 from catalog.identity import Identity, checkpoint_identity, gguf_identity
 from catalog.reader import ShardReader, Span, checkpoint_shards, index_shards
 from catalog.result import ModelInfo
@@ -70,6 +72,14 @@ class Opened:
     dtype: torch.dtype
     config: object
     tokenizer: object
+    gguf: GGUFFile | None = None  # a GGUF file `read_gguf` can load itself
+
+
+@dataclass(frozen=True)
+class GGUFFile:
+    path: Path
+    header: Header
+    config: dict[str, object]  # as `load_gguf_checkpoint` gives it (`catalog.gguf_load.gguf_config`)
 
 
 def open_source(source: ResolvedSource, device: str, dtype: str, trust_remote_code: bool) -> Opened:
@@ -81,10 +91,21 @@ def open_source(source: ResolvedSource, device: str, dtype: str, trust_remote_co
     kwargs = {"gguf_file": source.gguf_file} if source.gguf_file else {}
     check_config(source, trust_remote_code)
     with as_invalid(source):
+        gguf = gguf_file(source)
+    with as_invalid(source), config_read_once(gguf.path, gguf.config) if gguf else nullcontext():
         config = AutoConfig.from_pretrained(source.path, trust_remote_code=trust_remote_code, **kwargs)
-    with as_invalid(source):
         tokenizer = AutoTokenizer.from_pretrained(source.path, trust_remote_code=trust_remote_code, **kwargs)
-    return Opened(dev, torch_dtype, config, tokenizer)
+    return Opened(dev, torch_dtype, config, tokenizer, gguf)
+
+
+def gguf_file(source: ResolvedSource) -> GGUFFile | None:
+    """The source's GGUF file parsed once, or None (not GGUF, or an architecture left to transformers)."""
+    if not source.gguf_file:
+        return None
+    path = source.path / source.gguf_file
+    header = read_header(path)
+    config = gguf_config(header)
+    return GGUFFile(path, header, config) if config is not None else None
 
 
 def load(source: ResolvedSource, *, device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False) -> LoadedModel:
@@ -94,9 +115,7 @@ def load(source: ResolvedSource, *, device: str = "auto", dtype: str = "auto", t
     start = time.perf_counter()
     opened = open_source(source, device, dtype, trust_remote_code)
     with as_invalid(source):
-        model = read_parallel(source, opened.config, opened.device, opened.dtype,
-                              trust_remote_code) if source.format == "safetensors" else None
-        loader = "parallel" if model is not None else "transformers"
+        model, loader = read_directly(source, opened, trust_remote_code)
         if model is None:
             model = AutoModelForCausalLM.from_pretrained(
                 source.path,
@@ -146,6 +165,30 @@ def assign(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
         module._buffers[attr] = tensor
 
 
+def read_directly(source: ResolvedSource, opened: Opened, trust_remote_code: bool) -> tuple[nn.Module | None, str]:
+    """(the model read by this package's own readers, or None, and which loader that is)."""
+    if source.format == "safetensors":
+        model = read_parallel(source, opened.config, opened.device, opened.dtype, trust_remote_code)
+        return model, "parallel" if model is not None else "transformers"
+    if opened.gguf is not None:
+        model = read_gguf(opened.gguf, opened.config, opened.device, opened.dtype, trust_remote_code)
+        return model, "gguf" if model is not None else "transformers"
+    return None, "transformers"
+
+
+def read_gguf(gguf: GGUFFile, config, device: torch.device, dtype: torch.dtype, trust_remote_code: bool) -> nn.Module | None:
+    """The model with the file's tensors dequantized straight onto the device (`catalog.gguf_load`),
+    or None where they do not fill it exactly (`checkpoint_names`)."""
+    model = skeleton(config, dtype, trust_remote_code)
+    tensors = read_tensors(gguf.path, gguf.header, gguf.config, model, device, dtype)
+    names = checkpoint_names(model, tensors)
+    if names is None:
+        return None
+    place(model, names, tensors)
+    buffers_to(model, device)
+    return model
+
+
 def read_parallel(source: ResolvedSource, config, device: torch.device, dtype: torch.dtype,
                   trust_remote_code: bool) -> nn.Module | None:
     """The model with its weights read by `catalog.reader` (several threads, straight onto the
@@ -188,7 +231,7 @@ def buffers_to(model: nn.Module, device: torch.device) -> None:
             module._buffers[name] = buffer.to(device)
 
 
-def checkpoint_names(model: nn.Module, spans: dict[str, Span]) -> dict[str, list[str]] | None:
+def checkpoint_names(model: nn.Module, spans: Mapping[str, Span | torch.Tensor]) -> dict[str, list[str]] | None:
     """Checkpoint name -> the state-dict names it fills (tied weights: several), or None unless
     every checkpoint tensor fills the model's tensors of its name and shape, and every one is
     filled, by tensors put in place as they are (not quantized, not kept in float32)."""

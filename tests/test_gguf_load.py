@@ -1,0 +1,143 @@
+"""GGUF files read straight into the model (issue 16, item 3): the model must be the one transformers'
+own GGUF path builds, every tensor equal (llama.cpp's Q/K row permutation undone the same way),
+with the config transformers reads from the file; an architecture transformers treats specially
+is left to transformers.
+
+Small GGUF files are written with `gguf.GGUFWriter` (quantized, half and float tensors); the real
+SmolLM2 file is compared too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+import torch
+
+from catalog.gguf_load import dequantize, gguf_config
+from catalog.gguf_meta import read_header
+from catalog.loading import gguf_file, load, read_gguf
+from catalog.sources import resolve
+
+Q = gguf.GGMLQuantizationType
+
+
+def hf_reference(path: Path, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype).eval()
+
+
+def write_gguf(path: Path, arch: str, *, heads: int = 4, kv_heads: int = 2, tied: bool = False) -> Path:
+    """A 2-layer, 64-wide model of `arch` with random weights, its 2-D weights in Q8_0 and Q4_0,
+    its embedding in F16, norms and biases in F32."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.modeling_gguf_pytorch_utils import TENSOR_PROCESSORS, TensorProcessor, get_gguf_hf_weights_map
+
+    writer = gguf.GGUFWriter(path, arch)
+    writer.add_name(f"tiny-{arch}")
+    writer.add_block_count(2)
+    writer.add_context_length(128)
+    writer.add_embedding_length(64)
+    writer.add_feed_forward_length(128)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_vocab_size(96)
+    config = AutoConfig.for_model(arch, vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                  num_attention_heads=heads, num_key_value_heads=kv_heads, tie_word_embeddings=tied)
+    with init_empty_weights():
+        model = AutoModelForCausalLM.from_config(config)
+    names = get_gguf_hf_weights_map(model, TENSOR_PROCESSORS.get(arch, TensorProcessor)())
+    shapes = {hf: tuple(model.state_dict()[hf].shape) for hf in names.values()}
+    rng = np.random.default_rng(0)
+    for index, (name, hf) in enumerate(sorted(names.items())):
+        if tied and name == "output.weight":
+            continue
+        values = rng.standard_normal(shapes[hf]).astype(np.float32)
+        if name == "token_embd.weight":
+            writer.add_tensor(name, values.astype(np.float16))
+        elif values.ndim == 2:
+            kind = (Q.Q8_0, Q.Q4_0)[index % 2]
+            writer.add_tensor(name, gguf.quants.quantize(values, kind), raw_dtype=kind)
+        else:
+            writer.add_tensor(name, values)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def fast(path: Path, dtype: torch.dtype = torch.float32) -> torch.nn.Module | None:
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
+    return read_gguf(gguf_file(resolve(str(path))), config, torch.device("cpu"), dtype, False)
+
+
+def assert_same_model(ours: torch.nn.Module, theirs: torch.nn.Module) -> None:
+    mine, reference = ours.state_dict(), theirs.state_dict()
+    assert mine.keys() == reference.keys()
+    for name, tensor in reference.items():
+        assert mine[name].dtype == tensor.dtype and torch.equal(mine[name], tensor), name
+    assert not any(p.is_meta for p in ours.parameters()) and not any(b.is_meta for b in ours.buffers())
+    if ours.config.tie_word_embeddings:
+        assert ours.get_output_embeddings().weight is ours.get_input_embeddings().weight
+    ids = torch.randint(0, 96, (2, 12), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        assert torch.equal(ours(input_ids=ids).logits, theirs(input_ids=ids).logits)
+
+
+@pytest.mark.parametrize("arch,heads,kv_heads,tied", [("llama", 4, 2, False), ("llama", 4, 4, True), ("qwen2", 4, 2, False)])
+def test_a_written_gguf_loads_as_transformers_loads_it(tmp_path, arch, heads, kv_heads, tied):
+    """Llama's Q and K rows are stored permuted (grouped-query and not); qwen2's are not, and it has biases."""
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+    path = write_gguf(tmp_path / f"{arch}.gguf", arch, heads=heads, kv_heads=kv_heads, tied=tied)
+    assert gguf_config(read_header(path)) == load_gguf_checkpoint(str(path))["config"]
+    for dtype in (torch.float32, torch.bfloat16):
+        ours = fast(path, dtype)
+        assert ours is not None
+        assert_same_model(ours, hf_reference(path, dtype))
+
+
+def test_llamas_query_rows_are_unpermuted(tmp_path):
+    """The file's Q rows are llama.cpp's interleaved order; the model's are transformers' halves."""
+    path = write_gguf(tmp_path / "llama.gguf", "llama")
+    header = read_header(path)
+    entry = next(t for t in header.tensors if t.name == "blk.0.attn_q.weight")
+    stored = torch.from_numpy(dequantize(np.memmap(path, np.uint8, "r"), entry))
+    loaded = fast(path).model.layers[0].self_attn.q_proj.weight
+    head = 64 // 4
+    assert not torch.equal(loaded, stored)
+    assert torch.equal(loaded[:head // 2], stored[0:head:2])  # the first half of head 0: its even rows
+
+
+@pytest.mark.parametrize("arch", ["gemma3", "stablelm", "t5"])
+def test_an_architecture_transformers_treats_specially_is_left_to_it(tmp_path, arch):
+    writer = gguf.GGUFWriter(tmp_path / "special.gguf", arch)
+    writer.add_block_count(1)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    assert gguf_config(read_header(tmp_path / "special.gguf")) is None
+
+
+@pytest.mark.integration
+def test_smollm2_loads_as_transformers_loads_it(smollm2_gguf):
+    from transformers import AutoConfig, AutoTokenizer
+
+    loaded = load(resolve(str(smollm2_gguf)), device="cpu", dtype="float32")
+    assert loaded.loader == "gguf"
+    assert_same_model(loaded.model, hf_reference(smollm2_gguf))
+    config = AutoConfig.from_pretrained(smollm2_gguf.parent, gguf_file=smollm2_gguf.name)
+    assert loaded.model.config.to_dict() == config.to_dict() | {"dtype": "float32"}
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_gguf.parent, gguf_file=smollm2_gguf.name)
+    text = "Shakespeare's plays, 1623: the First Folio."
+    assert loaded.tokenizer(text).input_ids == tokenizer(text).input_ids
