@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from catalog.gguf_meta import Header, TensorEntry
+from catalog.patches import replaced
 
 # `load_gguf_checkpoint` renames these architectures or edits their config after the generic mapping
 SPECIAL = ("t5", "stablelm", "qwen2moe", "qwen3moe", "gpt_oss", "gpt-oss", "minimax-m2", "gemma3", "gemma4", "lfm2")
@@ -47,8 +48,9 @@ def gguf_config(header: Header) -> dict[str, object] | None:
     the file to transformers (a special or unknown architecture, a config value in a long array)."""
     from transformers.integrations import GGUF_CONFIG_DEFAULTS_MAPPING, GGUF_CONFIG_MAPPING
 
-    arch, names = header.architecture, header.metadata.get("general.name")
-    if arch not in GGUF_CONFIG_MAPPING or any(s in arch for s in SPECIAL) or _newer_reader(arch) or ("llama" in arch and names == "mistral"):
+    arch, name = header.architecture, header.metadata.get("general.name")
+    mistral = "llama" in arch and name == "mistral"  # transformers' rename: its `"mistral" in [general.name]`
+    if arch not in GGUF_CONFIG_MAPPING or any(s in arch for s in SPECIAL) or _newer_reader(arch) or mistral:
         return None
     config: dict[str, object] = {"tie_word_embeddings": all(t.name != "output.weight" for t in header.tensors) or arch in TIED_ANYWAY}
     for key, value in GGUF_CONFIG_DEFAULTS_MAPPING.get(arch, {}).items():
@@ -95,20 +97,8 @@ def config_read_once(path: Path, config: dict[str, object] | None) -> Iterator[N
             return original(file, return_tensors=return_tensors, **kwargs)
         return {"config": dict(config)}
 
-    with _replaced(legacy, "load_gguf_checkpoint", load):
+    with replaced(legacy, "load_gguf_checkpoint", load):
         yield
-
-
-@contextmanager
-def _replaced(module: object, name: str, value: object) -> Iterator[None]:
-    """`module.name` is `value` while this holds: for the two calls into transformers whose cost is
-    a repeated parse or build, which it looks up at call time (`config_read_once`, `_name_map`)."""
-    original = getattr(module, name)
-    setattr(module, name, value)
-    try:
-        yield
-    finally:
-        setattr(module, name, original)
 
 
 def _name_map(model: nn.Module, processor: object) -> dict[str, str]:
@@ -118,7 +108,7 @@ def _name_map(model: nn.Module, processor: object) -> dict[str, str]:
     import gguf
     from transformers.modeling_gguf_pytorch_utils import get_gguf_hf_weights_map
 
-    with _replaced(gguf, "get_tensor_name_map", functools.cache(gguf.get_tensor_name_map)):
+    with replaced(gguf, "get_tensor_name_map", functools.cache(gguf.get_tensor_name_map)):
         return get_gguf_hf_weights_map(model, processor)
 
 

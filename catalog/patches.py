@@ -1,6 +1,7 @@
-"""Temporary changes to modules that always come off: hooks registered (`hooked`) and forwards
-replaced (`forwards_replaced`). Every hook and patched forward of the scanner goes through these,
-so none can outlive the pass it was made for (TransformerLens's `HookedRootModule.hooks()` shape).
+"""Temporary changes to modules that always come off: hooks registered (`hooked`), forwards
+replaced (`forwards_replaced`) and a library's attribute replaced (`replaced`). Every hook and
+patched forward of the scanner goes through these, so none can outlive the pass it was made for
+(TransformerLens's `HookedRootModule.hooks()` shape).
 """
 
 from __future__ import annotations
@@ -42,3 +43,15 @@ def forwards_replaced(replacements: Iterable[tuple[nn.Module, Callable]]) -> Ite
     finally:
         for module in patched:
             del module.forward
+
+
+@contextmanager
+def replaced(owner: object, name: str, value: object) -> Iterator[None]:
+    """`owner.name` is `value` until exit, then what it was: for a library function that its callers
+    look up at call time (`catalog.gguf_load` hands transformers a config it would parse again)."""
+    original = getattr(owner, name)
+    setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        setattr(owner, name, original)
