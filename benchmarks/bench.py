@@ -2,6 +2,8 @@
 
 For each synthetic checkpoint (`benchmarks/synth.py`), in one process, page cache warm:
 - floor: `safetensors.torch.load_file(shard, device=...)` for every shard in turn, no model code;
+- copy: pinned host-to-device bandwidth (one pinned buffer copied over, best of several), and the
+  time that bandwidth gives the checkpoint's bytes: what no read onto the GPU can beat;
 - parallel read: `catalog.reader` reading every tensor onto the device (the scan's own load
   before any model code), checked bit for bit against safetensors on the GPU;
 - scan (best of `--repeats`): the product's `scan_source` (load once, detection with iterations, every verification
@@ -104,6 +106,24 @@ def parallel_read(shards: list[Path], device: str, threads: int | None = None, r
         del tensors
         release()
     return best
+
+
+def pinned_bandwidth(device: str, size: int = 1 << 30, repeats: int = 5) -> float | None:
+    """Bytes per second of one pinned host buffer copied to the device (best of `repeats`); None off the GPU."""
+    if not device.startswith("cuda"):
+        return None
+    host = torch.empty(size, dtype=torch.uint8, pin_memory=True)
+    dest = torch.empty(size, dtype=torch.uint8, device=device)
+    best = float("inf")
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        dest.copy_(host, non_blocking=True)
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    del host, dest
+    release()
+    return size / best
 
 
 def check_reader(shards: list[Path], device: str) -> None:
@@ -251,8 +271,12 @@ def bench_size(size: str, args) -> dict:
     checkpoint, floor_s = prepare(size, args)
     if args.device.startswith("cuda"):
         check_reader(checkpoint.shards, args.device)
+    bandwidth = pinned_bandwidth(args.device)
+    copy_s = checkpoint.bytes / bandwidth if bandwidth else None
     reads = {threads: round(parallel_read(checkpoint.shards, args.device, threads), 3) for threads in args.read_threads}
-    print(f"[{size}] parallel read by threads: {reads}", flush=True)
+    read_s = min(reads.values())
+    print(f"[{size}] pinned copy {(bandwidth or 0) / 1e9:.1f} GB/s ({copy_s and round(copy_s, 3)} s for the bytes); "
+          f"parallel read by threads: {reads}", flush=True)
     scans = {name: best_scan(checkpoint, args.device, checks, args.eval_tokens, args.seq_len, args.repeats) for name,
              checks in VARIANTS.items()}
     for name, s in scans.items():
@@ -276,6 +300,10 @@ def bench_size(size: str, args) -> dict:
         "peak_gpu_gb": main_scan["peak_gpu_gb"],
         "direct_load_s": round(direct_s, 3),
         "parallel_read_s": reads,
+        "pinned_copy_gbps": round(bandwidth / 1e9, 2) if bandwidth else None,
+        "copy_s": round(copy_s, 3) if copy_s else None,
+        "read_over_copy_bandwidth": round(copy_s / read_s, 2) if copy_s else None,  # target >= 0.8
+        "scan_over_read": round(main_scan["wall_s"] / read_s, 2),  # target <= 1.5
         "loader": main_scan["loader"],
         "baseline_eval_s": main_scan["phases"]["verify_baseline"],
         "naive": naive_run,
@@ -290,7 +318,8 @@ def print_row(row: dict) -> None:
     print(f"[{row['model_size']}] floor {row['floor_s']} s | scan {row['scan_s']} s | naive {row['naive_s']} s | "
           f"scan/floor {row['scan_over_floor']} | naive/scan {row['naive_over_scan']} | "
           f"extra condition {row['extra_condition_cost']} of a baseline eval | peak GPU {row['peak_gpu_gb']} GB | "
-          f"direct load {row['direct_load_s']} s", flush=True)
+          f"direct load {row['direct_load_s']} s | read/copy bandwidth {row['read_over_copy_bandwidth']} | "
+          f"scan/read {row['scan_over_read']}", flush=True)
     for name, v in row["variants"].items():
         print(f"    {name:7s} scan {v['wall_s']:8.3f} s  extra/cond {v.get('extra_condition_cost')}  phases {v['phases']}", flush=True)
         print(f"            conditions (s): {v['condition_seconds']}", flush=True)

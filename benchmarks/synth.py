@@ -54,6 +54,8 @@ SHAPES = {
     "small": Shape(256, 688, 8, 8, 4, 4096),
     "1b": Shape(2048, 5632, 22, 32, 4, 32000),  # TinyLlama-1.1B
     "7b": Shape(4096, 11008, 32, 32, 32, 32000),  # Llama-2-7B
+    "8b": Shape(4096, 14336, 32, 32, 8, 128256),  # Llama-3-8B
+    "14b": Shape(5120, 13824, 48, 40, 8, 152064),  # Qwen2.5-14B's sizes, in the Llama layout
 }
 
 
