@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import re
 import sys
 from pathlib import Path
 
@@ -20,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench, synth, run as
 import bench  # noqa: E402
 
 from catalog.config import VerifyOptions  # noqa: E402
+from catalog.errors import BadOptionError  # noqa: E402
 from catalog.options import parse_size  # noqa: E402
 
 import synth  # noqa: E402
@@ -32,15 +34,30 @@ def scanned(checkpoint: synth.Checkpoint, args, budget: int | None) -> dict:
     return timed | {"ppl": {a.name: a.ppl for a in result.ablations}}
 
 
+def streamed_within(checkpoint: synth.Checkpoint, args) -> tuple[dict, int, str | None]:
+    """The streamed scan under `--budget`, or, where that budget is refused up front, the refusal
+    and the scan under the budget the refusal names."""
+    budget = parse_size(args.budget)
+    try:
+        return scanned(checkpoint, args, budget), budget, None
+    except BadOptionError as refused:
+        print(f"refused: {refused}", flush=True)
+        budget = parse_size(re.search(r"--max-gpu-memory (\S+)", str(refused))[1].rstrip(";,."))
+        return scanned(checkpoint, args, budget), budget, str(refused)
+
+
 def bench_size(size: str, args) -> dict:
     checkpoint, floor_s = bench.prepare(size, args)
-    streamed = scanned(checkpoint, args, parse_size(args.budget))
-    print(f"[{size}] streamed under {args.budget}: {streamed}", flush=True)
+    read_s = bench.parallel_read(checkpoint.shards, args.device)
+    streamed, budget, refusal = streamed_within(checkpoint, args)
+    print(f"[{size}] streamed under {budget} B: {streamed}", flush=True)
     in_memory = scanned(checkpoint, args, None)
     print(f"[{size}] in memory: {in_memory}", flush=True)
     differences = [abs(streamed["ppl"][name] / ppl - 1) for name, ppl in in_memory["ppl"].items()]
     return {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), **bench.environment(args.device),
             "model_size": size, "checkpoint": synth.describe(checkpoint), "max_gpu_memory": args.budget,
+            "refused": refusal, "budget_bytes": budget, "parallel_read_s": round(read_s, 3),
+            "peak_over_budget": round(streamed["peak_gpu_gb"] * 1e9 / budget, 3) if streamed["peak_gpu_gb"] else None,
             "eval_tokens": args.eval_tokens, "seq_len": args.seq_len, "conditions": len(in_memory["ppl"]),
             "floor_s": round(floor_s, 3), "scan_s": streamed["wall_s"], "scan_over_floor": round(streamed["wall_s"] / floor_s, 2),
             "peak_gpu_gb": streamed["peak_gpu_gb"], "streamed": streamed, "in_memory": in_memory,

@@ -156,6 +156,33 @@ def block_context(condition: Condition, sites: Sites) -> BlockContext:
     return lambda layer: condition.context()
 
 
+@dataclass(frozen=True)
+class Budget:
+    """What `--max-gpu-memory` must hold: the resident weights and, in verification, every stream's
+    hidden states and the head's logits, which set how many windows the head takes at once."""
+
+    limit: int
+    outer: int  # bytes of the weights outside the blocks (embeddings, head, final norm)
+    block: int  # bytes of the largest block
+    spec: str
+
+    def verification(self, streams: int, windows: torch.Tensor, hidden: int, vocab: int, itemsize: int) -> int:
+        """The windows the head evaluates at once under the limit (at least one), or refused up front
+        with the smallest limit that would do. The pass holds two blocks, every stream's hidden
+        states and a block's activations; the head, one batch of logits and one window's float
+        log-probabilities (`perplexity.segment_losses`)."""
+        count, seq = windows.shape
+        states = streams * count * seq * hidden * itemsize
+        window_logits, log_probs = seq * vocab * itemsize, 2 * seq * vocab * 4
+        needed = self.outer + states + max(2 * self.block + self.block // 2, window_logits + log_probs)
+        if needed > self.limit:
+            raise BadOptionError(MAX_GPU_MEMORY, f"{self.spec}: verifying {streams} conditions over {count} windows of {seq} "
+                                                 f"tokens streamed needs at least {format_size(needed)} on the device, more than "
+                                                 f"{format_size(self.limit)}; use {MAX_GPU_MEMORY} {-(-needed // 2**20)}MiB or fewer "
+                                                 "--eval-tokens.")
+        return max(1, (self.limit - self.outer - states - log_probs) // window_logits)
+
+
 @dataclass
 class StreamedModel:
     """A model whose blocks live in the checkpoint until a pass reads them, one at a time."""
@@ -164,6 +191,7 @@ class StreamedModel:
     path: str  # of the list of blocks
     blocks: nn.ModuleList
     store: ShardStore
+    budget: Budget
 
     def layers(self) -> Iterator[tuple[int, nn.Module]]:
         """Each block in turn with its weights on the device; the next one is read meanwhile."""
@@ -211,6 +239,9 @@ class StreamedModel:
         stopwords = frequent_tokens(windows)
         recorder = ActivationRecorder(sites, weights)
         plan = conditions(sites, weights, options, recorder, weight_of=self._read_weight) if weights else []
+        text = self.loaded.model.config.get_text_config()
+        head_batch = self.budget.verification(len(plan) + 1, windows, text.hidden_size, self.loaded.vocabulary,
+                                              next(self.loaded.model.parameters()).dtype.itemsize)
         base = Stream.of(self.inputs(windows.split(options.batch_size)), context=lambda layer: recorder.record())
         streams: dict[str, Stream] = {}
         for layer, block in self.layers():
@@ -220,10 +251,11 @@ class StreamedModel:
             for stream in streams.values():
                 stream.through(layer, block)
         started = time.perf_counter()
-        baseline = self._evaluation(windows, stopwords, base, options.batch_size)
+        baseline = self._evaluation(windows, stopwords, base, min(options.batch_size, head_batch))
         head_seconds = time.perf_counter() - started
-        evaluated = [Evaluated(c, self._evaluation(windows, stopwords, streams[c.name], options.batch_size), c.first_layer) for c in plan]
-        evaluation = {"prefix_shared": True, "early_stop": False, "streamed": True,
+        evaluated = [Evaluated(c, self._evaluation(windows, stopwords, streams[c.name], min(options.batch_size, head_batch)),
+                               c.first_layer) for c in plan]
+        evaluation = {"prefix_shared": True, "early_stop": False, "streamed": True, "head_batch": min(options.batch_size, head_batch),
                       "head_seconds": round(head_seconds, 4)}  # the head and loss of one condition, after the pass
         return conclude(baseline, evaluated, recorder, weights, options, evaluation)
 
@@ -273,7 +305,7 @@ def open_streamed(source: ResolvedSource, stack: contextlib.ExitStack, *, budget
         _unstreamable(source, "a checkpoint that transformers converts on load (renamed, fused, quantized or float32-kept tensors)")
     lists = decoder_lists(model, opened.config, source.spec)
     in_blocks = _under([path for path, _ in lists])
-    _check_budget(model, lists, in_blocks, opened.dtype, budget, source.spec)
+    held = _check_budget(model, lists, in_blocks, opened.dtype, budget, source.spec)
     with as_invalid(source):
         place(model, names, store.reader.read([name for name in names if not in_blocks(name)]))
     buffers_to(model, opened.device)
@@ -281,7 +313,7 @@ def open_streamed(source: ResolvedSource, stack: contextlib.ExitStack, *, budget
     found = architecture(model, path, blocks, probe_blocks(store, path, blocks, inputs, text.hidden_size), source.spec, model_type)
     info = model_info(source, model, opened.config, opened.dtype)
     loaded = LoadedModel(model, opened.tokenizer, found, info, opened.device, time.perf_counter() - start, "parallel")
-    return StreamedModel(loaded, path, blocks, store)
+    return StreamedModel(loaded, path, blocks, store, held)
 
 
 def _under(paths: list[str]) -> Callable[[str], bool]:
@@ -307,11 +339,13 @@ def _unstreamable(source: ResolvedSource, what: str) -> NoReturn:
 
 
 def _check_budget(model: nn.Module, lists: list[tuple[str, nn.ModuleList]], in_blocks: Callable[[str], bool],
-                  dtype: torch.dtype, budget: int, spec: str) -> None:
-    """The weights a pass holds at once (everything outside the blocks, plus two blocks) must fit."""
-    outer = sum(p.numel() for n, p in model.named_parameters() if not in_blocks(n))
-    block = max(sum(p.numel() for p in b.parameters()) for _, blocks in lists for b in blocks)
-    needed = (outer + 2 * block) * dtype.itemsize
+                  dtype: torch.dtype, budget: int, spec: str) -> Budget:
+    """The weights a pass holds at once (everything outside the blocks, plus two blocks) must fit;
+    the rest of the budget is for activations (`Budget.verification`)."""
+    outer = sum(p.numel() for n, p in model.named_parameters() if not in_blocks(n)) * dtype.itemsize
+    block = max(sum(p.numel() for p in b.parameters()) for _, blocks in lists for b in blocks) * dtype.itemsize
+    needed = outer + 2 * block
     if needed > budget:
         raise BadOptionError(MAX_GPU_MEMORY, f"{spec} needs at least {format_size(needed)} of weights on the device while "
                                      f"streaming (embeddings, head and two blocks), more than {format_size(budget)}.")
+    return Budget(budget, outer, block, spec)

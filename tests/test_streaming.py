@@ -101,6 +101,25 @@ def test_gguf_is_one_line(smollm2_gguf, zipf_text):
         scan(str(smollm2_gguf), options(zipf_text, max_gpu_memory=BUDGET))
 
 
+def test_a_budget_verification_cannot_keep_is_refused_with_one_that_it_keeps(tiny, zipf_text):
+    """Past the weights, verification holds every condition's hidden states and the head's logits:
+    a budget with room for the weights alone is refused naming the smallest that works, and that one
+    scans to the in-memory result."""
+    import re
+
+    path = str(tiny("llama").path)
+    with pytest.raises(BadOptionError, match="needs at least") as weights_only:
+        scan(path, options(zipf_text, max_gpu_memory=1000))
+    weights = parse_size(re.search(r"needs at least (\S+ \S+)", str(weights_only.value))[1])
+    with pytest.raises(BadOptionError, match=r"verifying \d+ conditions .* use --max-gpu-memory (\d+MiB)") as refused:
+        scan(path, options(zipf_text, max_gpu_memory=int(weights * 1.02)))
+    works = parse_size(re.search(r"--max-gpu-memory (\d+MiB)", str(refused.value))[1])
+    streamed, plain = (scan(path, options(zipf_text, early_stop=False, max_gpu_memory=budget)) for budget in (works, None))
+    assert [(w.layer, w.row, w.col, w.verdict) for w in streamed.super_weights] == [
+        (w.layer, w.row, w.col, w.verdict) for w in plain.super_weights]
+    assert [round(a.ppl, 4) for a in streamed.ablations] == [round(a.ppl, 4) for a in plain.ablations]
+
+
 def test_budget_below_two_blocks_is_refused(tiny, zipf_text):
     with pytest.raises(BadOptionError, match="needs at least"):
         scan(str(tiny("llama").path), options(zipf_text, max_gpu_memory=1000))
