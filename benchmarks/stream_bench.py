@@ -40,10 +40,12 @@ def streamed_within(checkpoint: synth.Checkpoint, args) -> tuple[dict, int, str 
     budget = parse_size(args.budget)
     try:
         return scanned(checkpoint, args, budget), budget, None
-    except BadOptionError as refused:
-        print(f"refused: {refused}", flush=True)
-        budget = parse_size(re.search(r"--max-gpu-memory (\S+)", str(refused))[1].rstrip(";,."))
-        return scanned(checkpoint, args, budget), budget, str(refused)
+    except BadOptionError as exc:
+        refusal = str(exc)  # the retry runs after the except block: its traceback holds the refused scan's weights
+    print(f"refused: {refusal}", flush=True)
+    bench.release()
+    budget = parse_size(re.search(r"--max-gpu-memory (\S+)", refusal)[1].rstrip(";,."))
+    return scanned(checkpoint, args, budget), budget, refusal
 
 
 def bench_size(size: str, args) -> dict:
