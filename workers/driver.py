@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -124,9 +125,83 @@ class _Slot:
     actor: Any
     node: str | None = None
     pid: int = 0
-    ready: deque = field(default_factory=deque)  # _Jobs whose files were fetched onto `node`
+    ready: deque[_Job] = field(default_factory=deque)  # jobs whose files were fetched onto `node`
     fetching: int = 0
     job: _Job | None = None
+
+
+class _Work(ABC):
+    """A Ray call in flight, and what its answer does to the survey. Each kind says what its value
+    means (`done`), what the death of the worker process under it means (`died`), and what any
+    other Ray error means (`failed`: by default the survey cannot go on)."""
+
+    @property
+    def stale(self) -> bool:
+        """An answer nothing waits for any more (its worker was replaced meanwhile)."""
+        return False
+
+    @abstractmethod
+    def done(self, survey: Survey, value: Any) -> None: ...
+
+    @abstractmethod
+    def died(self, survey: Survey) -> None: ...
+
+    def failed(self, survey: Survey, error: Exception) -> None:
+        raise error
+
+
+@dataclass
+class _Ping(_Work):
+    """A new worker's first call: it answers with its node and pid once it has loaded torch."""
+
+    slot: _Slot
+    actor: Any  # the worker asked
+
+    @property
+    def stale(self) -> bool:
+        return self.actor is not self.slot.actor
+
+    def done(self, survey: Survey, value: tuple[str, int]) -> None:
+        self.slot.node, self.slot.pid = value
+        survey.worker_started()
+
+    def died(self, survey: Survey) -> None:
+        survey.worker_lost(self.slot)
+
+
+@dataclass
+class _Fetch(_Work):
+    """A download task onto the slot's node."""
+
+    slot: _Slot
+    candidate: Candidate
+
+    def done(self, survey: Survey, value: Fetched) -> None:
+        self.slot.fetching -= 1
+        survey.fetched(self.slot, self.candidate, value)
+
+    def died(self, survey: Survey) -> None:
+        self.failed(survey, RuntimeError("its worker died"))
+
+    def failed(self, survey: Survey, error: Exception) -> None:
+        """A task whose worker died more than `retries` times: the model fails, the survey goes on."""
+        self.done(survey, Fetched(self.candidate.spec, None, f"download worker failed: {type(error).__name__}"))
+
+
+@dataclass
+class _Scan(_Work):
+    """A scan on the slot's worker."""
+
+    slot: _Slot
+    job: _Job
+
+    def done(self, survey: Survey, value: Outcome) -> None:
+        self.slot.job = None
+        survey.counts.running -= 1
+        survey.scanned(self.job, value)
+
+    def died(self, survey: Survey) -> None:
+        survey.worker_died(self.slot)
 
 
 def ray_remote(stage: Any) -> Any:
@@ -162,7 +237,11 @@ def plan_workers(settings: SurveySettings, models: int) -> tuple[int, float]:
 
 
 class Survey:
-    """Run candidates through fetch and scan on the connected Ray cluster; save each outcome."""
+    """Run candidates through fetch and scan on the connected Ray cluster; save each outcome.
+
+    One object runs one survey: its state (the summary, the queue, the calls in flight, the
+    workers) is built here and filled by `run`.
+    """
 
     def __init__(self, catalog: CatalogWriter, options: ScanOptions, settings: SurveySettings | None = None,
                  scanner: type[Scanner] = Scanner, on_update: Callable[[Counts], None] | None = None) -> None:
@@ -172,16 +251,21 @@ class Survey:
         self.fetch_task = ray_remote(fetch)
         self.on_update = on_update or (lambda _counts: None)
         self.config, self.config_hash = options.to_config(), options.config_hash()
+        self.summary = SurveySummary()
+        self.counts = Counts(self.summary, total=0)
+        self.pending: deque[Candidate] = deque()  # not yet downloading
+        self.inflight: dict[Any, _Work] = {}  # by Ray object ref
+        self.slots: list[_Slot] = []
+        self.gpus = 0.0  # each worker's
+        self._ping_failures = 0  # workers lost in a row before they loaded
 
     def run(self, candidates: list[Candidate]) -> SurveySummary:
         start = time.perf_counter()
-        self.summary = SurveySummary()
         unique = _unique(candidates)
         todo = [c for c in unique if not self._known(c, c.revision)]
         self.summary.rows += [ModelReport(c.spec, "skipped", c.revision) for c in unique if c not in todo]
-        self.counts = Counts(self.summary, total=len(unique))
-        self._ping_failures = 0
-        self.pending, self.inflight, self.slots = deque(todo), {}, []
+        self.counts.total = len(unique)
+        self.pending.extend(todo)
         self.on_update(self.counts)
         if todo:
             try:
@@ -211,7 +295,7 @@ class Survey:
                 raise RuntimeError("survey stalled: models wait but no worker or download is running")
             done, _ = ray.wait(list(self.inflight), num_returns=1, timeout=self._wait())
             for ref in done:
-                self._collect(ref, *self.inflight.pop(ref))
+                self._collect(ref, self.inflight.pop(ref))
             self._expire()
 
     def _new_slot(self) -> _Slot:
@@ -223,7 +307,7 @@ class Survey:
         """A fresh scan actor for `slot`; it reports its node and pid once it has loaded."""
         worker = self.worker_class.options(num_gpus=self.gpus, num_cpus=self.settings.cpus_per_scan)
         slot.actor, slot.node, slot.pid = worker.remote(self.options), None, 0
-        self.inflight[slot.actor.ping.remote()] = ("ping", slot, slot.actor)
+        self.inflight[slot.actor.ping.remote()] = _Ping(slot, slot.actor)
 
     def _feed(self) -> None:
         """Start downloads on each worker's node, up to `prefetch` models ahead of its scan."""
@@ -234,7 +318,7 @@ class Survey:
                 candidate = self.pending.popleft()
                 place = NodeAffinitySchedulingStrategy(slot.node, soft=True)  # soft: the node may die
                 task = self.fetch_task.options(num_cpus=0, scheduling_strategy=place, max_retries=self.settings.retries)
-                self.inflight[task.remote(candidate.spec, self.settings.allow_pickle)] = ("fetch", slot, candidate)
+                self.inflight[task.remote(candidate.spec, self.settings.allow_pickle)] = _Fetch(slot, candidate)
                 slot.fetching += 1
 
     def _dispatch(self) -> None:
@@ -250,7 +334,7 @@ class Survey:
         job.attempts += 1
         job.deadline = time.monotonic() + self.settings.timeout if self.settings.timeout else None
         slot.job = job
-        self.inflight[slot.actor.__call__.remote(job.fetched)] = ("scan", slot, job)
+        self.inflight[slot.actor.__call__.remote(job.fetched)] = _Scan(slot, job)
         self.counts.running += 1
         self.on_update(self.counts)
 
@@ -271,30 +355,24 @@ class Survey:
 
     # -- results -------------------------------------------------------------------------------
 
-    def _collect(self, ref: Any, kind: str, slot: _Slot, item: Any) -> None:
+    def _collect(self, ref: Any, work: _Work) -> None:
         import ray
         from ray.exceptions import RayActorError, RayError
 
-        if kind == "ping" and item is not slot.actor:
-            return  # the answer of a worker already replaced
+        if work.stale:
+            return
         try:
             value = ray.get(ref)
         except RayActorError:
-            return self._worker_died(slot) if kind == "scan" else self._worker_lost(slot)
-        except RayError as exc:  # a fetch task whose worker died more than `retries` times
-            value = Fetched(item.spec, None, f"download worker failed: {type(exc).__name__}")
-        if kind == "ping":
-            slot.node, slot.pid = value
-            self._ping_failures = 0
-        elif kind == "fetch":
-            slot.fetching -= 1
-            self._fetched(slot, item, value)
-        else:
-            slot.job = None
-            self.counts.running -= 1
-            self._scanned(item, value)
+            return work.died(self)
+        except RayError as exc:
+            return work.failed(self, exc)
+        work.done(self, value)
 
-    def _fetched(self, slot: _Slot, candidate: Candidate, fetched: Fetched) -> None:
+    def worker_started(self) -> None:
+        self._ping_failures = 0
+
+    def fetched(self, slot: _Slot, candidate: Candidate, fetched: Fetched) -> None:
         if fetched.error:
             return self._failed(candidate, fetched.error, candidate.revision, fetched.started_at, now())
         revision = fetched.source.revision
@@ -304,7 +382,7 @@ class Survey:
             return self.on_update(self.counts)
         slot.ready.append(_Job(candidate, fetched))
 
-    def _scanned(self, job: _Job, outcome: Outcome) -> None:
+    def scanned(self, job: _Job, outcome: Outcome) -> None:
         spec, revision = job.candidate.spec, job.fetched.source.revision
         if outcome.error:
             return self._failed(job.candidate, outcome.error, revision, outcome.started_at, outcome.finished_at,
@@ -332,7 +410,7 @@ class Survey:
         log.warning("%s: failed: %s", candidate.spec, error)
         self.on_update(self.counts)
 
-    def _worker_died(self, slot: _Slot) -> None:
+    def worker_died(self, slot: _Slot) -> None:
         """The scan's worker process is gone: killed by us (timeout), by the OS, or by anyone."""
         job, slot.job, dead_pid = slot.job, None, slot.pid
         self.counts.running -= 1
@@ -348,7 +426,7 @@ class Survey:
                     job.candidate.spec, dead_pid, job.attempts, self.settings.retries + 1)
         slot.ready.appendleft(job)
 
-    def _worker_lost(self, slot: _Slot) -> None:
+    def worker_lost(self, slot: _Slot) -> None:
         """A worker that died before it could load."""
         self._ping_failures += 1
         if self._ping_failures > 3 * len(self.slots):
