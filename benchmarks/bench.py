@@ -32,12 +32,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # synth, run as a script
 
 from catalog.architectures import discover  # noqa: E402
-from catalog.causal import RESTORE_SA, ActivationRecorder, conditions  # noqa: E402
+from catalog.conditions import ActivationRecorder, plan  # noqa: E402
 from catalog.config import ScanOptions, VerifyOptions  # noqa: E402
 from catalog.evaltext import load_eval_text  # noqa: E402
 from catalog.loading import pick_dtype  # noqa: E402
 from catalog.perplexity import evaluate, frequent_tokens  # noqa: E402
 from catalog.reader import ShardReader  # noqa: E402
+from catalog.result import Kind  # noqa: E402
 from catalog.scanner import scan, scan_source  # noqa: E402
 from catalog.sources import resolve  # noqa: E402
 
@@ -209,21 +210,21 @@ def naive(checkpoint: synth.Checkpoint, device: str, scanned, tokens: int, seq_l
         windows = load_eval_text(checkpoint.eval_text).windows(tokenizer, tokens, seq_len)
         sites = discover(model, model.config, str(checkpoint.path)).sites
         recorder = ActivationRecorder(sites, weights)
-        plan = conditions(sites, weights, VerifyOptions(), recorder)
+        conditions = plan(sites, weights, VerifyOptions(), recorder)
         stop = frequent_tokens(windows)
         t0 = time.perf_counter()
         if k == 0:
             evaluate(model, windows, stop)
             baseline_eval_s = time.perf_counter() - t0
         else:
-            condition = plan[k - 1]
-            if condition.name == RESTORE_SA:
+            condition = conditions[k - 1]
+            if condition.kind == Kind.RESTORE_SA:
                 with recorder.record():
                     evaluate(model, windows, stop)
-            with condition.context():
+            with condition.in_pass():
                 evaluate(model, windows, stop)
         eval_s += time.perf_counter() - t0
-        del model, sites, recorder, plan
+        del model, sites, recorder, conditions
     return {"naive_s": round(time.perf_counter() - start, 3), "naive_load_s": round(load_s, 3), "naive_eval_s": round(eval_s, 3),
             "baseline_eval_s": round(baseline_eval_s, 4), "conditions": n}
 

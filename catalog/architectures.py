@@ -17,8 +17,8 @@ hidden-size wide and that sits inside the block's feed-forward part:
 Of projections with one parent, the last to run is the output (an up projection as wide as the
 hidden state feeds it). Attention, state-space and convolution mixers are not token-wise, so
 their output projections never qualify; a block without a feed-forward part (hybrids) is
-recorded as such. `OVERRIDES` holds what structure cannot tell: family display names, and the
-experts modules that keep their own calling convention.
+recorded as such. What structure cannot tell is kept in two places: family display names
+(`FAMILY_NAMES`), and the experts modules that keep their own calling convention (`catalog.experts`).
 """
 
 from __future__ import annotations
@@ -106,6 +106,16 @@ class Sites(list[DownProjection]):
     def scalars(self, weights: Iterable[SuperWeight]) -> Entries:
         """Each weight's (tensor, index) entry, for `hooks.zeroed`."""
         return [(self.named(w.param).weight, tuple(w.tensor_index)) for w in weights]
+
+    def in_layer(self, layer: int) -> list[DownProjection]:
+        return [site for site in self if site.layer == layer]
+
+    def by_layer(self, entries: Entries) -> dict[int, Entries]:
+        """The entries grouped by the block of their tensor (a streamed pass changes one block at a time)."""
+        grouped: dict[int, Entries] = {}
+        for tensor, index in entries:
+            grouped.setdefault(self.holding(tensor).layer, []).append((tensor, index))
+        return grouped
 
 
 @dataclass

@@ -7,7 +7,7 @@ same zeroing applied per sample of a batch without touching the weights. Their h
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -121,6 +121,13 @@ def zeroed(entries: Entries) -> Iterator[None]:
         with torch.no_grad():
             for tensor, idx, values in reversed(saved):
                 tensor.index_put_(idx, values)
+
+
+def zeroed_per_block(sites: Sites, entries: Entries) -> Callable[[int], AbstractContextManager]:
+    """`zeroed(entries)` one block at a time (a streamed pass, `catalog.streaming`): the scalars of
+    block `layer` zeroed while it runs, grouped by block once rather than at every block."""
+    by_layer = sites.by_layer(entries)
+    return lambda layer: zeroed(by_layer.get(layer, []))
 
 
 @contextmanager

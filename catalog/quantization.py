@@ -50,9 +50,7 @@ def _as_out_in(site: DownProjection) -> list[torch.Tensor]:
 def quantized(sites: list[DownProjection], bits: int, block: int, clip_quantile: float | None = None,
               keep: list[tuple[torch.Tensor, tuple[int, ...]]] = ()) -> Iterator[None]:
     """Quantize every down projection in place, keeping the `keep` scalars in full precision;
-    the original weights are restored exactly on exit (copies are held on the CPU). Sites on the
-    meta device are left alone: a streamed scan (`catalog.streaming`) holds one block at a time."""
-    sites = [site for site in sites if not site.weight.is_meta]
+    the original weights are restored exactly on exit (copies are held on the CPU)."""
     originals = [site.weight.detach().to("cpu", copy=True) for site in sites]
     kept = [(tensor, index, tensor[index].clone()) for tensor, index in keep]
     try:

@@ -10,10 +10,10 @@ reads each down projection onto the device in turn before the verification pass.
 Verification is one pass over the blocks carrying every condition: the baseline windows, and,
 forked from the baseline's input to the block where the condition first changes something (the
 prefix sharing of `catalog.prefix`, streamed), each condition's own hidden states. A condition's
-context (`catalog.causal.conditions`) is entered per block around that block's call only: its
-zeroed scalars and quantized matrices in other blocks sit on the meta device, where writes are
-no-ops. The head and loss are the model's own: the final hidden states are replayed into its
-forward with `PrefixCache.replaying`. Detection makes one pass per iteration (a short prompt).
+change to one block (`Condition.in_block`, `catalog.conditions`) is entered around that block's
+call only: its scalars of that block zeroed, that block's matrices quantized. The head and loss
+are the model's own: the final hidden states are replayed into its forward with
+`PrefixCache.replaying`. Detection makes one pass per iteration (a short prompt).
 
 Supported: safetensors checkpoints of any architecture whose blocks can be called one at a time:
 each block's call is recorded from one forward of the model's own code in which every block passes
@@ -36,12 +36,13 @@ import torch
 from torch import nn
 
 from catalog import probe as probing
-from catalog.architectures import DownProjection, Entries, Probed, Sites, architecture, block_sites, decoder_lists, structure
-from catalog.causal import ActivationRecorder, Condition, Evaluated, Verification, conclude, conditions
+from catalog.architectures import DownProjection, Probed, Sites, architecture, block_sites, decoder_lists, structure
+from catalog.causal import Evaluated, Verification, conclude
+from catalog.conditions import ActivationRecorder, plan
 from catalog.config import SpikeRule, VerifyOptions
 from catalog.detection import Detection, candidate, iterate
 from catalog.errors import BadOptionError, first_line
-from catalog.hooks import Capture, capture, zeroed
+from catalog.hooks import Capture, capture, zeroed_per_block
 from catalog.loading import LoadedModel, as_invalid, assign, buffers_to, checkpoint_names, model_info, open_source, place, skeleton
 from catalog.options import MAX_GPU_MEMORY, format_size
 from catalog.patches import forwards_replaced, hooked
@@ -139,23 +140,6 @@ class Stream:
                            for h, calls in zip(self.hidden, self.calls)]
 
 
-def per_block(entries: Entries, sites: Sites) -> BlockContext:
-    """`zeroed(entries)` for one block at a time: the scalars grouped by block once, not at every
-    block (control B zeroes ~7000, in every block)."""
-    by_layer: dict[int, Entries] = {}
-    for tensor, index in entries:
-        by_layer.setdefault(sites.holding(tensor).layer, []).append((tensor, index))
-    return lambda layer: zeroed(by_layer.get(layer, []))
-
-
-def block_context(condition: Condition, sites: Sites) -> BlockContext:
-    """A condition's change to one block: its own block's zeroed scalars, or its whole context
-    (quantized matrices, +SA's write-back), whose changes outside the resident block fall on meta tensors."""
-    if condition.zeroes is not None and condition.per_sample is None:
-        return per_block(condition.zeroes(), sites)
-    return lambda layer: condition.context()
-
-
 @dataclass(frozen=True)
 class Budget:
     """What `--max-gpu-memory` must hold: the resident weights and, in verification, every stream's
@@ -217,7 +201,7 @@ class StreamedModel:
                         iteration: int) -> tuple[dict[int, Capture], Callable[[int], SuperWeight]]:
         """Per site the largest-spike capture over the prompts (`detection.run_prompts`), with
         `found` zeroed, and the candidate it names (read while its block is resident: every site's)."""
-        zero_found = per_block(sites.scalars(found), sites)
+        zero_found = zeroed_per_block(sites, sites.scalars(found))
         streams = [Stream.of([call], zero_found) for call in calls]
         best: dict[int, Capture] = {}
         named: dict[int, SuperWeight] = {}
@@ -238,15 +222,15 @@ class StreamedModel:
         pass carries every window, so `options.early_stop` is not used (`ScanOptions.verification`)."""
         stopwords = frequent_tokens(windows)
         recorder = ActivationRecorder(sites, weights)
-        plan = conditions(sites, weights, options, recorder, weight_of=self._read_weight) if weights else []
+        conditions = plan(sites, weights, options, recorder, weight_of=self._read_weight) if weights else []
         text = self.loaded.model.config.get_text_config()
-        head_batch = self.budget.verification(len(plan) + 1, windows, text.hidden_size, self.loaded.vocabulary,
+        head_batch = self.budget.verification(len(conditions) + 1, windows, text.hidden_size, self.loaded.vocabulary,
                                               next(self.loaded.model.parameters()).dtype.itemsize)
         base = Stream.of(self.inputs(windows.split(options.batch_size)), context=lambda layer: recorder.record())
         streams: dict[str, Stream] = {}
         for layer, block in self.layers():
-            progress(f"verifying, streamed: block {layer + 1}/{len(self.blocks)}, {len(plan) + 1} conditions")
-            streams |= {c.name: base.fork(block_context(c, sites)) for c in plan if c.first_layer == layer}
+            progress(f"verifying, streamed: block {layer + 1}/{len(self.blocks)}, {len(conditions) + 1} conditions")
+            streams |= {c.name: base.fork(c.in_block) for c in conditions if c.first_layer == layer}
             base.through(layer, block)
             for stream in streams.values():
                 stream.through(layer, block)
@@ -254,10 +238,10 @@ class StreamedModel:
         baseline = self._evaluation(windows, stopwords, base, min(options.batch_size, head_batch))
         head_seconds = time.perf_counter() - started
         evaluated = [Evaluated(c, self._evaluation(windows, stopwords, streams[c.name], min(options.batch_size, head_batch)),
-                               c.first_layer) for c in plan]
+                               c.first_layer) for c in conditions]
         evaluation = {"prefix_shared": True, "early_stop": False, "streamed": True, "head_batch": min(options.batch_size, head_batch),
                       "head_seconds": round(head_seconds, 4)}  # the head and loss of one condition, after the pass
-        return conclude(baseline, evaluated, recorder, weights, options, evaluation)
+        return conclude(baseline, evaluated, weights, options, evaluation)
 
     def _read_weight(self, site: DownProjection) -> torch.Tensor:
         """A down projection's values on the device, for control B's top-k (one at a time, freed after)."""

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from catalog.causal import RESTORE_SA, label
+from catalog.conditions import RESTORE_SA, label
 from catalog.config import ScanOptions, VerifyOptions
 from catalog.loading import load
 from catalog.perplexity import evaluate, frequent_tokens
@@ -203,8 +203,8 @@ def test_control_b_takes_the_largest_non_candidate_weights(tiny, bunched, count,
     """Control B's entries are the `count` largest magnitudes over all down projections, candidates
     left out: also when most of them sit in one projection (more than an even share per site), when
     a site's share is read from its rows of largest maximum (count 10), and among bf16's many ties."""
-    from catalog.causal import outlier_control
     from catalog.config import SpikeRule
+    from catalog.controls import outlier_control
     from catalog.detection import detect
 
     loaded = load(resolve(str(tiny("llama").path)), device="cpu", dtype=dtype)

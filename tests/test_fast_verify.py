@@ -13,8 +13,9 @@ import math
 import pytest
 import torch
 
-from catalog.causal import RESTORE_SA, Verification, label, verify
+from catalog.causal import Verification, VerificationRun, verify
 from catalog.cli import options_from, scan
+from catalog.conditions import RESTORE_SA, ActivationRecorder, label, plan
 from catalog.config import DEFAULT_PROMPT, SpikeRule, VerifyOptions
 from catalog.detection import detect
 from catalog.evaltext import load_eval_text
@@ -71,16 +72,14 @@ def assert_intervals_hold(fast: Verification, plain: Verification) -> None:
 def assert_rows_are_plain_on_their_windows(s: Setup, early: Verification) -> None:
     """Every early-stopped row is the plain evaluation of its condition on the windows it covered
     (its first window from the shared batch, the rest, with the prefix shared, on its own)."""
-    from catalog.causal import ActivationRecorder, conditions
-
     model, stopwords = s.loaded.model, frequent_tokens(s.windows)
     recorder = ActivationRecorder(s.sites, s.weights)
-    plan = {c.name: c for c in conditions(s.sites, s.weights, VerifyOptions(), recorder)}
+    conditions = {c.name: c for c in plan(s.sites, s.weights, VerifyOptions(), recorder)}
     with recorder.record():
         evaluate(model, s.windows, stopwords)
     per_window = s.windows.shape[1] - 1
     for row in early.ablations[1:]:
-        with plan[row.name].context():
+        with conditions[row.name].in_pass():
             plain = evaluate(model, s.windows[: row.tokens // per_window], stopwords)
         assert row.tokens == plain.tokens and row.ppl == pytest.approx(plain.ppl, rel=1e-4), row.name
 
@@ -253,7 +252,7 @@ def test_fast_paths_on_smollm2(smollm2_gguf, eval_text):
 def test_per_sample_zeroing_equals_zeroing_the_weights(tiny, zipf, kind):
     """A batch whose samples each zero their own scalars gives each sample the logits of running
     it alone with those scalars zeroed in place, and leaves the weights untouched."""
-    from catalog.causal import outlier_control, random_control
+    from catalog.controls import outlier_control, random_control
     from catalog.hooks import zeroed_per_sample
 
     s = setup(str(tiny(kind, effect=True, inert=True).path), zipf, tokens=256, seq_len=64)
@@ -281,17 +280,15 @@ def test_first_windows_share_one_batch(llama_runs):
 def test_each_first_window_in_the_batch_equals_its_own_pass(llama):
     """The shared batch gives every condition (+SA with its write-back included) the first-window
     losses of evaluating that condition alone, in place."""
-    from catalog.causal import ActivationRecorder, _first_windows, conditions
-
     model, window, stopwords = llama.loaded.model, llama.windows[:1], frequent_tokens(llama.windows)
     recorder = ActivationRecorder(llama.sites, llama.weights)
-    plan = conditions(llama.sites, llama.weights, VerifyOptions(), recorder)
+    conditions = plan(llama.sites, llama.weights, VerifyOptions(), recorder)
     with recorder.record():
         evaluate(model, window, stopwords)
-    first = _first_windows(model, llama.windows, stopwords, plan, llama.sites, None, VerifyOptions())
-    assert set(first) == {c.name for c in plan}
-    for condition in plan:
-        with condition.context():
+    first = VerificationRun(model, llama.windows, stopwords, VerifyOptions()).first_windows(conditions, llama.sites)
+    assert set(first) == {c.name for c in conditions}
+    for condition in conditions:
+        with condition.in_pass():
             alone = evaluate(model, window, stopwords)
         assert first[condition.name].nll == pytest.approx(alone.nll, rel=1e-5), condition.name
         assert first[condition.name].mass == pytest.approx(alone.mass, rel=1e-4), condition.name
