@@ -150,21 +150,30 @@ class Budget:
     block: int  # bytes of the largest block
     spec: str
 
-    def verification(self, streams: int, windows: torch.Tensor, hidden: int, vocab: int, itemsize: int) -> int:
+    def verification(self, streams: int, windows: torch.Tensor, batch: int, text, vocab: int, itemsize: int) -> int:
         """The windows the head evaluates at once under the limit (at least one), or refused up front
         with the smallest limit that would do. The pass holds two blocks, every stream's hidden
-        states and a block's activations; the head, one batch of logits and one window's float
-        log-probabilities (`perplexity.segment_losses`)."""
+        states and one block call's activations on `batch` windows (the MLP's three intermediate
+        tensors, float attention scores); the head, one batch of logits and three windows' worth of float
+        log-probabilities (`perplexity.segment_losses` makes a window's while the last one's is held)."""
         count, seq = windows.shape
+        hidden, heads = text.hidden_size, text.num_attention_heads
         states = streams * count * seq * hidden * itemsize
-        window_logits, log_probs = seq * vocab * itemsize, 2 * seq * vocab * 4
-        needed = self.outer + states + max(2 * self.block + self.block // 2, window_logits + log_probs)
+        call = batch * seq * (3 * _intermediate(text) + 4 * hidden) * itemsize + batch * heads * seq * seq * 4
+        window_logits, log_probs = seq * vocab * itemsize, 3 * seq * vocab * 4
+        needed = self.outer + states + max(2 * self.block + call, window_logits + log_probs)
         if needed > self.limit:
             raise BadOptionError(MAX_GPU_MEMORY, f"{self.spec}: verifying {streams} conditions over {count} windows of {seq} "
                                                  f"tokens streamed needs at least {format_size(needed)} on the device, more than "
                                                  f"{format_size(self.limit)}; use {MAX_GPU_MEMORY} {-(-needed // 2**20)}MiB or fewer "
                                                  "--eval-tokens.")
         return max(1, (self.limit - self.outer - states - log_probs) // window_logits)
+
+
+def _intermediate(text) -> int:  # type: ignore[no-untyped-def]
+    """The feed-forward width an activation estimate uses (the largest a config names, else 4x hidden)."""
+    widths = [getattr(text, n, None) for n in ("intermediate_size", "ffn_dim", "n_inner", "moe_intermediate_size")]
+    return max([w for w in widths if isinstance(w, int)] or [4 * text.hidden_size])
 
 
 @dataclass
@@ -224,7 +233,7 @@ class StreamedModel:
         recorder = ActivationRecorder(sites, weights)
         conditions = plan(sites, weights, options, recorder, weight_of=self._read_weight) if weights else []
         text = self.loaded.model.config.get_text_config()
-        head_batch = self.budget.verification(len(conditions) + 1, windows, text.hidden_size, self.loaded.vocabulary,
+        head_batch = self.budget.verification(len(conditions) + 1, windows, options.batch_size, text, self.loaded.vocabulary,
                                               next(self.loaded.model.parameters()).dtype.itemsize)
         base = Stream.of(self.inputs(windows.split(options.batch_size)), context=lambda layer: recorder.record())
         streams: dict[str, Stream] = {}
