@@ -23,13 +23,14 @@ from pathlib import Path
 
 import torch
 
+from catalog.safetensors_header import read_header
+
 DTYPES = {
     "BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64,
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
     "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
 }
 CHUNK = 16 << 20  # bytes per read and per copy: large enough for full speed, small enough to pipeline
-MAX_HEADER = 100 << 20
 
 
 @dataclass(frozen=True)
@@ -65,26 +66,11 @@ def index_shards(files: Iterable[Path]) -> dict[str, Span]:
 
 
 def _header(file: Path) -> dict[str, Span]:
-    size = file.stat().st_size
-    with open(file, "rb") as f:
-        head = f.read(8)
-        length = int.from_bytes(head, "little") if len(head) == 8 else -1
-        if not 0 < length <= min(MAX_HEADER, size - 8):
-            raise ValueError(f"{file.name}: not a safetensors file (header length {length}, file size {size})")
-        try:
-            header = json.loads(f.read(length))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ValueError(f"{file.name}: unreadable safetensors header ({exc})") from exc
-    base, spans = 8 + length, {}
-    for name, meta in header.items():
-        if name == "__metadata__":
-            continue
-        begin, end = meta["data_offsets"]
-        if meta["dtype"] not in DTYPES:
-            raise ValueError(f"{file.name}: tensor {name} has dtype {meta['dtype']}, which this reader does not know")
-        if not 0 <= begin <= end <= size - base:
-            raise ValueError(f"{file.name}: tensor {name} lies past the end of the file (truncated?)")
-        spans[name] = Span(file, base + begin, end - begin, DTYPES[meta["dtype"]], tuple(meta["shape"]))
+    spans = {}
+    for name, entry in read_header(file).items():
+        if entry.dtype not in DTYPES:
+            raise ValueError(f"{file.name}: tensor {name} has dtype {entry.dtype}, which this reader does not know")
+        spans[name] = Span(file, entry.start, entry.nbytes, DTYPES[entry.dtype], entry.shape)
     return spans
 
 

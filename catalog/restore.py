@@ -2,9 +2,8 @@
 (`superweights apply-restore`): the paper's "hold the super weights out" for tools that quantize
 whole tensors (Yu et al. 2024, Sec. 4.2).
 
-A safetensors file is an 8-byte little-endian header length, a JSON header (each tensor's dtype,
-shape and byte span in the data that follows), then the data, row-major. A scalar is written by
-overwriting its bytes in a copy of the file: no tensor is loaded (nor torch). Everything is
+A tensor's data is row-major at the offset its header gives (`catalog.safetensors_header`). A scalar
+is written by overwriting its bytes in a copy of the file: no tensor is loaded (nor torch). Everything is
 checked before anything is written (each tensor by name, shape and dtype, each index within its
 shape); the output is built next to `--out` and moved into place whole; the input is only read.
 """
@@ -24,6 +23,7 @@ from pathlib import Path
 
 from catalog.errors import BadOptionError, RestoreError, UnwritableOutputError
 from catalog.keeplist import RESTORE_FORMAT, RESTORE_VERSION
+from catalog.safetensors_header import read_header
 
 
 def _bf16(value: float) -> bytes:
@@ -108,14 +108,10 @@ def stored_tensors(checkpoint: Path) -> dict[str, Stored]:
 
 def _header(file: Path) -> dict[str, Stored]:
     try:
-        with open(file, "rb") as f:
-            (length,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(length))
-    except (OSError, struct.error, ValueError) as exc:
+        entries = read_header(file)
+    except (OSError, ValueError) as exc:
         raise RestoreError(file, f"not a readable safetensors file ({exc}).") from exc
-    header.pop("__metadata__", None)
-    return {name: Stored(file.name, entry["dtype"], tuple(entry["shape"]), 8 + length + entry["data_offsets"][0])
-            for name, entry in header.items()}
+    return {name: Stored(file.name, entry.dtype, entry.shape, entry.start) for name, entry in entries.items()}
 
 
 def planned(scalar: Scalar, tensors: dict[str, Stored], checkpoint: Path) -> Write:

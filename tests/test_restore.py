@@ -120,6 +120,7 @@ def _packed(planted, tmp_path: Path) -> Path:
     ("another shape", "tensor model.layers.1.mlp.down_proj.weight is [64, 160], the restore file's is [160, 64]"),
     ("outside the shape", "model.layers.1.mlp.down_proj.weight: index [70, 1] lies outside its shape [64, 160]."),
     ("packed", "tensor model.layers.1.mlp.down_proj.weight is stored as I8 (packed, not dequantized)"),
+    ("truncated", "not a readable safetensors file (model.safetensors: tensor "),
     ("not a restore file", "not a superweights-restore file of version 1"),
     ("out is not empty", "exists and is not an empty directory; give a new one."),
     ("out inside the input", "overlaps the checkpoint"),
@@ -135,6 +136,11 @@ def test_refusals_are_one_line_and_write_nothing(superweights, demo, tiny, tmp_p
         restore = _edited(restore, tmp_path, tensor_index=[70, 1])
     elif case == "packed":
         checkpoint = _packed(planted, tmp_path)
+    elif case == "truncated":  # a scalar past the end would grow the copy instead of landing in its tensor
+        checkpoint = tmp_path / "truncated"
+        shutil.copytree(planted.path, checkpoint)
+        weights = checkpoint / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     elif case == "not a restore file":
         restore = tmp_path / "config.json"
         shutil.copyfile(planted.path / "config.json", restore)
