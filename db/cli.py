@@ -1,14 +1,16 @@
 """The catalog's commands (`db upgrade`, `sql`, `export`, `show`, `lineage`) and the `scan` sink
 that saves each scan, registered through the `superweights.plugins` entry point.
 
-Each command calls one library function; their typed errors reach `catalog.cli.main`.
+Each command calls one library function; their typed errors reach `catalog.cli.main`. The
+modules behind the commands are imported when one runs, not when the commands are registered:
+`superweights --help` or `sql` should not pay for the ORM, DuckDB or Alembic they do not use.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -16,14 +18,16 @@ from catalog import keeplist
 from catalog.cli import add_scan_sink
 from catalog.errors import BadOptionError
 from catalog.options import NON_NEGATIVE
-from catalog.result import CONFIRMED, ScanResult
-from catalog.sources import ResolvedSource
+from catalog.result import CONFIRMED
 from catalog.terminal import stdout_console
-from db import render
-from db.query import QueryLimits, export_parquet, run_sql
-from db.repository import Catalog, upgrade
+from db.limits import QueryLimits
+
+if TYPE_CHECKING:
+    from catalog.result import ScanResult
+    from catalog.sources import ResolvedSource
 
 out = stdout_console()
+FORMATS = ("table", "csv", "json")  # of `sql`
 
 DB_HELP = ("Catalog URL: sqlite:///PATH or postgresql://USER[:PASSWORD]@HOST[:PORT]/DB. "
            "[default: $SUPERWEIGHTS_DB, else $SUPERWEIGHTS_HOME/catalog.db]")
@@ -46,6 +50,8 @@ def db_group() -> None:
 @click.option("--revision", default="head", show_default=True, help="Alembic revision to migrate to.")
 def db_upgrade(url: str | None, revision: str) -> None:
     """Create or migrate the catalog schema (servers are never migrated implicitly)."""
+    from db.schema import upgrade
+
     display, at = upgrade(url, revision)
     click.echo(f"{display}: schema at revision {at}", err=True)
 
@@ -53,7 +59,7 @@ def db_upgrade(url: str | None, revision: str) -> None:
 @click.command()
 @click.argument("query")
 @db_option
-@click.option("--format", "fmt", type=click.Choice(render.FORMATS), default="table", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
 @click.option("--timeout", type=NON_NEGATIVE, default=QueryLimits.timeout, show_default=True,
               help="Stop the query after this many seconds (0: no limit).")
 @click.option("--max-rows", type=click.IntRange(min=0), default=QueryLimits.max_rows, show_default=True,
@@ -61,6 +67,9 @@ def db_upgrade(url: str | None, revision: str) -> None:
 def sql(query: str, url: str | None, fmt: str, timeout: float, max_rows: int) -> None:
     """Run one read-only SQL QUERY over the catalog (DuckDB dialect; tables: models, scans,
     layer_stats, super_weights, ablations)."""
+    from db import render
+    from db.query import run_sql
+
     result = run_sql(url, query, QueryLimits(timeout or None, max_rows or None))
     if fmt == "table":
         out.print(render.query_table(result))
@@ -87,9 +96,13 @@ def export(model: str | None, directory: Path | None, fmt: str | None, verdict: 
     if gguf is not None and fmt != "llama.cpp":
         raise BadOptionError("--check-gguf", "checks llama.cpp tensor names; use it with --keep-list llama.cpp.")
     if directory is not None:
+        from db.query import export_parquet
+
         for path in export_parquet(url, directory):
             click.echo(f"wrote {path}", err=True)
         return
+    from db.repository import Catalog
+
     keep = keeplist.keep_list(Catalog(url, read_only=True).latest(model).result, fmt, verdict)
     if gguf is not None:
         keeplist.check_gguf(keep, gguf)
@@ -104,6 +117,9 @@ def export(model: str | None, directory: Path | None, fmt: str | None, verdict: 
 @db_option
 def show(model: str, url: str | None) -> None:
     """Print MODEL's catalog entry (MODEL: a scanned source or Hub repo id)."""
+    from db import render
+    from db.repository import Catalog
+
     out.print(render.show(Catalog(url, read_only=True).show(model)))
 
 
@@ -115,6 +131,9 @@ def lineage(model: str, url: str | None) -> None:
 
     Fine-tunes keep their base model's super weights: the coordinates are a provenance fingerprint.
     """
+    from db import render
+    from db.repository import Catalog
+
     matches = Catalog(url, read_only=True).lineage(model)
     if not matches:
         click.echo(f"{model}: no other catalog model shares its confirmed super weights (or it has none), "
@@ -135,6 +154,8 @@ class CatalogSink:
     def existing(self, source: ResolvedSource, config_hash: str, params: dict[str, Any]) -> str | None:
         if params["no_save"]:
             return None
+        from db.repository import Catalog
+
         catalog = Catalog(params["db"])  # a bad or unreachable catalog fails here, before a long scan
         if params["skip_existing"] and catalog.has_scan(source.source, source.revision, config_hash, fingerprint=source.fingerprint):
             return (f"{source.spec}: already in the catalog {catalog.display} with this revision and config; "
@@ -144,6 +165,8 @@ class CatalogSink:
     def save(self, result: ScanResult, params: dict[str, Any], started_at: datetime) -> str:
         if params["no_save"]:
             return "not saved (--no-save)"
+        from db.repository import Catalog
+
         catalog = Catalog(params["db"])  # opened again: the scan in between may have lasted hours
         note = catalog.known_as(result.model)
         scan_id = catalog.save(result, started_at=started_at, finished_at=datetime.now(UTC))

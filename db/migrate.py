@@ -10,17 +10,15 @@ from __future__ import annotations
 import fcntl
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
-from sqlalchemy import Connection, Engine, inspect, text
+from sqlalchemy import Connection, Engine, text
 
-MIGRATIONS = Path(__file__).parent / "migrations"
-VERSION_TABLE = "alembic_version"
+from db.schema import MIGRATIONS, current_on
+
 LOCK_KEY = 0x5375706572  # the PostgreSQL advisory lock that migrators of a server database take
 
 
@@ -35,17 +33,8 @@ def script() -> ScriptDirectory:
     return ScriptDirectory.from_config(alembic_config())
 
 
-def head() -> str:
-    head = script().get_current_head()
-    assert head is not None
-    return head
-
-
-def revisions() -> list[str]:
-    return [r.revision for r in script().walk_revisions()]
-
-
 def known(revision: str) -> bool:
+    """Whether Alembic can migrate to `revision` (an id, or a name such as `head`)."""
     try:
         return script().get_revision(revision) is not None
     except CommandError:
@@ -55,16 +44,6 @@ def known(revision: str) -> bool:
 def current(engine: Engine) -> str | None:
     with engine.connect() as connection:
         return current_on(connection)
-
-
-def current_on(connection: Connection) -> str | None:
-    return MigrationContext.configure(connection).get_current_revision()
-
-
-def foreign_tables(connection: Connection) -> list[str]:
-    """Tables of another program: any, when the database has no Alembic version table."""
-    tables = inspect(connection).get_table_names()
-    return [] if VERSION_TABLE in tables else sorted(tables)
 
 
 @contextmanager

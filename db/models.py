@@ -13,6 +13,8 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, CheckConstraint, DateTime, Double, ForeignKey, Integer, MetaData, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from db.schema import STATUS_FAILED, STATUS_OK
+
 # Deterministic constraint names, equal on SQLite and PostgreSQL, so migrations can address them.
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -22,8 +24,6 @@ NAMING = {
     "pk": "pk_%(table_name)s",
 }
 
-STATUS_OK = "ok"
-STATUS_FAILED = "failed"
 
 
 class Base(DeclarativeBase):
@@ -158,5 +158,3 @@ class AblationRow(Base):
     ratio_high: Mapped[float | None]
     windows: Mapped[int | None]  # evaluation windows covered
 
-
-TABLES = ("models", "scans", "layer_stats", "super_weights", "ablations")

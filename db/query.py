@@ -35,9 +35,9 @@ import duckdb
 from catalog.errors import UnwritableOutputError, first_line
 from catalog.output import output_file
 from db.errors import CatalogError, CatalogUnreachableError, QueryError, QueryStoppedError, WriteRefusedError
+from db.limits import QueryLimits
 from db.location import CatalogURL, libpq_dsn
-from db.models import TABLES
-from db.repository import Catalog
+from db.schema import TABLES, open_catalog
 
 ALIAS = "superweights"  # the attached catalog; `USE` makes its tables unqualified
 READS = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}  # SELECT covers WITH, DESCRIBE, SHOW, FROM-first
@@ -45,14 +45,6 @@ EXTENSIONS = {"sqlite": ("duckdb_extension_sqlite", "sqlite_scanner"), "postgres
 EXTENSION_FUNCTION = re.compile(r'with name "?(\w+)"? is not in the catalog, but it exists in the \w+ extension')
 WATCH_S = 0.05  # how often the watchdog looks at the clock and for a Ctrl-C
 NO_EXTENSIONS = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
-
-
-@dataclass(frozen=True)
-class QueryLimits:
-    """What one user query may take; None: no limit."""
-
-    timeout: float | None = 60.0  # seconds
-    max_rows: int | None = 10_000
 
 
 @dataclass
@@ -65,7 +57,7 @@ class QueryResult:
 def run_sql(url: str | None, sql: str, limits: QueryLimits = QueryLimits()) -> QueryResult:
     """Run one read-only statement over the catalog at `url`, within `limits`."""
     check_read_only(sql)
-    with sandbox(Catalog(url, read_only=True).location) as con, stoppable(con, limits.timeout) as stop:
+    with sandbox(open_catalog(url, read_only=True)[0]) as con, stoppable(con, limits.timeout) as stop:
         try:
             cursor = con.execute(sql)
             rows = cursor.fetchall() if limits.max_rows is None else cursor.fetchmany(limits.max_rows + 1)
@@ -130,7 +122,7 @@ def stoppable(con: duckdb.DuckDBPyConnection, timeout: float | None) -> Iterator
 def export_parquet(url: str | None, out_dir: Path) -> list[Path]:
     """One Parquet file per catalog table in `out_dir`, each written whole or not at all
     (`catalog.output`); all of them are checked writable before the first is written."""
-    location = Catalog(url, read_only=True).location
+    location = open_catalog(url, read_only=True)[0]
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -7,7 +7,7 @@ import io
 import json
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Group, RenderableType
 from rich.table import Table
@@ -17,11 +17,11 @@ from catalog.identity import name_fact
 from catalog.result import VERDICTS, ScanResult
 from catalog.terminal import ablations_table, super_weights_table
 from db.lineage import LineageMatch
-from db.models import STATUS_OK
-from db.query import QueryResult
-from db.repository import StoredScan
+from db.schema import STATUS_OK
 
-FORMATS = ("table", "csv", "json")
+if TYPE_CHECKING:
+    from db.query import QueryResult
+    from db.repository import StoredScan
 
 
 def query_table(result: QueryResult) -> Table:

@@ -6,8 +6,7 @@ An embedded SQLite catalog is migrated to the newest schema on first use; a serv
 (`superweights db upgrade`), so one client cannot change a shared schema behind the others' backs.
 
 Rules: a read-only command opens the catalog read-only (`Catalog(read_only=True)`) and never
-creates or migrates it; no command migrates a database that another program made (tables but no
-superweights schema) or that a newer superweights made; migrations run one at a time.
+creates or migrates it (the schema checks: `db.schema`); migrations run one at a time.
 """
 
 from __future__ import annotations
@@ -18,27 +17,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, delete, exists, func, or_, select
+from sqlalchemy import and_, delete, exists, func, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, joinedload, selectinload
 
-from catalog.errors import BadOptionError, first_line
+from catalog.errors import first_line
 from catalog.result import CONFIRMED, SCHEMA, ModelInfo, ScanResult, check_finite
 from catalog.sources import canonical
-from db import migrate
-from db.engine import engine_for
-from db.errors import (
-    AmbiguousModelError,
-    CatalogOutOfDateError,
-    CatalogTooNewError,
-    CatalogWriteError,
-    NoSuccessfulScanError,
-    NotACatalogError,
-    UnknownModelError,
-)
+from db.errors import AmbiguousModelError, CatalogWriteError, NoSuccessfulScanError, UnknownModelError
 from db.lineage import Coordinate, LineageMatch, ModelKey, rank
-from db.location import CatalogURL, locate
-from db.models import STATUS_FAILED, STATUS_OK, AblationRow, Base, LayerStatRow, Model, Scan, SuperWeightRow
+from db.models import AblationRow, Base, LayerStatRow, Model, Scan, SuperWeightRow
+from db.schema import STATUS_FAILED, STATUS_OK, open_catalog
 
 MODEL_FACTS = [c.name for c in Model.__table__.columns if c.name not in ("id", "source", "repo_id", "revision")]
 SCAN_JSON = ("config", "timings", "environment", "summary")  # ScanResult keys kept as JSON on `scans`
@@ -70,19 +59,9 @@ class Catalog:
     """
 
     def __init__(self, url: str | None = None, *, read_only: bool = False) -> None:
-        self.location: CatalogURL = locate(url)
+        self.location, self._engine = open_catalog(url, read_only=read_only)
         self.url: str = self.location.text
         self.display: str = self.location.display  # the URL with its password hidden, for messages
-        self._engine: Engine = engine_for(self.location, read_only=read_only)
-        self._check_schema(may_upgrade=not read_only and self.location.backend == "sqlite")
-
-    def _check_schema(self, *, may_upgrade: bool) -> None:
-        with self._engine.connect() as connection:
-            if not _needs_upgrade(connection, self.display, may_upgrade):
-                return
-        with migrate.exclusive(self._engine) as connection:  # another process may be creating it too
-            if _needs_upgrade(connection, self.display, may_upgrade):
-                migrate.upgrade_on(connection)
 
     # writes -------------------------------------------------------------------------------
 
@@ -222,32 +201,6 @@ class Catalog:
         ).order_by(Scan.finished_at.desc(), Scan.id.desc())
         with Session(self._engine) as session:
             return [_stored(scan) for scan in session.scalars(query).unique()]
-
-
-def upgrade(url: str | None = None, revision: str = "head") -> tuple[str, str | None]:
-    """Migrate the catalog at `url` (servers too) to `revision`; returns its display URL and revision."""
-    if not migrate.known(revision):
-        raise BadOptionError("--revision", f"unknown revision {revision!r}; known: head, {', '.join(migrate.revisions())}.")
-    location = locate(url)
-    engine = engine_for(location)
-    with migrate.exclusive(engine) as connection:
-        _needs_upgrade(connection, location.display, may_upgrade=True)
-        migrate.upgrade_on(connection, revision)
-    return location.display, migrate.current(engine)
-
-
-def _needs_upgrade(connection: Connection, display: str, may_upgrade: bool) -> bool:
-    """Whether the schema is older than the migrations' head; refuses what this version must not touch."""
-    current, head = migrate.current_on(connection), migrate.head()
-    if current == head:
-        return False
-    if current is not None and not migrate.known(current):
-        raise CatalogTooNewError(display, current)
-    if current is None and (tables := migrate.foreign_tables(connection)):
-        raise NotACatalogError(display, f"it holds tables of its own ({', '.join(tables[:4])}) and no superweights schema")
-    if not may_upgrade:
-        raise CatalogOutOfDateError(display, current, head)
-    return True
 
 
 def _model_row(session: Session, source: str, repo_id: str | None, revision: str | None, fingerprint: str | None = None) -> Model:

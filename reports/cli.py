@@ -7,8 +7,6 @@ from pathlib import Path
 import click
 
 from db.cli import db_option
-from db.repository import Catalog
-from reports.build import build_site
 
 
 def register(cli: click.Group) -> None:
@@ -21,6 +19,9 @@ def register(cli: click.Group) -> None:
 @db_option
 def report(out_dir: Path, url: str | None) -> None:
     """Build a static, searchable HTML site of the catalog into OUT: open OUT/index.html, or serve it anywhere."""
+    from db.repository import Catalog  # imported here: `superweights --help` needs neither
+    from reports.build import build_site
+
     summary = build_site(Catalog(url, read_only=True).scans(), out_dir)
     click.echo(
         f"wrote {summary.pages} pages ({summary.models} models, {summary.families} families, "

@@ -22,8 +22,8 @@ from pathlib import PurePath
 
 from catalog.result import ScanResult, SuperWeight
 from db.lineage import Coordinate
-from db.models import STATUS_OK
 from db.repository import StoredScan
+from db.schema import STATUS_OK
 
 
 @dataclass

@@ -104,7 +104,7 @@ def empty_catalog_url(request, tmp_path) -> str:
 @pytest.fixture(scope="session")
 def postgres_catalog(postgres_server) -> str:
     """One PostgreSQL catalog at the newest schema for the session; `catalog_url` empties it per test."""
-    from db.repository import upgrade
+    from db.schema import upgrade
 
     url = postgres_server.create_database()
     upgrade(url)
@@ -114,8 +114,7 @@ def postgres_catalog(postgres_server) -> str:
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def catalog_url(request, tmp_path) -> str:
     """The URL of an empty catalog at the newest schema."""
-    from db.models import TABLES
-    from db.repository import upgrade
+    from db.schema import TABLES, upgrade
 
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'catalog.db'}"

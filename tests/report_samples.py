@@ -9,8 +9,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from catalog.result import CONFIRMED, REJECTED, UNTESTED, Ablation, Kind, LayerStat, ModelInfo, ScanResult, SuperWeight
-from db.models import STATUS_FAILED, STATUS_OK
 from db.repository import StoredScan
+from db.schema import STATUS_FAILED, STATUS_OK
 
 HOSTILE = "<script>alert(1)</script>"
 T0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import inspect, text
 
-from db import migrate
+from db import migrate, schema
 from db.engine import engine_for
 from db.location import parse
-from db.repository import upgrade
+from db.schema import upgrade
 
 from superweights_cli import WITHOUT_OVERRIDE, isolated_env, one_line_error, run_many
 
@@ -125,7 +125,7 @@ def test_upgrade_of_a_catalog_from_a_newer_version_is_refused_untouched(superwei
 
 def test_upgrade_to_an_unknown_revision_is_one_line_and_creates_nothing(superweights, tmp_path):
     status, _, err = superweights("db", "upgrade", "--revision", "nonsense", "--db", f"sqlite:///{tmp_path / 'c.db'}")
-    assert status == 1 and err.strip() == f"error: --revision: unknown revision 'nonsense'; known: head, {', '.join(migrate.revisions())}."
+    assert status == 1 and err.strip() == f"error: --revision: unknown revision 'nonsense'; known: head, {', '.join(schema.revisions())}."
     assert not (tmp_path / "c.db").exists()
 
 
@@ -152,9 +152,9 @@ def test_a_second_migration_waits_for_the_first(tmp_path):
         while second.is_alive() and not _waiting_for_flock(path):
             time.sleep(0.01)
         with engine.begin() as connection:  # the first migrator finishes
-            connection.execute(text("INSERT INTO alembic_version VALUES (:head)"), {"head": migrate.head()})
+            connection.execute(text("INSERT INTO alembic_version VALUES (:head)"), {"head": schema.head()})
     second.join()
-    assert outcome == [(url, migrate.head())]
+    assert outcome == [(url, schema.head())]
 
 
 @pytest.mark.postgres
@@ -175,7 +175,7 @@ def test_a_second_migration_of_a_server_waits_for_the_first(postgres_server):
         first.commit()
         first.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": migrate.LOCK_KEY})
     second.join()
-    assert outcome == [(url, migrate.head())]
+    assert outcome == [(url, schema.head())]
 
 
 def _waiting_for_advisory_lock(connection) -> bool:

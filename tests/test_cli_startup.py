@@ -21,15 +21,18 @@ import json, os, sys
 from catalog.cli import main
 status = main(sys.argv[1:])
 with os.fdopen(int(os.environ["PROBE_FD"]), "w") as report:
-    json.dump({"status": status, "loaded": [m for m in ("torch", "transformers", "ray") if m in sys.modules]}, report)
+    json.dump({"status": status, "loaded": [m for m in os.environ["PROBE_MODULES"].split() if m in sys.modules]}, report)
 """
+SCANNING = "torch transformers ray"  # what only scans and surveys need
+MIGRATING = "alembic"  # only `db upgrade` and a writer's first use of a catalog migrate
 LONG = "org/" + "a-model-name-longer-than-any-terminal-" * 3 + "7b"
 
 
-def run_probe(args: list[str]) -> tuple[dict, subprocess.CompletedProcess]:
+def run_probe(args: list[str], modules: str = SCANNING) -> tuple[dict, subprocess.CompletedProcess]:
+    """Run ARGS in a fresh process; its exit status and which of `modules` it imported."""
     read, write = os.pipe()
-    done = subprocess.run([sys.executable, "-c", PROBE, *args], pass_fds=(write,), capture_output=True, text=True,
-                          env={k: v for k, v in os.environ.items() if k != "COLUMNS"} | {"PROBE_FD": str(write)}, timeout=120)
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"} | {"PROBE_FD": str(write), "PROBE_MODULES": modules}
+    done = subprocess.run([sys.executable, "-c", PROBE, *args], pass_fds=(write,), capture_output=True, text=True, env=env, timeout=120)
     os.close(write)
     with os.fdopen(read) as report:
         return json.loads(report.read() or "{}"), done
@@ -57,9 +60,17 @@ def test_commands_that_do_not_scan_import_neither_torch_nor_transformers(catalog
         "db upgrade": ["db", "upgrade", "--db", catalog_url], "report": ["report", "--out", str(tmp_path / "site"), "--db", catalog_url],
     }
     for name, args in commands.items():
-        report, done = run_probe(args)
+        report, done = run_probe(args, f"{SCANNING} {MIGRATING if name != 'db upgrade' else ''}")
         assert report == {"status": 0, "loaded": []}, (name, done.stderr[-2000:])
     assert (tmp_path / "site" / "index.html").is_file() and any((tmp_path / "parquet").glob("*.parquet"))
+
+
+def test_help_and_sql_load_only_what_they_use(catalog_url):
+    """Help needs no database library; `sql` reads through DuckDB and no ORM."""
+    for args, unused in ((["--help"], "sqlalchemy duckdb"), (["db", "--help"], "sqlalchemy duckdb"),
+                         (["sql", "SELECT 1", "--db", catalog_url], "sqlalchemy.orm")):
+        report, done = run_probe(args, unused)
+        assert report == {"status": 0, "loaded": []}, (args, done.stderr[-2000:])
 
 
 def test_show_finds_a_model_by_any_unique_part_of_its_name(superweights, catalog_url):

@@ -107,7 +107,7 @@ ENDLESS = "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r) SELEC
 
 @pytest.fixture
 def sqlite_catalog(tmp_path) -> str:
-    from db.repository import upgrade
+    from db.schema import upgrade
 
     url = f"sqlite:///{tmp_path / 'catalog.db'}"
     upgrade(url)

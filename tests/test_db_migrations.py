@@ -14,12 +14,13 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Engine, MetaData, inspect, select, text
 
-from db import migrate
+from db import migrate, schema
 from db.engine import engine_for
 from db.errors import CatalogOutOfDateError, CatalogTooNewError
 from db.location import parse
-from db.models import TABLES, Base
-from db.repository import Catalog, upgrade
+from db.models import Base
+from db.repository import Catalog
+from db.schema import TABLES, upgrade
 
 ROOT = Path(__file__).resolve().parents[1]
 # Real `superweights scan` JSON of the SmolLM2 GGUF written by the schema-1 code (0001 era), its
@@ -38,8 +39,15 @@ def _differences(engine: Engine) -> list:
 
 def test_head_matches_the_orm(empty_catalog_url):
     _, revision = upgrade(empty_catalog_url)
-    assert revision == migrate.head()
+    assert revision == schema.head()
     assert _differences(_engine(empty_catalog_url)) == []
+    assert set(TABLES) == set(Base.metadata.tables)  # what `sql` and `export` copy is the whole schema
+
+
+def test_the_read_commands_know_the_history_alembic_reads():
+    """`db.schema` reads the revisions from the file names, without Alembic: the same history, newest first."""
+    assert schema.revisions() == [revision.revision for revision in migrate.script().walk_revisions()]
+    assert schema.head() == migrate.script().get_current_head()
 
 
 def test_downgrade_to_base_then_upgrade_again(empty_catalog_url):
@@ -47,14 +55,14 @@ def test_downgrade_to_base_then_upgrade_again(empty_catalog_url):
     migrate.upgrade(engine)
     assert migrate.downgrade(engine) is None
     assert set(inspect(engine).get_table_names()) == {"alembic_version"}
-    assert migrate.upgrade(engine) == migrate.head()
+    assert migrate.upgrade(engine) == schema.head()
     assert _differences(engine) == []
 
 
 def test_alembic_command_line_uses_alembic_ini(tmp_path):
     url = f"sqlite:///{tmp_path / 'cli.db'}"
     subprocess.run([sys.executable, "-m", "alembic", "-x", f"db={url}", "upgrade", "head"], cwd=ROOT, check=True, capture_output=True)
-    assert migrate.current(_engine(url)) == migrate.head()
+    assert migrate.current(_engine(url)) == schema.head()
 
 
 @pytest.mark.usefixtures("catalog_home")
@@ -80,7 +88,7 @@ def test_a_catalog_from_a_newer_version_is_refused_untouched(catalog_url):
             Catalog(catalog_url)
         assert migrate.current(engine) == "f00d"
     finally:
-        _stamp(engine, migrate.head())  # the PostgreSQL catalog is shared by the session
+        _stamp(engine, schema.head())  # the PostgreSQL catalog is shared by the session
 
 
 def _stamp(engine: Engine, revision: str) -> None:
@@ -120,7 +128,7 @@ def test_a_catalog_written_at_0001_gets_paired_rows_and_verdicts(empty_catalog_u
     migrate.upgrade(engine, "0001")
     written = {name: json.loads(path.read_text()) for name, path in SCHEMA1.items()}
     _save_at_0001(engine, list(written.values()))
-    assert migrate.upgrade(engine) == migrate.head()
+    assert migrate.upgrade(engine) == schema.head()
 
     results = {s.result.config.get("confirm_ratio"): s.result for s in Catalog(empty_catalog_url).scans()}
     default, strict, unverified = results[2.0], results[4.5], results[None]
@@ -160,7 +168,7 @@ def test_a_catalog_written_at_0002_names_its_hub_models_and_keeps_every_scan(emp
                                {"i": i, "s": source, "r": repo_id, "v": revision})
             connection.execute(text("INSERT INTO scans (model_id, config_hash, config, status, started_at, finished_at) "
                                     "VALUES (:i, 'c0ffee', '{}', 'ok', :t, :t)"), {"i": i, "t": moment})
-    assert migrate.upgrade(engine) == migrate.head()
+    assert migrate.upgrade(engine) == schema.head()
     with engine.connect() as connection:
         found = connection.execute(text("SELECT source, name, organization, named_from, fingerprint FROM models ORDER BY id")).all()
     assert [tuple(row) for row in found] == [

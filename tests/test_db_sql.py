@@ -15,9 +15,10 @@ from rich.console import Console
 
 from db import render
 from db.errors import QueryError, QueryStoppedError, WriteRefusedError
-from db.models import TABLES
-from db.query import QueryLimits, check_read_only, export_parquet, run_sql
+from db.limits import QueryLimits
+from db.query import check_read_only, export_parquet, run_sql
 from db.repository import Catalog
+from db.schema import TABLES
 
 from db_samples import sample_result, times
 

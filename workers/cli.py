@@ -16,7 +16,6 @@ from catalog.cli import options_from, quiet_transformers, scan_config_options
 from catalog.errors import SurveyFailedError
 from catalog.options import NON_NEGATIVE
 from db.cli import db_option
-from db.repository import Catalog
 from workers.discovery import SORTS, Candidate, HubQuery, discover, from_specs
 
 if TYPE_CHECKING:
@@ -57,6 +56,8 @@ def survey(models: tuple[str, ...], query: str | None, author: str | None, task:
 
     quiet_transformers()
     options = options_from(scan)
+    from db.repository import Catalog  # imported here: `superweights --help` needs no ORM
+
     catalog = Catalog(url)
     candidates = from_specs(list(models))
     if query is not None or author:
