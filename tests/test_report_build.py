@@ -265,3 +265,28 @@ def test_empty_catalog_builds_an_index(tmp_path: Path) -> None:
     summary = build_site([], tmp_path / "site")
     assert summary.pages == 1
     assert "The catalog is empty" in summary.index.read_text()
+
+
+def _pages(out: Path) -> dict[str, str]:
+    return {str(p.relative_to(out)): p.read_text() for p in sorted(out.rglob("*.html"))}
+
+
+def test_compiled_templates_are_kept_and_a_bad_cache_changes_nothing(tmp_path: Path, monkeypatch) -> None:
+    """The templates compile once into $SUPERWEIGHTS_HOME/cache/templates; a later report built from
+    that cache, from a corrupt one, or with no cache possible at all writes the same pages."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("SUPERWEIGHTS_HOME", str(home))
+    build_site(catalog_scans(), tmp_path / "first")
+    kept = sorted((home / "cache" / "templates").iterdir())
+    assert kept and all(entry.stat().st_size > 0 for entry in kept)
+    build_site(catalog_scans(), tmp_path / "cached")
+    for entry in kept:
+        entry.write_bytes(b"j2\x00not bytecode")
+    build_site(catalog_scans(), tmp_path / "corrupt")
+    shutil.rmtree(home / "cache")
+    (home / "cache").write_text("a file where the cache directory would go")
+    build_site(catalog_scans(), tmp_path / "uncached")
+    first = _pages(tmp_path / "first")
+    assert len(first) > 3
+    for other in ("cached", "corrupt", "uncached"):
+        assert _pages(tmp_path / other) == first, other
