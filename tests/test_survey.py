@@ -7,9 +7,6 @@ namespace: `tests/isolated.sh .venv/bin/python -m pytest tests/test_survey.py`.
 
 from __future__ import annotations
 
-import contextlib
-import http.server
-import json
 import logging
 import os
 import shutil
@@ -17,12 +14,12 @@ import signal
 import subprocess
 import threading
 import time
-import urllib.parse
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from hub_server import HubServer
 from superweights_cli import run_cli
 from tiny import add_to_hub_cache, write_zipf_text
 
@@ -225,21 +222,20 @@ def test_scan_past_timeout_is_killed_and_recorded_as_failed(cluster, catalog, op
 
 
 def test_hub_discovery_lists_text_generation_models_and_skips_known_revisions(hub, catalog, options, monkeypatch):
-    """`list_models` against a loopback stand-in for the Hub API: the query sent, the shas read,
+    """`list_models` against the loopback stand-in of the Hub (`hub_server`): the query sent, the shas read,
     and a model catalogued at the listed sha skipped before any download (no Ray needed)."""
-    from huggingface_hub import HfApi
+    from huggingface_hub import HfApi, constants
 
     from workers.discovery import Candidate, HubQuery, discover
     from workers.driver import Survey, SurveySettings
 
-    listing = [{"id": "org/tiny-llama", "sha": hub["org/tiny-llama"], "downloads": 42},
-               {"id": "org/tiny-gpt2", "sha": hub["org/tiny-gpt2"], "downloads": 7}]
-    from huggingface_hub import constants
-
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # the "Hub" is on loopback
-    with hub_api(listing) as (url, queries):
-        found = discover(HubQuery("tiny", author="org", sort="last_modified", limit=2), api=HfApi(endpoint=url))
-    [query] = queries
+    with HubServer() as server:
+        for repo_id, downloads in (("org/tiny-llama", 42), ("org/tiny-gpt2", 7)):
+            snapshot = Path(hub["HF_HOME"]) / "hub" / f"models--{repo_id.replace('/', '--')}" / "snapshots" / hub[repo_id]
+            server.add(repo_id, snapshot, hub[repo_id], downloads)
+        found = discover(HubQuery("tiny", author="org", sort="last_modified", limit=2), api=HfApi(endpoint=server.url))
+    [query] = server.queries
     assert {k: query[k] for k in ("search", "author", "pipeline_tag", "filter", "sort", "limit")} == {
         "search": ["tiny"], "author": ["org"], "pipeline_tag": ["text-generation"], "filter": ["transformers"],
         "sort": ["lastModified"], "limit": ["2"]}
@@ -252,34 +248,6 @@ def test_hub_discovery_lists_text_generation_models_and_skips_known_revisions(hu
                                config=options.to_config(), error="gated", started_at=now, finished_at=now)
     summary = Survey(catalog, options, SurveySettings(skip_failed=True)).run(found)
     assert [(r.spec, r.status) for r in summary.rows] == [("org/tiny-llama", "skipped"), ("org/tiny-gpt2", "skipped")]
-
-
-@contextlib.contextmanager
-def hub_api(listing: list[dict]):
-    """A loopback HTTP server answering GET /api/models with `listing`; yields (url, queries seen)."""
-    queries = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            url = urllib.parse.urlparse(self.path)
-            assert url.path == "/api/models", url.path
-            queries.append(urllib.parse.parse_qs(url.query))
-            body = json.dumps(listing).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", queries
-    finally:
-        server.shutdown()
 
 
 def test_interrupted_survey_started_again_scans_only_what_is_left(cluster, catalog, options):
