@@ -7,8 +7,11 @@ Shape (one process, the Ray driver):
     catalog ◄── save / record_failure ◄── Outcome ◄── ScanWorker actor (GPU) ◄┘
 
 One `ScanWorker` actor per GPU slot (`gpus_per_scan` GPUs each, fractional allowed) loads
-torch once and scans one model per call. While it scans, the next `prefetch` models download
-on its node, so the GPU never waits for the network. Each result is saved as it arrives, so an
+torch once and scans one model per call. Its node is known as soon as its process starts, and
+downloads begin there while it is still loading torch; while it scans, the next `prefetch` models
+download on its node, one at a time (they share the node's link: two at once would each arrive
+later than the first alone), so the GPU never waits for the network when a model downloads
+faster than the previous one scans. Each result is saved as it arrives, so an
 interrupted survey loses at most the scans in flight; started again, it skips what is saved.
 A worker that dies mid-scan is replaced and its model retried, at most `retries` times.
 """
@@ -128,6 +131,7 @@ class _Slot:
     ready: deque[_Job] = field(default_factory=deque)  # jobs whose files were fetched onto `node`
     fetching: int = 0
     job: _Job | None = None
+    loaded: bool = False  # torch imported: ready to scan
 
 
 class _Work(ABC):
@@ -152,18 +156,23 @@ class _Work(ABC):
 
 @dataclass
 class _Ping(_Work):
-    """A new worker's first call: it answers with its node and pid once it has loaded torch."""
+    """A new worker's first two calls: `ping` answers with its node and pid as soon as its process
+    runs (downloads can start there), `load` once it has loaded torch (it can scan)."""
 
     slot: _Slot
     actor: Any  # the worker asked
+    load: bool = False
 
     @property
     def stale(self) -> bool:
         return self.actor is not self.slot.actor
 
-    def done(self, survey: Survey, value: tuple[str, int]) -> None:
-        self.slot.node, self.slot.pid = value
-        survey.worker_started()
+    def done(self, survey: Survey, value: tuple[str, int] | None) -> None:
+        if self.load:
+            self.slot.loaded = True
+            survey.worker_started()
+        else:
+            self.slot.node, self.slot.pid = value
 
     def died(self, survey: Survey) -> None:
         survey.worker_lost(self.slot)
@@ -304,17 +313,19 @@ class Survey:
         return slot
 
     def _start_worker(self, slot: _Slot) -> None:
-        """A fresh scan actor for `slot`; it reports its node and pid once it has loaded."""
+        """A fresh scan actor for `slot`: it reports its node and pid at once, then loads torch."""
         worker = self.worker_class.options(num_gpus=self.gpus, num_cpus=self.settings.cpus_per_scan)
-        slot.actor, slot.node, slot.pid = worker.remote(self.options), None, 0
+        slot.actor, slot.node, slot.pid, slot.loaded = worker.remote(self.options), None, 0, False
         self.inflight[slot.actor.ping.remote()] = _Ping(slot, slot.actor)
+        self.inflight[slot.actor.load.remote()] = _Ping(slot, slot.actor, load=True)
 
     def _feed(self) -> None:
-        """Start downloads on each worker's node, up to `prefetch` models ahead of its scan."""
+        """Start a download on each worker's node that has none running, up to `prefetch` models
+        ahead of its scan."""
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         for slot in sorted(self.slots, key=lambda s: len(s.ready) + s.fetching + (s.job is not None)):
-            while slot.node and self.pending and len(slot.ready) + slot.fetching + (slot.job is not None) <= self.settings.prefetch:
+            if slot.node and self.pending and not slot.fetching and len(slot.ready) + (slot.job is not None) <= self.settings.prefetch:
                 candidate = self.pending.popleft()
                 place = NodeAffinitySchedulingStrategy(slot.node, soft=True)  # soft: the node may die
                 task = self.fetch_task.options(num_cpus=0, scheduling_strategy=place, max_retries=self.settings.retries)
@@ -324,7 +335,7 @@ class Survey:
     def _dispatch(self) -> None:
         """Give each idle worker a downloaded model: its own first, else one waiting on another worker."""
         for slot in self.slots:
-            if slot.job is not None or not slot.pid:
+            if slot.job is not None or not slot.loaded:
                 continue  # busy, or still loading (a timeout counts from the scan's start)
             donor = slot if slot.ready else max(self.slots, key=lambda s: len(s.ready))
             if donor.ready:

@@ -82,15 +82,15 @@ class Outcome:
 
 
 class Scanner:
-    """Loads once (torch, transformers, the device), then is called on one fetched model at a time.
+    """Loads once (torch, transformers: `load`), then is called on one fetched model at a time.
 
     The Ray shape of a stateful stage: `ScanWorker = ray.remote(Scanner)`; call it locally in tests.
+    Constructing it imports nothing heavy, so that `ping` tells the driver where it runs (and
+    downloads start there) while `load` is still importing.
     """
 
     def __init__(self, options: ScanOptions) -> None:
         self.options = options
-        import torch  # noqa: F401  (the heavy import, once per worker)
-        import transformers  # noqa: F401
 
     def __call__(self, fetched: Fetched) -> Outcome:
         started = now()
@@ -102,8 +102,13 @@ class Scanner:
         return Outcome(fetched.spec, result, error, started, now(), node_id(), os.getpid(), _restarted())
 
     def ping(self) -> tuple[str | None, int]:
-        """Where this worker runs: (node id, pid). Also waits until it has loaded."""
+        """Where this worker runs: (node id, pid)."""
         return node_id(), os.getpid()
+
+    def load(self) -> None:
+        """The heavy imports, once per worker, before its first scan."""
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
 
     @staticmethod
     def _local(fetched: Fetched) -> ResolvedSource:
