@@ -13,10 +13,12 @@ import json
 import os
 import shutil
 import struct
+import time
 from pathlib import Path
 
 import pytest
 
+from catalog import fingerprint as fingerprint_module
 from catalog.errors import BadOptionError, SourceNotFoundError
 from catalog.fingerprint import file_sha256, fingerprint
 from catalog.gguf_meta import _string, _unpack, _value
@@ -134,6 +136,78 @@ def test_shards_are_fingerprinted_by_their_sha256s_in_order(tmp_path):
     assert fingerprint(files[:1]) == hashlib.sha256(b"one").hexdigest()
     with pytest.raises(ValueError, match="no weight files"):  # else every weightless source would share one fingerprint
         fingerprint([])
+
+
+@pytest.fixture
+def hashes(monkeypatch):
+    """The files actually read and hashed (not taken from the cache), in order."""
+    read: list[str] = []
+    real = fingerprint_module.hash_file
+
+    def counting(path):
+        read.append(Path(path).name)
+        return real(path)
+
+    monkeypatch.setattr(fingerprint_module, "hash_file", counting)
+    monkeypatch.setattr(fingerprint_module, "SETTLED_NS", 20_000_000)  # 20 ms, not 2 s: see `written`
+    return read
+
+
+def written(path: Path, data: bytes) -> None:
+    """`data` written to `path` and settled: `hashes` caches a file changed 20 ms or more before it is hashed."""
+    path.write_bytes(data)
+    time.sleep(0.05)
+
+
+def test_an_unchanged_file_is_hashed_once_and_a_changed_one_again(tmp_path, hashes):
+    shard = tmp_path / "model.safetensors"
+    written(shard, b"weights one")
+    assert file_sha256(shard) == file_sha256(shard) == hashlib.sha256(b"weights one").hexdigest()
+    assert hashes == ["model.safetensors"]  # the second scan read the cache
+    stat = shard.stat()
+    written(shard, b"weights two")  # same size, mtime put back: the ctime still tells
+    os.utime(shard, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert file_sha256(shard) == hashlib.sha256(b"weights two").hexdigest()
+    replaced = tmp_path / "new"
+    written(replaced, b"weights six")
+    os.replace(replaced, shard)  # renamed over: another inode
+    assert file_sha256(shard) == hashlib.sha256(b"weights six").hexdigest()
+    assert len(hashes) == 3
+
+
+def test_a_file_written_just_now_is_not_cached(tmp_path):
+    shard = tmp_path / "model.safetensors"
+    shard.write_bytes(b"still being written")
+    file_sha256(shard)
+    assert not any(fingerprint_module.cache_dir().glob("*.json"))  # a write in the same timestamp tick would go unseen
+
+
+@pytest.mark.parametrize("damage", ["garbage", "wrong types", "another digest shape", "unwritable"])
+def test_a_corrupt_or_unwritable_cache_never_fails_or_fools_a_fingerprint(tmp_path, hashes, damage):
+    shard = tmp_path / "model.safetensors"
+    written(shard, b"weights")
+    right = hashlib.sha256(b"weights").hexdigest()
+    if damage == "unwritable":  # a file where the cache folder should be: even root cannot write there
+        fingerprint_module.cache_dir().parent.mkdir(parents=True)
+        fingerprint_module.cache_dir().write_text("not a folder")
+    else:
+        file_sha256(shard)
+        (entry,) = fingerprint_module.cache_dir().glob("*.json")
+        cached = json.loads(entry.read_text())
+        entry.write_text({"garbage": "\x00{not json", "wrong types": json.dumps({**cached, "stat": [1, 2]}),
+                          "another digest shape": json.dumps({**cached, "sha256": "../../etc"})}[damage])
+    assert file_sha256(shard) == right
+    assert file_sha256(shard) == right
+
+
+def test_local_shards_keep_their_fingerprint_with_the_cache(tmp_path, hashes):
+    files = [tmp_path / "a", tmp_path / "b"]
+    for file, data in zip(files, (b"one", b"two")):
+        written(file, data)
+    first = fingerprint(files)
+    assert fingerprint(files) == first == hashlib.sha256("".join(f"{hashlib.sha256(d).hexdigest()}\n"
+                                                                 for d in (b"one", b"two")).encode()).hexdigest()
+    assert sorted(hashes) == ["a", "b"]
 
 
 # -- GGUF: what the file declares ---------------------------------------------------------------------
