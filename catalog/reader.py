@@ -16,10 +16,11 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from queue import Empty, SimpleQueue
 
 import torch
 
@@ -31,6 +32,7 @@ DTYPES = {
     "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
 }
 CHUNK = 16 << 20  # bytes per read and per copy: large enough for full speed, small enough to pipeline
+BATCH = 1 << 30  # bytes read at a time when they are converted to another dtype
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,15 @@ def _bytes_of(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.view(-1).view(torch.uint8)
 
 
+def _drained(queue: SimpleQueue, cancelled: threading.Event) -> Iterator:
+    """The queue's items until it is empty (it is filled before any worker starts) or the read is cancelled."""
+    while not cancelled.is_set():
+        try:
+            yield queue.get_nowait()
+        except Empty:
+            return
+
+
 def _pread(fd: int, into: memoryview, offset: int) -> None:
     done = 0
     while done < len(into):
@@ -101,10 +112,15 @@ class ShardReader:
         self._fds = {file: os.open(file, os.O_RDONLY) for file in {s.file for s in spans.values()}}
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="shard-reader")
         self._local = threading.local()
+        self._cancelled = threading.Event()
 
     @classmethod
     def open(cls, files: Iterable[Path], device: torch.device, **kwargs) -> ShardReader:
         return cls(index_shards(files), device, **kwargs)
+
+    def cancel(self) -> None:
+        """Read no further chunk: a read in progress returns soon, its tensors part filled."""
+        self._cancelled.set()
 
     def close(self) -> None:
         self._pool.shutdown()
@@ -119,28 +135,70 @@ class ShardReader:
         self.close()
 
     def read(self, names: Iterable[str]) -> dict[str, torch.Tensor]:
-        """The tensors `names`, fully read (and, on a GPU, copied) when this returns."""
+        """The tensors `names`, fully read (and, on a GPU, copied) when this returns. Those converted
+        to `dtype` are read in groups of about `BATCH` bytes: a conversion holds its group twice."""
+        names = list(names)
+        if not any(self._converts(name) for name in names):
+            return self._read_all(names)
+        out: dict[str, torch.Tensor] = {}
+        for batch in self._batches(names):
+            out |= {name: t.to(self.dtype) if self._converts(name) else t for name, t in self._read_all(batch).items()}
+        return out
+
+    def start(self, names: Iterable[str]) -> Future[dict[str, torch.Tensor]]:
+        """`read(names)` in a background thread, so that the caller builds the model meanwhile
+        (`catalog.loading.load`); the tensors are made under the caller's inference mode."""
+        names, inference = list(names), torch.is_inference_mode_enabled()
+
+        def read() -> dict[str, torch.Tensor]:
+            with torch.inference_mode(inference):
+                return self.read(names)
+
+        background = ThreadPoolExecutor(1, thread_name_prefix="shard-reader-start")
+        try:
+            return background.submit(read)
+        finally:
+            background.shutdown(wait=False)
+
+    def _converts(self, name: str) -> bool:
+        dtype = self.spans[name].dtype
+        return self.dtype is not None and dtype.is_floating_point and dtype != self.dtype
+
+    def _batches(self, names: list[str]) -> Iterator[list[str]]:
+        batch, held = [], 0
+        for name in names:
+            batch.append(name)
+            held += self.spans[name].nbytes
+            if held >= BATCH:
+                yield batch
+                batch, held = [], 0
+        if batch:
+            yield batch
+
+    def _read_all(self, names: list[str]) -> dict[str, torch.Tensor]:
+        """The tensors in their checkpoint dtypes: chunks taken from one queue by every worker, the
+        big ones first, so that the workers finish together."""
         out = {name: torch.empty(self.spans[name].shape, dtype=self.spans[name].dtype, device=self.device) for name in names}
         pieces = []  # (fd, file offset, destination bytes)
         for name, tensor in out.items():
             span, dest = self.spans[name], _bytes_of(tensor)
             for at in range(0, span.nbytes, self.chunk):
                 pieces.append((self._fds[span.file], span.start + at, dest[at: at + self.chunk]))
-        pieces.sort(key=lambda p: -p[2].numel())  # the big ones first: the workers finish together
+        pieces.sort(key=lambda p: -p[2].numel())
+        queue: SimpleQueue = SimpleQueue()
+        for piece in pieces:
+            queue.put(piece)
         ready = torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None
-        work = [pieces[i:: self.threads] for i in range(self.threads)]
         inference = torch.is_inference_mode_enabled()  # thread-local: the workers copy into tensors made here
-        for done in [self._pool.submit(self._copy, share, ready, inference) for share in work if share]:
+        for done in [self._pool.submit(self._copy, queue, ready, inference) for _ in range(min(self.threads, len(pieces)))]:
             done.result()
-        if self.dtype is None:
-            return out
-        return {name: t.to(self.dtype) if t.is_floating_point() else t for name, t in out.items()}
+        return out
 
-    def _copy(self, pieces: list[tuple[int, int, torch.Tensor]], ready: torch.cuda.Stream | None, inference: bool) -> None:
+    def _copy(self, queue: SimpleQueue, ready: torch.cuda.Stream | None, inference: bool) -> None:
         with torch.inference_mode(inference):
-            self._copy_pieces(pieces, ready)
+            self._copy_pieces(_drained(queue, self._cancelled), ready)
 
-    def _copy_pieces(self, pieces: list[tuple[int, int, torch.Tensor]], ready: torch.cuda.Stream | None) -> None:
+    def _copy_pieces(self, pieces: Iterable[tuple[int, int, torch.Tensor]], ready: torch.cuda.Stream | None) -> None:
         if ready is None:
             for fd, offset, dest in pieces:
                 _pread(fd, memoryview(dest.numpy()), offset)

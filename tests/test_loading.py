@@ -47,6 +47,18 @@ def test_reader_returns_what_safetensors_returns(tmp_path):
             assert torch.equal(got[name], tensor), name
 
 
+def test_reader_converts_floating_tensors_in_batches(tmp_path, monkeypatch):
+    """A conversion holds its batch twice, so converted reads go a batch at a time; the rest as stored."""
+    import catalog.reader
+
+    written = shards(tmp_path)
+    monkeypatch.setattr(catalog.reader, "BATCH", 1000)  # a batch per tensor or two
+    with ShardReader.open(sorted(tmp_path.glob("*.safetensors")), torch.device("cpu"), threads=2, dtype=torch.bfloat16) as reader:
+        got = reader.read(list(written))
+    for name, tensor in written.items():
+        assert torch.equal(got[name], tensor.to(torch.bfloat16) if tensor.is_floating_point() else tensor), name
+
+
 @pytest.mark.parametrize("damage", ["cut", "header"])
 def test_a_damaged_shard_is_refused_before_reading(tmp_path, damage):
     shards(tmp_path)
@@ -124,6 +136,22 @@ def test_a_renamed_tensor_falls_back_to_transformers(tiny, tmp_path):
     tensors["model.unexpected.weight"] = torch.zeros(2)
     save_file(tensors, path / "model.safetensors", metadata={"format": "pt"})
     assert fast_load(path) is None
+    loaded = load(resolve(str(path)), device="cpu", dtype="float32")  # the read begun before the model was built is let go
+    assert loaded.loader == "transformers" and not any(p.is_meta for p in loaded.model.parameters())
+
+
+def test_a_refusal_while_the_weights_are_read_is_the_usual_one_line(tiny, tmp_path):
+    """The weights are read while config and tokenizer are: a config refused meanwhile stops the read."""
+    import json
+    import shutil
+
+    from catalog.errors import UnsupportedArchitectureError
+
+    path = shutil.copytree(tiny("llama").path, tmp_path / "unknown")
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps(config | {"model_type": "not_a_model_type"}))
+    with pytest.raises(UnsupportedArchitectureError, match="not_a_model_type"):
+        load(resolve(str(path)), device="cpu")
 
 
 def test_a_sharded_checkpoint_is_read_from_the_files_its_index_names(tmp_path):
