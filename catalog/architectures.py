@@ -154,8 +154,18 @@ def discover(model: nn.Module, config, source: str) -> Architecture:
         raise UnsupportedArchitectureError(source, config.model_type,
                                            f"a text-only forward pass failed ({type(exc).__name__}: {first_line(exc)[:160]})") from exc
     path, blocks = _called_list(lists, probe, source, config.model_type)
-    probed = [Probed(block, probe, block_sites(block, text.hidden_size, probe)) for block in blocks]
-    return architecture(model, path, blocks, probed, source, config.model_type)
+    return architecture(model, path, blocks, probed_once_per_structure(blocks, probe, text.hidden_size), source, config.model_type)
+
+
+def probed_once_per_structure(blocks: nn.ModuleList, probe: Probe, hidden: int) -> list[Probed]:
+    """Each block as probed on the first block of its `structure`, as streaming does: the behavioural
+    tests (a few module calls and a GPU sync each) once per kind of block, not 32 times over."""
+    kinds = [structure(block) for block in blocks]
+    first: dict[tuple, Probed] = {}
+    for block, kind in zip(blocks, kinds):
+        if kind not in first:
+            first[kind] = Probed(block, probe, block_sites(block, hidden, probe))
+    return [first[kind] for kind in kinds]
 
 
 @dataclass
