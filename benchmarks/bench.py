@@ -21,11 +21,14 @@ import argparse
 import datetime as dt
 import gc
 import json
+import os
 import platform
 import resource
 import sys
+import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 import torch
 
@@ -37,7 +40,7 @@ from catalog.config import ScanOptions, VerifyOptions  # noqa: E402
 from catalog.evaltext import load_eval_text  # noqa: E402
 from catalog.loading import pick_dtype  # noqa: E402
 from catalog.perplexity import evaluate, frequent_tokens  # noqa: E402
-from catalog.reader import ShardReader  # noqa: E402
+from catalog.reader import CHUNK, ShardReader  # noqa: E402
 from catalog.result import Kind  # noqa: E402
 from catalog.scanner import scan, scan_source  # noqa: E402
 from catalog.sources import resolve  # noqa: E402
@@ -93,14 +96,14 @@ def floor(shards: list[Path], device: str, repeats: int = 2) -> float:
     return best
 
 
-def parallel_read(shards: list[Path], device: str, threads: int | None = None, repeats: int = 2) -> float:
+def parallel_read(shards: list[Path], device: str, threads: int | None = None, chunk: int = CHUNK, repeats: int = 2) -> float:
     """Best of `repeats`: every tensor of every shard read onto the device by `catalog.reader`
     (what the scan's load does before any model code)."""
     best = float("inf")
     for _ in range(repeats):
         sync(device)
         start = time.perf_counter()
-        with ShardReader.open(shards, torch.device(device), threads=threads) as reader:
+        with ShardReader.open(shards, torch.device(device), threads=threads, chunk=chunk) as reader:
             tensors = reader.read(list(reader.spans))
         sync(device)
         best = min(best, time.perf_counter() - start)
@@ -125,6 +128,18 @@ def pinned_bandwidth(device: str, size: int = 1 << 30, repeats: int = 5) -> floa
     del host, dest
     release()
     return size / best
+
+
+def resolve_seconds(path: Path) -> dict[str, float]:
+    """`resolve` of the directory with an empty sha256 cache (a first scan of it: every shard
+    hashed) and then with the cache it filled (every later scan), in a scratch SUPERWEIGHTS_HOME."""
+    seconds = {}
+    with tempfile.TemporaryDirectory() as home, mock.patch.dict(os.environ, SUPERWEIGHTS_HOME=home):
+        for name in ("first", "cached"):
+            start = time.perf_counter()
+            resolve(str(path))
+            seconds[name] = round(time.perf_counter() - start, 3)
+    return seconds
 
 
 def check_reader(shards: list[Path], device: str) -> None:
@@ -274,10 +289,13 @@ def bench_size(size: str, args) -> dict:
         check_reader(checkpoint.shards, args.device)
     bandwidth = pinned_bandwidth(args.device)
     copy_s = checkpoint.bytes / bandwidth if bandwidth else None
-    reads = {threads: round(parallel_read(checkpoint.shards, args.device, threads), 3) for threads in args.read_threads}
+    reads = {f"{threads} threads, {mib} MiB": round(parallel_read(checkpoint.shards, args.device, threads, mib << 20), 3)
+             for threads in args.read_threads for mib in args.read_chunks}
     read_s = min(reads.values())
     print(f"[{size}] pinned copy {(bandwidth or 0) / 1e9:.1f} GB/s ({copy_s and round(copy_s, 3)} s for the bytes); "
           f"parallel read by threads: {reads}", flush=True)
+    resolves = resolve_seconds(checkpoint.path)
+    print(f"[{size}] resolve: {resolves}", flush=True)
     scans = {name: best_scan(checkpoint, args.device, checks, args.eval_tokens, args.seq_len, args.repeats) for name,
              checks in VARIANTS.items()}
     for name, s in scans.items():
@@ -301,6 +319,7 @@ def bench_size(size: str, args) -> dict:
         "peak_gpu_gb": main_scan["peak_gpu_gb"],
         "direct_load_s": round(direct_s, 3),
         "parallel_read_s": reads,
+        "resolve_s": resolves,  # first: every shard hashed; cached: the sha256 cache read (the scans below)
         "pinned_copy_gbps": round(bandwidth / 1e9, 2) if bandwidth else None,
         "copy_s": round(copy_s, 3) if copy_s else None,
         "read_over_copy_bandwidth": round(copy_s / read_s, 2) if copy_s else None,  # target >= 0.8
@@ -354,6 +373,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-naive", dest="naive", action="store_false")
     parser.add_argument("--repeats", type=int, default=2, help="scans per variant; the fastest is reported")
     parser.add_argument("--read-threads", nargs="+", type=int, default=[8], help="thread counts to time the parallel read with")
+    parser.add_argument("--read-chunks", nargs="+", type=int, default=[CHUNK >> 20], help="chunk sizes (MiB) to time it with")
     parser.add_argument("--smollm2", action="store_true", help="also scan the real SmolLM2 GGUF on the CPU")
     args = parser.parse_args(argv)
     rows = [bench_size(size, args) for size in args.sizes]

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from catalog.architectures import discover
-from catalog.loading import buffers_to, checkpoint_names, model_info, open_source, place, skeleton
+from catalog.loading import buffers_to, checkpoint_names, load, model_info, open_source, place, skeleton
 from catalog.reader import ShardReader, checkpoint_shards, index_shards
 from catalog.sources import resolve
 
@@ -47,6 +47,13 @@ def breakdown(path: Path, device: str) -> dict[str, float]:
     return steps
 
 
+def overlapped(path: Path, device: str) -> dict[str, float]:
+    """`load` as a scan calls it: the read runs while config, tokenizer and skeleton are made."""
+    source, steps = resolve(str(path)), {}
+    timed(steps, "load() (read overlapping config, tokenizer, skeleton)", lambda: load(source, device=device))
+    return steps
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("path", type=Path)
@@ -55,6 +62,7 @@ def main() -> None:
     args = parser.parse_args()
     for run in range(args.repeats):
         print(json.dumps({"path": str(args.path), "run": run, "steps": breakdown(args.path, args.device)}), flush=True)
+        print(json.dumps({"path": str(args.path), "run": run, "steps": overlapped(args.path, args.device)}), flush=True)
 
 
 if __name__ == "__main__":
