@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from unittest import mock
 
 import torch
 
+from catalog import loading
 from catalog.architectures import discover
 from catalog.loading import buffers_to, checkpoint_names, load, model_info, open_source, place, skeleton
 from catalog.reader import ShardReader, checkpoint_shards, index_shards
@@ -48,9 +51,13 @@ def breakdown(path: Path, device: str) -> dict[str, float]:
 
 
 def overlapped(path: Path, device: str) -> dict[str, float]:
-    """`load` as a scan calls it: the read runs while config, tokenizer and skeleton are made."""
+    """`load` as a scan calls it: the read runs while config, tokenizer and skeleton are made;
+    and the same with Python's default GIL switch interval (5 ms) instead of the load's."""
     source, steps = resolve(str(path)), {}
-    timed(steps, "load() (read overlapping config, tokenizer, skeleton)", lambda: load(source, device=device))
+    timed(steps, f"load() (read overlapping config, tokenizer, skeleton; switch {loading.SWITCH_INTERVAL * 1e3} ms)",
+          lambda: load(source, device=device))
+    with mock.patch.object(loading, "SWITCH_INTERVAL", sys.getswitchinterval()):
+        timed(steps, f"load() with switch {sys.getswitchinterval() * 1e3} ms", lambda: load(source, device=device))
     return steps
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import sys
 import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, wait
@@ -24,6 +25,10 @@ from catalog.reader import ShardReader, Span, checkpoint_shards, index_shards
 from catalog.result import ModelInfo
 from catalog.sources import ResolvedSource
 
+# While the weights are read, the main thread builds the tokenizer and the skeleton holding the GIL;
+# each reader worker needs it back after every chunk, and by default waits up to 5 ms for it (8B
+# layout on the H200: the overlapped load took 0.88 s, the same steps one after another 0.82 s).
+SWITCH_INTERVAL = 0.0002
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -165,11 +170,14 @@ def prefetching(source: ResolvedSource, device: str, dtype: str) -> Iterator[Pre
     except (SuperweightsError, OSError, ValueError):
         yield None
         return
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(min(switch, SWITCH_INTERVAL))
     prefetch = Prefetch(spans, reader, reader.start(spans))
     try:
         yield prefetch
     finally:
         prefetch.close()
+        sys.setswitchinterval(switch)
 
 
 def _plain_config(path: Path) -> bool:
