@@ -28,6 +28,7 @@ from catalog.sources import ResolvedSource
 # While the weights are read, the main thread builds the tokenizer and the skeleton holding the GIL;
 # each reader worker needs it back after every chunk, and by default waits up to 5 ms for it (8B
 # layout on the H200: the overlapped load took 0.88 s, the same steps one after another 0.82 s).
+# A shorter interval gave 3-4% (benchmarks/README.md): the tokenizer's load holds the GIL throughout.
 SWITCH_INTERVAL = 0.0002
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
