@@ -21,7 +21,9 @@ from catalog.detection import detect
 from catalog.evaltext import load_eval_text
 from catalog.hooks import zeroed
 from catalog.loading import LoadedModel, load
+from catalog.patches import hooked
 from catalog.perplexity import Evaluation, evaluate, frequent_tokens, paired_interval
+from catalog.prefix import PrefixCache
 from catalog.sources import resolve
 
 from tiny import KINDS, write_zipf_text
@@ -292,3 +294,32 @@ def test_each_first_window_in_the_batch_equals_its_own_pass(llama):
             alone = evaluate(model, window, stopwords)
         assert first[condition.name].nll == pytest.approx(alone.nll, rel=1e-5), condition.name
         assert first[condition.name].mass == pytest.approx(alone.mass, rel=1e-4), condition.name
+
+
+def test_each_first_window_sample_runs_only_the_blocks_from_its_own_start_layer(llama):
+    """With the prefix shared, each condition's sample of the batched first windows starts at its
+    own start layer (from block L-1's recorded output) and gets the losses of evaluating it alone:
+    a sample started too low runs blocks its condition does not change (the count fails), one
+    started too high or from another layer's recording gets other losses."""
+    model, window, stopwords = llama.loaded.model, llama.windows[:1], frequent_tokens(llama.windows)
+    recorder = ActivationRecorder(llama.sites, llama.weights)
+    conditions = plan(llama.sites, llama.weights, VerifyOptions(), recorder)
+    prefix = PrefixCache.build(model, llama.sites, {c.first_layer for c in conditions})
+    run = VerificationRun(model, llama.windows, stopwords, VerifyOptions(), prefix)
+    with recorder.record():
+        run.baseline()
+    starts = [run.start_layer(c) for c in conditions]
+    assert len(set(starts)) > 1 and max(starts) > 0  # samples of different start layers, one past the first block
+    samples = [0] * len(prefix.blocks)  # samples each block's down projection computed
+
+    def counting(layer):
+        def hook(module, args):
+            samples[layer] += args[0].shape[0]
+        return hook
+    with hooked(((site.module, counting(site.layer)) for site in llama.sites), pre=True):
+        first = run.first_windows(conditions, llama.sites)
+    assert samples == [sum(start <= layer for start in starts) for layer in range(len(prefix.blocks))]
+    for condition in conditions:
+        with condition.in_pass():
+            alone = evaluate(model, window, stopwords)
+        assert first[condition.name].nll == pytest.approx(alone.nll, rel=1e-5), condition.name
