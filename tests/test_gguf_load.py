@@ -111,7 +111,7 @@ def test_llamas_query_rows_are_unpermuted(tmp_path):
     path = write_gguf(tmp_path / "llama.gguf", "llama")
     header = read_header(path)
     entry = next(t for t in header.tensors if t.name == "blk.0.attn_q.weight")
-    stored = torch.from_numpy(dequantize(np.memmap(path, np.uint8, "r"), entry))
+    stored = torch.from_numpy(dequantize(np.memmap(path, np.uint8, "c"), entry))
     loaded = fast(path).model.layers[0].self_attn.q_proj.weight
     head = 64 // 4
     assert not torch.equal(loaded, stored)
@@ -141,3 +141,20 @@ def test_smollm2_loads_as_transformers_loads_it(smollm2_gguf):
     tokenizer = AutoTokenizer.from_pretrained(smollm2_gguf.parent, gguf_file=smollm2_gguf.name)
     text = "Shakespeare's plays, 1623: the First Folio."
     assert loaded.tokenizer(text).input_ids == tokenizer(text).input_ids
+
+
+@pytest.mark.parametrize("kind", ["Q8_0", "Q4_0", "Q4_1"])
+def test_torch_dequantization_is_ggufs_bit_for_bit(kind):
+    """The block types dequantized by torch (`TORCH_BLOCKS`) give exactly `gguf.dequantize`'s float32
+    bits, for values of every magnitude a checkpoint holds (scales from 1e-6 to 1e4, zeros, signs)."""
+    from catalog.gguf_load import TORCH_BLOCKS
+    from catalog.gguf_meta import TensorEntry
+
+    rng = np.random.default_rng(0)
+    values = (rng.standard_normal((48, 256)) * 10.0 ** rng.uniform(-6, 4, (48, 1))).astype(np.float32)
+    values[0] = 0.0
+    quantized = gguf.quants.quantize(values, Q[kind])
+    data = np.concatenate([np.zeros(7, np.uint8), quantized.ravel()])  # an odd offset, as in a file
+    ours = dequantize(data, TensorEntry("t", values.shape, int(Q[kind]), 7))
+    assert kind in TORCH_BLOCKS
+    assert np.array_equal(ours.view(np.uint32), gguf.dequantize(quantized, Q[kind]).view(np.uint32))
