@@ -57,7 +57,7 @@ def scan_config_options(command):
     options = [
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
         click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto", show_default=True,
-                     help="auto: bfloat16 on GPU, float32 on CPU."),
+                     help="auto: bfloat16 on a GPU and on a CPU that multiplies it in hardware (AMX, AVX512-BF16), else float32."),
         click.option("--prompt", "prompts", multiple=True, help=f"Detection prompt, repeatable. [default: {DEFAULT_PROMPT!r}]"),
         click.option("--max-iterations", type=click.IntRange(min=1), default=3, show_default=True,
                      help="Zero what was found and detect again, at most this many times."),

@@ -24,7 +24,7 @@ from __future__ import annotations
 import functools
 import os
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -115,18 +115,20 @@ def _name_map(model: nn.Module, processor: object) -> dict[str, str]:
 
 
 def read_tensors(path: Path, header: Header, config: dict[str, object], model: nn.Module, device: torch.device,
-                 dtype: torch.dtype, threads: int | None = None) -> dict[str, torch.Tensor]:
+                 dtype: torch.dtype, threads: int | None = None, only: Collection[str] | None = None) -> dict[str, torch.Tensor]:
     """State-dict name -> tensor on `device` in `dtype`: what `load_gguf_checkpoint(return_tensors=True,
-    model_to_load=model)` gives, one tensor dequantized per thread, in file order."""
+    model_to_load=model)` gives, one tensor dequantized per thread, in file order (`only`: just the
+    file's tensors of those state-dict names)."""
     from transformers.modeling_gguf_pytorch_utils import TENSOR_PROCESSORS, TensorProcessor
 
     processor = TENSOR_PROCESSORS.get(header.architecture, TensorProcessor)(config=config)
     names = _name_map(model, processor)
+    entries = header.tensors if only is None else [e for e in header.tensors if names.get(e.name) in only]
     parsed: dict[str, dict[str, torch.Tensor]] = {"tensors": {}}  # MoE processors write merged experts here
     data = np.memmap(path, dtype=np.uint8, mode="c")  # copy-on-write: writable for torch (no warning), never written
     threads = threads or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(threads, thread_name_prefix="gguf-dequantize") as pool:
-        for entry, weights in _in_order(pool, lambda e: dequantize(data, e), header.tensors, 2 * threads):
+        for entry, weights in _in_order(pool, lambda e: dequantize(data, e), entries, 2 * threads):
             result = processor.process(weights=weights, name=entry.name, tensor_key_mapping=names, parsed_parameters=parsed)
             if result.name in names:
                 parsed["tensors"][names[result.name]] = _torch(result.weights, device, dtype)

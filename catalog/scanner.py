@@ -22,6 +22,7 @@ from catalog.errors import BadOptionError, InvalidSourceError, NonFiniteError
 from catalog.loading import LoadedModel, in_memory, load
 from catalog.result import ScanResult, check_finite
 from catalog.sources import ResolvedSource, resolve
+from catalog.stored import as_stored
 from catalog.streaming import open_streamed
 
 Progress = Callable[[str], None]
@@ -114,7 +115,9 @@ def _scan_loaded(source: ResolvedSource, options: ScanOptions, config: dict, say
     else:
         streamed = open_streamed(source, stack, budget=options.max_gpu_memory, **where)
         loaded, run_detect, run_verify = streamed.loaded, streamed.detect, streamed.verify
-    return _scan_with(loaded, run_detect, run_verify, options, config, say)
+    result = _scan_with(loaded, run_detect, run_verify, options, config, say)
+    result.super_weights = as_stored(source, loaded, result.super_weights)
+    return result
 
 
 def _scan_with(loaded: LoadedModel, run_detect: Callable, run_verify: Callable, options: ScanOptions, config: dict,

@@ -28,7 +28,8 @@ def test_scan_of_a_model_in_memory_finds_the_planted_weight_and_leaves_the_weigh
     assert found[(planted.layer, planted.row, planted.col)] == "confirmed"
     assert result.model.source == "my-model" and result.model.format == "in-memory" and result.summary["loader"] == "in-memory"
     assert all(torch.equal(before[name], tensor) for name, tensor in model.state_dict().items())
-    from_files = scan(str(planted.path), ScanOptions(device="cpu", eval_text=zipf_text, eval_tokens=512, seq_len=64))
+    # the same weights from their files, in the in-memory model's float32 (auto may pick bfloat16 on this CPU)
+    from_files = scan(str(planted.path), ScanOptions(device="cpu", dtype="float32", eval_text=zipf_text, eval_tokens=512, seq_len=64))
     assert [(w.layer, w.row, w.col, w.verdict) for w in from_files.super_weights] == [(w.layer, w.row, w.col,
                                                                                        w.verdict) for w in result.super_weights]
     assert [a.ratio for a in from_files.ablations] == pytest.approx([a.ratio for a in result.ablations], rel=1e-5)

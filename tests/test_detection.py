@@ -31,7 +31,7 @@ def scan_tiny(planted: Planted, **options) -> ScanResult:
 @pytest.fixture(scope="module", params=KINDS)
 def scanned(request, tiny) -> tuple[Planted, ScanResult]:
     planted = tiny(request.param)
-    return planted, scan_tiny(planted)
+    return planted, scan_tiny(planted, dtype="float32")  # the dtype of the independent measurements
 
 
 def measure(planted: Planted, zero: bool = False) -> tuple[torch.Tensor, torch.Tensor]:

@@ -29,7 +29,8 @@ WITHOUT_MLP = {"nemotron_h": [i for i, block in enumerate(HYBRID) if block in "M
 @pytest.fixture(scope="module", params=LAYOUTS)
 def scanned(request, tiny, zipf_text) -> tuple[Planted, ScanResult]:
     planted = tiny(request.param, effect=True, inert=True)
-    return planted, scan(str(planted.path), ScanOptions(device="cpu", eval_text=zipf_text, eval_tokens=512, seq_len=64))
+    return planted, scan(str(planted.path), ScanOptions(device="cpu", dtype="float32", eval_text=zipf_text,
+                                                     eval_tokens=512, seq_len=64))  # as the model it is checked against
 
 
 def coordinates(weight: Plant | SuperWeight) -> tuple:

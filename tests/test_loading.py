@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from catalog import zoo
-from catalog.loading import load, read_parallel
+from catalog.loading import load, pick_dtype, read_parallel
 from catalog.reader import ShardReader, index_shards
 from catalog.sources import resolve
 
@@ -169,3 +169,20 @@ def test_a_sharded_checkpoint_is_read_from_the_files_its_index_names(tmp_path):
     ours = fast.state_dict()
     for name, tensor in reference.state_dict().items():
         assert torch.equal(ours[name], tensor), name
+
+
+@pytest.mark.parametrize("amx,avx512_bf16", [(False, False), (True, False), (False, True)])
+def test_auto_dtype_is_bfloat16_where_the_cpu_multiplies_it(monkeypatch, amx, avx512_bf16):
+    """--dtype auto: bfloat16 on a GPU and on a CPU with AMX or AVX512-BF16, float32 on a CPU that would emulate it."""
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    assert pick_dtype("auto", torch.device("cpu")) == (torch.bfloat16 if amx or avx512_bf16 else torch.float32)
+    assert pick_dtype("auto", torch.device("cuda")) == torch.bfloat16
+    assert pick_dtype("float32", torch.device("cpu")) == torch.float32
+
+
+def test_auto_dtype_is_float32_where_torch_cannot_say(monkeypatch):
+    """A torch without the CPU probes (they are private) scans in float32, as before."""
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")
+    assert pick_dtype("auto", torch.device("cpu")) == torch.float32

@@ -71,7 +71,8 @@ def test_the_first_candidate_is_w_507_1229_of_layer_11(scanned, smollm2_gguf):
     assert (first.layer, first.param, first.row, first.col, first.tensor_index, first.iteration, first.token) == (
         11, SUPER, 507, 1229, [507, 1229], 1, 0)
     assert first.share > 0.5
-    assert first.share == pytest.approx(first.value * first.input_activation / first.output_activation, rel=1e-6)
+    rounding = 1e-6 if result.model.dtype == "float32" else 2 ** -8  # share is the model's W x / y; value the file's W
+    assert first.share == pytest.approx(first.value * first.input_activation / first.output_activation, rel=rounding)
     tensor = next(t for t in GGUFReader(smollm2_gguf).tensors if t.name == "blk.11.ffn_down.weight")
     stored = dequantize(tensor.data, tensor.tensor_type)  # (576 out, 1536 in)
     assert first.value == pytest.approx(float(stored[507, 1229]), rel=1e-6)
