@@ -25,6 +25,11 @@ from torch import nn
 from catalog.config import PARTS
 from catalog.errors import NonFiniteError
 
+# A CPU makes float32 log-probabilities this many positions at a time (32 x 49152 floats, 6 MB,
+# stay in its cache): SmolLM2's four windows of logits take 0.14 s where whole windows took
+# 0.49 s, the same bits, as each position's log_softmax is its own (benchmarks/README.md).
+CPU_ROWS = 32
+
 # two-sided 95% quantiles of Student's t, by degrees of freedom 1..30 (beyond: the normal's 1.96)
 T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
@@ -141,17 +146,28 @@ def _batches(windows: torch.Tensor, batch_size: int, doubling: bool, start: int 
         size = min(start, batch_size) if doubling else batch_size
 
 
+def token_losses(logits: torch.Tensor, targets: torch.Tensor, stopwords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each position's NLL of its target and probability on the stop words, from float32
+    log-probabilities: a GPU makes a window's at once; a CPU `CPU_ROWS` positions at a time."""
+    rows = CPU_ROWS if logits.device.type == "cpu" else len(logits)
+    nll, mass = [], []
+    for part, ids in zip(logits.split(rows), targets.split(rows)):
+        logp = part.float().log_softmax(-1)
+        nll.append(-logp.gather(-1, ids[:, None]).squeeze(-1))
+        mass.append(logp[:, stopwords].exp().sum(-1))
+    return torch.cat(nll), torch.cat(mass)
+
+
 def segment_losses(model: nn.Module, batch: torch.Tensor, stopwords: torch.Tensor, parts: int) -> Evaluation:
     """Per window of `batch` (b, seq): mean next-token NLL of each of `parts` consecutive segments
     of its predicted tokens, and the mean probability on the stop words."""
     logits = model(input_ids=batch, use_cache=False).logits  # (b, seq, vocab)
     nll, mass = [], []
-    for window, ids in zip(logits, batch):  # one window's float log-probabilities at a time: (seq-1, vocab)
-        logp = window[:-1].float().log_softmax(-1)
-        token_nll = -logp.gather(-1, ids[1:, None]).squeeze(-1)  # (seq-1,)
+    for window, ids in zip(logits, batch):
+        token_nll, token_mass = token_losses(window[:-1], ids[1:], stopwords)  # (seq-1,) each
         segments = token_nll.tensor_split(min(parts, len(token_nll)))
         nll.append(torch.stack([seg.mean() for seg in segments]))
-        mass.append(logp[:, stopwords].exp().sum(-1).mean())
+        mass.append(token_mass.mean())
     counts = [len(seg) for seg in segments] * len(batch)
     losses = torch.cat(nll).tolist()
     if not all(map(math.isfinite, losses)):  # NaN or inf logits: no perplexity, no interval

@@ -22,7 +22,7 @@ from catalog.evaltext import load_eval_text
 from catalog.hooks import zeroed
 from catalog.loading import LoadedModel, load
 from catalog.patches import hooked
-from catalog.perplexity import Evaluation, evaluate, frequent_tokens, paired_interval
+from catalog.perplexity import CPU_ROWS, Evaluation, evaluate, frequent_tokens, paired_interval, token_losses
 from catalog.prefix import PrefixCache
 from catalog.sources import resolve
 
@@ -323,3 +323,19 @@ def test_each_first_window_sample_runs_only_the_blocks_from_its_own_start_layer(
         with condition.in_pass():
             alone = evaluate(model, window, stopwords)
         assert first[condition.name].nll == pytest.approx(alone.nll, rel=1e-5), condition.name
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_token_losses_in_pieces_are_the_whole_windows_bits(dtype):
+    """A CPU takes the log-probabilities `CPU_ROWS` positions at a time: each position's are its own,
+    so every NLL and stop-word probability equals the whole window's, bit for bit."""
+    generator = torch.Generator().manual_seed(0)
+    positions = 3 * CPU_ROWS + 5  # the last piece is short
+    logits = (torch.randn(positions, 5000, generator=generator) * 4).to(dtype)
+    targets = torch.randint(0, 5000, (positions,), generator=generator)
+    stopwords = torch.tensor([0, 7, 4999])
+    nll, mass = token_losses(logits, targets, stopwords)
+    logp = logits.float().log_softmax(-1)
+    assert torch.equal(nll, -logp.gather(-1, targets[:, None]).squeeze(-1))
+    assert torch.equal(mass, logp[:, stopwords].exp().sum(-1))
+    assert torch.equal(mass.mean(), logp[:, stopwords].exp().sum(-1).mean())
