@@ -38,6 +38,7 @@ def commands(url: str, scratch: Path) -> dict[str, list[str]]:
         "show": ["show", "tiny-llama", "--db", url],
         "lineage": ["lineage", "org/tiny-llama-chat", "--db", url],
         "export": ["export", "--parquet", str(scratch / "parquet"), "--db", url],
+        "export --keep-list": ["export", "--keep-list", "llama.cpp", "tiny-llama", "--db", url],
         "db upgrade": ["db", "upgrade", "--db", url],
         "report": ["report", "--out", str(scratch / "site"), "--db", url],
     }
