@@ -27,6 +27,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -199,7 +200,8 @@ def limits(result: dict, rate: float | None, served: HubServer | None) -> dict:
         "bytes_served": served.bytes_served(), "models_downloaded": len(per_repo),
         "download_bound_models_per_min": round(download_bound, 2),
         "limit_models_per_min": round(min(scan_bound, download_bound), 2),
-        "download_faster_than_scan": size / (rate * 1e6) < result["per_scan_seconds"]["median"],
+        # as measured: the stand-in and the client together may not reach the rate asked for
+        "download_faster_than_scan": statistics.median(seconds) < result["per_scan_seconds"]["median"],
     }
 
 
@@ -226,7 +228,11 @@ def main() -> None:
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
         args.gpus = args.gpus[0]
-        print("RESULT " + json.dumps(survey(args)), flush=True)
+        try:
+            print("RESULT " + json.dumps(survey(args)), flush=True)
+        finally:
+            if args.endpoint:  # the downloads: each survey's own, 26 GB for 12 models of 1b
+                shutil.rmtree(os.environ["HF_HOME"], ignore_errors=True)
         return
     import torch
 

@@ -185,7 +185,11 @@ def _handler(hub: HubServer) -> type[http.server.BaseHTTPRequestHandler]:
                 while sent < stop - start:
                     chunk = f.read(min(CHUNK, stop - start - sent))
                     hub.pacer.book(len(chunk))
-                    self.wfile.write(chunk)
+                    try:
+                        self.wfile.write(chunk)
+                    except (BrokenPipeError, ConnectionResetError):  # the client went (failed, or cancelled): as the Hub, say nothing
+                        self.close_connection = True
+                        return
                     sent += len(chunk)
             hub.transfers.append(Transfer(repo_id, name, began, time.time(), sent))
 
