@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import gc
-import json
 import os
 import platform
 import resource
@@ -33,6 +32,8 @@ from unittest import mock
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # synth, run as a script
+
+from record import write_results  # noqa: E402
 
 from catalog.architectures import discover  # noqa: E402
 from catalog.conditions import ActivationRecorder, plan  # noqa: E402
@@ -380,16 +381,6 @@ def main(argv: list[str] | None = None) -> None:
     if args.smollm2:
         rows.append(smollm2())
     write_results(rows, args.results, f"{args.device.split(':')[0]}-{'-'.join(args.sizes)}")
-
-
-def write_results(rows: list[dict], results: Path, name: str) -> Path:
-    """One JSON file of rows, named by the UTC time of writing and `name`."""
-    results.mkdir(parents=True, exist_ok=True)
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
-    out = results / f"{stamp}-{name}.json"
-    out.write_text(json.dumps(rows, indent=1, default=str) + "\n")
-    print(f"wrote {out}")
-    return out
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ time of `python -c pass` for reference. One JSON file goes to `--results`.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -18,8 +17,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
+
+from record import write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # db_samples
@@ -70,11 +70,8 @@ def main() -> None:
     print(f"{'command':<16} median s ({args.runs} runs, load average {os.getloadavg()[0]:.1f})")
     for name, seconds in rows.items():
         print(f"{name:<16} {seconds:6.2f}")
-    args.results.mkdir(parents=True, exist_ok=True)
-    out = args.results / f"{datetime.now(UTC):%Y%m%dT%H%M%S}-cpu-cli-startup.json"
     record = {"machine": platform.node(), "cpus": os.cpu_count(), "load_average": os.getloadavg()[0], "runs": args.runs, "median_s": rows}
-    out.write_text(json.dumps(record, indent=1) + "\n")
-    print(f"wrote {out}")
+    write_results(record, args.results, "cpu-cli-startup")
 
 
 if __name__ == "__main__":

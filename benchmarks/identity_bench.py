@@ -18,6 +18,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+from record import write_results
+
 from catalog import settings
 from catalog.fingerprint import fingerprint
 from catalog.gguf_meta import read_metadata
@@ -50,10 +52,7 @@ def main() -> None:
         "date": datetime.now(UTC).strftime("%Y-%m-%d"),
     }
     print(json.dumps(figures, indent=2))
-    args.results.mkdir(parents=True, exist_ok=True)
-    out = args.results / f"{datetime.now(UTC):%Y%m%dT%H%M%S}-identity.json"
-    out.write_text(json.dumps(figures, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_results(figures, args.results, "identity")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+from record import write_results
+
 from catalog import settings
 from catalog.config import ScanOptions, VerifyOptions
 
@@ -70,10 +72,7 @@ def main() -> None:
     record = {"model": GGUF, "verdict": args.verdict, "keep_lists": lists, "measured": measured, "scan_rows": rows,
               "recorded_at": datetime.now(UTC).isoformat(timespec="seconds")}
     print(json.dumps({"measured": measured, "scan_rows": rows}, indent=2))
-    args.results.mkdir(parents=True, exist_ok=True)
-    path = args.results / f"{datetime.now(UTC):%Y%m%dT%H%M%S}-restore-smollm2.json"
-    path.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {path}")
+    write_results(record, args.results, "restore-smollm2")
 
 
 def measure(work: Path, checkpoint: Path, checks: VerifyOptions) -> dict:

@@ -22,6 +22,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from record import write_results
+
 GGUF = Path.home() / ".local/share/superweights/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -113,10 +115,7 @@ def main() -> None:
                "work": work, "runs": runs}
     for code, counted in work.items():
         print(code, {k: counted[k] for k in ("sample_blocks", "head_windows")})
-    args.results.mkdir(parents=True, exist_ok=True)
-    out = args.results / f"{datetime.now(UTC):%Y%m%dT%H%M%S}-cpu-smollm2-verify.json"
-    out.write_text(json.dumps(figures, indent=1) + "\n")
-    print(f"wrote {out}")
+    write_results(figures, args.results, "cpu-smollm2-verify")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench, synth, run as a script
 
 import bench  # noqa: E402
+from record import write_results  # noqa: E402
 
 from catalog.config import VerifyOptions  # noqa: E402
 from catalog.errors import BadOptionError  # noqa: E402
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seq-len", type=int, default=512)
     args = parser.parse_args(argv)
     rows = [bench_size(size, args) for size in args.sizes]
-    bench.write_results(rows, args.results, f"{args.device.split(':')[0]}-{'-'.join(args.sizes)}-streamed")
+    write_results(rows, args.results, f"{args.device.split(':')[0]}-{'-'.join(args.sizes)}-streamed")
 
 
 if __name__ == "__main__":
