@@ -42,6 +42,7 @@ class LoadedModel:
     device: torch.device
     load_seconds: float
     loader: str = "transformers"  # or "parallel": `catalog.reader` put the checkpoint's tensors in place
+    gguf: GGUFFile | None = None  # the GGUF file as parsed for the load (`loader` "gguf")
 
     @property
     def context(self) -> int | None:
@@ -149,7 +150,8 @@ def load(source: ResolvedSource, *, device: str = "auto", dtype: str = "auto", t
     model.eval()
     architecture = discover(model, opened.config, source.spec)
     info = model_info(source, model, opened.config, opened.dtype)
-    return LoadedModel(model, opened.tokenizer, architecture, info, opened.device, time.perf_counter() - start, loader)
+    return LoadedModel(model, opened.tokenizer, architecture, info, opened.device, time.perf_counter() - start, loader,
+                       opened.gguf if loader == "gguf" else None)
 
 
 @dataclass

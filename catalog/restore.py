@@ -23,7 +23,7 @@ from pathlib import Path
 
 from catalog.errors import BadOptionError, RestoreError, UnwritableOutputError
 from catalog.keeplist import RESTORE_FORMAT, RESTORE_VERSION
-from catalog.safetensors_header import read_header
+from catalog.safetensors_header import flat_index, read_header
 
 
 def _bf16(value: float) -> bytes:
@@ -125,9 +125,7 @@ def planned(scalar: Scalar, tensors: dict[str, Stored], checkpoint: Path) -> Wri
     if stored.dtype not in ENCODERS:
         raise RestoreError(checkpoint, f"tensor {scalar.param} is stored as {stored.dtype} (packed, not dequantized); apply-restore "
                                        f"writes into a dequantized checkpoint ({', '.join(ENCODERS)}).")
-    flat = 0
-    for i, n in zip(scalar.index, stored.shape):
-        flat = flat * n + i
+    flat = flat_index(scalar.index, stored.shape)
     try:
         data = ENCODERS[stored.dtype](scalar.value)
     except (OverflowError, struct.error) as exc:

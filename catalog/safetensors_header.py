@@ -8,6 +8,7 @@ shape and byte span in the data that follows), then the data.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,3 +46,11 @@ def read_header(file: Path) -> dict[str, Entry]:
             raise ValueError(f"{file.name}: tensor {name} lies past the end of the file (truncated?)")
         entries[name] = Entry(meta["dtype"], tuple(meta["shape"]), base + begin, end - begin)
     return entries
+
+
+def flat_index(index: Sequence[int], shape: Sequence[int]) -> int:
+    """The element number of `index` in a tensor of `shape`: safetensors stores a tensor row-major."""
+    flat = 0
+    for i, n in zip(index, shape, strict=True):
+        flat = flat * n + i
+    return flat

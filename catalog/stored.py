@@ -11,26 +11,19 @@ converted the checkpoint, the model's value stays.
 
 from __future__ import annotations
 
-import struct
+import os
 from collections.abc import Callable
 from dataclasses import replace
 
 import torch
-from torch import nn
 
-from catalog.loading import LoadedModel, gguf_file
-from catalog.reader import checkpoint_shards
+from catalog.loading import LoadedModel
+from catalog.reader import index_shards
 from catalog.result import SuperWeight
-from catalog.safetensors_header import read_header
+from catalog.safetensors_header import flat_index
 from catalog.sources import ResolvedSource
 
-DECODERS: dict[str, tuple[int, Callable[[bytes], float]]] = {
-    "F64": (8, lambda b: struct.unpack("<d", b)[0]),
-    "F32": (4, lambda b: struct.unpack("<f", b)[0]),
-    "F16": (2, lambda b: struct.unpack("<e", b)[0]),
-    "BF16": (2, lambda b: struct.unpack("<f", b"\0\0" + b)[0]),  # float32's upper half
-}
-Reader = Callable[[ResolvedSource, nn.Module, list[SuperWeight]], dict[int, float]]  # weight number -> value
+Reader = Callable[[ResolvedSource, LoadedModel, list[SuperWeight]], dict[int, float]]  # weight number -> value
 
 
 def as_stored(source: ResolvedSource, loaded: LoadedModel, weights: list[SuperWeight]) -> list[SuperWeight]:
@@ -38,47 +31,45 @@ def as_stored(source: ResolvedSource, loaded: LoadedModel, weights: list[SuperWe
     read = READERS.get(loaded.loader)
     if not weights or read is None or loaded.info.dtype in ("float32", "float64"):
         return weights
-    values = read(source, loaded.model, weights)
+    values = read(source, loaded, weights)
     return [replace(w, value=values[i]) if i in values else w for i, w in enumerate(weights)]
 
 
-def _flat(weight: SuperWeight, shape: tuple[int, ...]) -> int | None:
-    """The weight's element number in a row-major tensor of `shape`, if that is the shape it indexes."""
-    if weight.tensor_shape is None or tuple(weight.tensor_shape) != shape:
-        return None
-    flat = 0
-    for size, i in zip(shape, weight.tensor_index, strict=True):
-        flat = flat * size + i
-    return flat
+def _indexes(weight: SuperWeight, shape: tuple[int, ...]) -> bool:
+    """Whether the weight's `tensor_index` addresses a tensor of `shape` (the layout it was found in)."""
+    return weight.tensor_shape is not None and tuple(weight.tensor_shape) == shape
 
 
-def from_safetensors(source: ResolvedSource, model: nn.Module, weights: list[SuperWeight]) -> dict[int, float]:
-    wanted = {w.param for w in weights}
-    entries = {name: (file, entry) for file in checkpoint_shards(source.path)
-               for name, entry in read_header(file).items() if name in wanted and entry.dtype in DECODERS}
+def from_safetensors(source: ResolvedSource, loaded: LoadedModel, weights: list[SuperWeight]) -> dict[int, float]:
+    """Each weight's element read from its shard, in the shard's dtype."""
+    spans = index_shards(source.weight_files())
     values = {}
     for i, w in enumerate(weights):
-        file, entry = entries.get(w.param, (None, None))
-        flat = _flat(w, entry.shape) if entry else None
-        if flat is not None:
-            width, decode = DECODERS[entry.dtype]
-            with open(file, "rb") as f:
-                f.seek(entry.start + flat * width)
-                values[i] = decode(f.read(width))
+        span = spans.get(w.param)
+        if span is None or not span.dtype.is_floating_point or not _indexes(w, span.shape):
+            continue
+        size = span.dtype.itemsize
+        fd = os.open(span.file, os.O_RDONLY)
+        try:
+            data = os.pread(fd, size, span.start + flat_index(w.tensor_index, span.shape) * size)
+        finally:
+            os.close(fd)
+        values[i] = torch.frombuffer(bytearray(data), dtype=span.dtype).item()
     return values
 
 
-def from_gguf(source: ResolvedSource, model: nn.Module, weights: list[SuperWeight]) -> dict[int, float]:
-    """The holding tensors dequantized again, in float32 on the CPU, as the load dequantized them."""
+def from_gguf(source: ResolvedSource, loaded: LoadedModel, weights: list[SuperWeight]) -> dict[int, float]:
+    """The holding tensors dequantized again, in float32 on the CPU, as the load dequantized them
+    (from the header the load parsed)."""
     from catalog.gguf_load import read_tensors
 
-    gguf = gguf_file(source)
-    tensors = read_tensors(gguf.path, gguf.header, gguf.config, model, torch.device("cpu"), torch.float32,
+    gguf = loaded.gguf
+    tensors = read_tensors(gguf.path, gguf.header, gguf.config, loaded.model, torch.device("cpu"), torch.float32,
                            only={w.param for w in weights})
     values = {}
     for i, w in enumerate(weights):
         tensor = tensors.get(w.param)
-        if tensor is not None and _flat(w, tuple(tensor.shape)) is not None:
+        if tensor is not None and _indexes(w, tuple(tensor.shape)):
             values[i] = tensor[tuple(w.tensor_index)].item()
     return values
 

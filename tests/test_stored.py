@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 from test_gguf_load import fast, write_gguf
 
 from catalog import ScanOptions, scan
+from catalog.loading import LoadedModel, gguf_file
 from catalog.result import SuperWeight
 from catalog.sources import resolve
 from catalog.stored import from_gguf
@@ -55,6 +56,8 @@ def test_a_gguf_value_is_its_dequantization(tmp_path):
     shape = list(rounded.get_parameter(param).shape)
     weights = [SuperWeight(1, param, None, row, col, [row, col], rounded.get_parameter(param)[row, col].item(), 0.0, 0.0, 1,
                            tensor_shape=shape) for row, col in [(3, 5), (60, 127)]]
-    values = from_gguf(resolve(str(path)), rounded, weights)
+    source = resolve(str(path))  # a load as far as from_gguf looks: the bfloat16 model and the file it parsed
+    loaded = LoadedModel(rounded, None, None, None, torch.device("cpu"), 0.0, "gguf", gguf_file(source))
+    values = from_gguf(source, loaded, weights)
     assert values == {i: exact.get_parameter(param)[w.row, w.col].item() for i, w in enumerate(weights)}
     assert [values[i] for i in range(2)] != [w.value for w in weights]
