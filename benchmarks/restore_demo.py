@@ -90,9 +90,9 @@ def measure(work: Path, checkpoint: Path, checks: VerifyOptions) -> dict:
 
 
 def scan_rows(db: str, checkpoint: Path, block: int) -> dict:
-    from db.repository import Catalog
+    from db.reads import CatalogReader
 
-    result = Catalog(db, read_only=True).latest(str(checkpoint)).result
+    result = CatalogReader(db).latest(str(checkpoint)).result
     wanted = {f"int4 RTN block {block} + clip", f"int4 RTN block {block} + clip + keep SW"}
     return {a.name: {"ratio": a.ratio, "low": a.ratio_low, "high": a.ratio_high, "windows": a.windows, "ppl": a.ppl}
             for a in result.ablations if a.name in wanted}

@@ -101,9 +101,9 @@ def export(model: str | None, directory: Path | None, fmt: str | None, verdict: 
         for path in export_parquet(url, directory):
             click.echo(f"wrote {path}", err=True)
         return
-    from db.repository import Catalog
+    from db.reads import CatalogReader
 
-    keep = keeplist.keep_list(Catalog(url, read_only=True).latest(model).result, fmt, verdict)
+    keep = keeplist.keep_list(CatalogReader(url).latest(model).result, fmt, verdict)
     if gguf is not None:
         keeplist.check_gguf(keep, gguf)
     click.echo(keep.text, nl=False)
@@ -118,9 +118,9 @@ def export(model: str | None, directory: Path | None, fmt: str | None, verdict: 
 def show(model: str, url: str | None) -> None:
     """Print MODEL's catalog entry (MODEL: a scanned source or Hub repo id)."""
     from db import render
-    from db.repository import Catalog
+    from db.reads import CatalogReader
 
-    out.print(render.show(Catalog(url, read_only=True).show(model)))
+    out.print(render.show(CatalogReader(url).show(model)))
 
 
 @click.command()
@@ -132,9 +132,9 @@ def lineage(model: str, url: str | None) -> None:
     Fine-tunes keep their base model's super weights: the coordinates are a provenance fingerprint.
     """
     from db import render
-    from db.repository import Catalog
+    from db.reads import CatalogReader
 
-    matches = Catalog(url, read_only=True).lineage(model)
+    matches = CatalogReader(url).lineage(model)
     if not matches:
         click.echo(f"{model}: no other catalog model shares its confirmed super weights (or it has none), "
                    "and no declared base or fine-tune is in the catalog", err=True)

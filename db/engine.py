@@ -1,11 +1,9 @@
-"""SQLAlchemy engines for a catalog URL: foreign keys on for SQLite, a short connect timeout for servers,
-and connection failures turned into typed errors.
+"""SQLAlchemy engines for the writers of a catalog URL: foreign keys on for SQLite, a short connect
+timeout for servers, and connection failures turned into typed errors (`db.dbapi.connection_error`).
+Readers connect without SQLAlchemy (`db.dbapi`).
 
-Rules:
-- A read-only engine cannot write: an SQLite file is opened with `mode=ro` (and must exist), a
-  server session is `default_transaction_read_only`. Nothing is created, not even a directory.
-- A writing engine checks up front that it could write (the file, and its directory, where SQLite
-  keeps its journal), so a scan does not find out after hours that its catalog is read-only.
+Rule: an engine checks up front that it could write (the file, and its directory, where SQLite
+keeps its journal), so a scan does not find out after hours that its catalog is read-only.
 """
 
 from __future__ import annotations
@@ -18,37 +16,28 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
-from catalog.errors import first_line
-from db.errors import CatalogFileError, CatalogMissingError, CatalogUnreachableError, NotACatalogError
+from db.dbapi import CONNECT_TIMEOUT_S, connection_error
+from db.errors import CatalogFileError
 from db.location import CatalogURL
 
-CONNECT_TIMEOUT_S = 5
-READ_ONLY_SESSION = "-c default_transaction_read_only=on"
 
-
-def engine_for(location: CatalogURL, *, read_only: bool = False) -> Engine:
-    """An engine whose first connection is checked. An SQLite file is created unless `read_only`."""
+def engine_for(location: CatalogURL) -> Engine:
+    """An engine whose first connection is checked. An SQLite file is created when missing."""
     if location.backend == "sqlite":
-        engine = _sqlite_engine(location, read_only)
+        engine = _sqlite_engine(location)
     else:
-        options = {"options": READ_ONLY_SESSION} if read_only else {}
-        engine = create_engine(location.url, poolclass=NullPool, connect_args={"connect_timeout": CONNECT_TIMEOUT_S, **options})
+        engine = create_engine(location.sqlalchemy_url(), poolclass=NullPool, connect_args={"connect_timeout": CONNECT_TIMEOUT_S})
     check_connection(engine, location)
     return engine
 
 
-def _sqlite_engine(location: CatalogURL, read_only: bool) -> Engine:
+def _sqlite_engine(location: CatalogURL) -> Engine:
     path = location.path
     assert path is not None
-    if read_only:
-        if not path.exists():
-            raise CatalogMissingError(location.display)
-        uri = f"{path.absolute().as_uri()}?mode=ro"
-        return create_engine("sqlite://", creator=lambda: sqlite3.connect(uri, uri=True), poolclass=NullPool)
     if location.default:
         path.parent.mkdir(parents=True, exist_ok=True)
     check_writable(path, location.display)
-    engine = create_engine(location.url, poolclass=NullPool)
+    engine = create_engine(location.sqlalchemy_url(), poolclass=NullPool)
     event.listen(engine, "connect", _sqlite_foreign_keys)
     return engine
 
@@ -77,10 +66,4 @@ def check_connection(engine: Engine, location: CatalogURL) -> None:
             if location.backend == "sqlite":
                 connection.execute(text("SELECT count(*) FROM sqlite_master"))
     except DBAPIError as exc:
-        reason = first_line(exc.orig)
-        if location.backend != "sqlite":
-            raise CatalogUnreachableError(location.display, reason) from exc
-        if "not a database" in reason:
-            raise NotACatalogError(location.display, "the file is not an SQLite database") from exc
-        raise CatalogFileError(location.display, f"cannot open the file ({reason})",
-                               "Check the path and its permissions, or give another --db.") from exc
+        raise connection_error(location, exc.orig) from exc

@@ -17,7 +17,7 @@ from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from sqlalchemy import Connection, Engine, text
 
-from db.schema import MIGRATIONS, current_on
+from db.schema import MIGRATIONS, revision_of
 
 LOCK_KEY = 0x5375706572  # the PostgreSQL advisory lock that migrators of a server database take
 
@@ -43,7 +43,7 @@ def known(revision: str) -> bool:
 
 def current(engine: Engine) -> str | None:
     with engine.connect() as connection:
-        return current_on(connection)
+        return revision_of(connection)
 
 
 @contextmanager

@@ -36,8 +36,8 @@ from catalog.errors import UnwritableOutputError, first_line
 from catalog.output import output_file
 from db.errors import CatalogError, CatalogUnreachableError, QueryError, QueryStoppedError, WriteRefusedError
 from db.limits import QueryLimits
-from db.location import CatalogURL, libpq_dsn
-from db.schema import TABLES, open_catalog
+from db.location import CatalogURL
+from db.schema import TABLES, check_readable
 
 ALIAS = "superweights"  # the attached catalog; `USE` makes its tables unqualified
 READS = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}  # SELECT covers WITH, DESCRIBE, SHOW, FROM-first
@@ -57,7 +57,7 @@ class QueryResult:
 def run_sql(url: str | None, sql: str, limits: QueryLimits = QueryLimits()) -> QueryResult:
     """Run one read-only statement over the catalog at `url`, within `limits`."""
     check_read_only(sql)
-    with sandbox(open_catalog(url, read_only=True)[0]) as con, stoppable(con, limits.timeout) as stop:
+    with sandbox(check_readable(url)) as con, stoppable(con, limits.timeout) as stop:
         try:
             cursor = con.execute(sql)
             rows = cursor.fetchall() if limits.max_rows is None else cursor.fetchmany(limits.max_rows + 1)
@@ -122,7 +122,7 @@ def stoppable(con: duckdb.DuckDBPyConnection, timeout: float | None) -> Iterator
 def export_parquet(url: str | None, out_dir: Path) -> list[Path]:
     """One Parquet file per catalog table in `out_dir`, each written whole or not at all
     (`catalog.output`); all of them are checked writable before the first is written."""
-    location = open_catalog(url, read_only=True)[0]
+    location = check_readable(url)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -192,7 +192,7 @@ def _attach(con: duckdb.DuckDBPyConnection, location: CatalogURL) -> None:
     if location.backend == "sqlite":
         target, kind = str(location.path), "sqlite"
     else:
-        target, kind = libpq_dsn(location.url, read_only=True), "postgres"
+        target, kind = location.libpq_dsn(read_only=True), "postgres"
     con.execute(f"LOAD {EXTENSIONS[location.backend][1]}")
     try:
         con.execute(f"ATTACH {_literal(target)} AS {ALIAS} (TYPE {kind}, READ_ONLY)")

@@ -21,7 +21,7 @@ from db.schema import STATUS_OK
 
 if TYPE_CHECKING:
     from db.query import QueryResult
-    from db.repository import StoredScan
+    from db.reads import StoredScan
 
 
 def query_table(result: QueryResult) -> Table:

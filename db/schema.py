@@ -1,10 +1,11 @@
 """Which schema revision a catalog database is at, and opening a catalog checked against this
 version's schema.
 
-The read commands start here, so it costs one query on the version table and no Alembic (whose
-runtime takes 0.3-0.6 s to import); Alembic is loaded only when a database is migrated
-(`db.migrate`). The revisions this version knows are its migration files: `NNNN_*.py` holds
-revision "NNNN" (`tests/test_db_migrations.py` checks that Alembic reads the same history).
+The read commands start here, so it costs one query on the version table through a plain DB-API
+connection (`db.dbapi`): neither SQLAlchemy (0.25-0.5 s to import) nor Alembic (0.3-0.6 s) is
+loaded to read; Alembic only when a database is migrated (`db.migrate`). The revisions this
+version knows are its migration files: `NNNN_*.py` holds revision "NNNN"
+(`tests/test_db_migrations.py` checks that Alembic reads the same history).
 
 Rules: a read-only open never creates or migrates; no open migrates a database that another
 program made (tables but no version table) or that a newer superweights made (an unknown revision).
@@ -15,13 +16,15 @@ from __future__ import annotations
 import re
 from functools import cache
 from pathlib import Path
-
-from sqlalchemy import Connection, Engine, inspect, text
+from typing import TYPE_CHECKING
 
 from catalog.errors import BadOptionError
-from db.engine import engine_for
+from db import dbapi
 from db.errors import CatalogOutOfDateError, CatalogTooNewError, NotACatalogError
 from db.location import CatalogURL, locate
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection, Engine
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 VERSION_TABLE = "alembic_version"
@@ -41,46 +44,58 @@ def head() -> str:
     return revisions()[0]
 
 
-def current_on(connection: Connection) -> str | None:
-    """The database's revision (None: no superweights schema). The history is linear: one row."""
-    if not inspect(connection).has_table(VERSION_TABLE):
+def current_on(connection: dbapi.Connection) -> str | None:
+    """The database's revision (None: no superweights schema, or migrated down to none). The
+    history is linear: one row at most."""
+    if VERSION_TABLE not in dbapi.table_names(connection):
         return None
-    return connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()
+    found = dbapi.rows(connection, f"SELECT version_num FROM {VERSION_TABLE}")
+    return found[0]["version_num"] if found else None
 
 
-def foreign_tables(connection: Connection) -> list[str]:
-    """Tables of another program: any, when the database has no version table."""
-    tables = inspect(connection).get_table_names()
-    return [] if VERSION_TABLE in tables else sorted(tables)
+def revision_of(connection: Connection) -> str | None:
+    """`current_on` for an SQLAlchemy connection (a writer's, a migrator's)."""
+    return current_on(connection.connection.dbapi_connection)
 
 
-def needs_upgrade(connection: Connection, display: str, may_upgrade: bool) -> bool:
+def needs_upgrade(connection: dbapi.Connection, display: str, may_upgrade: bool) -> bool:
     """Whether the schema is older than this version's; refuses what this version must not touch."""
     current = current_on(connection)
     if current == head():
         return False
     if current is not None and current not in revisions():
         raise CatalogTooNewError(display, current)
-    if current is None and (tables := foreign_tables(connection)):
+    if current is None and (tables := dbapi.table_names(connection)):
         raise NotACatalogError(display, f"it holds tables of its own ({', '.join(tables[:4])}) and no superweights schema")
     if not may_upgrade:
         raise CatalogOutOfDateError(display, current, head())
     return True
 
 
-def open_catalog(url: str | None, *, read_only: bool) -> tuple[CatalogURL, Engine]:
-    """The catalog at `url` (None: the default), checked to be at this version's schema. An
-    embedded file that is new or older is migrated unless `read_only`; a server never is."""
+def check_readable(url: str | None) -> CatalogURL:
+    """The catalog at `url` (None: the default), checked to exist and be at this version's schema;
+    read-only: nothing is created or migrated, and SQLAlchemy is not loaded."""
     location = locate(url)
-    engine = engine_for(location, read_only=read_only)
-    may_upgrade = not read_only and location.backend == "sqlite"
+    with dbapi.read_only(location) as connection:
+        needs_upgrade(connection, location.display, may_upgrade=False)
+    return location
+
+
+def open_catalog(url: str | None) -> tuple[CatalogURL, Engine]:
+    """The catalog at `url` (None: the default) to write to: an embedded file that is new or older
+    is migrated; a server must be at this version's schema (`superweights db upgrade`)."""
+    from db.engine import engine_for
+
+    location = locate(url)
+    engine = engine_for(location)
+    may_upgrade = location.backend == "sqlite"
     with engine.connect() as connection:
-        if not needs_upgrade(connection, location.display, may_upgrade):
+        if not needs_upgrade(connection.connection.dbapi_connection, location.display, may_upgrade):
             return location, engine
     from db import migrate  # Alembic, only to migrate
 
     with migrate.exclusive(engine) as connection:  # another process may be creating it too
-        if needs_upgrade(connection, location.display, may_upgrade):
+        if needs_upgrade(connection.connection.dbapi_connection, location.display, may_upgrade):
             migrate.upgrade_on(connection)
     return location, engine
 
@@ -91,15 +106,17 @@ def upgrade(url: str | None = None, revision: str = "head") -> tuple[str, str | 
     target = head() if revision == "head" else revision
     if target not in revisions():
         _known_to_alembic(revision)
+    from db.engine import engine_for
+
     location = locate(url)
     engine = engine_for(location)
     with engine.connect() as connection:
-        if current_on(connection) == target:
+        if revision_of(connection) == target:
             return location.display, target
     from db import migrate  # Alembic, only to migrate
 
     with migrate.exclusive(engine) as connection:
-        needs_upgrade(connection, location.display, may_upgrade=True)
+        needs_upgrade(connection.connection.dbapi_connection, location.display, may_upgrade=True)
         migrate.upgrade_on(connection, revision)
     return location.display, migrate.current(engine)
 

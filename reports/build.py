@@ -26,7 +26,7 @@ from jinja2.bccache import Bucket
 from catalog import settings
 from catalog.errors import BadOptionError, UnwritableOutputError
 from catalog.terminal import ratio
-from db.repository import StoredScan
+from db.reads import StoredScan
 from reports.contexts import Page
 from reports.downloads import write_catalog_downloads, write_downloads
 from reports.formats import format_number, format_ratio

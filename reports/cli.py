@@ -19,10 +19,10 @@ def register(cli: click.Group) -> None:
 @db_option
 def report(out_dir: Path, url: str | None) -> None:
     """Build a static, searchable HTML site of the catalog into OUT: open OUT/index.html, or serve it anywhere."""
-    from db.repository import Catalog  # imported here: `superweights --help` needs neither
+    from db.reads import CatalogReader  # imported here: `superweights --help` needs neither
     from reports.build import build_site
 
-    summary = build_site(Catalog(url, read_only=True).scans(), out_dir)
+    summary = build_site(CatalogReader(url).scans(), out_dir)
     click.echo(
         f"wrote {summary.pages} pages ({summary.models} models, {summary.families} families, "
         f"{summary.scans} scans) to {summary.out_dir}"

@@ -97,9 +97,10 @@ def csv_text(columns: list[str], rows: list[dict]) -> str:
 def write_catalog_downloads(site: Site, directory: Path) -> None:
     """`catalog-<table>.csv` and `.parquet` for each of `CATALOG_TABLES`, from each model's latest scan."""
     directory.mkdir()
-    for table, (columns, rows) in catalog_tables(site).items():
-        (directory / f"catalog-{table}.csv").write_text(csv_text(list(columns), rows), encoding="utf-8")
-        write_parquet(columns, rows, directory / f"catalog-{table}.parquet")
+    with duckdb.connect() as con:  # one for the three files: each connection costs 20-60 ms
+        for table, (columns, rows) in catalog_tables(site).items():
+            (directory / f"catalog-{table}.csv").write_text(csv_text(list(columns), rows), encoding="utf-8")
+            write_parquet(con, columns, rows, directory / f"catalog-{table}.parquet")
 
 
 def catalog_tables(site: Site) -> dict[str, tuple[dict[str, str], list[dict[str, Any]]]]:
@@ -137,12 +138,11 @@ def _model_facts(model: ModelEntry) -> dict[str, Any]:
     return {"finished_at": model.latest.finished_at.isoformat()} | facts | model.result.verdict_counts()
 
 
-def write_parquet(columns: dict[str, str], rows: list[dict[str, Any]], path: Path) -> None:
+def write_parquet(con: duckdb.DuckDBPyConnection, columns: dict[str, str], rows: list[dict[str, Any]], path: Path) -> None:
     """Typed Parquet of `rows` through DuckDB (its input, NDJSON beside the target, is removed after)."""
     source = path.with_suffix(".ndjson")
     source.write_text("".join(json.dumps({k: json.dumps(v) if isinstance(v, list) else v for k, v in row.items()}) + "\n" for row in rows))
     try:
-        with duckdb.connect() as con:
-            con.read_json(str(source), format="newline_delimited", columns=columns).write_parquet(str(path))
+        con.read_json(str(source), format="newline_delimited", columns=columns).write_parquet(str(path))
     finally:
         source.unlink()

@@ -9,7 +9,7 @@ from catalog.identity import name_fact
 from catalog.result import Kind, ScanResult, SuperWeight
 from catalog.sources import REPO_ID
 from db.lineage import Coordinate
-from db.repository import StoredScan
+from db.reads import StoredScan
 from db.schema import STATUS_OK
 from reports.charts import ablation_chart, layer_chart
 from reports.contexts import (

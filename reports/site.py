@@ -22,7 +22,7 @@ from pathlib import PurePath
 
 from catalog.result import ScanResult, SuperWeight
 from db.lineage import Coordinate
-from db.repository import StoredScan
+from db.reads import StoredScan
 from db.schema import STATUS_OK
 
 

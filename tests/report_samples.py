@@ -1,6 +1,6 @@
 """Catalog scans for the report tests, built directly from `ScanResult`s (no model, no database).
 
-They are `db.repository.StoredScan`s, the report's input, as the catalog returns them; the CLI
+They are `db.reads.StoredScan`s, the report's input, as the catalog returns them; the CLI
 test goes through a real catalog.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from catalog.result import CONFIRMED, REJECTED, UNTESTED, Ablation, Kind, LayerStat, ModelInfo, ScanResult, SuperWeight
-from db.repository import StoredScan
+from db.reads import StoredScan
 from db.schema import STATUS_FAILED, STATUS_OK
 
 HOSTILE = "<script>alert(1)</script>"

@@ -19,6 +19,7 @@ from db.engine import engine_for
 from db.errors import CatalogOutOfDateError, CatalogTooNewError
 from db.location import parse
 from db.models import Base
+from db.reads import CatalogReader
 from db.repository import Catalog
 from db.schema import TABLES, upgrade
 
@@ -194,12 +195,12 @@ def test_a_catalog_written_at_0003_keeps_its_super_weights_without_a_shape(empty
                                 "output_activation, share, token, iteration, verdict) SELECT id, 2, 'model.layers.2.mlp.down_proj.weight', "
                                 "3, 4, '[3, 4]', -1.5, 10, -15, 1, 0, 1, 'confirmed' FROM scans"))
     migrate.upgrade(engine)
-    (old,) = Catalog(empty_catalog_url, read_only=True).show("org/old")
+    (old,) = CatalogReader(empty_catalog_url).show("org/old")
     assert old.result.super_weights[0].tensor_shape is None and old.result.super_weights[0].tensor_index == [3, 4]
     from db_samples import sample_result, times
 
     Catalog(empty_catalog_url).save(sample_result(), **times())
-    (new,) = Catalog(empty_catalog_url, read_only=True).show("org/tiny-llama")
+    (new,) = CatalogReader(empty_catalog_url).show("org/tiny-llama")
     assert {tuple(w.tensor_shape) for w in new.result.super_weights} == {(64, 160)}
     migrate.downgrade(engine, "0003")
     with engine.connect() as connection:

@@ -24,6 +24,7 @@ from catalog.fingerprint import file_sha256, fingerprint
 from catalog.gguf_meta import _string, _unpack, _value
 from catalog.identity import FROM_FILE_NAME, FROM_GGUF, gguf_identity
 from catalog.sources import resolve, with_gguf
+from db.reads import CatalogReader
 from db.repository import Catalog
 
 from superweights_cli import isolated_env, one_line_error, run_cli
@@ -40,7 +41,7 @@ def sha256(path: Path) -> str:
 
 def models(url: str) -> list[tuple[str, str | None]]:
     """(source, revision) of each catalog model that has a scan, oldest first."""
-    seen = {(s.source, s.revision): s.scan_id for s in Catalog(url, read_only=True).scans()}
+    seen = {(s.source, s.revision): s.scan_id for s in CatalogReader(url).scans()}
     return sorted(seen, key=seen.get)
 
 
@@ -98,7 +99,7 @@ def test_other_weights_under_a_catalogued_path_are_a_new_revision(superweights, 
     assert f"{model}: the weights differ from those catalogued under this name ({model}@sha256:{first[:12]}); " \
            f"saved as a new revision sha256:{second[:12]}" in " ".join(err.split())
     assert models(url) == [(str(model), f"sha256:{first[:12]}"), (str(model), f"sha256:{second[:12]}")]
-    fingerprints = {s.revision: s.result.model.fingerprint for s in Catalog(url, read_only=True).scans()}
+    fingerprints = {s.revision: s.result.model.fingerprint for s in CatalogReader(url).scans()}
     assert fingerprints == {f"sha256:{first[:12]}": first, f"sha256:{second[:12]}": second}
 
 

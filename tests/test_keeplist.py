@@ -175,6 +175,23 @@ def test_names_are_compared_from_the_block_on():
     assert gguf_name("model.decoder.layers.3.fc2.weight", 3) is None  # OPT: llama.cpp has no such model
 
 
+def test_the_names_kept_in_the_cache_are_llama_cpps_table_and_a_bad_cache_is_read_past(tmp_path, monkeypatch):
+    """The cache holds what the gguf package's table says; a cut or garbled cache file is ignored."""
+    from catalog import gguf_names
+
+    monkeypatch.setenv("SUPERWEIGHTS_HOME", str(tmp_path))
+    for garbage in (None, "[[\"layers.{bid}.mlp", "{}"):
+        gguf_names.block_table.cache_clear()
+        gguf_names._by_block_tail.cache_clear()
+        if garbage is not None:
+            gguf_names._cache_file().write_text(garbage)
+        assert gguf_names.gguf_name("model.layers.11.mlp.down_proj.weight", 11) == "blk.11.ffn_down.weight"
+        assert gguf_names.block_table() == gguf_names._read_table()
+        assert [tuple(pair) for pair in json.loads(gguf_names._cache_file().read_text())] == gguf_names._read_table()
+    gguf_names.block_table.cache_clear()
+    gguf_names._by_block_tail.cache_clear()
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_gguf_names_are_the_ones_transformers_reads_gguf_files_by(superweights, tiny, zipf_text, catalog_url, kind):
     """Scanned, catalogued and exported: each tensor's llama.cpp name is the GGUF tensor that

@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from catalog.config import ScanOptions, VerifyOptions
 from catalog.keeplist import keep_list
 from catalog.perplexity import paired_interval
+from db.reads import CatalogReader
 from db.repository import Catalog
 
 from db_samples import times
@@ -37,7 +38,7 @@ def demo(tiny, zipf_text, tmp_path_factory):
                           checks=VerifyOptions(quant_check=True, quant_block=BLOCK, clip_quantile=CLIP))
     url = f"sqlite:///{tmp_path_factory.mktemp('catalog') / 'catalog.db'}"
     Catalog(url).save(scan(str(planted.path), options), **times())
-    result = Catalog(url, read_only=True).latest(str(planted.path)).result
+    result = CatalogReader(url).latest(str(planted.path)).result
     restore = tmp_path_factory.mktemp("restore") / "restore.json"
     restore.write_text(keep_list(result, "restore", "all").text)
     return planted, options, result, restore

@@ -31,7 +31,7 @@ def main() -> None:
         fileConfig(config.config_file_name)
     location = locate(context.get_x_argument(as_dictionary=True).get("db"))
     if context.is_offline_mode():
-        context.configure(url=location.url, target_metadata=Base.metadata, literal_binds=True)
+        context.configure(url=location.sqlalchemy_url(), target_metadata=Base.metadata, literal_binds=True)
         with context.begin_transaction():
             context.run_migrations()
     elif (connection := config.attributes.get("connection")) is not None:
