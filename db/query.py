@@ -2,8 +2,8 @@
 server through DuckDB's postgres extension in read-only transactions.
 
 DuckDB would download its extensions from the internet; here they come from the pip packages
-`duckdb-extension-sqlite` / `duckdb-extension-postgres` (pinned to duckdb's version), laid out
-in a private extension directory the way DuckDB looks for them, with auto-install off.
+`duckdb-extension-sqlite` / `duckdb-extension-postgres` (pinned to duckdb's version), loaded by
+path under the file name DuckDB expects (a link in a private directory), with auto-install off.
 
 Rules for the user's SQL (`run_sql`):
 - It runs in a sandbox: a DuckDB that holds a snapshot of the catalog's tables and nothing else.
@@ -179,7 +179,7 @@ def sandbox(location: CatalogURL) -> Iterator[duckdb.DuckDBPyConnection]:
 def connect(location: CatalogURL) -> Iterator[duckdb.DuckDBPyConnection]:
     """An in-memory DuckDB with the catalog attached read-only as the default database (for our own
     statements only: its scanner extension is loaded)."""
-    con = duckdb.connect(config={"extension_directory": str(extension_directory()), **NO_EXTENSIONS})
+    con = duckdb.connect(config=NO_EXTENSIONS)
     try:
         _attach(con, location)
         con.execute("SET TimeZone = 'UTC'")
@@ -193,7 +193,7 @@ def _attach(con: duckdb.DuckDBPyConnection, location: CatalogURL) -> None:
         target, kind = str(location.path), "sqlite"
     else:
         target, kind = location.libpq_dsn(read_only=True), "postgres"
-    con.execute(f"LOAD {EXTENSIONS[location.backend][1]}")
+    con.execute(f"LOAD {_literal(str(extension_file(location.backend)))}")
     try:
         con.execute(f"ATTACH {_literal(target)} AS {ALIAS} (TYPE {kind}, READ_ONLY)")
     except duckdb.Error as exc:
@@ -202,23 +202,19 @@ def _attach(con: duckdb.DuckDBPyConnection, location: CatalogURL) -> None:
 
 
 @cache
-def extension_directory() -> Path:
-    """A private extension directory, `<dir>/v<duckdb version>/<platform>/<name>.duckdb_extension`,
-    linking to the extension files of the pip packages. Removed at exit.
-    """
+def extension_file(backend: str) -> Path:
+    """The scanner extension of `backend` from its pip package, as `<name>.duckdb_extension` (the
+    name its entry point is found by) in a private directory removed at exit."""
+    package, name = EXTENSIONS[backend]
+    source = files(package) / "extensions" / f"v{duckdb.__version__}" / f"{name.split('_')[0]}.duckdb_extension"
+    if not source.is_file():
+        raise CatalogError(f"DuckDB extension {name} for duckdb {duckdb.__version__} not found; run `pip install "
+                           f"{package.replace('_', '-')}=={duckdb.__version__}`.")
     root = Path(tempfile.mkdtemp(prefix="superweights-duckdb-"))
     atexit.register(shutil.rmtree, root, ignore_errors=True)
-    version = f"v{duckdb.__version__}"
-    platform = duckdb.connect().execute("PRAGMA platform").fetchone()[0]
-    target = root / version / platform
-    target.mkdir(parents=True)
-    for package, name in EXTENSIONS.values():
-        source = files(package) / "extensions" / version / f"{name.split('_')[0]}.duckdb_extension"
-        if not source.is_file():
-            raise CatalogError(f"DuckDB extension {name} for duckdb {duckdb.__version__} not found; run `pip install "
-                               f"{package.replace('_', '-')}=={duckdb.__version__}`.")
-        (target / f"{name}.duckdb_extension").symlink_to(Path(str(source)))
-    return root
+    link = root / f"{name}.duckdb_extension"
+    link.symlink_to(Path(str(source)))
+    return link
 
 
 def _literal(text: str) -> str:
