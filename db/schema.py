@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from catalog.errors import BadOptionError
 from db import dbapi
-from db.errors import CatalogOutOfDateError, CatalogTooNewError, NotACatalogError
+from db.errors import CatalogError, CatalogOutOfDateError, CatalogTooNewError, NotACatalogError
 from db.location import CatalogURL, locate
 
 if TYPE_CHECKING:
@@ -102,13 +102,16 @@ def open_catalog(url: str | None) -> tuple[CatalogURL, Engine]:
 
 def upgrade(url: str | None = None, revision: str = "head") -> tuple[str, str | None]:
     """Migrate the catalog at `url` (servers too) to `revision`; returns its display URL and revision.
-    A catalog already at `revision` is left alone, and Alembic is not loaded for it."""
+    A catalog already at `revision` is left alone, read through `db.dbapi` only (neither SQLAlchemy
+    nor Alembic is loaded for it)."""
     target = head() if revision == "head" else revision
     if target not in revisions():
         _known_to_alembic(revision)
+    location = locate(url)
+    if _readable_revision(location) == target:
+        return location.display, target
     from db.engine import engine_for
 
-    location = locate(url)
     engine = engine_for(location)
     with engine.connect() as connection:
         if revision_of(connection) == target:
@@ -119,6 +122,16 @@ def upgrade(url: str | None = None, revision: str = "head") -> tuple[str, str | 
         needs_upgrade(connection.connection.dbapi_connection, location.display, may_upgrade=True)
         migrate.upgrade_on(connection, revision)
     return location.display, migrate.current(engine)
+
+
+def _readable_revision(location: CatalogURL) -> str | None:
+    """The revision of a catalog that can be opened to read; None for one that cannot, whose
+    writer (an engine) then says what is wrong, or creates it."""
+    try:
+        with dbapi.read_only(location) as connection:
+            return current_on(connection)
+    except CatalogError:
+        return None
 
 
 def _known_to_alembic(revision: str) -> None:
