@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import gc
 import json
 import mmap
 import os
@@ -45,9 +44,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # synth, run as a script
 
+import bench  # noqa: E402
+from bench import warm_page_cache  # noqa: E402
 from record import write_results  # noqa: E402
 
 from catalog.reader import ShardReader, Span, checkpoint_shards, index_shards  # noqa: E402
+from catalog.reader import _pread as pread  # noqa: E402
 
 import synth  # noqa: E402
 
@@ -59,39 +61,15 @@ Tensors = dict[str, torch.Tensor]
 
 
 def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    bench.sync(str(device))
 
 
 def release(device: torch.device) -> None:
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+    bench.release()
 
 
-def warm_page_cache(files: list[Path]) -> None:
-    for file in files:
-        with open(file, "rb") as f:
-            while f.read(64 << 20):
-                pass
-
-
-def pinned_bandwidth(device: torch.device, size: int = 1 << 30, repeats: int = 5) -> float | None:
-    """As `bench.pinned_bandwidth`: one pinned buffer copied over, best of `repeats`, bytes per second."""
-    if device.type != "cuda":
-        return None
-    host = torch.empty(size, dtype=torch.uint8, pin_memory=True)
-    dest = torch.empty(size, dtype=torch.uint8, device=device)
-    best = float("inf")
-    for _ in range(repeats):
-        sync(device)
-        start = time.perf_counter()
-        dest.copy_(host, non_blocking=True)
-        sync(device)
-        best = min(best, time.perf_counter() - start)
-    del host, dest
-    release(device)
-    return size / best
+def pinned_bandwidth(device: torch.device) -> float | None:
+    return bench.pinned_bandwidth(str(device))
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -123,15 +101,6 @@ def queued(items: list) -> SimpleQueue:
 def in_threads(work: Callable[[], object], threads: int) -> list:
     with ThreadPoolExecutor(threads) as pool:
         return [f.result() for f in [pool.submit(work) for _ in range(threads)]]
-
-
-def pread(fd: int, into: memoryview, offset: int) -> None:
-    done = 0
-    while done < len(into):
-        n = os.preadv(fd, [into[done:]], offset + done)
-        if n == 0:
-            raise ValueError("unexpected end of file")
-        done += n
 
 
 def chunks(spans: dict[str, Span], out: Tensors, fds: dict[Path, int], chunk: int) -> list[tuple[int, int, torch.Tensor]]:
