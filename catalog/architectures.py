@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from catalog import probe as probing
-from catalog.errors import UnsupportedArchitectureError, first_line
+from catalog.errors import UnsupportedArchitectureError, first_line, memory_shortage
 from catalog.patches import hooked
 from catalog.probe import Probe
 from catalog.result import SuperWeight
@@ -151,6 +151,8 @@ def discover(model: nn.Module, config, source: str) -> Architecture:
     try:
         probe = probing.run(model, modules, text.vocab_size)
     except Exception as exc:  # the model cannot run a plain text forward pass
+        if memory_shortage(exc):  # it can, but not here (`catalog.scanner` says so)
+            raise
         raise UnsupportedArchitectureError(source, config.model_type,
                                            f"a text-only forward pass failed ({type(exc).__name__}: {first_line(exc)[:160]})") from exc
     path, blocks = _called_list(lists, probe, source, config.model_type)

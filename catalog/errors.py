@@ -92,6 +92,34 @@ class RestoreError(SuperweightsError, ValueError):
         self.path = path
 
 
+class ScanOutOfMemoryError(SuperweightsError, MemoryError):
+    """The GPU or the host ran out of memory during a scan: the model is too large for where it ran,
+    not a bad file (which is what an allocation failure inside transformers' loader would suggest)."""
+
+    FIX = {
+        "GPU": "stream its blocks with --max-gpu-memory SIZE (Llama-family safetensors) or scan it on a larger GPU "
+               "(a survey: more --gpus-per-scan)",
+        "host": "scan it on a machine with more memory",
+    }
+
+    def __init__(self, source: str, memory: str, detail: str) -> None:
+        super().__init__(f"{source}: out of {memory} memory ({detail[:200]}); {self.FIX[memory]}.")
+        self.source = source
+        self.memory = memory
+
+
+def memory_shortage(exc: BaseException) -> str | None:
+    """"GPU" or "host" when `exc` is an allocation failure, else None. By name and message, so that
+    this module needs no torch: torch raises `OutOfMemoryError` for CUDA, a RuntimeError from its
+    CPU allocator and from MPS, numpy and Python a `MemoryError`."""
+    text = str(exc)
+    if type(exc).__name__ == "OutOfMemoryError" or "MPS backend out of memory" in text:
+        return "GPU"
+    if isinstance(exc, MemoryError) or "DefaultCPUAllocator: can't allocate memory" in text:
+        return "host"
+    return None
+
+
 class SurveyFailedError(SuperweightsError):
     """A survey in which no model was scanned or skipped: every one failed."""
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from catalog.architectures import Architecture, discover, family_of
-from catalog.errors import BadOptionError, InvalidSourceError, SuperweightsError, UnsupportedArchitectureError, first_line
+from catalog.errors import BadOptionError, InvalidSourceError, SuperweightsError, UnsupportedArchitectureError, first_line, memory_shortage
 from catalog.family import family_name
 from catalog.gguf_load import config_read_once, gguf_config, read_tensors
 from catalog.gguf_meta import Header, read_header
@@ -359,12 +359,15 @@ def check_config(source: ResolvedSource, trust_remote_code: bool) -> None:
 
 @contextmanager
 def as_invalid(source: ResolvedSource) -> Iterator[None]:
-    """Turn errors raised while reading the files into one `InvalidSourceError` line."""
+    """Turn errors raised while reading the files into one `InvalidSourceError` line; running out
+    of memory is not the files' fault, and is left to the scan to say (`catalog.scanner`)."""
     try:
         yield
     except SuperweightsError:
         raise
     except Exception as exc:  # transformers, safetensors and gguf raise many types for bad files
+        if memory_shortage(exc):
+            raise
         raise InvalidSourceError(source.spec, _problem(exc)) from exc
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import platform
+import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -18,8 +19,9 @@ from catalog import __version__
 from catalog.causal import verify
 from catalog.config import ScanOptions
 from catalog.detection import detect
-from catalog.errors import BadOptionError, InvalidSourceError, NonFiniteError
+from catalog.errors import BadOptionError, InvalidSourceError, NonFiniteError, ScanOutOfMemoryError, first_line, memory_shortage
 from catalog.loading import LoadedModel, in_memory, load
+from catalog.options import format_size
 from catalog.result import ScanResult, check_finite
 from catalog.sources import ResolvedSource, resolve
 from catalog.stored import as_stored
@@ -96,13 +98,26 @@ def scan_source(source: ResolvedSource, options: ScanOptions, progress: Progress
 
 
 def _checked(spec: str, run: Callable[[], ScanResult]) -> ScanResult:
-    """The result of `run`, refused (naming `spec`) if a number in it is not finite."""
+    """The result of `run`, refused (naming `spec`) if a number in it is not finite; running out of
+    GPU or host memory anywhere in it becomes one `ScanOutOfMemoryError` line."""
     try:
         result = run()
         result.check_finite()
         return result
     except NonFiniteError as exc:
         raise InvalidSourceError(spec, str(exc)) from exc
+    except (RuntimeError, MemoryError) as exc:
+        memory = memory_shortage(exc)
+        if memory is None:
+            raise
+        raise ScanOutOfMemoryError(spec, memory, _allocation(exc)) from exc
+
+
+def _allocation(exc: BaseException) -> str:
+    """What failed to be allocated: of torch's CPU allocator line ("[enforce fail at alloc_cpu.cpp:127]
+    err == 0. DefaultCPUAllocator: ...") only the size says anything; CUDA's first line is readable."""
+    match = re.search(r"tried to allocate (\d+) bytes", str(exc))
+    return f"could not allocate {format_size(int(match.group(1)))}" if match else first_line(exc)
 
 
 def _scan_loaded(source: ResolvedSource, options: ScanOptions, config: dict, say: Progress, stack: contextlib.ExitStack) -> ScanResult:

@@ -41,7 +41,7 @@ from catalog.causal import Evaluated, Verification, conclude
 from catalog.conditions import ActivationRecorder, plan
 from catalog.config import SpikeRule, VerifyOptions
 from catalog.detection import Detection, candidate, iterate
-from catalog.errors import BadOptionError, first_line
+from catalog.errors import BadOptionError, first_line, memory_shortage
 from catalog.hooks import Capture, capture, zeroed_per_block
 from catalog.loading import LoadedModel, as_invalid, assign, buffers_to, checkpoint_names, model_info, open_source, place, skeleton
 from catalog.options import MAX_GPU_MEMORY, format_size
@@ -322,6 +322,8 @@ def _streamable(source: ResolvedSource, model: nn.Module, lists: list[tuple[str,
         try:
             return path, blocks, block_calls(model, blocks, ids)
         except Exception as exc:  # the model's own code, fed blocks that pass their input through
+            if memory_shortage(exc):
+                raise
             problem = first_line(exc)
     _unstreamable(source, f"model type {model_type!r}, whose blocks cannot be called one at a time ({problem[:160]})")
 

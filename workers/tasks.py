@@ -30,8 +30,6 @@ def describe_error(exc: BaseException) -> str:
     if isinstance(exc, SuperweightsError):
         return str(exc)
     name, line = type(exc).__name__, first_line(exc)
-    if name == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError
-        return f"out of GPU memory ({line[:160]}); give it more with --gpus-per-scan or scan it alone."
     what = name if line == name else f"{name}: {line[:300]}"  # an empty message: the type alone
     return f"unexpected {what}; `SUPERWEIGHTS_DEBUG=1 superweights scan` of this model alone shows the traceback."
 
