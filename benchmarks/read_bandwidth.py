@@ -16,7 +16,10 @@ Ways:
   unregistering a piece once its copies are done (`+populate`: `MADV_POPULATE_READ` first;
   `whole`: one piece per shard, a thread per shard; `phases`: all registered, then all copied,
   then all unregistered, each timed);
-- parts: allocation alone, `pread` alone (no copy), copy alone from pinned buffers (no read).
+- parts: allocation alone, `pread` alone (no copy), copy alone from pinned buffers (no read);
+- `memcpy`: as `pread` alone and as `stage`, the bytes taken from a 4 GiB host buffer (beyond the L3
+  cache) by `memmove` instead of from the page cache by `pread`: what the host's memory gives
+  with no kernel in the way (the tensors are not the checkpoint's, so not compared).
 
     python benchmarks/read_bandwidth.py --sizes 7b 8b --grid 7b --work /tmp/swr --results $OUT
     python benchmarks/read_bandwidth.py --sizes small --device cpu     # the code paths, on the CPU
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import functools
 import json
 import mmap
 import os
@@ -103,6 +107,26 @@ def in_threads(work: Callable[[], object], threads: int) -> list:
         return [f.result() for f in [pool.submit(work) for _ in range(threads)]]
 
 
+HOST_SOURCE = 4 << 30  # bytes of the memcpy ways' source, read round-robin
+
+
+@functools.cache
+def host_source() -> torch.Tensor:
+    """Host memory to copy from, faulted in once (outside the later repeats' times)."""
+    return torch.ones(HOST_SOURCE, dtype=torch.uint8)
+
+
+def fill(fd: int, view: torch.Tensor, offset: int, memory: bool) -> None:
+    """`view`'s bytes: the file's at `offset` (`pread`), or with `memory` the host source's (`memmove`,
+    which ctypes calls without the GIL, as `os.pread` runs)."""
+    if not memory:
+        pread(fd, memoryview(view.numpy()), offset)
+        return
+    source = host_source()  # made by the caller before its threads start (not 16 at once)
+    at = offset % (source.numel() - view.numel())
+    ctypes.memmove(view.data_ptr(), source.data_ptr() + at, view.numel())
+
+
 def chunks(spans: dict[str, Span], out: Tensors, fds: dict[Path, int], chunk: int) -> list[tuple[int, int, torch.Tensor]]:
     """(fd, file offset, destination bytes), biggest first, as `catalog.reader` cuts them."""
     pieces = []
@@ -132,8 +156,8 @@ def way_reader(spans: dict[str, Span], device: torch.device, **kwargs) -> tuple[
 
 
 def way_stage(spans: dict[str, Span], device: torch.device, threads: int, chunk: int, buffers: int,
-              fadvise: bool = False) -> tuple[Tensors, dict]:
-    """The staging path: `pread` into one of `buffers` pinned buffers, copy it on the thread's stream."""
+              fadvise: bool = False, memory: bool = False) -> tuple[Tensors, dict]:
+    """The staging path: `pread` (`memory`: `memmove`) into one of `buffers` pinned buffers, copy it on the thread's stream."""
     out = allocate(spans, device)
     fds = open_files(spans)
     if fadvise:
@@ -141,11 +165,13 @@ def way_stage(spans: dict[str, Span], device: torch.device, threads: int, chunk:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
     queue = queued(chunks(spans, out, fds, chunk))
     ready = torch.cuda.current_stream(device) if device.type == "cuda" else None
+    if memory:
+        host_source()
 
     def work() -> None:
         if ready is None:
             for fd, offset, dest in drain(queue):
-                pread(fd, memoryview(dest.numpy()), offset)
+                fill(fd, dest, offset, memory)
             return
         stream = torch.cuda.Stream(device)
         stream.wait_stream(ready)
@@ -157,7 +183,7 @@ def way_stage(spans: dict[str, Span], device: torch.device, threads: int, chunk:
             slot = k % buffers
             events[slot].synchronize()
             staging = bufs[slot][: dest.numel()]
-            pread(fd, memoryview(staging.numpy()), offset)
+            fill(fd, staging, offset, memory)
             with torch.cuda.stream(stream):
                 dest.copy_(staging, non_blocking=True)
                 events[slot].record(stream)
@@ -175,15 +201,17 @@ def part_alloc(spans: dict[str, Span], device: torch.device) -> tuple[Tensors | 
     return None, {}
 
 
-def part_read(spans: dict[str, Span], device: torch.device, threads: int, chunk: int) -> tuple[None, dict]:
-    """Every byte `pread` into one pinned buffer per thread, nothing copied."""
+def part_read(spans: dict[str, Span], device: torch.device, threads: int, chunk: int, memory: bool = False) -> tuple[None, dict]:
+    """Every byte `pread` (`memory`: `memmove`) into one pinned buffer per thread, nothing copied."""
     fds = open_files(spans)
     queue = queued([(fds[s.file], s.start + at, min(chunk, s.nbytes - at)) for s in spans.values() for at in range(0, s.nbytes, chunk)])
+    if memory:
+        host_source()
 
     def work() -> None:
         buf = torch.empty(chunk, dtype=torch.uint8, pin_memory=device.type == "cuda")
         for fd, offset, n in drain(queue):
-            pread(fd, memoryview(buf[:n].numpy()), offset)
+            fill(fd, buf[:n], offset, memory)
 
     try:
         in_threads(work, threads)
@@ -400,12 +428,16 @@ def ways(grid: bool, shards: int, device: torch.device) -> list[tuple[str, Calla
         ("part alloc", part_alloc, {}, False),
         ("part pread T16/C16", part_read, {"threads": 16, "chunk": 16 * MiB}, False),
         ("part pread T16/C1", part_read, {"threads": 16, "chunk": 1 * MiB}, False),
+        ("part memcpy T16/C16", part_read, {"threads": 16, "chunk": 16 * MiB, "memory": True}, False),
+        ("part memcpy T8/C16", part_read, {"threads": 8, "chunk": 16 * MiB, "memory": True}, False),
     ]
     if device.type == "cuda":
         chosen += [
             ("part copy T16/C16/B2", part_copy, {"threads": 16, "chunk": 16 * MiB, "buffers": 2}, False),
             ("part copy T16/C2/B2", part_copy, {"threads": 16, "chunk": 2 * MiB, "buffers": 2}, False),
         ]
+    chosen += [(f"stage memcpy T16/C{c}/B2", way_stage, {"threads": 16, "chunk": c * MiB, "buffers": 2, "memory": True}, False)
+               for c in (8, 16)]
     chosen += [(f"register T16/P{p}", way_register, {"threads": 16, "piece": p * MiB}, True) for p in (64, 256)]
     if grid:
         chosen += [(f"stage T16/C{c}/B{b}", way_stage, {"threads": 16, "chunk": c * MiB, "buffers": b}, True)
