@@ -139,6 +139,8 @@ class ScanResult:
     environment: dict[str, str] = field(default_factory=dict)  # software versions and device
     config_hash: str = ""  # hash of the options that determine the result (ScanOptions.config_hash)
     summary: dict[str, Any] = field(default_factory=dict)  # derived figures: passes, stop-word shift...
+    started_at: str | None = None  # when the scan began and ended (ISO 8601, UTC): `superweights db save` keeps them
+    finished_at: str | None = None
     schema: int = SCHEMA
 
     def to_dict(self) -> dict[str, Any]:
@@ -172,6 +174,8 @@ class ScanResult:
             environment=data.get("environment", {}),
             config_hash=data.get("config_hash", ""),
             summary=data.get("summary", {}),
+            started_at=data.get("started_at"),
+            finished_at=data.get("finished_at"),
         )
 
     @classmethod

@@ -10,6 +10,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict
+from datetime import UTC, datetime
 from functools import partial
 
 import torch
@@ -100,9 +101,11 @@ def scan_source(source: ResolvedSource, options: ScanOptions, progress: Progress
 def _checked(spec: str, run: Callable[[], ScanResult]) -> ScanResult:
     """The result of `run`, refused (naming `spec`) if a number in it is not finite; running out of
     GPU or host memory anywhere in it becomes one `ScanOutOfMemoryError` line."""
+    started_at = datetime.now(UTC)
     try:
         result = run()
         result.check_finite()
+        result.started_at, result.finished_at = started_at.isoformat(), datetime.now(UTC).isoformat()
         return result
     except NonFiniteError as exc:
         raise InvalidSourceError(spec, str(exc)) from exc

@@ -56,6 +56,25 @@ def db_upgrade(url: str | None, revision: str) -> None:
     click.echo(f"{display}: schema at revision {at}", err=True)
 
 
+@db_group.command("save")
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@db_option
+def db_save(files: tuple[Path, ...], url: str | None) -> None:
+    """Save scan JSON FILES into the catalog: from `scan --no-save --json`, or kept when a save failed.
+
+    Every file is read before any is saved; a scan already in the catalog (same model, revision and
+    config) is replaced, as a new scan of it would be."""
+    from db.repository import Catalog
+    from db.scanfile import read_scan, scan_times
+
+    results = [(path, read_scan(path)) for path in files]
+    catalog = Catalog(url)
+    for path, result in results:
+        note = catalog.known_as(result.model)
+        scan_id = catalog.save(result, **scan_times(result, path))
+        click.echo("\n".join(filter(None, [note, f"saved {path} as scan {scan_id} to {catalog.display}"])), err=True)
+
+
 @click.command()
 @click.argument("query")
 @db_option
@@ -165,9 +184,14 @@ class CatalogSink:
     def save(self, result: ScanResult, params: dict[str, Any], started_at: datetime) -> str:
         if params["no_save"]:
             return "not saved (--no-save)"
+        from db.errors import CatalogError, UnsavedScanError
         from db.repository import Catalog
+        from db.scanfile import keep
 
-        catalog = Catalog(params["db"])  # opened again: the scan in between may have lasted hours
-        note = catalog.known_as(result.model)
-        scan_id = catalog.save(result, started_at=started_at, finished_at=datetime.now(UTC))
+        try:
+            catalog = Catalog(params["db"])  # opened again: the scan in between may have lasted hours
+            note = catalog.known_as(result.model)
+            scan_id = catalog.save(result, started_at=started_at, finished_at=datetime.now(UTC))
+        except CatalogError as exc:  # locked, unreachable, disk full: the scan itself is not lost
+            raise UnsavedScanError(exc, keep(result, params.get("json_path"))) from exc
         return "\n".join(filter(None, [note, f"saved scan {scan_id} to {catalog.display}"]))

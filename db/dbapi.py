@@ -19,11 +19,14 @@ from contextlib import contextmanager
 from typing import Any
 
 from catalog.errors import first_line
-from db.errors import CatalogError, CatalogFileError, CatalogMissingError, CatalogUnreachableError, NotACatalogError
+from db.errors import CatalogBusyError, CatalogError, CatalogFileError, CatalogMissingError, CatalogUnreachableError, NotACatalogError
 from db.location import CatalogURL
 
 Connection = Any  # a DB-API 2 connection: sqlite3.Connection or psycopg.Connection
 CONNECT_TIMEOUT_S = 5
+# How long an SQLite connection waits for another process's lock (SQLite's default: 5 s): a survey's
+# saves and a scan's take well under a second each; a reader mid-query holds writers off (rollback journal).
+BUSY_WAIT_S = 30
 PLACEHOLDER = re.compile(r"(?<![:\w]):(\w+)")
 
 
@@ -43,7 +46,7 @@ def _open(location: CatalogURL) -> Connection:
         if not location.path.exists():
             raise CatalogMissingError(location.display)
         try:
-            connection = sqlite3.connect(f"{location.path.absolute().as_uri()}?mode=ro", uri=True)
+            connection = sqlite3.connect(f"{location.path.absolute().as_uri()}?mode=ro", uri=True, timeout=BUSY_WAIT_S)
             connection.execute("SELECT count(*) FROM sqlite_master")  # where a file that is not a database shows
         except sqlite3.Error as exc:
             raise connection_error(location, exc) from exc
@@ -61,6 +64,8 @@ def connection_error(location: CatalogURL, exc: BaseException) -> CatalogError:
     reason = first_line(exc)
     if location.backend != "sqlite":
         return CatalogUnreachableError(location.display, reason)
+    if "database is locked" in reason:
+        return CatalogBusyError(location.display, BUSY_WAIT_S)
     if "not a database" in reason:
         return NotACatalogError(location.display, "the file is not an SQLite database")
     return CatalogFileError(location.display, f"cannot open the file ({reason})",

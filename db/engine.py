@@ -16,6 +16,7 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
+from db import dbapi
 from db.dbapi import CONNECT_TIMEOUT_S, connection_error
 from db.errors import CatalogFileError
 from db.location import CatalogURL
@@ -37,7 +38,7 @@ def _sqlite_engine(location: CatalogURL) -> Engine:
     if location.default:
         path.parent.mkdir(parents=True, exist_ok=True)
     check_writable(path, location.display)
-    engine = create_engine(location.sqlalchemy_url(), poolclass=NullPool)
+    engine = create_engine(location.sqlalchemy_url(), poolclass=NullPool, connect_args={"timeout": dbapi.BUSY_WAIT_S})
     event.listen(engine, "connect", _sqlite_foreign_keys)
     return engine
 

@@ -5,6 +5,8 @@ They subclass `SuperweightsError`, so `catalog.cli.main` prints them as one line
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from catalog.errors import SuperweightsError
 
 URL_FORMS = "sqlite:///PATH (embedded file) or postgresql://USER[:PASSWORD]@HOST[:PORT]/DBNAME"
@@ -33,6 +35,16 @@ class CatalogFileError(CatalogError, PermissionError):
 
     def __init__(self, url: str, problem: str, fix: str) -> None:
         super().__init__(f"catalog {url}: {problem}. {fix}")
+        self.url = url
+
+
+class CatalogBusyError(CatalogError):
+    """An SQLite catalog that another process kept locked for longer than this one waits
+    (`db.dbapi.BUSY_WAIT_S`): its writer, or, in SQLite's rollback journal, a reader mid-query."""
+
+    def __init__(self, url: str, waited: float) -> None:
+        super().__init__(f"catalog {url}: locked by another process for over {waited:g} s (a survey or scan saving, a long "
+                         "query). Try again once it is done.")
         self.url = url
 
 
@@ -66,6 +78,23 @@ class CatalogTooNewError(CatalogError):
         super().__init__(f"catalog {url}: schema at revision {current}, newer than this version knows. Upgrade superweights (pip install "
                          f"-U superweight-catalog).")
         self.url = url
+
+
+class UnsavedScanError(CatalogError):
+    """A finished scan the catalog could not take, kept in a scan JSON file so that it is not lost."""
+
+    def __init__(self, problem: CatalogError, kept: Path) -> None:
+        super().__init__(f"{problem} The scan is kept in {kept}: `superweights db save {kept}` adds it to the catalog.")
+        self.kept = kept
+
+
+class ScanFileError(CatalogError, ValueError):
+    """A file given to `db save` that is not a scan JSON this version reads."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path}: not a scan JSON this version can save ({reason}); give a file written by "
+                         "`superweights scan --json`.")
+        self.path = path
 
 
 class CatalogWriteError(CatalogError):

@@ -195,7 +195,8 @@ def _stored_scan(scan: dict[str, Any], model: dict[str, Any], children: dict[tup
 def _result(scan: dict[str, Any], model: dict[str, Any], children: dict[str, list[dict[str, Any]]]) -> ScanResult:
     """Rebuild the scan's public dict from its rows; `from_dict` ignores what it does not know."""
     facts = {k: v for k, v in model.items() if k != "id"} | {"dtype": scan["dtype"], "tags": model["tags"] or []}
-    data = {"schema": SCHEMA, "model": facts, "config_hash": scan["config_hash"], **{k: scan[k] or {} for k in SCAN_JSON}}
+    data = {"schema": SCHEMA, "model": facts, "config_hash": scan["config_hash"], **{k: scan[k] or {} for k in SCAN_JSON},
+            "started_at": utc(scan["started_at"]).isoformat(), "finished_at": utc(scan["finished_at"]).isoformat()}
     for name, found in children.items():
         data[name] = [{k: v for k, v in row.items() if k != "id"} for row in found]
     return ScanResult.from_dict(data)

@@ -19,7 +19,8 @@ from sqlalchemy.orm import Session
 
 from catalog.errors import first_line
 from catalog.result import ScanResult, check_finite
-from db.errors import CatalogWriteError
+from db import dbapi
+from db.errors import CatalogBusyError, CatalogWriteError
 from db.models import AblationRow, Base, LayerStatRow, Model, Scan, SuperWeightRow
 from db.reads import SCAN_JSON, CatalogReader, utc
 from db.schema import STATUS_FAILED, STATUS_OK, open_catalog
@@ -69,7 +70,10 @@ class Catalog(CatalogReader):
             with Session(self._engine) as session, session.begin():
                 yield session
         except SQLAlchemyError as exc:
-            raise CatalogWriteError(self.display, source, first_line(getattr(exc, "orig", None) or exc)) from exc
+            reason = first_line(getattr(exc, "orig", None) or exc)
+            if "database is locked" in reason:
+                raise CatalogBusyError(self.display, dbapi.BUSY_WAIT_S) from exc
+            raise CatalogWriteError(self.display, source, reason) from exc
 
 
 def _model_row(session: Session, source: str, repo_id: str | None, revision: str | None, fingerprint: str | None = None) -> Model:

@@ -269,3 +269,40 @@ def test_interrupted_survey_started_again_scans_only_what_is_left(cluster, catal
     print_summary(second)
     assert {r.spec: r.status for r in second.rows} == {**dict.fromkeys(GOOD, "scanned"), done: "skipped"}
     assert {s: [r.status for r in rs] for s, rs in rows_by_source(catalog).items()} == dict.fromkeys(GOOD, ["ok"])
+
+
+def test_a_survey_whose_catalog_stays_locked_keeps_every_scan(cluster, options, tmp_path, monkeypatch, superweights):
+    """Another process holds the catalog's write lock from the first scan on: every model is still
+    scanned, each result kept in a file named in its row, and `db save` adds them all afterwards."""
+    import sqlite3
+
+    from catalog import settings
+    from db import dbapi
+    from db.repository import Catalog
+    from workers.discovery import from_specs
+    from workers.driver import Survey
+
+    monkeypatch.setattr(dbapi, "BUSY_WAIT_S", 0.2)  # before the catalog's engine is made (30 s in use)
+    path = tmp_path / "catalog.db"
+    catalog = Catalog(f"sqlite:///{path}")
+    other = sqlite3.connect(path, isolation_level=None)
+
+    def lock_when_scanning(counts):
+        if counts.running and not other.in_transaction:
+            other.execute("BEGIN EXCLUSIVE")
+
+    summary = Survey(catalog, options, on_update=lock_when_scanning).run(from_specs(list(GOOD)))
+    other.rollback()
+    print_summary(summary)
+    kept = sorted((settings.home() / "unsaved").glob("*.json"))
+    assert {r.spec: r.status for r in summary.rows} == dict.fromkeys(GOOD, "failed") and len(kept) == len(GOOD)
+    for row in summary.rows:
+        assert row.error.startswith(f"catalog sqlite:///{path}: locked by another process"), row.error
+        assert any(f"The scan is kept in {file}: `superweights db save {file}`" in row.error for file in kept)
+    assert list(rows_by_source(catalog)) == []
+
+    status, _, err = superweights("db", "save", *map(str, kept), "--db", f"sqlite:///{path}")
+    assert status == 0, err
+    rows = rows_by_source(catalog)
+    assert {s: [r.status for r in rs] for s, rs in rows.items()} == dict.fromkeys(GOOD, ["ok"])
+    assert all(any((w.row, w.col) == (17, 23) for w in rows[s][0].result.super_weights) for s in GOOD)

@@ -30,6 +30,8 @@ from typing import Any, Protocol
 
 from catalog.config import ScanOptions
 from catalog.sources import ResolvedSource, canonical, is_local, split_gguf, split_revision
+from db.errors import CatalogError, UnsavedScanError
+from db.scanfile import keep
 from workers.discovery import Candidate
 from workers.tasks import Fetched, Outcome, Scanner, fetch, now
 
@@ -399,9 +401,15 @@ class Survey:
             return self._failed(job.candidate, outcome.error, revision, outcome.started_at, outcome.finished_at,
                                 job.attempts, outcome.node)
         outcome.result.model.downloads = job.candidate.downloads
-        if note := self.catalog.known_as(outcome.result.model):
-            log.info("%s", note)  # the same weights under another name, or a new revision of this one
-        self.catalog.save(outcome.result, started_at=outcome.started_at, finished_at=outcome.finished_at)
+        try:
+            if note := self.catalog.known_as(outcome.result.model):
+                log.info("%s", note)  # the same weights under another name, or a new revision of this one
+            self.catalog.save(outcome.result, started_at=outcome.started_at, finished_at=outcome.finished_at)
+        except CatalogError as exc:  # locked, unreachable, disk full: the scan is kept, the survey goes on
+            error = str(UnsavedScanError(exc, keep(outcome.result)))
+            self.summary.rows.append(ModelReport(spec, "failed", revision, error=error, attempts=job.attempts, node=outcome.node))
+            log.error("%s: scanned, not saved: %s", spec, error)
+            return self.on_update(self.counts)
         found = len(outcome.result.super_weights)
         self.summary.rows.append(ModelReport(spec, "scanned", revision, found, round(outcome.seconds, 1),
                                              attempts=job.attempts, node=outcome.node, pid=outcome.pid))
@@ -412,10 +420,13 @@ class Survey:
     def _failed(self, candidate: Candidate, error: str, revision: str | None, started: datetime,
                 finished: datetime, attempts: int = 1, node: str | None = None) -> None:
         source = self._repo(candidate.spec)
-        self.catalog.record_failure(
-            source=candidate.spec, repo_id=source, revision=revision, config_hash=self.config_hash,
-            config=self.config, error=error, started_at=started, finished_at=finished,
-        )
+        try:
+            self.catalog.record_failure(
+                source=candidate.spec, repo_id=source, revision=revision, config_hash=self.config_hash,
+                config=self.config, error=error, started_at=started, finished_at=finished,
+            )
+        except CatalogError as exc:  # the summary below still says what failed
+            log.warning("%s: the failure is not recorded in the catalog: %s", candidate.spec, exc)
         self.summary.rows.append(ModelReport(candidate.spec, "failed", revision, error=error, attempts=attempts,
                                              seconds=round((finished - started).total_seconds(), 1), node=node))
         log.warning("%s: failed: %s", candidate.spec, error)
@@ -457,8 +468,12 @@ class Survey:
         if revision is None and candidate.revision is None:
             return False  # a Hub revision or local fingerprint not known yet: check after the download
         name = source.source if source else _unpinned(candidate.spec)
-        return self.catalog.has_scan(name, revision, self.config_hash, fingerprint=source and source.fingerprint,
-                                     include_failed=self.settings.skip_failed)
+        try:
+            return self.catalog.has_scan(name, revision, self.config_hash, fingerprint=source and source.fingerprint,
+                                         include_failed=self.settings.skip_failed)
+        except CatalogError as exc:  # locked for now: scan it (a result that cannot be saved is kept in a file)
+            log.warning("%s: cannot tell whether the catalog has it (%s); scanning it", candidate.spec, exc)
+            return False
 
     @staticmethod
     def _repo(spec: str) -> str | None:

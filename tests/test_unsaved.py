@@ -1,0 +1,108 @@
+"""A finished scan is never lost to the catalog: when the catalog cannot take it (locked by another
+process past the wait, unreachable, full), the scan is kept in a scan JSON file and the one error
+line says where; `superweights db save FILE` adds it later, as `scan --no-save --json` files too."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from db.reads import CatalogReader
+
+from db_samples import sample_result, times
+
+
+@pytest.fixture
+def short_wait(monkeypatch):
+    """SQLite waits this long for another process's lock before giving up (30 s in use)."""
+    from db import dbapi
+
+    monkeypatch.setattr(dbapi, "BUSY_WAIT_S", 0.2)
+
+
+@contextmanager
+def locked(path: Path):
+    """Another process's write lock on the SQLite file, as a survey saving holds it."""
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    try:
+        yield
+    finally:
+        other.rollback()
+        other.close()
+
+
+def scan_ids(url: str) -> list[tuple[int, str, str]]:
+    return [(s.scan_id, s.source, s.config_hash) for s in CatalogReader(url).scans()]
+
+
+@pytest.mark.parametrize("with_json", [False, True], ids=["kept-in-home", "kept-in-its-json"])
+def test_a_scan_the_catalog_cannot_take_is_kept_and_db_save_adds_it(short_wait, tmp_path, superweights, with_json):
+    from catalog import settings
+    from catalog.result import ScanResult
+    from db.cli import CatalogSink
+    from db.errors import UnsavedScanError
+    from db.repository import Catalog
+
+    path = tmp_path / "catalog.db"
+    url = f"sqlite:///{path}"
+    Catalog(url).save(sample_result("org/earlier"), **times())
+    result = sample_result()
+    result.started_at, result.finished_at = "2026-12-03T10:00:00+00:00", "2026-12-03T10:42:30.500000+00:00"
+    json_path = tmp_path / "scan.json" if with_json else None
+    if json_path:
+        result.to_json(json_path)  # as `scan --json` wrote it before saving
+    with locked(path), pytest.raises(UnsavedScanError) as refused:
+        CatalogSink().save(result, {"no_save": False, "db": url, "json_path": json_path}, datetime.now(UTC))
+    kept = refused.value.kept
+    assert str(refused.value).startswith(f"catalog {url}: locked by another process")
+    assert f"The scan is kept in {kept}: `superweights db save {kept}`" in str(refused.value)
+    assert kept == json_path if with_json else kept.parent == settings.home() / "unsaved"
+    assert ScanResult.from_json(kept) == result
+    assert [source for _, source, _ in scan_ids(url)] == ["org/earlier"]  # nothing half-written
+
+    status, _, err = superweights("db", "save", str(kept), "--db", url)
+    assert status == 0, err
+    assert f"saved {kept} as scan 2 to {url}" in err
+    [scan] = [s for s in CatalogReader(url).scans() if s.source == "org/tiny-llama"]
+    assert (scan.started_at.isoformat(), scan.finished_at.isoformat()) == (result.started_at, result.finished_at)
+    assert scan.result.super_weights == result.super_weights and scan.result.ablations == result.ablations
+    status, _, err = superweights("db", "save", str(kept), "--db", url)  # the same scan again: replaced, not doubled
+    assert status == 0, err
+    assert sorted(source for _, source, _ in scan_ids(url)) == ["org/earlier", "org/tiny-llama"]
+
+
+def test_db_save_reads_every_file_before_saving_any(tmp_path, superweights):
+    url = f"sqlite:///{tmp_path / 'catalog.db'}"
+    good = tmp_path / "good.json"
+    sample_result().to_json(good)
+    older = tmp_path / "older.json"
+    older.write_text(json.dumps(json.loads(good.read_text()) | {"schema": 1}))
+    text = tmp_path / "notes.json"
+    text.write_text("not json")
+    for bad, says in [(older, "unsupported scan schema 1 (expected 2)"), (text, "cannot read it as JSON")]:
+        status, _, err = superweights("db", "save", str(good), str(bad), "--db", url)
+        assert status == 1 and len(err.strip().splitlines()) == 1
+        assert err.startswith(f"error: {bad}: not a scan JSON this version can save ({says}")
+        assert err.strip().endswith("give a file written by `superweights scan --json`.")
+    assert not (tmp_path / "catalog.db").exists()  # the catalog was not even opened
+    status, _, err = superweights("db", "save", str(good), "--db", url)
+    assert status == 0, err
+    assert scan_ids(url) == [(1, "org/tiny-llama", "c0ffee0123456789")]
+
+
+def test_a_catalog_locked_past_the_wait_is_said_to_be_so(short_wait, tmp_path, superweights):
+    from db.repository import Catalog
+
+    path = tmp_path / "catalog.db"
+    Catalog(f"sqlite:///{path}").save(sample_result(), **times())
+    with locked(path):
+        status, _, err = superweights("show", "org/tiny-llama", "--db", f"sqlite:///{path}")
+    assert status == 1
+    assert err.strip() == (f"error: catalog sqlite:///{path}: locked by another process for over 0.2 s (a survey or scan saving, "
+                           "a long query). Try again once it is done.")
