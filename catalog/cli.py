@@ -20,7 +20,7 @@ import click
 from rich.console import Console
 
 from catalog.config import DEFAULT_PROMPT, ScanOptions, SpikeRule, VerifyOptions
-from catalog.errors import BadOptionError, SuperweightsError
+from catalog.errors import BadOptionError, SuperweightsError, UnwritableOutputError
 from catalog.options import NON_NEGATIVE, POSITIVE, Size, usage_line
 from catalog.output import output_file
 from catalog.result import ScanResult
@@ -138,11 +138,17 @@ def scan(ctx: click.Context, source: str, gguf: str | None, json_path: Path | No
         out.print(super_weights_table(result))
         if result.ablations:
             out.print(ablations_table(result))
+        unwritten = None
         if json_out:
-            json_out.write_text(result.json_text())
-            console.print(f"wrote {json_path}")
+            try:
+                json_out.write_text(result.json_text())
+                console.print(f"wrote {json_path}")
+            except UnwritableOutputError as exc:  # a full disk at the end: the scan still goes to the catalog
+                unwritten = exc
     for sink in SCAN_SINKS:
         console.print(sink.save(result, ctx.params, started_at), soft_wrap=True)
+    if unwritten:
+        raise unwritten
 
 
 @cli.command()

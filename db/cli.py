@@ -193,5 +193,5 @@ class CatalogSink:
             note = catalog.known_as(result.model)
             scan_id = catalog.save(result, started_at=started_at, finished_at=datetime.now(UTC))
         except CatalogError as exc:  # locked, unreachable, disk full: the scan itself is not lost
-            raise UnsavedScanError(exc, keep(result, params.get("json_path"))) from exc
+            raise UnsavedScanError(exc, keep(result)) from exc
         return "\n".join(filter(None, [note, f"saved scan {scan_id} to {catalog.display}"]))

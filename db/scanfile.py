@@ -50,11 +50,8 @@ def _moment(text: str | None, path: Path) -> datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def keep(result: ScanResult, written: Path | None = None) -> Path:
-    """A scan JSON file holding `result`: the scan's own --json file where it wrote one, else a new
-    file under $SUPERWEIGHTS_HOME/unsaved/."""
-    if written is not None and written.is_file():
-        return written
+def keep(result: ScanResult) -> Path:
+    """A new scan JSON file holding `result`, under $SUPERWEIGHTS_HOME/unsaved/."""
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", result.model.source).strip("-")[-80:]
     path = settings.home() / "unsaved" / f"{stamp}-{name}.json"

@@ -41,8 +41,7 @@ def scan_ids(url: str) -> list[tuple[int, str, str]]:
     return [(s.scan_id, s.source, s.config_hash) for s in CatalogReader(url).scans()]
 
 
-@pytest.mark.parametrize("with_json", [False, True], ids=["kept-in-home", "kept-in-its-json"])
-def test_a_scan_the_catalog_cannot_take_is_kept_and_db_save_adds_it(short_wait, tmp_path, superweights, with_json):
+def test_a_scan_the_catalog_cannot_take_is_kept_and_db_save_adds_it(short_wait, tmp_path, superweights):
     from catalog import settings
     from catalog.result import ScanResult
     from db.cli import CatalogSink
@@ -54,15 +53,12 @@ def test_a_scan_the_catalog_cannot_take_is_kept_and_db_save_adds_it(short_wait, 
     Catalog(url).save(sample_result("org/earlier"), **times())
     result = sample_result()
     result.started_at, result.finished_at = "2026-12-03T10:00:00+00:00", "2026-12-03T10:42:30.500000+00:00"
-    json_path = tmp_path / "scan.json" if with_json else None
-    if json_path:
-        result.to_json(json_path)  # as `scan --json` wrote it before saving
     with locked(path), pytest.raises(UnsavedScanError) as refused:
-        CatalogSink().save(result, {"no_save": False, "db": url, "json_path": json_path}, datetime.now(UTC))
+        CatalogSink().save(result, {"no_save": False, "db": url}, datetime.now(UTC))
     kept = refused.value.kept
     assert str(refused.value).startswith(f"catalog {url}: locked by another process")
     assert f"The scan is kept in {kept}: `superweights db save {kept}`" in str(refused.value)
-    assert kept == json_path if with_json else kept.parent == settings.home() / "unsaved"
+    assert kept.parent == settings.home() / "unsaved"
     assert ScanResult.from_json(kept) == result
     assert [source for _, source, _ in scan_ids(url)] == ["org/earlier"]  # nothing half-written
 
@@ -106,3 +102,16 @@ def test_a_catalog_locked_past_the_wait_is_said_to_be_so(short_wait, tmp_path, s
     assert status == 1
     assert err.strip() == (f"error: catalog sqlite:///{path}: locked by another process for over 0.2 s (a survey or scan saving, "
                            "a long query). Try again once it is done.")
+
+
+def test_a_json_file_that_cannot_be_written_at_the_end_still_leaves_the_scan_saved(tiny, tmp_path):
+    """`--json /dev/full`: writable when the scan starts, full when it ends. The scan is saved, then
+    the command fails on the file, in one line."""
+    from superweights_cli import run_cli
+
+    url = f"sqlite:///{tmp_path / 'catalog.db'}"
+    run = run_cli("scan", str(tiny("llama").path), "--no-verify", "--device", "cpu", "--db", url, "--json", "/dev/full")
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    assert run.stderr.strip().splitlines()[-2:] == [
+        f"saved scan 1 to {url}", "error: --json: cannot write /dev/full (No space left on device); choose a writable path."]
+    assert [source for _, source, _ in scan_ids(url)] == [str(tiny("llama").path)]
