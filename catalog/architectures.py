@@ -231,7 +231,7 @@ def _called_list(lists: list[tuple[str, nn.ModuleList]], probe: Probe, source: s
 def block_sites(block: nn.Module, hidden: int, probe: Probe) -> list[nn.Module]:
     """The down projections of one block, in the order they ran."""
     parents = _parents(block)
-    candidates = [m for m in block.modules() if _kind(m) and _out_width(m, probe) == hidden]
+    candidates = [m for m in block.modules() if _kind(m) and _out_width(m, probe) == hidden and _projects(m, probe)]
     chosen: dict[int, nn.Module] = {}  # parent -> its last projection to run
     for module in sorted(candidates, key=lambda m: probe.call(m).order):
         if _feeds_residual(module, block, parents, probe):
@@ -257,6 +257,16 @@ def _kind(module: nn.Module) -> str | None:
     if isinstance(own.get("weight"), nn.Parameter) and own["weight"].dim() == 2 and not any(True for _ in module.children()):
         return "matrix"  # a 2-D weight of some other class: oriented by the widths it was called with
     return None
+
+
+def _projects(module: nn.Module, probe: Probe) -> bool:
+    """A 2-D weight of another class is a projection only if it maps the widths it was called with
+    (Ergo's per-expert norm scales, `[E, hidden]`, are not)."""
+    if _kind(module) != "matrix":
+        return True
+    call = probe.call(module)
+    widths = (call.input.shape[-1], call.out.shape[-1]) if call.input is not None else None
+    return widths is not None and tuple(module.weight.shape) in (widths, widths[::-1])
 
 
 def _out_width(module: nn.Module, probe: Probe) -> int | None:

@@ -35,6 +35,23 @@ def token_outputs(kind: str, experts: nn.Module, output: torch.Tensor) -> torch.
     return y.view(experts.down_proj.shape[0], -1, y.shape[-1]).sum(0) if kind == "pre_routed" else y
 
 
+def down_outputs(experts: nn.Module, expert: int, x: torch.Tensor, transposed: bool) -> torch.Tensor:
+    """One expert's down projection of its inputs x (n, inter), bias included: (n, hidden)."""
+    weight = experts.down_proj[expert]
+    out = x @ (weight if transposed else weight.T)
+    return out + experts.down_proj_bias[expert] if getattr(experts, "has_bias", False) else out
+
+
+def routed_sum(routed: list[Routed], outputs: list[torch.Tensor], tokens: int) -> torch.Tensor:
+    """What the down projections add per token, (tokens, hidden) in float32: each expert's output
+    weighted by its router weight. A module may transform its experts' outputs before summing them
+    (Ergo normalises each one), so the spike is looked for here, not in the module's output."""
+    total = torch.zeros(tokens, outputs[0].shape[-1], dtype=torch.float32, device=outputs[0].device)
+    for (_, at, gains, _), out in zip(routed, outputs):
+        total.index_add_(0, at, gains[:, None].float() * out.float())
+    return total
+
+
 def _arguments(args: tuple, kwargs: dict, names: tuple[str, ...]) -> tuple:
     return (tuple(args) + tuple(kwargs[n] for n in names[len(args):]))[: len(names)]
 

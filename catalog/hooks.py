@@ -55,26 +55,33 @@ def _dense_capture(x: torch.Tensor, y: torch.Tensor) -> Capture:
 
 
 def _experts_capture(site: DownProjection, args: tuple, kwargs: dict, output: torch.Tensor) -> Capture:
-    """The spike of a fused experts module, attributed to the expert contributing most to it."""
-    y = experts.token_outputs(site.experts, site.module, output)
+    """The spike of a fused experts module, in the routed sum of its experts' down outputs
+    (`experts.routed_sum`), attributed to the expert contributing most to it."""
+    routed = list(experts.down_inputs(site.experts, site.module, args, kwargs))
+    if not routed:
+        raise UnsupportedArchitectureError(site.param, type(site.module).__name__, "no token reached an expert with a "
+                                           "down projection (only identity or zero-computation experts ran)")
+    transposed = site.layout == "experts_in_out"
+    outs = [experts.down_outputs(site.module, expert, x, transposed) for expert, _, _, x in routed]
+    y = experts.routed_sum(routed, outs, len(experts.token_outputs(site.experts, site.module, output)))
     out_max, token, row = _argmax2d(y)
     best = None  # (|contribution|, expert, x, gain)
     in_stats = (0.0, 0, 0)
-    for expert, tokens, gains, x in experts.down_inputs(site.experts, site.module, args, kwargs):
+    for (expert, tokens, gains, x), out in zip(routed, outs):
         e_max, e_token, e_channel = _argmax2d(x)
         if e_max > in_stats[0]:
             in_stats = (e_max, tokens[e_token].item(), e_channel)
         hit = (tokens == token).nonzero()
         if len(hit):
             i = hit[0, 0]
-            contribution = abs(gains[i].item() * (site.out_row(row, expert).float() @ x[i].float()).item())
+            contribution = abs(gains[i].item() * out[i, row].float().item())
             if best is None or contribution > best[0]:
                 best = (contribution, expert, x[i].detach().float().cpu(), gains[i].item())
-    if best is None:
-        raise UnsupportedArchitectureError(site.param, type(site.module).__name__, "its spike's token reached none of the "
-                                           "experts whose inputs can be recomputed (identity or zero-computation experts)")
+    if best is None:  # every routed output is zero and the first token reached no expert: no spike
+        expert, tokens, gains, x = routed[0]
+        best, token = (0.0, expert, x[0].detach().float().cpu(), gains[0].item()), tokens[0].item()
     _, expert, x_t, gain = best
-    return Capture(in_stats[0], in_stats[2], in_stats[1], out_max, row, token, y[token, row].float().item(), x_t, expert, gain)
+    return Capture(in_stats[0], in_stats[2], in_stats[1], out_max, row, token, y[token, row].item(), x_t, expert, gain)
 
 
 @contextmanager

@@ -377,6 +377,8 @@ def _problem(exc: Exception) -> str:
         # torch's own advice here is to retry with weights_only=False: the one thing not to do
         return ("its pickle weights hold objects other than tensors, which can run code when loaded; "
                 "weights_only=True refused them. Use safetensors weights from a source you trust.")
+    if isinstance(exc, ImportError) or "pip install" in first:  # the files are fine: this environment lacks a package
+        return f"cannot load the checkpoint: a package it needs is missing ({first[:200]})"
     return f"cannot load the checkpoint ({first[:200]}); the file may be truncated or corrupt: download it again."
 
 

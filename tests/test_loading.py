@@ -186,3 +186,13 @@ def test_auto_dtype_is_float32_where_torch_cannot_say(monkeypatch):
     monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
     monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")
     assert pick_dtype("auto", torch.device("cpu")) == torch.float32
+
+
+def test_a_missing_package_is_not_blamed_on_the_files(tiny):
+    from catalog.errors import InvalidSourceError
+    from catalog.loading import as_invalid
+
+    source = resolve(str(tiny("llama").path))  # a good checkpoint: the error is raised inside
+    with pytest.raises(InvalidSourceError) as caught, as_invalid(source):
+        raise ValueError("Kernels are not available. Please install a compatible version, e.g. `pip install kernels==0.19.1`")
+    assert "a package it needs is missing" in str(caught.value) and "corrupt" not in str(caught.value)
