@@ -265,8 +265,10 @@ def _projects(module: nn.Module, probe: Probe) -> bool:
     if _kind(module) != "matrix":
         return True
     call = probe.call(module)
-    widths = (call.input.shape[-1], call.out.shape[-1]) if call.input is not None else None
-    return widths is not None and tuple(module.weight.shape) in (widths, widths[::-1])
+    if call.input is None:
+        return False
+    widths = (call.input.shape[-1], call.out.shape[-1])
+    return tuple(module.weight.shape) in (widths, widths[::-1])
 
 
 def _out_width(module: nn.Module, probe: Probe) -> int | None:

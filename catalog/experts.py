@@ -1,7 +1,8 @@
-"""The inputs of each routed expert's down projection, recomputed from a fused experts module.
+"""Each routed expert's down projection, recomputed from a fused experts module.
 
-A hook on a fused experts module sees only the sum of the experts' outputs, so the per-expert
-inputs `x_e` are rebuilt from the module's own parameters, as its forward computes them:
+A hook on a fused experts module sees only what the module returns, so the per-expert inputs
+`x_e`, their down outputs and the router-weighted sum of those are rebuilt from the module's own
+parameters, as its forward computes them:
 
 - "interface": transformers' experts interface (`use_experts_implementation`): called with
   (hidden_states, top_k_index, top_k_weights); the up (or fused gate-up) projection stored
@@ -14,9 +15,16 @@ inputs `x_e` are rebuilt from the module's own parameters, as its forward comput
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+
+from catalog.errors import UnsupportedArchitectureError
+
+if TYPE_CHECKING:
+    from catalog.architectures import DownProjection
 
 Routed = tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]  # expert, token indices, router weights, inputs (n, inter)
 
@@ -29,27 +37,39 @@ def down_inputs(kind: str, experts: nn.Module, args: tuple, kwargs: dict) -> Ite
         yield from _interface(experts, *_arguments(args, kwargs, ("hidden_states", "top_k_index", "top_k_weights")))
 
 
-def token_outputs(kind: str, experts: nn.Module, output: torch.Tensor) -> torch.Tensor:
-    """The module's contribution per token, (tokens, hidden)."""
-    y = output.reshape(-1, output.shape[-1])
-    return y.view(experts.down_proj.shape[0], -1, y.shape[-1]).sum(0) if kind == "pre_routed" else y
+@dataclass
+class Recomputed:
+    """One call of an experts module, rebuilt: each routed expert, its down outputs (n, hidden), and
+    what the down projections add per token (tokens, hidden, float32): each expert's output weighted
+    by its router weight. A module may transform its experts' outputs before summing them (Ergo
+    normalises each one), so a spike is looked for in `total`, not in the module's output."""
+
+    routed: list[Routed]
+    outputs: list[torch.Tensor]
+    total: torch.Tensor
 
 
-def down_outputs(experts: nn.Module, expert: int, x: torch.Tensor, transposed: bool) -> torch.Tensor:
+def recompute(site: DownProjection, args: tuple, kwargs: dict, output: torch.Tensor) -> Recomputed:
+    """The experts' down projections of one call of `site`'s module (args, kwargs, output as a hook sees them)."""
+    routed = list(down_inputs(site.experts, site.module, args, kwargs))
+    if not routed:
+        raise UnsupportedArchitectureError(site.param, type(site.module).__name__, "no token reached an expert with a "
+                                           "down projection (only identity or zero-computation experts ran)")
+    transposed = site.layout == "experts_in_out"
+    outputs = [_down_output(site.module, expert, x, transposed) for expert, _, _, x in routed]
+    rows = output.reshape(-1, output.shape[-1]).shape[0]
+    tokens = rows // site.module.down_proj.shape[0] if site.experts == "pre_routed" else rows
+    total = torch.zeros(tokens, outputs[0].shape[-1], dtype=torch.float32, device=outputs[0].device)
+    for (_, at, gains, _), out in zip(routed, outputs):
+        total.index_add_(0, at, gains[:, None].float() * out.float())
+    return Recomputed(routed, outputs, total)
+
+
+def _down_output(experts: nn.Module, expert: int, x: torch.Tensor, transposed: bool) -> torch.Tensor:
     """One expert's down projection of its inputs x (n, inter), bias included: (n, hidden)."""
     weight = experts.down_proj[expert]
     out = x @ (weight if transposed else weight.T)
     return out + experts.down_proj_bias[expert] if getattr(experts, "has_bias", False) else out
-
-
-def routed_sum(routed: list[Routed], outputs: list[torch.Tensor], tokens: int) -> torch.Tensor:
-    """What the down projections add per token, (tokens, hidden) in float32: each expert's output
-    weighted by its router weight. A module may transform its experts' outputs before summing them
-    (Ergo normalises each one), so the spike is looked for here, not in the module's output."""
-    total = torch.zeros(tokens, outputs[0].shape[-1], dtype=torch.float32, device=outputs[0].device)
-    for (_, at, gains, _), out in zip(routed, outputs):
-        total.index_add_(0, at, gains[:, None].float() * out.float())
-    return total
 
 
 def _arguments(args: tuple, kwargs: dict, names: tuple[str, ...]) -> tuple:

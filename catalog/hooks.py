@@ -14,7 +14,6 @@ import torch
 
 from catalog import experts
 from catalog.architectures import DownProjection, Entries, Sites
-from catalog.errors import UnsupportedArchitectureError
 from catalog.patches import hooked
 
 
@@ -56,14 +55,9 @@ def _dense_capture(x: torch.Tensor, y: torch.Tensor) -> Capture:
 
 def _experts_capture(site: DownProjection, args: tuple, kwargs: dict, output: torch.Tensor) -> Capture:
     """The spike of a fused experts module, in the routed sum of its experts' down outputs
-    (`experts.routed_sum`), attributed to the expert contributing most to it."""
-    routed = list(experts.down_inputs(site.experts, site.module, args, kwargs))
-    if not routed:
-        raise UnsupportedArchitectureError(site.param, type(site.module).__name__, "no token reached an expert with a "
-                                           "down projection (only identity or zero-computation experts ran)")
-    transposed = site.layout == "experts_in_out"
-    outs = [experts.down_outputs(site.module, expert, x, transposed) for expert, _, _, x in routed]
-    y = experts.routed_sum(routed, outs, len(experts.token_outputs(site.experts, site.module, output)))
+    (`experts.recompute`), attributed to the expert contributing most to it."""
+    done = experts.recompute(site, args, kwargs, output)
+    routed, outs, y = done.routed, done.outputs, done.total
     out_max, token, row = _argmax2d(y)
     best = None  # (|contribution|, expert, x, gain)
     in_stats = (0.0, 0, 0)

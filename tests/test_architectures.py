@@ -29,7 +29,7 @@ KNOWN_GAPS = {
     "longcat_flash": ("<5.25", "its experts module runs the zero-computation (identity) experts too"),
 }
 # Experts modules whose output is not the router-weighted sum of their down projections' outputs:
-# their spikes are looked for in that sum (`catalog.experts.routed_sum`), which is checked here.
+# their spikes are looked for in that sum (`catalog.experts.recompute`), which is checked here.
 TRANSFORMED = {"ergo": "each expert's output goes through its own RMSNorm before the weighted sum"}
 README = Path(__file__).parents[1] / "README.md"
 
@@ -68,17 +68,19 @@ def test_at_least_nine_in_ten_types_that_build_scan(report):
     assert [t for t in named if report[t].status != coverage.SCANS] == []  # the issue's list
 
 
-def _gap(model_type: str) -> str | None:
+def _swept(model_type: str):
+    """The type as a test parameter, marked as an expected failure where it is a known gap of this
+    transformers version."""
     import transformers
     from packaging.specifiers import SpecifierSet
 
     versions, reason = KNOWN_GAPS.get(model_type, (None, None))
-    return reason if reason and transformers.__version__ in SpecifierSet(versions) else None
+    if reason and transformers.__version__ in SpecifierSet(versions):
+        return pytest.param(model_type, marks=pytest.mark.xfail(reason=reason, strict=True))
+    return model_type
 
 
-@pytest.mark.parametrize("model_type", [
-    pytest.param(t, marks=pytest.mark.xfail(reason=_gap(t), strict=True)) if _gap(t) else t
-    for t in zoo.causal_lm_types()])
+@pytest.mark.parametrize("model_type", [_swept(t) for t in zoo.causal_lm_types()])
 def test_discovered_sites_address_the_weight_that_produced_the_output(model_type, report):
     if report[model_type].status != coverage.SCANS:
         pytest.skip(f"{model_type} {report[model_type].status}: {report[model_type].reason}")
@@ -113,10 +115,10 @@ def _first(out):
 def routed_sum(site, args, kwargs, output: torch.Tensor, transformed: bool) -> torch.Tensor:
     """The experts' down outputs weighted by the router, recomputed with autograd; it is the module's
     own output unless the module transforms its experts' outputs first (`TRANSFORMED`)."""
-    routed = list(experts.down_inputs(site.experts, site.module, args, kwargs))
-    outs = [experts.down_outputs(site.module, e, x, site.layout == "experts_in_out") for e, _, _, x in routed]
-    module_output = experts.token_outputs(site.experts, site.module, output)
-    y = experts.routed_sum(routed, outs, len(module_output))
+    y = experts.recompute(site, args, kwargs, output).total
+    module_output = output.reshape(-1, output.shape[-1])
+    if site.experts == "pre_routed":  # (E * tokens, hidden): each expert's rows, summed per token
+        module_output = module_output.view(site.module.down_proj.shape[0], -1, module_output.shape[-1]).sum(0)
     assert torch.allclose(y, module_output.float(), rtol=1e-4, atol=1e-5) != transformed
     return y
 
