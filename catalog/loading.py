@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import pickle
-import sys
 import time
 from collections.abc import Iterator, Mapping
-from concurrent.futures import Future, wait
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,11 +23,6 @@ from catalog.reader import ShardReader, Span, checkpoint_shards, index_shards
 from catalog.result import ModelInfo
 from catalog.sources import ResolvedSource
 
-# While the weights are read, the main thread builds the tokenizer and the skeleton holding the GIL;
-# each reader worker needs it back after every chunk, and by default waits up to 5 ms for it (8B
-# layout on the H200: the overlapped load took 0.88 s, the same steps one after another 0.82 s).
-# A shorter interval gave 3-4% (benchmarks/README.md): the tokenizer's load holds the GIL throughout.
-SWITCH_INTERVAL = 0.0002
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -135,75 +128,22 @@ def load(source: ResolvedSource, *, device: str = "auto", dtype: str = "auto", t
     from transformers import AutoModelForCausalLM
 
     start = time.perf_counter()
-    with prefetching(source, device, dtype) as prefetch:
-        opened = open_source(source, device, dtype, trust_remote_code)
-        with as_invalid(source):
-            model, loader = read_directly(source, opened, trust_remote_code, prefetch)
-            if model is None:
-                model = AutoModelForCausalLM.from_pretrained(
-                    source.path,
-                    dtype=opened.dtype,
-                    trust_remote_code=trust_remote_code,
-                    use_safetensors=source.format != "pytorch",
-                    **({"gguf_file": source.gguf_file} if source.gguf_file else {}),
-                ).to(opened.device)
+    opened = open_source(source, device, dtype, trust_remote_code)
+    with as_invalid(source):
+        model, loader = read_directly(source, opened, trust_remote_code)
+        if model is None:
+            model = AutoModelForCausalLM.from_pretrained(
+                source.path,
+                dtype=opened.dtype,
+                trust_remote_code=trust_remote_code,
+                use_safetensors=source.format != "pytorch",
+                **({"gguf_file": source.gguf_file} if source.gguf_file else {}),
+            ).to(opened.device)
     model.eval()
     architecture = discover(model, opened.config, source.spec)
     info = model_info(source, model, opened.config, opened.dtype)
     return LoadedModel(model, opened.tokenizer, architecture, info, opened.device, time.perf_counter() - start, loader,
                        opened.gguf if loader == "gguf" else None)
-
-
-@dataclass
-class Prefetch:
-    """Every tensor of a safetensors checkpoint being read onto the device (`ShardReader.start`)
-    while the config, the tokenizer and the model's skeleton are made: the load then costs about
-    the read, not the read plus those (0.6 s of the 8B layout's 1.3 s load on the H200)."""
-
-    spans: dict[str, Span]
-    reader: ShardReader
-    tensors: Future[dict[str, torch.Tensor]]
-
-    def close(self) -> None:
-        """Stop the read, wait for it, let its tensors go."""
-        self.reader.cancel()
-        wait([self.tensors])
-        self.reader.close()
-        self.tensors = Future()
-
-
-@contextmanager
-def prefetching(source: ResolvedSource, device: str, dtype: str) -> Iterator[Prefetch | None]:
-    """A `Prefetch` of the source's weights, or None where `read_parallel` would not take them
-    (not safetensors, quantized, remote code) or the files are unreadable: the load then reads
-    them itself and reports the problem in its usual order."""
-    if source.format != "safetensors" or not _plain_config(source.path / "config.json"):
-        yield None
-        return
-    try:
-        dev = pick_device(device)
-        spans = index_shards(checkpoint_shards(source.path))
-        reader = ShardReader(spans, dev, dtype=pick_dtype(dtype, dev))
-    except (SuperweightsError, OSError, ValueError):
-        yield None
-        return
-    switch = sys.getswitchinterval()
-    sys.setswitchinterval(min(switch, SWITCH_INTERVAL))
-    prefetch = Prefetch(spans, reader, reader.start(spans))
-    try:
-        yield prefetch
-    finally:
-        prefetch.close()
-        sys.setswitchinterval(switch)
-
-
-def _plain_config(path: Path) -> bool:
-    """config.json parses and asks for neither quantized weights nor the repo's own code."""
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(config, dict) and not {"quantization_config", "auto_map"} & set(config)
 
 
 def in_memory(model: nn.Module, tokenizer, name: str) -> LoadedModel:
@@ -241,11 +181,10 @@ def assign(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
         module._buffers[attr] = tensor
 
 
-def read_directly(source: ResolvedSource, opened: Opened, trust_remote_code: bool,
-                  prefetch: Prefetch | None = None) -> tuple[nn.Module | None, str]:
+def read_directly(source: ResolvedSource, opened: Opened, trust_remote_code: bool) -> tuple[nn.Module | None, str]:
     """(the model read by this package's own readers, or None, and which loader that is)."""
     if source.format == "safetensors":
-        model = read_parallel(source, opened.config, opened.device, opened.dtype, trust_remote_code, prefetch)
+        model = read_parallel(source, opened.config, opened.device, opened.dtype, trust_remote_code)
         return model, "parallel" if model is not None else "transformers"
     if opened.gguf is not None:
         model = read_gguf(opened.gguf, opened.config, opened.device, opened.dtype, trust_remote_code)
@@ -267,23 +206,21 @@ def read_gguf(gguf: GGUFFile, config, device: torch.device, dtype: torch.dtype, 
 
 
 def read_parallel(source: ResolvedSource, config, device: torch.device, dtype: torch.dtype,
-                  trust_remote_code: bool, prefetch: Prefetch | None = None) -> nn.Module | None:
+                  trust_remote_code: bool) -> nn.Module | None:
     """The model with its weights read by `catalog.reader` (several threads, straight onto the
-    device; by `prefetch` if given), or None where transformers must convert the checkpoint
-    (`checkpoint_names`)."""
+    device), or None where transformers must convert the checkpoint (`checkpoint_names`). The read
+    comes after the config, the tokenizer and the skeleton, not alongside them: they hold the GIL
+    that the reader's workers take back after each chunk, and overlapped the load was slower than
+    the same steps one after another (benchmarks/README.md, issue 16)."""
     model = skeleton(config, dtype, trust_remote_code)
-    spans = prefetch.spans if prefetch else index_shards(checkpoint_shards(source.path))
+    spans = index_shards(checkpoint_shards(source.path))
     if not getattr(model.config, "quantization_config", None):  # quantized tensors are stored packed
         check_shapes(source, model, spans)
     names = checkpoint_names(model, spans)
     if names is None:
         return None
-    if prefetch:
-        tensors = prefetch.tensors.result()
-        place(model, names, {name: tensors[name] for name in names})
-    else:
-        with ShardReader(spans, device, dtype=dtype) as reader:
-            place(model, names, reader.read(names))
+    with ShardReader(spans, device, dtype=dtype) as reader:
+        place(model, names, reader.read(names))
     buffers_to(model, device)
     return model
 

@@ -7,17 +7,26 @@ buffer and copy it to the device on their own CUDA stream while they read the ne
 second buffer: the reads run in parallel and overlap the host-to-device copies. For the CPU the
 workers read straight into the tensors' memory.
 
+The chunks are small (4 MiB) so that the staging buffers of every worker fit in the CPU's last-level
+cache: a byte then crosses the host's memory once (read from the page cache) instead of three
+times (also written to and read back from a buffer in DRAM), which is what bounds a staging read
+(benchmarks/README.md). Small chunks mean thousands of copies, so the copies and their events go
+straight to the CUDA driver through ctypes, which lets go of the GIL for each call; through torch
+each chunk would hold it for tens of microseconds and the workers would queue for it.
+
 The header is parsed here (8-byte little-endian length, JSON, then the data); a header that does
 not describe the file (cut short, offsets past its end) raises `ValueError` before any read.
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import json
 import os
 import threading
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from queue import Empty, SimpleQueue
@@ -31,7 +40,7 @@ DTYPES = {
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
     "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
 }
-CHUNK = 16 << 20  # bytes per read and per copy: large enough for full speed, small enough to pipeline
+CHUNK = 4 << 20  # bytes per read and per copy: 16 workers' two buffers (128 MiB) stay in a server CPU's cache
 BATCH = 1 << 30  # bytes read at a time when they are converted to another dtype
 
 
@@ -80,9 +89,9 @@ def _bytes_of(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.view(-1).view(torch.uint8)
 
 
-def _drained(queue: SimpleQueue, cancelled: threading.Event) -> Iterator:
-    """The queue's items until it is empty (it is filled before any worker starts) or the read is cancelled."""
-    while not cancelled.is_set():
+def _drained(queue: SimpleQueue) -> Iterator:
+    """The queue's items until it is empty (it is filled before any worker starts)."""
+    while True:
         try:
             yield queue.get_nowait()
         except Empty:
@@ -102,25 +111,22 @@ class ShardReader:
     """Reads named tensors of a checkpoint onto `device`: floating-point ones in `dtype` (converted
     there, after the read), the others and, without `dtype`, all in the checkpoint's dtypes."""
 
-    def __init__(self, spans: dict[str, Span], device: torch.device, threads: int | None = None, chunk: int = CHUNK,
+    def __init__(self, spans: dict[str, Span], device: torch.device, threads: int | None = None, chunk: int | None = None,
                  dtype: torch.dtype | None = None) -> None:
         self.spans = spans
         self.device = torch.device(device)
+        if self.device.type == "cuda" and self.device.index is None:  # the workers' threads start on device 0
+            self.device = torch.device("cuda", torch.cuda.current_device())
         self.dtype = dtype
         self.threads = threads or min(16, os.cpu_count() or 1)
-        self.chunk = chunk
+        self.chunk = chunk or CHUNK
         self._fds = {file: os.open(file, os.O_RDONLY) for file in {s.file for s in spans.values()}}
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="shard-reader")
         self._local = threading.local()
-        self._cancelled = threading.Event()
 
     @classmethod
     def open(cls, files: Iterable[Path], device: torch.device, **kwargs) -> ShardReader:
         return cls(index_shards(files), device, **kwargs)
-
-    def cancel(self) -> None:
-        """Read no further chunk: a read in progress returns soon, its tensors part filled."""
-        self._cancelled.set()
 
     def close(self) -> None:
         self._pool.shutdown()
@@ -144,21 +150,6 @@ class ShardReader:
         for batch in self._batches(names):
             out |= {name: t.to(self.dtype) if self._converts(name) else t for name, t in self._read_all(batch).items()}
         return out
-
-    def start(self, names: Iterable[str]) -> Future[dict[str, torch.Tensor]]:
-        """`read(names)` in a background thread, so that the caller builds the model meanwhile
-        (`catalog.loading.load`); the tensors are made under the caller's inference mode."""
-        names, inference = list(names), torch.is_inference_mode_enabled()
-
-        def read() -> dict[str, torch.Tensor]:
-            with torch.inference_mode(inference):
-                return self.read(names)
-
-        background = ThreadPoolExecutor(1, thread_name_prefix="shard-reader-start")
-        try:
-            return background.submit(read)
-        finally:
-            background.shutdown(wait=False)
 
     def _converts(self, name: str) -> bool:
         dtype = self.spans[name].dtype
@@ -196,32 +187,80 @@ class ShardReader:
 
     def _copy(self, queue: SimpleQueue, ready: torch.cuda.Stream | None, inference: bool) -> None:
         with torch.inference_mode(inference):
-            self._copy_pieces(_drained(queue, self._cancelled), ready)
+            self._copy_pieces(_drained(queue), ready)
 
     def _copy_pieces(self, pieces: Iterable[tuple[int, int, torch.Tensor]], ready: torch.cuda.Stream | None) -> None:
         if ready is None:
             for fd, offset, dest in pieces:
                 _pread(fd, memoryview(dest.numpy()), offset)
             return
-        stream, buffers, events = self._staging()
-        stream.wait_stream(ready)  # the destinations were allocated on the caller's stream
+        staging = self._staging()
+        staging.stream.wait_stream(ready)  # the destinations were allocated on the caller's stream
         for k, (fd, offset, dest) in enumerate(pieces):
-            slot = k % 2
-            events[slot].synchronize()  # this buffer's previous copy has left it
-            staging = buffers[slot][: dest.numel()]
-            _pread(fd, memoryview(staging.numpy()), offset)
-            with torch.cuda.stream(stream):
-                dest.copy_(staging, non_blocking=True)
-                events[slot].record(stream)
-        stream.synchronize()
+            slot = k % len(staging.buffers)
+            staging.wait(slot)  # this buffer's previous copy has left it
+            _pread(fd, staging.views[slot][: dest.numel()], offset)
+            staging.send(slot, dest)
+        staging.stream.synchronize()
 
-    def _staging(self) -> tuple[torch.cuda.Stream, list[torch.Tensor], list[torch.cuda.Event]]:
-        """This worker thread's stream, two pinned buffers and their copy-done events (made once)."""
-        local = self._local
-        if not hasattr(local, "stream"):
-            local.stream = torch.cuda.Stream(self.device)
-            local.buffers = [torch.empty(self.chunk, dtype=torch.uint8, pin_memory=True) for _ in range(2)]
-            local.events = [torch.cuda.Event() for _ in range(2)]
-            for event in local.events:
-                event.record(local.stream)
-        return local.stream, local.buffers, local.events
+    def _staging(self) -> _Staging:
+        """This worker thread's stream, buffers and events (made once)."""
+        if not hasattr(self._local, "staging"):
+            self._local.staging = _Staging(self.device, self.chunk)
+        return self._local.staging
+
+
+class _Staging:
+    """One worker's way to the GPU: a stream, two pinned buffers and an event per buffer. A copy is
+    `cuMemcpyHtoDAsync` and `cuEventRecord` on them through ctypes (their handles are the runtime's,
+    which are the driver's), or torch's own copy where the CUDA driver library is not found."""
+
+    def __init__(self, device: torch.device, chunk: int) -> None:
+        torch.cuda.set_device(device)  # a worker thread of this reader: the driver's calls use its current context
+        self.stream = torch.cuda.Stream(device)
+        self.buffers = [torch.empty(chunk, dtype=torch.uint8, pin_memory=True) for _ in range(2)]
+        self.views = [memoryview(buffer.numpy()) for buffer in self.buffers]
+        self.events = [torch.cuda.Event() for _ in self.buffers]
+        for event in self.events:
+            event.record(self.stream)
+        self.driver = _cuda_driver()
+
+    def wait(self, slot: int) -> None:
+        if self.driver is None:
+            self.events[slot].synchronize()
+        else:
+            _check(self.driver.cuEventSynchronize(self.events[slot]), "cuEventSynchronize")
+
+    def send(self, slot: int, dest: torch.Tensor) -> None:
+        """Copy the buffer's first `dest.numel()` bytes into `dest` on the stream, then mark the buffer busy."""
+        if self.driver is None:
+            with torch.cuda.stream(self.stream):
+                dest.copy_(self.buffers[slot][: dest.numel()], non_blocking=True)
+                self.events[slot].record(self.stream)
+            return
+        _check(self.driver.cuMemcpyHtoDAsync_v2(dest.data_ptr(), self.buffers[slot].data_ptr(), dest.numel(), self.stream),
+               "cuMemcpyHtoDAsync")
+        _check(self.driver.cuEventRecord(self.events[slot], self.stream), "cuEventRecord")
+
+
+@functools.cache
+def _cuda_driver() -> ctypes.CDLL | None:
+    """The CUDA driver library with the signatures used here; None where there is none (a ROCm build of torch)."""
+    if torch.version.cuda is None:
+        return None
+    try:
+        lib = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return None
+    lib.cuMemcpyHtoDAsync_v2.argtypes = [ctypes.c_uint64, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    lib.cuEventRecord.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+    lib.cuEventSynchronize.argtypes = [ctypes.c_void_p]
+    lib.cuGetErrorName.argtypes = [ctypes.c_int, ctypes.POINTER(ctypes.c_char_p)]
+    return lib
+
+
+def _check(result: int, call: str) -> None:
+    if result:
+        name = ctypes.c_char_p()
+        _cuda_driver().cuGetErrorName(result, ctypes.byref(name))
+        raise RuntimeError(f"{call} failed: {name.value.decode() if name.value else result}")
