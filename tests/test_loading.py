@@ -34,29 +34,42 @@ def shards(tmp_path: Path) -> dict[str, torch.Tensor]:
     return first | second
 
 
-def test_reader_returns_what_safetensors_returns(tmp_path):
+GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.parametrize("device, copies", [("cpu", None), pytest.param("cuda", "driver", marks=GPU),
+                                            pytest.param("cuda", "torch", marks=GPU)])
+def test_reader_returns_what_safetensors_returns(tmp_path, monkeypatch, device, copies):
+    """On a GPU the chunks are staged through pinned buffers and copied through the CUDA driver, or
+    through torch where the driver library is not found: both must land every byte in place."""
+    import catalog.reader
+
+    if copies == "torch":
+        monkeypatch.setattr(catalog.reader, "_cuda_driver", lambda: None)
     written = shards(tmp_path)
     files = sorted(tmp_path.glob("*.safetensors"))
     expected = {k: v for f in files for k, v in load_file(f).items()}
     for threads, chunk in [(1, 1 << 30), (3, 4096)]:  # whole tensors; and many pieces, cut inside tensors
-        with ShardReader.open(files, torch.device("cpu"), threads=threads, chunk=chunk) as reader:
+        with ShardReader.open(files, torch.device(device), threads=threads, chunk=chunk) as reader:
             got = reader.read(list(written))
         assert got.keys() == expected.keys()
         for name, tensor in expected.items():
+            assert got[name].device.type == device, name
             assert got[name].dtype == tensor.dtype and got[name].shape == tensor.shape, name
-            assert torch.equal(got[name], tensor), name
+            assert torch.equal(got[name].cpu(), tensor), name
 
 
-def test_reader_converts_floating_tensors_in_batches(tmp_path, monkeypatch):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=GPU)])
+def test_reader_converts_floating_tensors_in_batches(tmp_path, monkeypatch, device):
     """A conversion holds its batch twice, so converted reads go a batch at a time; the rest as stored."""
     import catalog.reader
 
     written = shards(tmp_path)
     monkeypatch.setattr(catalog.reader, "BATCH", 1000)  # a batch per tensor or two
-    with ShardReader.open(sorted(tmp_path.glob("*.safetensors")), torch.device("cpu"), threads=2, dtype=torch.bfloat16) as reader:
+    with ShardReader.open(sorted(tmp_path.glob("*.safetensors")), torch.device(device), threads=2, dtype=torch.bfloat16) as reader:
         got = reader.read(list(written))
     for name, tensor in written.items():
-        assert torch.equal(got[name], tensor.to(torch.bfloat16) if tensor.is_floating_point() else tensor), name
+        assert torch.equal(got[name].cpu(), tensor.to(torch.bfloat16) if tensor.is_floating_point() else tensor), name
 
 
 @pytest.mark.parametrize("damage", ["cut", "header"])
