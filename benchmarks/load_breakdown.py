@@ -55,8 +55,8 @@ def loads(path: Path, device: str, chunks: list[int], copies: list[str]) -> dict
     torch's copy, as where the CUDA driver library is not found) and read chunk size (MiB)."""
     source, steps = resolve(str(path)), {}
     for way in copies:
-        driver = mock.patch.object(reader, "_cuda_driver", lambda: None) if way == "torch" else nullcontext()
         for mib in chunks:
+            driver = mock.patch.object(reader, "_cuda_driver", lambda: None) if way == "torch" else nullcontext()
             with driver, mock.patch.object(reader, "CHUNK", mib << 20):
                 timed(steps, f"load() {way} copies, chunk {mib} MiB", lambda: load(source, device=device))
     return steps

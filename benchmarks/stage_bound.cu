@@ -51,13 +51,19 @@ static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t);
 
 int main(int argc, char **argv) {
   if (argc < 6) { fprintf(stderr, "usage: %s THREADS CHUNK_MIB BUFFERS REPEATS FILE...\n", argv[0]); return 2; }
-  int threads = atoi(argv[1]); chunk = (size_t)atof(argv[2]) * (1 << 20); buffers = atoi(argv[3]); int repeats = atoi(argv[4]);
+  int threads = atoi(argv[1]); double mib = atof(argv[2]); buffers = atoi(argv[3]); int repeats = atoi(argv[4]);
+  chunk = (size_t)(mib * (1 << 20));
+  if (threads < 1 || threads > 256) { fprintf(stderr, "1 to 256 threads\n"); return 2; }
+  if (!(mib > 0) || chunk == 0) { fprintf(stderr, "the chunk must be a positive number of MiB\n"); return 2; }
   if (buffers < 1 || buffers > 8) { fprintf(stderr, "1 to 8 buffers\n"); return 2; }
+  if (repeats < 1) { fprintf(stderr, "at least 1 repeat\n"); return 2; }
   size_t total = 0; int nfiles = argc - 5; size_t sizes[64]; int fds[64];
+  if (nfiles > 64) { fprintf(stderr, "at most 64 files\n"); return 2; }
   for (int f = 0; f < nfiles; f++) {
     struct stat st; fds[f] = open(argv[5 + f], O_RDONLY); if (fds[f] < 0 || fstat(fds[f], &st)) { perror(argv[5 + f]); return 1; }
     sizes[f] = st.st_size; total += st.st_size;
   }
+  if (total == 0) { fprintf(stderr, "the files are empty\n"); return 2; }
   char *dev; CHECK(cudaMalloc((void **)&dev, total));
   npieces = 0; for (int f = 0; f < nfiles; f++) npieces += (sizes[f] + chunk - 1) / chunk;
   pieces = (Piece *)malloc(npieces * sizeof(Piece));

@@ -120,6 +120,8 @@ class ShardReader:
         self.dtype = dtype
         self.threads = threads or min(16, os.cpu_count() or 1)
         self.chunk = chunk or CHUNK
+        if self.chunk < 1:
+            raise ValueError(f"chunk must be a positive number of bytes, not {chunk}")
         self._fds = {file: os.open(file, os.O_RDONLY) for file in {s.file for s in spans.values()}}
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="shard-reader")
         self._local = threading.local()
@@ -213,7 +215,8 @@ class ShardReader:
 class _Staging:
     """One worker's way to the GPU: a stream, two pinned buffers and an event per buffer. A copy is
     `cuMemcpyHtoDAsync` and `cuEventRecord` on them through ctypes (their handles are the runtime's,
-    which are the driver's), or torch's own copy where the CUDA driver library is not found."""
+    which are the driver's), or torch's own copy where the CUDA driver library is not found; waiting
+    for a buffer is torch's `Event.synchronize`, which lets go of the GIL too."""
 
     def __init__(self, device: torch.device, chunk: int) -> None:
         torch.cuda.set_device(device)  # a worker thread of this reader: the driver's calls use its current context
@@ -226,10 +229,7 @@ class _Staging:
         self.driver = _cuda_driver()
 
     def wait(self, slot: int) -> None:
-        if self.driver is None:
-            self.events[slot].synchronize()
-        else:
-            _check(self.driver.cuEventSynchronize(self.events[slot]), "cuEventSynchronize")
+        self.events[slot].synchronize()
 
     def send(self, slot: int, dest: torch.Tensor) -> None:
         """Copy the buffer's first `dest.numel()` bytes into `dest` on the stream, then mark the buffer busy."""
@@ -254,7 +254,6 @@ def _cuda_driver() -> ctypes.CDLL | None:
         return None
     lib.cuMemcpyHtoDAsync_v2.argtypes = [ctypes.c_uint64, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
     lib.cuEventRecord.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
-    lib.cuEventSynchronize.argtypes = [ctypes.c_void_p]
     lib.cuGetErrorName.argtypes = [ctypes.c_int, ctypes.POINTER(ctypes.c_char_p)]
     return lib
 

@@ -59,6 +59,13 @@ def test_reader_returns_what_safetensors_returns(tmp_path, monkeypatch, device, 
             assert torch.equal(got[name].cpu(), tensor), name
 
 
+def test_a_chunk_that_is_not_positive_is_refused(tmp_path):
+    """A negative chunk would cut no pieces and leave the tensors unread: refused, not returned empty."""
+    shards(tmp_path)
+    with pytest.raises(ValueError, match="chunk must be a positive number of bytes, not -1"):
+        ShardReader.open(sorted(tmp_path.glob("*.safetensors")), torch.device("cpu"), chunk=-1)
+
+
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=GPU)])
 def test_reader_converts_floating_tensors_in_batches(tmp_path, monkeypatch, device):
     """A conversion holds its batch twice, so converted reads go a batch at a time; the rest as stored."""
