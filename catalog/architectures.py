@@ -3,8 +3,10 @@
 Nothing is registered per model type. A tiny forward pass (`catalog.probe`) shows which modules
 run; the decoder blocks are the model's list of `num_hidden_layers` modules that ran (for a
 multimodal checkpoint, the language model's: the probe is text only). In each block, a *down
-projection* is a projection (nn.Linear, GPT-2's Conv1D, another 2-D weight, or fused experts
-stored `[E, out, in]` or `[E, in, out]` behind transformers' experts interface) whose output is
+projection* is a projection (nn.Linear, GPT-2's Conv1D, another 2-D weight, fused experts stored
+`[E, out, in]` or `[E, in, out]` behind transformers' experts interface, a 3-D weight of any
+class called on routed rows grouped by expert, or a 2-D weight of experts stacked `[E * in, out]`
+that its module is called with a view of once per expert, `catalog.experts`) whose output is
 hidden-size wide and that sits inside the block's feed-forward part:
 
 - the outermost token-wise module above it is bigger than the projection itself (the MLP or
@@ -15,10 +17,17 @@ hidden-size wide and that sits inside the block's feed-forward part:
   projection's input just before.
 
 Of projections with one parent, the last to run is the output (an up projection as wide as the
-hidden state feeds it). Attention, state-space and convolution mixers are not token-wise, so
-their output projections never qualify; a block without a feed-forward part (hybrids) is
-recorded as such. What structure cannot tell is kept in two places: family display names
-(`FAMILY_NAMES`), and the experts modules that keep their own calling convention (`catalog.experts`).
+hidden state feeds it); a fused experts module is an output of its own (routed and shared experts
+side by side). Grouped experts return rows, not tokens: they qualify only inside a token-wise
+parent whose output is their rows, recomputed and routed back to their tokens (so JetMoE's
+mixture of attention experts, whose rows its attention combines, does not; sliced experts, DBRX's, return rows too, one call per expert,
+and qualify the same way). A block list may
+hold the feed-forward parts themselves (XLM's `ffns`). Attention, state-space and convolution
+mixers are not token-wise, so their output projections never qualify; a block without a
+feed-forward part (hybrids) is recorded as such, and so are blocks that a text-only pass does
+not run (cross-attention to an image). What structure cannot tell is kept in two places: family
+display names (`FAMILY_NAMES`), and the experts modules that keep their own calling convention
+(`catalog.experts`).
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ from functools import cached_property
 import torch
 from torch import nn
 
+from catalog import experts as routed_experts
 from catalog import probe as probing
 from catalog.errors import UnsupportedArchitectureError, first_line, memory_shortage
 from catalog.patches import hooked
@@ -45,7 +55,8 @@ FAMILY_NAMES: dict[str, str] = {
 }
 SUFFIXES = ("ForCausalLM", "ForConditionalGeneration", "LMHeadModel", "Model")
 
-LAYOUTS = ("out_in", "in_out", "experts", "experts_in_out")
+LAYOUTS = ("out_in", "in_out", "experts", "experts_in_out", "experts_stacked_in_out")
+ROUTED = ("experts_grouped", "experts_sliced")  # experts whose rows their parent routes to tokens
 Entries = list[tuple[torch.Tensor, tuple[int, ...]]]  # (weight tensor, index into it) of scalars
 
 
@@ -54,8 +65,11 @@ class DownProjection:
     """One down projection of one layer and how its weight is stored.
 
     layout: "out_in" (nn.Linear `[out, in]`), "in_out" (Conv1D, stored transposed), "experts"
-    (fused `[E, out, in]`) or "experts_in_out" (fused `[E, in, out]`). `experts` says how the
-    per-expert inputs of a fused module are recomputed (`catalog.experts`).
+    (fused `[E, out, in]`), "experts_in_out" (fused `[E, in, out]`) or "experts_stacked_in_out"
+    (2-D `[E * in, out]`: each expert's `[in, out]` rows in turn, `stacked` rows each; DBRX's w2).
+    `experts` says how the per-expert inputs of a fused module are recomputed (`catalog.experts`);
+    grouped and sliced experts also need their `routing` module, the parent that sends them tokens
+    and sums their rows per token.
     """
 
     layer: int
@@ -63,21 +77,45 @@ class DownProjection:
     module: nn.Module
     weight: torch.Tensor
     layout: str
-    experts: str | None = None  # "interface" (transformers' experts interface) or "pre_routed"
+    experts: str | None = None  # "interface" (transformers' experts interface), "pre_routed", "weighted", "grouped" or "sliced"
+    routing: nn.Module | None = None  # grouped or sliced experts' parent
+    stacked: int | None = None  # rows per expert of a stacked layout
 
     @property
     def fused(self) -> bool:
         return self.layout.startswith("experts")
 
+    @property
+    def by_expert(self) -> torch.Tensor:
+        """A fused weight as `[E, ...]`, one matrix per expert as stored (a stacked one viewed so)."""
+        return self.weight.unflatten(0, (-1, self.stacked)) if self.stacked else self.weight
+
+    @property
+    def per_token(self) -> nn.Module:
+        """The module whose output is what this site adds at each token: its own, or where its rows
+        are routed copies of tokens (grouped experts), its routing module's."""
+        return self.module if self.routing is None else self.routing
+
     def index(self, row: int, col: int, expert: int | None = None) -> tuple[int, ...]:
         """Index into the stored tensor of the paper's W[row, col] (row = output channel)."""
+        if self.layout == "experts_stacked_in_out":
+            return expert * self.stacked + col, row
         return {"out_in": (row, col), "in_out": (col, row), "experts": (expert, row, col),
                 "experts_in_out": (expert, col, row)}[self.layout]
 
     def out_row(self, row: int, expert: int | None = None) -> torch.Tensor:
         """W[row, :] as a vector over input channels, whatever the storage layout."""
         return {"out_in": lambda: self.weight[row], "in_out": lambda: self.weight[:, row],
-                "experts": lambda: self.weight[expert, row], "experts_in_out": lambda: self.weight[expert, :, row]}[self.layout]()
+                "experts": lambda: self.weight[expert, row], "experts_in_out": lambda: self.weight[expert, :, row],
+                "experts_stacked_in_out": lambda: self.by_expert[expert, :, row]}[self.layout]()
+
+    @property
+    def widths(self) -> tuple[int, int]:
+        """(input, output) channels of one (expert's) projection, whatever the storage layout."""
+        *_, a, b = self.weight.shape
+        if self.stacked:  # [E * in, out]
+            return self.stacked, b
+        return (b, a) if self.layout in ("out_in", "experts") else (a, b)
 
     def rows(self, rows: torch.Tensor) -> torch.Tensor:
         """W[rows, :] of a dense layout, as (len(rows), in)."""
@@ -120,12 +158,14 @@ class Sites(list[DownProjection]):
 
 @dataclass
 class Architecture:
-    """Where a model keeps its blocks and down projections; `mixer_only` blocks have no MLP."""
+    """Where a model keeps its blocks and down projections; `mixer_only` blocks have no MLP, `unrun`
+    blocks do not run in a text-only pass (Mllama's cross-attention layers, which attend to an image)."""
 
     blocks: str  # dotted path of the list of decoder blocks
     sites: Sites
     mixer_only: list[int] = field(default_factory=list)
     num_layers: int = 0
+    unrun: list[int] = field(default_factory=list)
 
     @property
     def layers(self) -> list[int]:
@@ -156,13 +196,14 @@ def discover(model: nn.Module, config, source: str) -> Architecture:
         raise UnsupportedArchitectureError(source, config.model_type,
                                            f"a text-only forward pass failed ({type(exc).__name__}: {first_line(exc)[:160]})") from exc
     path, blocks = _called_list(lists, probe, source, config.model_type)
-    return architecture(model, path, blocks, probed_once_per_structure(blocks, probe, text.hidden_size), source, config.model_type)
+    hidden = getattr(text, "hidden_size", None) or _out_width(blocks[0], probe)  # else only its parts' configs name it
+    return architecture(model, path, blocks, probed_once_per_structure(blocks, probe, hidden), source, config.model_type)
 
 
 def probed_once_per_structure(blocks: nn.ModuleList, probe: Probe, hidden: int) -> list[Probed]:
     """Each block as probed on the first block of its `structure`, as streaming does: the behavioural
     tests (a few module calls and a GPU sync each) once per kind of block, not 32 times over."""
-    kinds = [structure(block) for block in blocks]
+    kinds = [(structure(block), probe.call(block) is None) for block in blocks]
     first: dict[tuple, Probed] = {}
     for block, kind in zip(blocks, kinds):
         if kind not in first:
@@ -183,16 +224,30 @@ def architecture(model: nn.Module, path: str, blocks: nn.ModuleList, probed: lis
     """The sites of every block, each read off a probed block of the same `structure`: the block
     itself, or (streaming, where one block at a time has weights) the first of its kind."""
     names = {id(p): name for name, p in model.named_parameters()}
-    sites, mixer_only = [], []
+    sites, mixer_only, unrun = [], [], []
     for layer, (block, seen) in enumerate(zip(blocks, probed)):
         paths = {id(m): name for name, m in seen.block.named_modules(remove_duplicate=False)}
-        found = [_site(layer, block.get_submodule(paths[id(m)]), names, seen.probe.call(m)) for m in seen.sites]
+        found = [_block_site(layer, block, paths[id(m)], names, seen.probe, m) for m in seen.sites]
         sites += found
-        if not found:
+        if seen.probe.call(seen.block) is None:
+            unrun.append(layer)
+        elif not found:
             mixer_only.append(layer)
     if not sites:
         raise UnsupportedArchitectureError(source, model_type, "found no feed-forward output projection in any decoder block")
-    return Architecture(path, Sites(sites), mixer_only, len(blocks))
+    _check_unshared(sites, source, model_type)
+    return Architecture(path, Sites(sites), mixer_only, len(blocks), unrun)
+
+
+def _check_unshared(sites: list[DownProjection], source: str, model_type: str) -> None:
+    """Refuse blocks that share one down projection's weight (Zamba's shared transformer block): a
+    scalar of it would be one super weight at several layers, and a condition zeroing it would
+    change blocks below the layer it is recorded at, which the shared prefix replays unchanged."""
+    first: dict[int, DownProjection] = {}
+    for site in sites:
+        if (seen := first.setdefault(id(site.weight), site)) is not site:
+            raise UnsupportedArchitectureError(source, model_type, f"layers {seen.layer} and {site.layer} share one feed-forward "
+                                                                   f"weight ({seen.param}); shared blocks are not scanned")
 
 
 def structure(block: nn.Module) -> tuple:
@@ -204,8 +259,9 @@ def structure(block: nn.Module) -> tuple:
 def decoder_lists(model: nn.Module, config, source: str) -> list[tuple[str, nn.ModuleList]]:
     """The module lists that may hold the decoder blocks: the outermost lists of num_hidden_layers
     entries (a vision tower's too), or of any length where the config counts its layers otherwise
-    (a decoder-only model built from an encoder-decoder config)."""
-    lists = _module_lists(model, config.get_text_config().num_hidden_layers) or _module_lists(model)
+    (a decoder-only model built from an encoder-decoder config) or names no depth (only its parts'
+    configs do)."""
+    lists = _module_lists(model, getattr(config.get_text_config(), "num_hidden_layers", None)) or _module_lists(model)
     if not lists:
         raise UnsupportedArchitectureError(source, config.model_type, "found no list of decoder blocks")
     return lists
@@ -218,24 +274,27 @@ def _module_lists(model: nn.Module, length: int | None = None) -> list[tuple[str
 
 
 def _called_list(lists: list[tuple[str, nn.ModuleList]], probe: Probe, source: str, model_type: str) -> tuple[str, nn.ModuleList]:
-    """The list whose every block ran in the text-only probe; the largest if several did."""
-    ran = [(name, blocks) for name, blocks in lists if all(probe.call(block) for block in blocks)]
+    """The list whose every block ran in the text-only probe, the largest if several did; else the
+    largest of those where some did (blocks that need an image are skipped without one)."""
+    ran = [(name, blocks) for name, blocks in lists if any(probe.call(block) for block in blocks)]
     if not ran:
         raise UnsupportedArchitectureError(source, model_type, "a text-only forward pass runs none of its lists of decoder blocks")
-    path, blocks = max(ran, key=lambda item: sum(p.numel() for p in item[1].parameters()))
-    if any(probe.counts[id(block)] > 1 for block in blocks):
+    path, blocks = max(ran, key=lambda item: (all(probe.call(block) for block in item[1]),
+                                              sum(p.numel() for p in item[1].parameters())))
+    if any(probe.counts.get(id(block), 0) > 1 for block in blocks):
         raise UnsupportedArchitectureError(source, model_type, "its decoder blocks run more than once per forward pass (recurrent depth)")
     return path, blocks
 
 
 def block_sites(block: nn.Module, hidden: int, probe: Probe) -> list[nn.Module]:
     """The down projections of one block, in the order they ran."""
+    probe.align(block, hidden)
     parents = _parents(block)
-    candidates = [m for m in block.modules() if _kind(m) and _out_width(m, probe) == hidden and _projects(m, probe)]
-    chosen: dict[int, nn.Module] = {}  # parent -> its last projection to run
+    candidates = [m for m in block.modules() if _kind(m, probe.call(m)) and _out_width(m, probe) == hidden and _projects(m, probe)]
+    chosen: dict[int, nn.Module] = {}  # owner -> its last projection to run
     for module in sorted(candidates, key=lambda m: probe.call(m).order):
         if _feeds_residual(module, block, parents, probe):
-            chosen[id(parents[id(module)])] = module
+            chosen[id(_owner(module, parents, probe))] = module
     by_scope: dict[int, list[nn.Module]] = {}
     for module in chosen.values():
         scope = _scope(module, block, parents, probe)
@@ -244,8 +303,16 @@ def block_sites(block: nn.Module, hidden: int, probe: Probe) -> list[nn.Module]:
     return sorted(confirmed, key=lambda m: probe.call(m).order)
 
 
-def _kind(module: nn.Module) -> str | None:
-    """How a module stores a projection it computes, or None (see `DownProjection.layout`)."""
+def _owner(module: nn.Module, parents: dict[int, nn.Module], probe: Probe) -> nn.Module:
+    """Whose last projection to run a down projection is: its parent's (an up projection as wide as
+    the hidden state runs before it), or its own for a fused experts module, which holds its up
+    projections itself (Inkling's routed and shared experts side by side in one MoE block)."""
+    return module if _kind(module, probe.call(module)).startswith("experts") else parents[id(module)]
+
+
+def _kind(module: nn.Module, call: probing.Call | None = None) -> str | None:
+    """How a module stores a projection it computes, or None (see `DownProjection.layout`); a module
+    `call`ed with a view of its own parameter may hold experts' stacked slices."""
     if isinstance(module, nn.Linear):
         return "out_in"
     if type(module).__name__ == "Conv1D":  # transformers.pytorch_utils.Conv1D computes x @ W, W [in, out]
@@ -253,22 +320,34 @@ def _kind(module: nn.Module) -> str | None:
     down = getattr(module, "down_proj", None)
     if isinstance(down, nn.Parameter) and down.dim() == 3:
         return "experts_in_out" if getattr(module, "is_transposed", False) else "experts"
-    own = dict(module.named_parameters(recurse=False))
-    if isinstance(own.get("weight"), nn.Parameter) and own["weight"].dim() == 2 and not any(True for _ in module.children()):
-        return "matrix"  # a 2-D weight of some other class: oriented by the widths it was called with
+    weight = dict(module.named_parameters(recurse=False)).get("weight")
+    if isinstance(weight, nn.Parameter) and not any(True for _ in module.children()):
+        if weight.dim() == 2:
+            return "matrix"  # a 2-D weight of some other class: oriented by the widths it was called with
+        if weight.dim() == 3 and not isinstance(module, nn.modules.conv._ConvNd):
+            return "experts_grouped"  # experts of some class, if called on rows grouped by expert (`_projects`)
+    if call is not None and call.views and not any(True for child in module.children() for _ in child.parameters()):
+        return "experts_sliced"  # if one of the views is a down projection's (`_projects`); an activation child is no matter
     return None
 
 
 def _projects(module: nn.Module, probe: Probe) -> bool:
     """A 2-D weight of another class is a projection only if it maps the widths it was called with
-    (Ergo's per-expert norm scales, `[E, hidden]`, are not)."""
-    if _kind(module) != "matrix":
-        return True
+    (Ergo's per-expert norm scales, `[E, hidden]`, are not); a 3-D one only if, besides, it was
+    called on rows grouped by expert (`experts.grouped_sizes`); experts' slices only if one is a down
+    projection's (`experts.sliced_down`)."""
     call = probe.call(module)
+    kind = _kind(module, call)
+    if kind == "experts_sliced":
+        return _down_view(module, probe) is not None
+    if kind not in ("matrix", "experts_grouped"):
+        return True
     if call.input is None:
         return False
     widths = (call.input.shape[-1], call.out.shape[-1])
-    return tuple(module.weight.shape) in (widths, widths[::-1])
+    if kind == "experts_grouped" and routed_experts.grouped_sizes(module.weight, call.args, call.kwargs) is None:
+        return False
+    return tuple(module.weight.shape[-2:]) in (widths, widths[::-1])
 
 
 def _out_width(module: nn.Module, probe: Probe) -> int | None:
@@ -291,27 +370,73 @@ def _ancestors(module: nn.Module, block: nn.Module, parents: dict[int, nn.Module
 
 
 def _scope(module: nn.Module, block: nn.Module, parents: dict[int, nn.Module], probe: Probe) -> nn.Module:
-    """The outermost module above `module` (itself included) through which every step is token-wise."""
+    """The outermost module above `module` (itself included) through which every step is token-wise:
+    the block too where it is a feed-forward part itself (`_feed_forward_block`)."""
     scope = module
     for ancestor in _ancestors(module, block, parents):
         if not probe.token_wise(ancestor):
-            break
+            return scope
         scope = ancestor
-    return scope
+    return block if _feed_forward_block(block, probe) else scope
+
+
+def _feed_forward_block(block: nn.Module, probe: Probe) -> bool:
+    """Every child that ran, and the block, are token-wise (XLM keeps its feed-forward parts in a
+    list of their own). The block's own test is not enough: the residual it adds can carry a
+    massive activation that outweighs what its attention mixes in."""
+    return all(probe.token_wise(c) for c in block.children() if probe.call(c)) and probe.token_wise(block)
 
 
 def _feeds_residual(module: nn.Module, block: nn.Module, parents: dict[int, nn.Module], probe: Probe) -> bool:
-    """Inside an MLP (a token-wise module around it), or in an MLP written into a block. A square
-    projection alone in its token-wise module is another mixer's output (BERT's attention output)."""
+    """Inside an MLP (a token-wise module around it), or in an MLP written into the block itself. A
+    square projection alone in its token-wise module is another mixer's output (BERT's attention output)."""
     scope = _scope(module, block, parents, probe)
+    if _kind(module, probe.call(module)) in ROUTED:  # its rows reach the residual stream only through a parent that routes them
+        return scope is not module and _routed(module, parents[id(module)], probe)
     if scope is not module:
         call = probe.call(module)
         lone = not any(_kind(m) for m in scope.modules() if m is not module)
         return not (lone and not _kind(module).startswith("experts") and call.input.shape[-1] == call.out.shape[-1])
     parent = parents[id(module)]
+    if parent is not block:  # a projection inside a mixer (attention's output, Inkling's beside its short convolutions)
+        return False
     mixing_child = any(probe.call(c) and any(True for _ in c.parameters()) and not probe.token_wise(c)
                        for c in parent.children() if c is not module)
     return mixing_child and _fed_by_sibling(module, parent, probe)
+
+
+def _routed(module: nn.Module, parent: nn.Module, probe: Probe) -> bool:
+    """Grouped or sliced experts' rows are what their parent adds: recomputed from the weight and put
+    where the parent puts them (`experts.routing`), they give its output, up to its offset (a bias)."""
+    outer = probe.call(parent)
+    site = _site(0, module, {}, probe.call(module), parent, _down_view(module, probe))
+    try:
+        calls, out = _calls_within(parent, outer, module)
+        routing = routed_experts.routing(site, outer.args, outer.kwargs, [output for *_, output in calls])
+        total = routed_experts.recompute(site, calls, routing).total
+    except Exception:  # a parent that cannot be called again on its own recorded input is not confirmed
+        return False
+    out = out.reshape(-1, out.shape[-1]).float()
+    if total.shape != out.shape:
+        return False
+    rounding = 4 * torch.finfo(outer.out.dtype).eps * out.abs().max().item()  # of the parent's sums, in its dtype
+    return (total + routing.offset - out).abs().max().item() <= rounding + 1e-4 * total.abs().max().item() + 1e-6
+
+
+def _down_view(module: nn.Module, probe: Probe) -> tuple[int, str, int] | None:
+    """Which argument of experts' slices is the down weight's (`experts.sliced_down`), asked once."""
+    call = probe.call(module)
+    return probe.answer("down view", module, lambda: routed_experts.sliced_down(module, call.args, call.kwargs, call.out, call.views))
+
+
+def _calls_within(parent: nn.Module, outer: probing.Call, module: nn.Module) -> tuple[list[routed_experts.ModuleCall], torch.Tensor]:
+    """The module's calls within its parent called again on its probed input (live: a slice of a
+    weight is a view of it there, not a copy), and the parent's output."""
+    calls = []
+    with hooked([(module, lambda mod, args, kwargs, output: calls.append((args, kwargs, probing.first_tensor(output))))],
+                with_kwargs=True), torch.no_grad():
+        out = probing.first_tensor(parent(*outer.args, **outer.kwargs))
+    return calls, out
 
 
 def _fed_by_sibling(module: nn.Module, parent: nn.Module, probe: Probe) -> bool:
@@ -327,15 +452,26 @@ def _fed_by_sibling(module: nn.Module, parent: nn.Module, probe: Probe) -> bool:
 
 def _confirm(scope: nn.Module, found: list[nn.Module], probe: Probe) -> bool:
     """The found projections are all the feed-forward part adds: with their outputs zeroed, it adds
-    nothing; or (where it adds the residual itself, BERT's and BLOOM's post-norm MLPs) with their
-    outputs held, a change of its input changes nothing."""
+    nothing (returns zero, a constant where it adds a bias after them, JetMoE's MoE, or its input
+    where it adds the residual itself, CPM-Ant's pre-norm FFN block); or (BERT's and BLOOM's
+    post-norm MLPs) with their outputs held, a change of its input changes nothing."""
     call = probe.call(scope)
     zero = _recall(scope, call, found, lambda i, out: _replaced(out, torch.zeros_like))
-    if zero is not None and bool((zero.float().abs().max() <= 1e-5 * (call.out.float().abs().max() + 1)).item()):
-        return True
+    if zero is not None:
+        rows = zero.reshape(-1, zero.shape[-1])
+        constant = rows[:1].expand_as(rows).reshape(zero.shape)
+        if any(_near(zero, base, call.out) for base in (constant, call.input)):
+            return True
     held = [probe.call(m).output for m in found]
     moved = _recall(scope, call, found, lambda i, out: held[i], shift=True)
     return moved is not None and torch.allclose(moved.float(), call.out.float(), rtol=1e-4, atol=1e-5)
+
+
+def _near(value: torch.Tensor, base: torch.Tensor | None, out: torch.Tensor) -> bool:
+    """`value` equals `base` up to rounding on the scale of the module's output `out`."""
+    if base is None or base.shape != value.shape:
+        return False
+    return bool(((value.float() - base.float()).abs().max() <= 1e-5 * (out.float().abs().max() + 1)).item())
 
 
 def _recall(scope: nn.Module, call: probing.Call, found: list[nn.Module], replace, shift: bool = False) -> torch.Tensor | None:
@@ -355,17 +491,52 @@ def _replaced(out, make):
     return type(out)(make(o) if isinstance(o, torch.Tensor) else o for o in out)
 
 
-def _site(layer: int, module: nn.Module, names: dict[int, str], call: probing.Call) -> DownProjection:
-    """The site of `module`, oriented by the probed call of a module of the same structure."""
-    kind = _kind(module)
+def _block_site(layer: int, block: nn.Module, path: str, names: dict[int, str], probe: Probe, like: nn.Module) -> DownProjection:
+    """The site of the module at `path` in `block`, with its parent where that routes its rows,
+    as `probe` saw the module `like` it (of the same structure)."""
+    module, call = block.get_submodule(path), probe.call(like)
+    kind = _kind(module, call)
+    routing = block.get_submodule(path.rpartition(".")[0]) if kind in ROUTED else None
+    return _site(layer, module, names, call, routing, _down_view(like, probe) if kind == "experts_sliced" else None)
+
+
+def _experts_layout(weight: torch.Tensor, call: probing.Call) -> str:
+    """Fused experts outside transformers' interface: `[E, out, in]` unless the widths say `[E, in, out]`."""
+    return "experts_in_out" if weight.shape[1] != call.out.shape[-1] else "experts"
+
+
+def _site(layer: int, module: nn.Module, names: dict[int, str], call: probing.Call, routing: nn.Module | None = None,
+          view: tuple[int, str, int] | None = None) -> DownProjection:
+    """The site of `module`, oriented by the probed call of a module of the same structure (experts'
+    slices: by which argument is the down weight's `view`)."""
+    kind = _kind(module, call)
+    if kind == "experts_sliced":
+        position, name, _ = view
+        weight = getattr(module, name)
+        stacked = (*call.args, *call.kwargs.values())[position].shape[0]
+        return DownProjection(layer, names.get(id(weight), ""), module, weight, "experts_stacked_in_out", "sliced", routing, stacked)
     if kind.startswith("experts"):
-        weight = module.down_proj
+        grouped = kind == "experts_grouped"
+        weight = module.weight if grouped else module.down_proj
         if not hasattr(module, "is_transposed"):  # outside transformers' interface: the shape tells
-            kind = "experts_in_out" if weight.shape[1] != call.out.shape[-1] else "experts"
-        experts = "pre_routed" if len(call.args) + len(call.kwargs) == 1 else "interface"
-        return DownProjection(layer, names[id(weight)], module, weight, kind, experts)
+            kind = _experts_layout(weight, call)
+        experts = "grouped" if grouped else _convention(call, weight.shape[0])
+        return DownProjection(layer, names.get(id(weight), ""), module, weight, kind, experts, routing)
     weight = module.weight
     if kind == "matrix":  # stored [in, out] only where the widths say so; a square one reads as nn.Linear's
         width_in, width_out = call.input.shape[-1], call.out.shape[-1]
         kind = "in_out" if width_in != width_out and tuple(weight.shape) == (width_in, width_out) else "out_in"
     return DownProjection(layer, names[id(weight)], module, weight, kind)
+
+
+def _convention(call: probing.Call, count: int) -> str:
+    """How a fused experts module of `count` experts is called (`catalog.experts`): on tokens already
+    routed and scaled (one argument), on every token with a float weight per token and expert (two),
+    or through transformers' experts interface (hidden states, expert indices, router weights)."""
+    args = [*call.args, *call.kwargs.values()]
+    if len(args) == 1:
+        return "pre_routed"
+    weights = args[1]
+    if len(args) == 2 and isinstance(weights, torch.Tensor) and weights.is_floating_point() and weights.shape[-1] == count:
+        return "weighted"
+    return "interface"

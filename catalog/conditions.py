@@ -260,7 +260,7 @@ class ActivationRecorder:
     """
 
     def __init__(self, sites: Sites, weights: list[SuperWeight]) -> None:
-        self.targets = [(sites.named(w.param).module, w.row, abs(w.output_activation) / 10) for w in weights]
+        self.targets = [(sites.named(w.param).per_token, w.row, abs(w.output_activation) / 10) for w in weights]
         self.recorded: list[list[torch.Tensor]] = [[] for _ in self.targets]
         self.restored_positions = 0
 

@@ -28,6 +28,7 @@ class TypeCoverage:
     layouts: list[str] = field(default_factory=list)
     sites_per_layer: list[int] = field(default_factory=list)
     mixer_only: list[int] = field(default_factory=list)
+    unrun: list[int] = field(default_factory=list)  # blocks a text-only pass does not run
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -44,7 +45,7 @@ def check(model_type: str) -> TypeCoverage:
         return TypeCoverage(model_type, NOT_SCANNED, exc.problem)
     per_layer = [sum(1 for s in found.sites if s.layer == layer) for layer in range(found.num_layers)]
     return TypeCoverage(model_type, SCANS, layouts=sorted({s.layout for s in found.sites}),
-                        sites_per_layer=per_layer, mixer_only=found.mixer_only)
+                        sites_per_layer=per_layer, mixer_only=found.mixer_only, unrun=found.unrun)
 
 
 def coverage(types: list[str] | None = None, progress: Callable[[str], None] = lambda _t: None) -> list[TypeCoverage]:

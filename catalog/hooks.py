@@ -53,10 +53,10 @@ def _dense_capture(x: torch.Tensor, y: torch.Tensor) -> Capture:
     return Capture(in_max, in_channel, in_token, out_max, out_channel, token, y[token, out_channel].float().item(), x_t)
 
 
-def _experts_capture(site: DownProjection, args: tuple, kwargs: dict, output: torch.Tensor) -> Capture:
+def _experts_capture(site: DownProjection, calls: list[experts.ModuleCall], routing: experts.Routing | None = None) -> Capture:
     """The spike of a fused experts module, in the routed sum of its experts' down outputs
     (`experts.recompute`), attributed to the expert contributing most to it."""
-    done = experts.recompute(site, args, kwargs, output)
+    done = experts.recompute(site, calls, routing)
     routed, outs, y = done.routed, done.outputs, done.total
     out_max, token, row = _argmax2d(y)
     best = None  # (|contribution|, expert, x, gain)
@@ -80,20 +80,46 @@ def _experts_capture(site: DownProjection, args: tuple, kwargs: dict, output: to
 
 @contextmanager
 def capture(sites: list[DownProjection]) -> Iterator[dict[int, Capture]]:
-    """Record a `Capture` per site (keyed by position in `sites`) on each forward pass of batch size 1."""
+    """Record a `Capture` per site (keyed by position in `sites`) on each forward pass of batch size 1.
+
+    Grouped and sliced experts return rows, not tokens: their calls are kept until their routing
+    module returns, whose hook attributes the rows to tokens (`experts.routing`, which calls that
+    module again, and `experts.recompute` the sliced experts: those calls are not captured).
+    """
     captured: dict[int, Capture] = {}
+    grouped: dict[int, list[experts.ModuleCall]] = {}  # site -> its module's calls within the routing module's
+    rerun = False  # inside a routing module's re-calls
 
     def recorder(i: int, site: DownProjection) -> Callable:
         def hook(module, args, kwargs, output):
             y = output[0] if isinstance(output, tuple) else output
-            if site.fused:
-                captured[i] = _experts_capture(site, args, kwargs, y)
+            if site.routing is not None:
+                if not rerun:
+                    grouped.setdefault(i, []).append((args, kwargs, y))
+            elif site.fused:
+                captured[i] = _experts_capture(site, [(args, kwargs, y)])
             else:
                 x = args[0] if args else next(iter(kwargs.values()))
                 captured[i] = _dense_capture(x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1]))
         return hook
 
-    with hooked(((site.module, recorder(i, site)) for i, site in enumerate(sites)), with_kwargs=True):
+    def router(i: int, site: DownProjection) -> Callable:
+        def hook(module, args, kwargs, output):
+            nonlocal rerun
+            if rerun:
+                return
+            calls = grouped.pop(i)
+            rerun = True
+            try:
+                routing = experts.routing(site, args, kwargs, [rows for *_, rows in calls])
+                captured[i] = _experts_capture(site, calls, routing)
+            finally:
+                rerun = False
+        return hook
+
+    hooks = [(site.module, recorder(i, site)) for i, site in enumerate(sites)]
+    hooks += [(site.routing, router(i, site)) for i, site in enumerate(sites) if site.routing is not None]
+    with hooked(hooks, with_kwargs=True):
         yield captured
 
 

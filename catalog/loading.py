@@ -141,7 +141,7 @@ def load(source: ResolvedSource, *, device: str = "auto", dtype: str = "auto", t
             ).to(opened.device)
     model.eval()
     architecture = discover(model, opened.config, source.spec)
-    info = model_info(source, model, opened.config, opened.dtype)
+    info = model_info(source, model, opened.config, opened.dtype, architecture)
     return LoadedModel(model, opened.tokenizer, architecture, info, opened.device, time.perf_counter() - start, loader,
                        opened.gguf if loader == "gguf" else None)
 
@@ -155,7 +155,7 @@ def in_memory(model: nn.Module, tokenizer, name: str) -> LoadedModel:
     source = ResolvedSource(name, checkpoint, "in-memory")
     model.eval()
     architecture = discover(model, model.config, name)
-    info = model_info(source, model, model.config, weight.dtype)
+    info = model_info(source, model, model.config, weight.dtype, architecture)
     return LoadedModel(model, tokenizer, architecture, info, weight.device, time.perf_counter() - start, "in-memory")
 
 
@@ -319,8 +319,11 @@ def _problem(exc: Exception) -> str:
     return f"cannot load the checkpoint ({first[:200]}); the file may be truncated or corrupt: download it again."
 
 
-def model_info(source: ResolvedSource, model: nn.Module, config, dtype: torch.dtype) -> ModelInfo:
+def model_info(source: ResolvedSource, model: nn.Module, config, dtype: torch.dtype, architecture: Architecture) -> ModelInfo:
+    """What the catalog records of the model. Sizes come from the config, else (a config whose parts'
+    configs name them, BLT's) from what discovery found: its blocks and down projections."""
     text = config.get_text_config()
+    widths = architecture.sites[0].widths
     me = source_identity(source, config)
     names = [source.repo_id, me.base_model, me.basename, me.name, source.gguf_file, getattr(config, "_name_or_path", None),
              source.path.name]
@@ -331,9 +334,9 @@ def model_info(source: ResolvedSource, model: nn.Module, config, dtype: torch.dt
         architecture=(getattr(config, "architectures", None) or [type(model).__name__])[0],
         model_type=config.model_type,
         family=family_name(names, family_of(config)),
-        num_layers=text.num_hidden_layers,
-        hidden_size=text.hidden_size,
-        intermediate_size=_intermediate_size(text),
+        num_layers=getattr(text, "num_hidden_layers", None) or architecture.num_layers,
+        hidden_size=getattr(text, "hidden_size", None) or widths[1],
+        intermediate_size=_intermediate_size(text, widths[0]),
         num_parameters=sum(p.numel() for p in model.parameters()),
         dtype=str(dtype).removeprefix("torch."),
         format=source.format,
@@ -356,8 +359,9 @@ def source_identity(source: ResolvedSource, config) -> Identity:
     return checkpoint_identity(source.path, getattr(config, "_name_or_path", None), source.repo_id)
 
 
-def _intermediate_size(config) -> int:
+def _intermediate_size(config, down_input: int) -> int:
+    """The width the config names, else the first down projection's input (GPT-2, BLOOM, Falcon: 4x hidden)."""
     for name in ("intermediate_size", "ffn_dim", "n_inner", "moe_intermediate_size"):
         if getattr(config, name, None):
             return int(getattr(config, name))
-    return 4 * config.hidden_size  # GPT-2, BLOOM, Falcon: the 4x MLP
+    return down_input

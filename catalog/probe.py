@@ -7,12 +7,13 @@ tokens' input negated, does it return the last token of what it returned? Feed-f
 (dense MLPs and routed experts alike) are; attention, state-space and convolution mixers are not.
 The second call is what tells a mixer apart where the tokens' hidden states are all alike (a
 massive activation that every token carries dominates them after the norm): the last token
-alone then gets what the mix of alike tokens gave it.
+alone then gets what the mix of alike tokens gave it. Positions are counted as the decoder blocks
+see them (`Probe.align`): a model may prepend positions of its own (CPM-Ant's 32 prompt positions).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +34,7 @@ class Call:
     kwargs: dict
     output: Any
     order: int
+    views: tuple[tuple[int, str, int], ...] = ()  # `own_views` of the call (its copies are views of nothing)
 
     @property
     def out(self) -> torch.Tensor | None:
@@ -50,18 +52,44 @@ class Probe:
 
     calls: dict[int, Call] = field(default_factory=dict)
     counts: dict[int, int] = field(default_factory=dict)  # calls per module
+    positions: int = PROBE_TOKENS  # the sequence length the blocks run on
     _token_wise: dict[int, bool] = field(default_factory=dict)
+    _answers: dict[tuple[str, int], Any] = field(default_factory=dict)
 
     def call(self, module: nn.Module) -> Call | None:
         return self.calls.get(id(module))
+
+    def answer(self, question: str, module: nn.Module, compute: Callable[[], Any]) -> Any:
+        """`compute()` for (question, module), computed once: a behavioural test calls modules again,
+        which a streamed block can do only while its weights are read (`streaming.probe_blocks`)."""
+        key = (question, id(module))
+        if key not in self._answers:
+            self._answers[key] = compute()
+        return self._answers[key]
 
     def token_wise(self, module: nn.Module) -> bool:
         """Whether `module` computes each token from that token alone (memoised)."""
         key = id(module)
         if key not in self._token_wise:
             call = self.calls.get(key)
-            self._token_wise[key] = call is not None and _same_on_last_token(module, call)
+            self._token_wise[key] = call is not None and _same_on_last_token(module, call, self.positions)
         return self._token_wise[key]
+
+    def align(self, block: nn.Module, hidden: int) -> None:
+        """Count positions as `block`'s hidden states have them (`_positions`)."""
+        positions = _positions(self.calls.get(id(block)), hidden)
+        if positions != self.positions:
+            self.positions = positions
+            self._token_wise.clear()
+
+
+def _positions(call: Call | None, hidden: int) -> int:
+    """The positions of a block's hidden states `(1, positions, ..., hidden)`: the prompt's tokens,
+    unless the model prepends positions of its own (then they do not carry the prompt's length)."""
+    x = call.input if call else None
+    if x is None or x.dim() < 3 or x.shape[0] != 1 or x.shape[-1] != hidden or _token_dim(x, PROBE_TOKENS) is not None:
+        return PROBE_TOKENS
+    return x.shape[1]
 
 
 def first_tensor(value: Any) -> torch.Tensor | None:
@@ -72,6 +100,31 @@ def first_tensor(value: Any) -> torch.Tensor | None:
     if isinstance(value, dict):
         return first_tensor(tuple(value.values()))  # transformers' ModelOutput is a dict
     return None
+
+
+def own_views(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple[int, str, int], ...]:
+    """The arguments that are views of one of the module's own parameters, not the parameter itself
+    (DBRX's experts get a slice of their stacked weight per call): (position among the args, then the
+    kwargs' values; the parameter's name; the view's offset into it, in elements)."""
+    params = {_storage(p): (name, p) for name, p in module.named_parameters(recurse=False)}
+    params.pop(None, None)
+    found = []
+    for position, value in enumerate((*args, *kwargs.values())):
+        name, param = params.get(_storage(value), (None, None)) if params and isinstance(value, torch.Tensor) else (None, None)
+        if param is not None and value is not param:
+            found.append((position, name, value.storage_offset() - param.storage_offset()))
+    return tuple(found)
+
+
+def _storage(t: torch.Tensor) -> int | None:
+    """Where a tensor's memory starts, or None where it has none to compare (meta, empty, or a tensor
+    subclass without a storage of its own, as some quantized weights are)."""
+    if t.device.type == "meta" or not t.numel():
+        return None
+    try:
+        return t.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):
+        return None
 
 
 def probe_ids(vocab_size: int, device: torch.device) -> torch.Tensor:
@@ -89,7 +142,7 @@ def recording(modules: list[nn.Module]) -> Iterator[Probe]:
         probe.counts[id(module)] = probe.counts.get(id(module), 0) + 1
         if id(module) not in probe.calls:  # copies: models add to tensors in place after a call
             copied = _map_tensors((args, kwargs, output), lambda t: t.detach().clone())
-            probe.calls[id(module)] = Call(*copied, order=len(probe.calls))
+            probe.calls[id(module)] = Call(*copied, order=len(probe.calls), views=own_views(module, args, kwargs))
 
     with hooked(((m, hook) for m in modules), with_kwargs=True):
         yield probe
@@ -103,11 +156,11 @@ def run(model: nn.Module, modules: list[nn.Module], vocab_size: int) -> Probe:
     return probe
 
 
-def _token_dim(t: torch.Tensor) -> int | None:
-    """The prompt-position dimension of a probe tensor, (1, tokens, ...) or (tokens, ...), if any."""
-    if t.dim() >= 2 and t.shape[0] == 1 and t.shape[1] == PROBE_TOKENS:
+def _token_dim(t: torch.Tensor, positions: int) -> int | None:
+    """The position dimension of a probe tensor, (1, positions, ...) or (positions, ...), if any."""
+    if t.dim() >= 2 and t.shape[0] == 1 and t.shape[1] == positions:
         return 1
-    if t.dim() >= 1 and t.shape[0] == PROBE_TOKENS:
+    if t.dim() >= 1 and t.shape[0] == positions:
         return 0
     return None
 
@@ -123,46 +176,46 @@ def _map_tensors(value: Any, fn) -> Any:
     return value
 
 
-def _last_token(value: Any) -> Any:
-    """The last token of every token-indexed tensor in an argument structure."""
+def _last_token(value: Any, positions: int) -> Any:
+    """The last position of every position-indexed tensor in an argument structure."""
     def last(t: torch.Tensor) -> torch.Tensor:
-        dim = _token_dim(t)
-        return t if dim is None else t.narrow(dim, PROBE_TOKENS - 1, 1)
+        dim = _token_dim(t, positions)
+        return t if dim is None else t.narrow(dim, positions - 1, 1)
     return _map_tensors(value, last)
 
 
-def _context_negated(call: Call) -> list[tuple[tuple, dict]]:
-    """The call's arguments with its input negated at every token but the last (none where the
-    input is not a token-indexed float tensor)."""
+def _context_negated(call: Call, positions: int) -> list[tuple[tuple, dict]]:
+    """The call's arguments with its input negated at every position but the last (none where the
+    input is not a position-indexed float tensor)."""
     x = call.input
-    dim = _token_dim(x) if x is not None and x.is_floating_point() else None
+    dim = _token_dim(x, positions) if x is not None and x.is_floating_point() else None
     if dim is None:
         return []
     changed = x.clone()
-    changed.narrow(dim, 0, PROBE_TOKENS - 1).neg_()
+    changed.narrow(dim, 0, positions - 1).neg_()
 
     def swap(t: torch.Tensor) -> torch.Tensor:
         return changed if t is x else t
     return [(_map_tensors(call.args, swap), _map_tensors(call.kwargs, swap))]
 
 
-def _same_on_last_token(module: nn.Module, call: Call) -> bool:
+def _same_on_last_token(module: nn.Module, call: Call, positions: int) -> bool:
     full = call.out
     if full is None or full.numel() == 0:
         return False
-    expected = _last_token(full)
-    calls = [(_last_token(call.args), _last_token(call.kwargs)), *_context_negated(call)]
-    return all(_returns_last(module, args, kwargs, expected) for args, kwargs in calls)
+    expected = _last_token(full, positions)
+    calls = [(_last_token(call.args, positions), _last_token(call.kwargs, positions)), *_context_negated(call, positions)]
+    return all(_returns_last(module, args, kwargs, expected, positions) for args, kwargs in calls)
 
 
-def _returns_last(module: nn.Module, args: tuple, kwargs: dict, expected: torch.Tensor) -> bool:
+def _returns_last(module: nn.Module, args: tuple, kwargs: dict, expected: torch.Tensor, positions: int) -> bool:
     """Called on `args`, the module returns `expected` at the last token."""
     try:
         with torch.no_grad():
             out = first_tensor(module(*args, **kwargs))
     except Exception:  # a mixer called on one token with the whole prompt's masks: not token-wise
         return False
-    last = _last_token(out) if out is not None else None
+    last = _last_token(out, positions) if out is not None else None
     if last is None or last.shape != expected.shape:
         return False
     scale = expected.abs().max().float().item() or 1.0

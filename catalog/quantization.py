@@ -42,7 +42,7 @@ def _quantiles(w: torch.Tensor, q: float) -> tuple[float, float]:
 
 def _as_out_in(site: DownProjection) -> list[torch.Tensor]:
     """Views of the site's weight as (out, in) matrices (one per expert for fused MoE)."""
-    matrices = site.weight.unbind(0) if site.fused else [site.weight]
+    matrices = site.by_expert.unbind(0) if site.fused else [site.weight]
     return [m.T if site.layout.endswith("in_out") else m for m in matrices]
 
 

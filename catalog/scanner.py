@@ -151,7 +151,8 @@ def _scan_with(loaded: LoadedModel, run_detect: Callable, run_verify: Callable, 
     check_finite({"layers": [asdict(layer) for layer in found.layers]})  # before verification computes on them
     timings["detect"] = round(time.perf_counter() - start, 3)
     summary = {"detection_passes": found.iterations, "reference_out_max": found.reference, "loader": loaded.loader,
-               "blocks": loaded.architecture.blocks, "mixer_only_layers": loaded.architecture.mixer_only}
+               "blocks": loaded.architecture.blocks, "mixer_only_layers": loaded.architecture.mixer_only,
+               "unrun_layers": loaded.architecture.unrun}
 
     ablations, weights = [], found.super_weights
     if options.verify:

@@ -290,6 +290,8 @@ def open_streamed(source: ResolvedSource, stack: contextlib.ExitStack, *, budget
         _unstreamable(source, f"a {source.format} file")
     opened = open_source(source, device, dtype, trust_remote_code)
     text, model_type = opened.config.get_text_config(), opened.config.model_type
+    if not all(getattr(text, name, None) for name in ("hidden_size", "num_attention_heads")):
+        _unstreamable(source, "a model whose config leaves its widths to its parts' configs (BLT's)")  # the budget needs them
     with as_invalid(source):
         model = skeleton(opened.config, opened.dtype, trust_remote_code)
         store = ShardStore.open(source, stack, opened.device, opened.dtype)
@@ -304,7 +306,7 @@ def open_streamed(source: ResolvedSource, stack: contextlib.ExitStack, *, budget
     buffers_to(model, opened.device)
     path, blocks, inputs = _streamable(source, model, lists, probing.probe_ids(text.vocab_size, opened.device), model_type)
     found = architecture(model, path, blocks, probe_blocks(store, path, blocks, inputs, text.hidden_size), source.spec, model_type)
-    info = model_info(source, model, opened.config, opened.dtype)
+    info = model_info(source, model, opened.config, opened.dtype, found)
     loaded = LoadedModel(model, opened.tokenizer, found, info, opened.device, time.perf_counter() - start, "parallel")
     return StreamedModel(loaded, path, blocks, store, held)
 

@@ -84,15 +84,31 @@ def _swept(model_type: str):
 def test_discovered_sites_address_the_weight_that_produced_the_output(model_type, report):
     if report[model_type].status != coverage.SCANS:
         pytest.skip(f"{model_type} {report[model_type].status}: {report[model_type].reason}")
-    model = zoo.build(model_type)
+    check_sites(zoo.build(model_type), model_type)
+
+
+def test_a_bias_added_after_the_experts_rows_is_not_taken_for_their_output():
+    """JetMoE's MoE block adds a bias after the sum of its experts' rows (zero when built, not once
+    trained): with the rows zeroed the block still outputs it, and the routing keeps it apart from
+    the rows' sum. Its mixture of attention experts, of the same class, has no site."""
+    model = _built("jetmoe")
+    with torch.no_grad():
+        for block in model.model.layers:
+            block.mlp.bias.normal_()
+    found = check_sites(model, "jetmoe")
+    assert [site.param for site in found.sites] == [f"model.layers.{i}.mlp.output_linear.weight" for i in range(found.num_layers)]
+
+
+def check_sites(model, model_type: str):
+    """Every discovered site, checked by autograd on one forward pass of a 7-token prompt."""
     found = discover(model, model.config, model_type)
-    assert found.sites and len(found.layers) + len(found.mixer_only) == found.num_layers
+    assert found.sites and len(found.layers) + len(found.mixer_only) + len(found.unrun) == found.num_layers
     params = dict(model.named_parameters())
     assert all(params[site.param] is site.weight for site in found.sites)  # `param` is the state-dict name
-    outputs = {}
-    handles = [site.module.register_forward_hook(lambda m, a, kw, out, i=i: outputs.__setitem__(i, (_first(out).clone(), a, kw)),
-                                                 with_kwargs=True)
-               for i, site in enumerate(found.sites)]
+    calls, routed = {}, {}  # each module's calls within its routing module's first (the capture calls both again)
+    handles = [site.module.register_forward_hook(_calls_until(calls, i, routed), with_kwargs=True) for i, site in enumerate(found.sites)]
+    handles += [site.routing.register_forward_hook(_first_call(routed, i), with_kwargs=True)
+                for i, site in enumerate(found.sites) if site.routing is not None]
     ids = torch.randint(3, model.config.get_text_config().vocab_size, (1, 7), generator=torch.Generator().manual_seed(1))
     with capture(found.sites) as captured:
         model(input_ids=ids, use_cache=False)
@@ -100,25 +116,48 @@ def test_discovered_sites_address_the_weight_that_produced_the_output(model_type
         handle.remove()
     assert sorted(captured) == list(range(len(found.sites)))  # the hook fired at every site
     for i, site in enumerate(found.sites):
-        output, args, kwargs = outputs[i]
+        site_calls = calls[i] if site.routing is not None else calls[i][:1]
+        output = site_calls[0][2]
         y = output.reshape(-1, output.shape[-1])
         if site.fused:
-            y = routed_sum(site, args, kwargs, output, transformed=model_type in TRANSFORMED)
+            y = routed_sum(site, site_calls, routed.get(i), transformed=model_type in TRANSFORMED)
         check_layout(site, captured[i], y)
         check_plan(model, site)
+    return found
 
 
 def _first(out):
     return out[0] if isinstance(out, tuple) else out
 
 
-def routed_sum(site, args, kwargs, output: torch.Tensor, transformed: bool) -> torch.Tensor:
+def _first_call(calls: dict, i: int):
+    """A forward hook that keeps the (args, kwargs, output) of its module's first call as calls[i]."""
+    def hook(module, args, kwargs, out):
+        calls.setdefault(i, (args, kwargs, _first(out).clone()))
+    return hook
+
+
+def _calls_until(calls: dict, i: int, done: dict):
+    """A forward hook that keeps its module's calls as calls[i], until `done` holds i."""
+    def hook(module, args, kwargs, out):
+        if i not in done:
+            calls.setdefault(i, []).append((args, kwargs, _first(out).clone()))
+    return hook
+
+
+def routed_sum(site, calls: list, parent_call: tuple | None, transformed: bool) -> torch.Tensor:
     """The experts' down outputs weighted by the router, recomputed with autograd; it is the module's
-    own output unless the module transforms its experts' outputs first (`TRANSFORMED`)."""
-    y = experts.recompute(site, args, kwargs, output).total
+    own output unless the module transforms its experts' outputs first (`TRANSFORMED`). Grouped and
+    sliced experts return rows: their sum is their routing module's output (`parent_call`), less its
+    offset."""
+    output = calls[0][2]
+    routing = experts.routing(site, *parent_call[:2], [out for *_, out in calls]) if site.routing is not None else None
+    y = experts.recompute(site, calls, routing).total
     module_output = output.reshape(-1, output.shape[-1])
     if site.experts == "pre_routed":  # (E * tokens, hidden): each expert's rows, summed per token
         module_output = module_output.view(site.module.down_proj.shape[0], -1, module_output.shape[-1]).sum(0)
+    if routing is not None:
+        module_output = parent_call[2].reshape(-1, output.shape[-1]) - routing.offset
     assert torch.allclose(y, module_output.float(), rtol=1e-4, atol=1e-5) != transformed
     return y
 
@@ -127,7 +166,7 @@ def check_layout(site, cap, y: torch.Tensor) -> None:
     assert cap.out_max == pytest.approx(y.abs().max().item(), rel=1e-5)
     (grad,) = torch.autograd.grad(y[cap.token, cap.out_channel], site.weight, retain_graph=True)
     as_grad = dataclasses.replace(site, weight=grad)  # the same layout, over the gradient
-    every = range(grad.shape[0]) if site.fused else [None]
+    every = range(as_grad.by_expert.shape[0]) if site.fused else [None]
     in_row = sum(as_grad.out_row(cap.out_channel, e).abs().sum() for e in every)
     assert in_row > 0 and in_row == pytest.approx(grad.abs().sum().item(), rel=1e-5)  # only W[row, :] feeds y[row]
     expected = as_grad.out_row(cap.out_channel, cap.expert)  # = router weight * x, over input channels
@@ -141,7 +180,7 @@ def check_layout(site, cap, y: torch.Tensor) -> None:
 def check_plan(model, site) -> None:
     """The tensor-parallel plan, where it names this projection, agrees on its orientation."""
     plan = getattr(model.config.get_text_config(), "base_model_tp_plan", None) or {}
-    module_path = site.param.rsplit(".", 1)[0] if not site.fused else site.param
+    module_path = site.param.removesuffix(".weight")  # fused experts behind the interface: the parameter itself
     styles = {style for pattern, style in plan.items() if fnmatch.fnmatch(module_path, f"*{pattern.replace('*', '[0-9]*')}")}
     styles -= {"moe_tp_experts", "ep_router", "replicated_with_grad_allreduce"}
     if styles:
@@ -159,6 +198,25 @@ def test_attention_is_told_apart_where_every_token_carries_a_massive_activation(
     assert [site.param for site in found.sites] == [f"model.layers.{i}.mlp.down_proj.weight" for i in range(8)]
 
 
+def test_blocks_sharing_one_feed_forward_weight_are_refused_in_one_line():
+    """Zamba2 calls one shared transformer block from several layers: a scalar of its down projection
+    would be one weight at several layers, and the shared prefix would replay the lower one unchanged."""
+    model = _built("zamba2")
+    with pytest.raises(UnsupportedArchitectureError, match=r"layers \d+ and \d+ share one feed-forward weight"):
+        discover(model, model.config, "zamba2")
+
+
+def test_sizes_come_from_the_blocks_where_the_config_leaves_them_to_its_parts():
+    """BLT's config names no hidden size or depth (only its sub-configs do): the record takes them
+    from the discovered blocks and down projections."""
+    from catalog.loading import in_memory
+
+    model = _built("blt")
+    info = in_memory(model, object(), "blt").info
+    mlp = model.model.global_transformer.layers[0].mlp.down_proj
+    assert (info.num_layers, info.hidden_size, info.intermediate_size) == (4, mlp.out_features, mlp.in_features)
+
+
 def test_a_model_without_any_feed_forward_part_is_one_clear_error():
     model = _built("mamba")
     with pytest.raises(UnsupportedArchitectureError) as caught:
@@ -167,10 +225,18 @@ def test_a_model_without_any_feed_forward_part_is_one_clear_error():
                                  "found no feed-forward output projection in any decoder block.")
 
 
+def test_blocks_that_a_text_only_pass_skips_are_listed_apart():
+    """Mllama's cross-attention layers (layer 3 of the tiny one) attend to an image: without one
+    they do not run, and are neither scanned nor taken for blocks without a feed-forward part."""
+    found = discover(model := _built("mllama"), model.config, "mllama")
+    assert found.blocks == "model.layers" and found.layers == [0, 1, 2] and found.unrun == [3] and not found.mixer_only
+
+
 @pytest.mark.parametrize("model_type,per_layer,mixer_only", [
     ("nemotron_h", None, True),   # hybrid: mamba, attention and MLP blocks in one list
     ("deepseek_v3", [1, 1, 1, 2], False),  # first_k_dense_replace dense layers, then routed + shared experts
     ("qwen2_moe", [2, 2, 2, 2], False),  # routed experts and a gated shared expert
+    ("inkling_text", [2, 2, 2, 2], False),  # routed and shared experts, both fused, side by side
 ])
 def test_layer_kinds_are_told_apart(model_type, per_layer, mixer_only):
     found = discover(model := _built(model_type), model.config, model_type)

@@ -3,7 +3,9 @@
 gpt-oss: fused experts stored `[E, in, out]`, gate and up interleaved, clamped at 7, with biases;
 DeepSeek-V3: routed and shared experts after a dense first layer, sigmoid router; Gemma 3: the
 multimodal wrapper (a vision tower of as many layers, which a text prompt does not run);
-Nemotron-H: mamba, attention, MLP and MoE blocks in one list; Phi-2: fc1/fc2 with biases.
+Nemotron-H: mamba, attention, MLP and MoE blocks in one list; Phi-2: fc1/fc2 with biases; JetMoE:
+experts of its own class called on the routed rows sorted by expert, beside attention experts alike;
+DBRX: experts stacked in one 2-D weight, called once per expert with a slice of it.
 Each carries a super weight whose zeroing multiplies perplexity on the Zipf text and an inert
 spike that must stay a candidate. What the scan records is checked against the outside
 description of `tiny.KIND` and against the model itself: a plain forward hook on the module
@@ -24,6 +26,12 @@ from tiny import HYBRID, KIND, LAYOUTS, Plant, Planted
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 WITHOUT_MLP = {"nemotron_h": [i for i, block in enumerate(HYBRID) if block in "M*"]}  # mamba and attention blocks
+# Experts called on the routed rows sorted by expert, inside an MoE block: its router, which returns
+# (the sorted order, each row's token, each row's gate, rows per expert, logits).
+ROW_ROUTERS = {"jetmoe": "router"}
+# Experts called once per expert with a slice of their stacked weight: measured at the experts module
+# around them, called with (hidden states, each token's experts, their weights) as fused experts are.
+PER_EXPERT_CALLS = {"dbrx"}
 
 
 @pytest.fixture(scope="module", params=LAYOUTS)
@@ -60,21 +68,23 @@ def test_records_what_the_module_computes(scanned):
     model = AutoModelForCausalLM.from_pretrained(planted.path, dtype=torch.float32).eval()
     ids = AutoTokenizer.from_pretrained(planted.path)(DEFAULT_PROMPT, return_tensors="pt").input_ids
     for weight in result.super_weights:
-        x, y = measure(model, ids, weight)
+        x, y = (measure_rows(model, ids, weight, ROW_ROUTERS[planted.kind]) if planted.kind in ROW_ROUTERS
+                else measure(model, ids, weight, 2 if planted.kind in PER_EXPERT_CALLS else 1))
         assert weight.input_activation == pytest.approx(x, rel=1e-4)
         assert weight.output_activation == pytest.approx(y, rel=1e-4)
         assert model.get_parameter(weight.param)[tuple(weight.tensor_index)].item() == weight.value
         assert weight.share == pytest.approx(1, abs=0.01)  # the planted weight makes the spike: the router's weight is right
 
 
-def measure(model, ids: torch.Tensor, weight: SuperWeight) -> tuple[float, float]:
-    """x[col] and y[row] at the spike's token, from a forward hook on the module holding the weight.
+def measure(model, ids: torch.Tensor, weight: SuperWeight, up: int = 1) -> tuple[float, float]:
+    """x[col] and y[row] at the spike's token, from a forward hook on the module holding the weight
+    (or `up` - 1 modules above it).
 
     The gradient of y[row] with respect to the stored tensor at `tensor_index` is x[col], times
     the router's weight for the expert where the module is fused experts (called with the hidden
     states, each token's experts and their weights): so the index must address W[row, col].
     """
-    module = model.get_submodule(weight.param.rsplit(".", 1)[0])  # drop ".weight" (fused experts: ".down_proj")
+    module = model.get_submodule(weight.param.rsplit(".", up)[0])  # drop ".weight" (fused experts: ".down_proj")
     seen = {}
     handle = module.register_forward_hook(lambda mod, args, out: seen.update(args=args, out=out))
     try:
@@ -88,6 +98,27 @@ def measure(model, ids: torch.Tensor, weight: SuperWeight) -> tuple[float, float
         _, experts, weights = seen["args"]  # (tokens, top_k) each
         gain = weights[weight.token][experts[weight.token] == weight.expert].item()
     return grad[tuple(weight.tensor_index)].item() / gain, y.item()
+
+
+def measure_rows(model, ids: torch.Tensor, weight: SuperWeight, router: str) -> tuple[float, float]:
+    """`measure` where the experts return rows: y[row] is the MoE block's output at the token (its
+    bias is zero), and the gain that of the token's row among the expert's rows."""
+    experts = weight.param.rsplit(".", 1)[0]
+    block = experts.rsplit(".", 1)[0]
+    seen = {}
+    hooks = [model.get_submodule(block).register_forward_hook(lambda mod, args, out: seen.update(out=out)),
+             model.get_submodule(f"{block}.{router}").register_forward_hook(lambda mod, args, out: seen.update(routed=out))]
+    try:
+        model(input_ids=ids, use_cache=False)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    y = seen["out"].reshape(-1, seen["out"].shape[-1])[weight.token, weight.row]
+    (grad,) = torch.autograd.grad(y, model.get_parameter(weight.param))
+    _, tokens, gates, sizes, _ = seen["routed"]
+    first = sum(sizes[: weight.expert])
+    row = first + int((tokens[first: first + sizes[weight.expert]] == weight.token).nonzero()[0, 0])
+    return grad[tuple(weight.tensor_index)].item() / gates[row].item(), y.item()
 
 
 def test_quant_check_on_fused_experts_stored_in_out(tiny, zipf_text):

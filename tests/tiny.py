@@ -37,7 +37,9 @@ interleaved), independently of `catalog.architectures`, so the tests check the s
 an outside description. `LAYOUTS` adds layouts that structure alone must handle: a fused `[E, in, out]` MoE
 (gpt-oss), an MoE with shared experts and dense first layers (DeepSeek-V3), a multimodal wrapper
 (Gemma 3: embeddings scaled by sqrt(hidden), the MLP output normed before the residual add), a
-hybrid whose mamba and attention blocks have no MLP (Nemotron-H) and Phi-2's fc1/fc2.
+hybrid whose mamba and attention blocks have no MLP (Nemotron-H), Phi-2's fc1/fc2, JetMoE's
+experts, called on the routed rows sorted by expert (beside a mixture of attention experts alike),
+and DBRX's, stacked `[E * in, out]` in one 2-D weight and called once per expert with a slice of it.
 """
 
 from __future__ import annotations
@@ -83,7 +85,7 @@ SINK = 3  # residual dimension every token carries at SOURCE (see `_add_sink`)
 EXPERT_OF = {"super": 1, "masked": 2, "inert": 3}  # the expert each plant goes to in an MoE layer
 HYBRID = "---M*-E*"  # Nemotron-H's layers: MLP "-" (the plants' layers 0-2), mamba "M", attention "*", MoE "E"
 KINDS = ("llama", "gpt2", "gpt_neox", "mixtral")
-LAYOUTS = ("gpt_oss", "deepseek_v3", "gemma3", "nemotron_h", "phi")  # scanned in test_layouts.py
+LAYOUTS = ("gpt_oss", "deepseek_v3", "gemma3", "nemotron_h", "phi", "jetmoe", "dbrx")  # scanned in test_layouts.py
 
 
 @dataclass(frozen=True)
@@ -134,9 +136,10 @@ def _gated_reads(prefix: str, col: int, dim: int | slice, expert: int | None) ->
     return [(f"{prefix}.mlp.gate_proj.weight", (col, dim)), (f"{prefix}.mlp.up_proj.weight", (col, dim))]
 
 
-def _expert_reads(prefix: str, col: int, dim: int | slice, expert: int | None) -> list[tuple[str, tuple]]:
-    # gate_up_proj: (experts, 2 * intermediate, hidden); gate rows first, then up rows
-    name = f"{prefix}.mlp.experts.gate_up_proj"
+def _expert_reads(prefix: str, col: int, dim: int | slice, expert: int | None,
+                  tensor: str = "mlp.experts.gate_up_proj") -> list[tuple[str, tuple]]:
+    # gate_up_proj (JetMoE: input_linear.weight): (experts, 2 * intermediate, hidden); gate rows first, then up rows
+    name = f"{prefix}.{tensor}"
     return [(name, (expert, col, dim)), (name, (expert, INTERMEDIATE + col, dim))]
 
 
@@ -233,6 +236,33 @@ def _nemotron_h_config(layers: int):
     )
 
 
+def _jetmoe_config(layers: int):
+    from transformers import JetMoeConfig
+
+    return JetMoeConfig(**_common(), num_hidden_layers=layers, num_key_value_heads=2, kv_channels=16,
+                        num_local_experts=EXPERTS, num_experts_per_tok=2, initializer_range=0.02)  # the others' (its own: 0.01)
+
+
+def _dbrx_config(layers: int):
+    from transformers import DbrxConfig
+
+    attention = {"kv_n_heads": 2, "rope_theta": 10000.0, "clip_qkv": 8.0}  # the modeling code clamps by clip_qkv unchecked
+    experts = {"ffn_hidden_size": INTERMEDIATE, "moe_num_experts": EXPERTS, "moe_top_k": 2}
+    return DbrxConfig(d_model=HIDDEN, n_heads=4, n_layers=layers, max_seq_len=POSITIONS, vocab_size=len(VOCAB),
+                      bos_token_id=BOS, eos_token_id=2, tie_word_embeddings=False, attn_config=attention, ffn_config=experts)
+
+
+def _stacked(prefix: str, name: str, expert: int, col: int) -> tuple[str, int]:
+    """DBRX's w1, v1, w2: (experts * intermediate, hidden), expert e's rows e * intermediate on."""
+    return f"{prefix}.ffn.experts.mlp.{name}", expert * INTERMEDIATE + col
+
+
+def _stacked_down(prefix: str, row: int, col: int, expert: int | None) -> tuple[str, tuple[int, ...]]:
+    # w2: expert e's down projection stored [in, out], in rows e * intermediate on
+    name, at = _stacked(prefix, "w2", expert, col)
+    return name, (at, row)
+
+
 def _phi_config(layers: int):
     from transformers import PhiConfig
 
@@ -287,6 +317,19 @@ KIND: dict[str, Kind] = {
         _nemotron_h_config, "model.embeddings.weight", "lm_head.weight", "model.layers.{}",
         lambda p, col, dim, e: [(f"{p}.mixer.up_proj.weight", (col, dim))],
         lambda p, row, col, e: (f"{p}.mixer.down_proj.weight", (row, col)), "relu2", ("up_proj.weight", "experts.up_proj"),
+    ),
+    "jetmoe": Kind(
+        _jetmoe_config, "model.embed_tokens.weight", "lm_head.weight", "model.layers.{}",
+        lambda p, col, dim, e: _expert_reads(p, col, dim, e, "mlp.input_linear.weight"),
+        # output_linear: (experts, hidden, intermediate), called on the routed rows sorted by expert
+        lambda p, row, col, e: (f"{p}.mlp.output_linear.weight", (e, row, col)), "gated", ("mlp.input_linear.weight",),
+        router="mlp.router.layer.weight",
+    ),
+    "dbrx": Kind(
+        _dbrx_config, "transformer.wte.weight", "lm_head.weight", "transformer.blocks.{}",
+        lambda p, col, dim, e: [(name, (at, dim)) for name, at in (_stacked(p, "w1", e, col), _stacked(p, "v1", e, col))],
+        _stacked_down, "gated", ("mlp.w1", "mlp.v1"),
+        router="ffn.router.layer.weight",
     ),
     "phi": Kind(
         _phi_config, "model.embed_tokens.weight", "lm_head.weight", "model.layers.{}",
