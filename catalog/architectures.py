@@ -12,20 +12,21 @@ hidden-size wide and that sits inside the block's feed-forward part:
 - the outermost token-wise module above it is bigger than the projection itself (the MLP or
   MoE block around it), and zeroing the outputs of the projections found in it zeroes that
   module's output (so they are all of what it adds to the residual stream); or
-- the MLP is written into the block itself (OPT's fc1/fc2): the projection's parent mixes
-  tokens through a child of its own (attention), and a sibling turned the hidden state into the
-  projection's input just before.
+- the MLP is written into the block itself (OPT's fc1/fc2): the projection is the block's own
+  child, the block mixes tokens through another child (attention), and a sibling turned the
+  hidden state into the projection's input just before.
 
 Of projections with one parent, the last to run is the output (an up projection as wide as the
 hidden state feeds it); a fused experts module is an output of its own (routed and shared experts
 side by side). Grouped experts return rows, not tokens: they qualify only inside a token-wise
 parent whose output is their rows, recomputed and routed back to their tokens (so JetMoE's
-mixture of attention experts, whose rows its attention combines, does not; sliced experts, DBRX's, return rows too, one call per expert,
-and qualify the same way). A block list may
-hold the feed-forward parts themselves (XLM's `ffns`). Attention, state-space and convolution
+mixture of attention experts, whose rows its attention combines, does not); sliced experts
+(DBRX's) return rows too, one call per expert, and qualify the same way. A block list may hold
+the feed-forward parts themselves (XLM's `ffns`). Attention, state-space and convolution
 mixers are not token-wise, so their output projections never qualify; a block without a
 feed-forward part (hybrids) is recorded as such, and so are blocks that a text-only pass does
-not run (cross-attention to an image). What structure cannot tell is kept in two places: family
+not run (cross-attention to an image). Blocks sharing one down projection's weight (Zamba's
+shared block) are refused. What structure cannot tell is kept in two places: family
 display names (`FAMILY_NAMES`), and the experts modules that keep their own calling convention
 (`catalog.experts`).
 """
