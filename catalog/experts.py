@@ -29,7 +29,7 @@ parameters, as its forward computes them:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -38,7 +38,7 @@ from torch import nn
 
 from catalog.errors import UnsupportedArchitectureError
 from catalog.patches import hooked
-from catalog.probe import first_tensor
+from catalog.probe import first_tensor, own_views
 
 if TYPE_CHECKING:
     from catalog.architectures import DownProjection
@@ -96,18 +96,25 @@ def routing(site: DownProjection, args: tuple, kwargs: dict, outputs: list[torch
     own channel), whose channel shows the token it is added to and its weight."""
     rows = torch.cat([out.reshape(-1, out.shape[-1]) for out in outputs])
     sizes = [out.reshape(-1, out.shape[-1]).shape[0] for out in outputs]
-    count, width = rows.shape
-    offset = _recalled(site, args, kwargs, torch.zeros_like(rows), sizes)
-    tokens, gains = [], []
-    for start in range(0, count, width):
-        chunk = torch.arange(min(width, count - start), device=rows.device)
-        unit = torch.zeros_like(rows)
-        unit[start + chunk, chunk] = 1
-        added = _recalled(site, args, kwargs, unit, sizes)[:, : len(chunk)] - offset[:, : len(chunk)]  # (tokens, chunk)
-        token = added.abs().argmax(0)
-        tokens.append(token)
-        gains.append(added.gather(0, token[None])[0])
+    offset, responses = _unit_responses(rows, lambda replaced: _recalled(site, args, kwargs, replaced, sizes))
+    tokens = [added.abs().argmax(0) for added in responses]  # each (tokens, chunk): a row's one non-zero is its token
+    gains = [added.gather(0, token[None])[0] for added, token in zip(responses, tokens)]
     return Routing(torch.cat(tokens), torch.cat(gains), offset)
+
+
+def _unit_responses(like: torch.Tensor, respond: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """`respond`'s answer to zeros shaped `like` (n, width), and what unit matrices add to it, `width`
+    rows at a time (row start + k: 1 in column k), as (answers' rows, chunk) per chunk: how each row
+    of `like` reaches the answer, read off a linear (or affine) map."""
+    count, width = like.shape
+    offset = respond(torch.zeros_like(like))
+    responses = []
+    for start in range(0, count, width):
+        chunk = torch.arange(min(width, count - start), device=like.device)
+        unit = torch.zeros_like(like)
+        unit[start + chunk, chunk] = 1
+        responses.append((respond(unit) - offset)[:, : len(chunk)])
+    return offset, responses
 
 
 def _recalled(site: DownProjection, args: tuple, kwargs: dict, rows: torch.Tensor, sizes: list[int]) -> torch.Tensor:
@@ -234,19 +241,10 @@ def _sliced_input(site: DownProjection, args: tuple, kwargs: dict) -> tuple[int,
     """The expert of one call (the offset of its slice of the weight) and its down input (rows, in):
     the call again with the slice `[in, out]` replaced by unit matrices, `out` input channels at a
     time (input channel start + k into output channel k), less the call with it zeroed."""
-    storage = site.weight.untyped_storage().data_ptr()
-    position, view = next((i, v) for i, v in enumerate((*args, *kwargs.values()))
-                          if isinstance(v, torch.Tensor) and v.untyped_storage().data_ptr() == storage)
-    expert = (view.storage_offset() - site.weight.storage_offset()) // view.numel()
-    inner, width = view.shape
-    offset = _called(site.module, args, kwargs, position, torch.zeros_like(view))
-    chunks = []
-    for start in range(0, inner, width):
-        channels = torch.arange(min(width, inner - start), device=view.device)
-        unit = torch.zeros_like(view)
-        unit[start + channels, channels] = 1
-        chunks.append((_called(site.module, args, kwargs, position, unit) - offset)[:, : len(channels)])
-    return expert, torch.cat(chunks, dim=1).to(view.dtype)
+    position, _, offset = next(v for v in own_views(site.module, args, kwargs) if getattr(site.module, v[1]) is site.weight)
+    view = (*args, *kwargs.values())[position]
+    _, chunks = _unit_responses(view, lambda replaced: _called(site.module, args, kwargs, position, replaced))
+    return offset // view.numel(), torch.cat(chunks, dim=1).to(view.dtype)
 
 
 def _pre_routed(experts: nn.Module, hidden: torch.Tensor) -> Iterator[Routed]:

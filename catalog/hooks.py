@@ -87,7 +87,7 @@ def capture(sites: list[DownProjection]) -> Iterator[dict[int, Capture]]:
     module again, and `experts.recompute` the sliced experts: those calls are not captured).
     """
     captured: dict[int, Capture] = {}
-    grouped: dict[int, list[experts.ModuleCall]] = {}  # site -> its module's calls within the routing module's
+    pending: dict[int, list[experts.ModuleCall]] = {}  # site -> its module's calls within the routing module's
     rerun = False  # inside a routing module's re-calls
 
     def recorder(i: int, site: DownProjection) -> Callable:
@@ -95,7 +95,7 @@ def capture(sites: list[DownProjection]) -> Iterator[dict[int, Capture]]:
             y = output[0] if isinstance(output, tuple) else output
             if site.routing is not None:
                 if not rerun:
-                    grouped.setdefault(i, []).append((args, kwargs, y))
+                    pending.setdefault(i, []).append((args, kwargs, y))
             elif site.fused:
                 captured[i] = _experts_capture(site, [(args, kwargs, y)])
             else:
@@ -108,7 +108,7 @@ def capture(sites: list[DownProjection]) -> Iterator[dict[int, Capture]]:
             nonlocal rerun
             if rerun:
                 return
-            calls = grouped.pop(i)
+            calls = pending.pop(i)
             rerun = True
             try:
                 routing = experts.routing(site, args, kwargs, [rows for *_, rows in calls])
