@@ -68,7 +68,8 @@ def scan_config_options(command):
         click.option("--eval-text", type=click.Path(dir_okay=False, path_type=Path),
                      help="Text file for perplexity. [default: the 1911 Britannica article fetched by `make fixtures`]"),
         click.option("--eval-dataset", type=click.Choice(["wikitext2"]),
-                     help="Evaluate on wikitext-2 test (needs `datasets` and the network), as the paper does."),
+                     help="Evaluate on wikitext-2 test (Salesforce/wikitext; needs `datasets`, and the network the "
+                          "first time), as the paper does."),
         click.option("--eval-tokens", type=click.IntRange(min=2), default=4096, show_default=True, help="Tokens of evaluation text."),
         click.option("--seq-len", type=click.IntRange(min=2), default=512, show_default=True, help="Tokens per evaluation window."),
         click.option("--confirm-ratio", type=POSITIVE, default=VerifyOptions.confirm_ratio, show_default=True,

@@ -1,5 +1,7 @@
-"""Evaluation text for perplexity: a local file, wikitext-2 (online, as in the paper), or the
-offline default that `make fixtures` fetches (the 1911 Britannica article on Shakespeare).
+"""Evaluation text for perplexity: a local file, wikitext-2 (as in the paper: the Hub dataset
+`Salesforce/wikitext` through `datasets`, downloaded once into HF_HOME and read from there
+afterwards, offline too), or the offline default that `make fixtures` fetches (the 1911
+Britannica article on Shakespeare).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from catalog import settings
 from catalog.errors import BadOptionError
 
 DATASETS = ("wikitext2",)
+WIKITEXT = ("Salesforce/wikitext", "wikitext-2-raw-v1", "test")  # the Hub dataset, its config and split (the paper's)
 CHARS_PER_TOKEN = 6  # a first guess at the prefix to tokenize: English runs about 4 characters a token
 MARGIN = 64  # tokens past the last one kept, so that the cut cannot change it
 
@@ -94,10 +97,12 @@ def _dataset(name: str) -> EvalText:
         import datasets
     except ImportError as exc:
         raise BadOptionError("--eval-dataset", "needs the `datasets` package: pip install 'superweight-catalog[wikitext]'.") from exc
+    repo, config, split = WIKITEXT
     try:
-        rows = datasets.load_dataset("wikitext", "wikitext-2-raw-v1", split="test")
-    except Exception as exc:  # offline, or the Hub refused
-        raise BadOptionError("--eval-dataset",
-                             f"cannot load wikitext-2 ({str(exc)[:120]}); offline, pass --eval-text FILE instead.") from exc
-    text = "\n\n".join(rows["text"])
-    return EvalText("wikitext-2-raw-v1/test", hashlib.sha256(text.encode()).hexdigest(), text)
+        rows = datasets.load_dataset(repo, config, split=split)
+    except Exception as exc:  # offline and not cached, or the Hub refused
+        why = " ".join(str(exc).split())[:160]
+        raise BadOptionError("--eval-dataset", f"cannot load {repo} ({config}, {split}): {why}; "
+                                               "offline, pass --eval-text FILE instead.") from exc
+    text = "\n\n".join(rows["text"])  # the paper's and the GPTQ scripts' joining of the test split
+    return EvalText(f"{config}/{split}", hashlib.sha256(text.encode()).hexdigest(), text)

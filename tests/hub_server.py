@@ -6,12 +6,15 @@ cache layout) with no network. What it answers, as the Hub does (huggingface_hub
 
 - `GET /api/models` (discovery): every repo served, with its sha and downloads; the queries seen are kept;
 - `GET /api/models/{repo}[/revision/{rev}]` (`model_info`, `snapshot_download`): id, sha, siblings;
-- `GET /api/models/{repo}/tree/{rev}` (`list_repo_tree`): each file's size, git blob id, and for
-  weight files the LFS object (sha256, size);
+- `GET /api/models/{repo}/tree/{rev}[/{folder}][?recursive=true]` (`list_repo_tree`): the folder's
+  files (each one's size, git blob id, and for weight files the LFS object: sha256, size) and
+  subfolders, or every file below it;
 - `HEAD|GET /{repo}/resolve/{rev}/{file}`: `X-Repo-Commit`, `ETag` (git blob id) or for LFS files
   `X-Linked-Etag` (the sha256, which names the cache blob) and `X-Linked-Size`, `Content-Length`,
   `Range` (huggingface_hub resumes with it); unknown repos, revisions and files answer 404 with the
-  Hub's `X-Error-Code`.
+  Hub's `X-Error-Code`;
+- the same for dataset repos under `/api/datasets/...` and `/datasets/{repo}/resolve/...`, as the
+  `datasets` library reads them (`load_dataset`: README configs, tree listing, parquet files).
 
 Every file body goes through one `Pacer` shared by all connections: the rate of the link between
 the Hub and the node (e.g. 200 MB/s), so that downloads take the time they would.
@@ -31,8 +34,8 @@ from pathlib import Path
 
 LFS_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt")  # stored in LFS on the Hub (its .gitattributes)
 CHUNK = 1 << 20
-RESOLVE = re.compile(r"^/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<file>.+)$")
-API = re.compile(r"^/api/models/(?P<repo>[^/]+/[^/]+)(?:/(?P<kind>revision|tree)/(?P<rev>[^/]+))?(?:/(?P<path>.*))?$")
+RESOLVE = re.compile(r"^/(?P<type>datasets/)?(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<file>.+)$")
+API = re.compile(r"^/api/(?P<type>models|datasets)/(?P<repo>[^/]+/[^/]+)(?:/(?P<kind>revision|tree)/(?P<rev>[^/]+))?(?:/(?P<path>.*))?$")
 
 
 @dataclass(frozen=True)
@@ -89,16 +92,18 @@ class HubServer:
     """`with HubServer(rate) as hub: hub.add("org/name", folder)`; `hub.url` goes into HF_ENDPOINT."""
 
     rate: float | None = None  # bytes per second for file bodies, all connections together; None: unlimited
-    repos: dict[str, Repo] = field(default_factory=dict)
+    repos: dict[str, Repo] = field(default_factory=dict)  # model repos
+    datasets: dict[str, Repo] = field(default_factory=dict)  # dataset repos (`/api/datasets`, `/datasets/.../resolve`)
     queries: list[dict[str, list[str]]] = field(default_factory=list)  # of GET /api/models, in order
     transfers: list[Transfer] = field(default_factory=list)
     url: str = ""
 
-    def add(self, repo_id: str, folder: Path, sha: str | None = None, downloads: int = 0) -> str:
-        """Serve `folder`'s files as `repo_id` at commit `sha` (default: one derived from the name) on `main`."""
+    def add(self, repo_id: str, folder: Path, sha: str | None = None, downloads: int = 0, dataset: bool = False) -> str:
+        """Serve `folder`'s files as model (or `dataset`) repo `repo_id` at commit `sha` (default: one
+        derived from the name) on `main`."""
         sha = sha or hashlib.sha1(repo_id.encode()).hexdigest()
         files = {p.relative_to(folder).as_posix(): File.of(p) for p in sorted(folder.rglob("*")) if p.is_file()}
-        self.repos[repo_id] = Repo(sha, files, downloads)
+        (self.datasets if dataset else self.repos)[repo_id] = Repo(sha, files, downloads)
         return sha
 
     def bytes_served(self) -> int:
@@ -116,9 +121,9 @@ class HubServer:
         self._http.shutdown()
         self._http.server_close()
 
-    def lookup(self, repo_id: str, revision: str) -> Repo | str:
+    def lookup(self, repo_id: str, revision: str, dataset: bool = False) -> Repo | str:
         """The repo at `revision` (main or its sha), or the Hub's error code."""
-        repo = self.repos.get(repo_id)
+        repo = (self.datasets if dataset else self.repos).get(repo_id)
         if repo is None:
             return "RepoNotFound"
         return repo if urllib.parse.unquote(revision) in ("main", repo.sha) else "RevisionNotFound"
@@ -141,23 +146,24 @@ def _handler(hub: HubServer) -> type[http.server.BaseHTTPRequestHandler]:
                 hub.queries.append(urllib.parse.parse_qs(url.query))
                 return self._json([{"id": r, "sha": repo.sha, "downloads": repo.downloads} for r, repo in hub.repos.items()])
             if match := API.match(path):
-                return self._api(match["repo"], match["kind"], match["rev"] or "main")
+                recursive = urllib.parse.parse_qs(url.query).get("recursive") == ["true"]
+                repo = hub.lookup(match["repo"], match["rev"] or "main", dataset=match["type"] == "datasets")
+                return self._api(match["repo"], repo, match["kind"], match["path"] or "", recursive)
             if match := RESOLVE.match(path):
-                return self._resolve(match["repo"], match["rev"], match["file"], body)
+                repo = hub.lookup(match["repo"], match["rev"], dataset=bool(match["type"]))
+                return self._resolve(match["repo"], repo, match["file"], body)
             self._error(404, "EntryNotFound")
 
-        def _api(self, repo_id: str, kind: str | None, revision: str) -> None:
-            repo = hub.lookup(repo_id, revision)
+        def _api(self, repo_id: str, repo: Repo | str, kind: str | None, folder: str, recursive: bool) -> None:
             if isinstance(repo, str):
                 return self._error(404, repo)
             if kind == "tree":
-                return self._json([_tree_entry(name, f) for name, f in repo.files.items()])
+                return self._json(_tree(repo, folder, recursive))
             self._json({"id": repo_id, "modelId": repo_id, "sha": repo.sha, "private": False, "gated": False,
                         "disabled": False, "downloads": repo.downloads, "tags": [],
                         "siblings": [{"rfilename": name} for name in repo.files]})
 
-        def _resolve(self, repo_id: str, revision: str, name: str, body: bool) -> None:
-            repo = hub.lookup(repo_id, revision)
+        def _resolve(self, repo_id: str, repo: Repo | str, name: str, body: bool) -> None:
             if isinstance(repo, str):
                 return self._error(404, repo)
             file = repo.files.get(name)
@@ -218,6 +224,22 @@ def _handler(hub: HubServer) -> type[http.server.BaseHTTPRequestHandler]:
             pass
 
     return Handler
+
+
+def _tree(repo: Repo, folder: str, recursive: bool) -> list[dict]:
+    """`folder`'s entries as the Hub lists them: every file below it, or its files and folders one level down."""
+    prefix = f"{folder.strip('/')}/" if folder.strip("/") else ""
+    entries, folders = [], set()
+    for name, file in repo.files.items():
+        if not name.startswith(prefix):
+            continue
+        rest = name[len(prefix):]
+        if recursive or "/" not in rest:
+            entries.append(_tree_entry(name, file))
+        if "/" in rest:
+            folders.update(prefix + "/".join(rest.split("/")[:depth]) for depth in range(1, rest.count("/") + 1)
+                           if recursive or depth == 1)
+    return [{"type": "directory", "path": d, "oid": hashlib.sha1(d.encode()).hexdigest(), "size": 0} for d in sorted(folders)] + entries
 
 
 def _tree_entry(name: str, file: File) -> dict:
