@@ -209,10 +209,24 @@ def _resolve_hub_gguf(spec: str, repo_id: str, revision: str | None, wanted: str
         raise BadOptionError("--gguf", f"{spec!r} names no GGUF file; give its file name or a quantization, e.g. {repo_id}:Q4_K_M.")
 
     with _hub_errors(spec, repo_id, revision):
-        folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=["README.md"]))
+        with _without_progress_bars():  # a few kB: no bar before the file's own, or before an error's one line
+            folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=["README.md"]))
         name = pick_gguf(spec, wanted, _gguf_files(repo_id, folder))
         hf_hub_download(repo_id, name, revision=folder.name)  # into the snapshot folder
     return ResolvedSource(spec, folder, "gguf", repo_id, folder.name, name, source=f"{repo_id}:{name}")
+
+
+@contextmanager
+def _without_progress_bars() -> Iterator[None]:
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    were_disabled = are_progress_bars_disabled()
+    disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not were_disabled:
+            enable_progress_bars()
 
 
 def _gguf_files(repo_id: str, snapshot: Path) -> list[str]:

@@ -27,6 +27,7 @@ from catalog.sources import resolve, with_gguf
 from db.reads import CatalogReader
 from db.repository import Catalog
 
+from hub_server import HubServer
 from superweights_cli import isolated_env, one_line_error, run_cli
 from tiny import add_to_hub_cache
 
@@ -268,14 +269,20 @@ def test_a_gguf_without_general_keys_scans_named_after_its_file(smollm2_gguf, tm
 
 
 @pytest.fixture(scope="module")
-def gguf_hub(smollm2_gguf, tmp_path_factory) -> tuple[dict[str, str], str]:
-    """HF_HOME caching REPO with two GGUF files (the real Q4_1 and a stand-in Q8_0) and a card."""
-    env = isolated_env(tmp_path_factory.mktemp("gguf-hub"))
+def gguf_repo(smollm2_gguf, tmp_path_factory) -> Path:
+    """REPO's files: two GGUF files (the real Q4_1 and a stand-in Q8_0) and a card."""
     files = tmp_path_factory.mktemp("gguf-files")
     shutil.copyfile(smollm2_gguf, files / SMOLLM2_FILE)
     (files / "SmolLM2-135M-Instruct.Q8_0.gguf").write_bytes(b"GGUF not this one")
     (files / "README.md").write_text("---\nlicense: apache-2.0\nbase_model: HuggingFaceTB/SmolLM2-135M-Instruct\n---\n")
-    return env, add_to_hub_cache(Path(env["HF_HOME"]), REPO, files)
+    return files
+
+
+@pytest.fixture(scope="module")
+def gguf_hub(gguf_repo, tmp_path_factory) -> tuple[dict[str, str], str]:
+    """HF_HOME caching REPO."""
+    env = isolated_env(tmp_path_factory.mktemp("gguf-hub"))
+    return env, add_to_hub_cache(Path(env["HF_HOME"]), REPO, gguf_repo)
 
 
 @pytest.fixture
@@ -321,6 +328,27 @@ def test_scan_of_a_hub_gguf_records_the_repo_the_file_and_what_it_declares(gguf_
     assert (model["source"], model["repo_id"], model["revision"], model["quantization"], model["name"], model["organization"]) == (
         f"{REPO}:{SMOLLM2_FILE}", REPO, sha, "Q4_1", "Smollm2 135M 8k Lc100K Mix1 Ep2", "HuggingFaceTB")
     assert (model["license"], model["fingerprint"]) == ("apache-2.0", sha256(smollm2_gguf))
+
+
+@pytest.mark.integration
+def test_one_gguf_file_is_downloaded_from_the_hub_and_scanned_at_the_commit_served(gguf_repo, smollm2_gguf, tmp_path):
+    """Online (the loopback Hub at HF_ENDPOINT): `REPO:Q4_1` lists the repo's files at its commit and
+    downloads only the card and that file, not the repo's other GGUF files; a quantization the repo
+    lacks is one line naming the files it has there."""
+    with HubServer() as hub:
+        sha = hub.add(REPO, gguf_repo)
+        env = isolated_env(tmp_path / "env") | {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": hub.url}
+        out = tmp_path / "scan.json"
+        run = run_cli(*SCAN, f"{REPO}:Q4_1", "--no-save", "--json", str(out), env=env)
+        missing = run_cli(*SCAN, f"{REPO}:Q5_K_M", "--no-save", env=env)
+    assert run.returncode == 0, run.stderr
+    result = json.loads(out.read_text())
+    assert (result["model"]["source"], result["model"]["revision"], result["model"]["fingerprint"]) == (
+        f"{REPO}:{SMOLLM2_FILE}", sha, sha256(smollm2_gguf))
+    assert [(w["layer"], w["row"], w["col"]) for w in result["super_weights"]][:1] == [(11, 507, 1229)]
+    assert {t.file for t in hub.transfers} == {"README.md", SMOLLM2_FILE}
+    line = one_line_error(missing)
+    assert "no GGUF file in the repo matches 'Q5_K_M'" in line and "SmolLM2-135M-Instruct.Q8_0.gguf" in line
 
 
 def test_a_file_missing_from_the_offline_cache_is_one_line(gguf_hub, tmp_path):
