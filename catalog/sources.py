@@ -195,6 +195,7 @@ def _resolve_hub(spec: str, allow_pickle: bool) -> ResolvedSource:
         return _resolve_hub_gguf(spec, repo_id, revision, gguf)
     patterns = HUB_PATTERNS + (PICKLE_PATTERNS if allow_pickle else [])
     with _hub_errors(spec, repo_id, revision):
+        _check_access(repo_id)
         folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
     resolved = _resolve_local(spec, folder, allow_pickle)
     # snapshot folders are named by commit sha: this pins the revision actually scanned
@@ -209,11 +210,29 @@ def _resolve_hub_gguf(spec: str, repo_id: str, revision: str | None, wanted: str
         raise BadOptionError("--gguf", f"{spec!r} names no GGUF file; give its file name or a quantization, e.g. {repo_id}:Q4_K_M.")
 
     with _hub_errors(spec, repo_id, revision):
+        _check_access(repo_id)
         with _without_progress_bars():  # a few kB: no bar before the file's own, or before an error's one line
             folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=["README.md"]))
         name = pick_gguf(spec, wanted, _gguf_files(repo_id, folder))
         hf_hub_download(repo_id, name, revision=folder.name)  # into the snapshot folder
     return ResolvedSource(spec, folder, "gguf", repo_id, folder.name, name, source=f"{repo_id}:{name}")
+
+
+def _check_access(repo_id: str) -> None:
+    """A gated or unknown repo, refused before its download starts (and draws a progress bar above
+    the error). Offline, or where the Hub cannot be reached, the download's own handling decides:
+    a cached snapshot still serves."""
+    if settings.hub_offline():
+        return
+    from huggingface_hub import auth_check
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    try:
+        auth_check(repo_id)
+    except (GatedRepoError, RepositoryNotFoundError):
+        raise
+    except Exception:  # the network, or an answer auth-check gives no verdict in
+        return
 
 
 @contextmanager

@@ -6,13 +6,14 @@ cache layout) with no network. What it answers, as the Hub does (huggingface_hub
 
 - `GET /api/models` (discovery): every repo served, with its sha and downloads; the queries seen are kept;
 - `GET /api/models/{repo}[/revision/{rev}]` (`model_info`, `snapshot_download`): id, sha, siblings;
+- `GET /api/models/{repo}/auth-check` (`auth_check`): 200, or a gated repo's 401 `GatedRepo`;
 - `GET /api/models/{repo}/tree/{rev}[/{folder}][?recursive=true]` (`list_repo_tree`): the folder's
   files (each one's size, git blob id, and for weight files the LFS object: sha256, size) and
   subfolders, or every file below it;
 - `HEAD|GET /{repo}/resolve/{rev}/{file}`: `X-Repo-Commit`, `ETag` (git blob id) or for LFS files
   `X-Linked-Etag` (the sha256, which names the cache blob) and `X-Linked-Size`, `Content-Length`,
   `Range` (huggingface_hub resumes with it); unknown repos, revisions and files answer 404 with the
-  Hub's `X-Error-Code`;
+  Hub's `X-Error-Code`, a gated repo's files 401 `GatedRepo`;
 - the same for dataset repos under `/api/datasets/...` and `/datasets/{repo}/resolve/...`, as the
   `datasets` library reads them (`load_dataset`: README configs, tree listing, parquet files).
 
@@ -58,6 +59,7 @@ class Repo:
     sha: str
     files: dict[str, File]
     downloads: int = 0
+    gated: bool = False  # its files answer 401 GatedRepo, as the Hub's do to a user who has not been granted access
 
 
 @dataclass
@@ -98,12 +100,13 @@ class HubServer:
     transfers: list[Transfer] = field(default_factory=list)
     url: str = ""
 
-    def add(self, repo_id: str, folder: Path, sha: str | None = None, downloads: int = 0, dataset: bool = False) -> str:
+    def add(self, repo_id: str, folder: Path, sha: str | None = None, downloads: int = 0, dataset: bool = False,
+            gated: bool = False) -> str:
         """Serve `folder`'s files as model (or `dataset`) repo `repo_id` at commit `sha` (default: one
-        derived from the name) on `main`."""
+        derived from the name) on `main`; `gated`: listed, but its files refused."""
         sha = sha or hashlib.sha1(repo_id.encode()).hexdigest()
         files = {p.relative_to(folder).as_posix(): File.of(p) for p in sorted(folder.rglob("*")) if p.is_file()}
-        (self.datasets if dataset else self.repos)[repo_id] = Repo(sha, files, downloads)
+        (self.datasets if dataset else self.repos)[repo_id] = Repo(sha, files, downloads, gated)
         return sha
 
     def bytes_served(self) -> int:
@@ -157,6 +160,8 @@ def _handler(hub: HubServer) -> type[http.server.BaseHTTPRequestHandler]:
         def _api(self, repo_id: str, repo: Repo | str, kind: str | None, folder: str, recursive: bool) -> None:
             if isinstance(repo, str):
                 return self._error(404, repo)
+            if kind is None and folder == "auth-check":
+                return self._gated(repo_id, repo) if repo.gated else self._json({})
             if kind == "tree":
                 return self._json(_tree(repo, folder, recursive))
             self._json({"id": repo_id, "modelId": repo_id, "sha": repo.sha, "private": False, "gated": False,
@@ -169,6 +174,8 @@ def _handler(hub: HubServer) -> type[http.server.BaseHTTPRequestHandler]:
             file = repo.files.get(name)
             if file is None:
                 return self._error(404, "EntryNotFound", repo.sha)
+            if repo.gated:
+                return self._gated(repo_id, repo)
             start, end = _range(self.headers.get("Range"), file.size)
             self.send_response(206 if start or end < file.size - 1 else 200)
             self.send_header("X-Repo-Commit", repo.sha)
@@ -208,10 +215,16 @@ def _handler(hub: HubServer) -> type[http.server.BaseHTTPRequestHandler]:
             if self.command != "HEAD":
                 self.wfile.write(data)
 
-        def _error(self, status: int, code: str, sha: str | None = None) -> None:
-            data = json.dumps({"error": code}).encode()
+        def _gated(self, repo_id: str, repo: Repo) -> None:
+            self._error(401, "GatedRepo", repo.sha, f"Access to model {repo_id} is restricted. You must have access to it "
+                                                    "and be authenticated to access it. Please log in.")
+
+        def _error(self, status: int, code: str, sha: str | None = None, message: str | None = None) -> None:
+            data = json.dumps({"error": message or code}).encode()
             self.send_response(status)
             self.send_header("X-Error-Code", code)
+            if message:
+                self.send_header("X-Error-Message", message)
             if sha:
                 self.send_header("X-Repo-Commit", sha)
             self.send_header("Content-Type", "application/json")

@@ -1,5 +1,6 @@
-"""The Hub path, offline, as a user runs it: `superweights scan org/name[@rev]` over an HF_HOME
-cache laid out as huggingface_hub lays it out, with HF_HUB_OFFLINE=1 and nothing patched.
+"""The Hub path as a user runs it: `superweights scan org/name[@rev]` offline, over an HF_HOME cache
+laid out as huggingface_hub lays it out, with HF_HUB_OFFLINE=1 and nothing patched; and online,
+against the loopback stand-in of the Hub (`hub_server`), what the Hub refuses.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import pytest
 
 from catalog.sources import resolve
 
+from hub_server import HubServer
 from superweights_cli import isolated_env, one_line_error, run_many
 from tiny import add_to_hub_cache
 
@@ -65,6 +67,32 @@ def test_revision_not_in_the_offline_cache_is_a_clear_error(runs):
     line = one_line_error(results["unknown_revision"])
     assert f"{REPO}@{'0' * 40}" in line and f"revision '{'0' * 40}' is not in the HF_HOME cache" in line
     assert not list(out.glob("unknown_revision.json*"))
+
+
+@pytest.fixture(scope="module")
+def refused(hub, tmp_path_factory):
+    """Online scans the Hub refuses: a gated repo, a repo it does not have, a revision the repo lacks."""
+    _, _, planted = hub
+    out = tmp_path_factory.mktemp("refused")
+    with HubServer() as server:
+        server.add("org/gated", planted.path, gated=True)
+        server.add(REPO, planted.path)
+        env = isolated_env(tmp_path_factory.mktemp("online")) | {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": server.url}
+        commands = {"gated": ["org/gated"], "unknown_repo": ["org/no-such-model"], "unknown_revision": [f"{REPO}@v9"]}
+        results = run_many({name: [*SCAN, *args, "--json", str(out / f"{name}.json")] for name, args in commands.items()}, env)
+        return results, out, [t.repo for t in server.transfers]
+
+
+@pytest.mark.parametrize("name,says", [
+    ("gated", ("org/gated", "gated repo", "Accept its license on the Hub", "HF_TOKEN")),
+    ("unknown_repo", ("org/no-such-model", "no such Hub repo", "set HF_TOKEN")),
+    ("unknown_revision", (f"{REPO}@v9", "the repo has no revision 'v9'", "give a branch, tag or commit sha")),
+])
+def test_what_the_hub_refuses_is_one_line_naming_the_fix(refused, name, says):
+    results, out, transferred = refused
+    line = one_line_error(results[name])
+    assert all(part in line for part in says), line
+    assert not list(out.glob(f"{name}.json*")) and "org/gated" not in transferred
 
 
 def test_local_directory_has_no_repo_and_a_revision_named_by_its_weights(tiny):
