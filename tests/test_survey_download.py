@@ -21,6 +21,7 @@ pytestmark = pytest.mark.ray
 LATEST = {"org/tiny-llama": "llama", "org/tiny-gpt2": "gpt2"}  # surveyed at `main`
 PINNED = "org/tiny-llama-2"  # surveyed at its commit sha, given up front
 ABSENT = "org/not-on-the-hub"
+GATED = "org/gated-llama"  # on the Hub, its files refused to this user
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +29,7 @@ def hub(tiny):
     with HubServer() as server:
         for seed, (repo_id, kind) in enumerate({**LATEST, PINNED: "llama"}.items()):
             server.add(repo_id, tiny(kind, effect=True, seed=seed).path)
+        server.add(GATED, tiny("llama", effect=True).path, gated=True)
         yield server
 
 
@@ -52,12 +54,13 @@ def test_a_survey_downloads_each_model_once_into_the_hub_cache_and_catalogues_th
     from workers.discovery import from_specs
     from workers.driver import Survey
 
-    specs = [*LATEST, f"{PINNED}@{hub.repos[PINNED].sha}", ABSENT]
+    specs = [*LATEST, f"{PINNED}@{hub.repos[PINNED].sha}", ABSENT, GATED]
     summary = Survey(catalog, options).run(from_specs(specs))
     print_summary(summary)
 
-    assert {r.spec: r.status for r in summary.rows} == {**dict.fromkeys(specs[:3], "scanned"), ABSENT: "failed"}
+    assert {r.spec: r.status for r in summary.rows} == {**dict.fromkeys(specs[:3], "scanned"), ABSENT: "failed", GATED: "failed"}
     assert "no such Hub repo" in next(r.error for r in summary.rows if r.spec == ABSENT)
+    assert "gated repo" in next(r.error for r in summary.rows if r.spec == GATED)
     rows = rows_by_source(catalog)
     for repo_id in [*LATEST, PINNED]:
         served = hub.repos[repo_id]
@@ -77,6 +80,6 @@ def test_a_survey_downloads_each_model_once_into_the_hub_cache_and_catalogues_th
     # The next night: the Hub still serves the same commits, so nothing is downloaded or rescanned.
     sent = len(hub.transfers)
     again = Survey(catalog, options).run(from_specs(specs))
-    assert {r.spec: r.status for r in again.rows} == {**dict.fromkeys(specs[:3], "skipped"), ABSENT: "failed"}
+    assert {r.spec: r.status for r in again.rows} == {**dict.fromkeys(specs[:3], "skipped"), ABSENT: "failed", GATED: "failed"}
     assert len(hub.transfers) == sent
-    assert {s: len(r) for s, r in rows_by_source(catalog).items()} == {**dict.fromkeys([*LATEST, PINNED], 1), ABSENT: 1}
+    assert {s: len(r) for s, r in rows_by_source(catalog).items()} == {**dict.fromkeys([*LATEST, PINNED], 1), ABSENT: 1, GATED: 1}
