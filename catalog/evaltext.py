@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from catalog import settings
-from catalog.errors import BadOptionError
+from catalog.errors import BadOptionError, first_line
 
 DATASETS = ("wikitext2",)
 WIKITEXT = ("Salesforce/wikitext", "wikitext-2-raw-v1", "test")  # the Hub dataset, its config and split (the paper's)
@@ -101,8 +101,7 @@ def _dataset(name: str) -> EvalText:
     try:
         rows = datasets.load_dataset(repo, config, split=split)
     except Exception as exc:  # offline and not cached, or the Hub refused
-        why = " ".join(str(exc).split())[:160]
-        raise BadOptionError("--eval-dataset", f"cannot load {repo} ({config}, {split}): {why}; "
+        raise BadOptionError("--eval-dataset", f"cannot load {repo} ({config}, {split}): {first_line(exc)[:160]}; "
                                                "offline, pass --eval-text FILE instead.") from exc
     text = "\n\n".join(rows["text"])  # the paper's and the GPTQ scripts' joining of the test split
     return EvalText(f"{config}/{split}", hashlib.sha256(text.encode()).hexdigest(), text)

@@ -29,7 +29,7 @@ parameters, as its forward computes them:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -63,9 +63,10 @@ def down_inputs(site: DownProjection, calls: list[ModuleCall], routing: Routing 
     (`calls`: the module's calls within one call of its parent; one, except for sliced experts)."""
     args, kwargs, _ = calls[0]
     if site.experts == "sliced":
-        yield from _sliced(site, calls, routing)
+        yield from _in_routed_order((_sliced_input(site, a, k) for a, k, _ in calls), routing)
     elif site.experts == "grouped":
-        yield from _grouped(grouped_sizes(site.weight, args, kwargs), (*args, *kwargs.values())[0], routing)
+        inputs = (*args, *kwargs.values())[0]
+        yield from _in_routed_order(enumerate(inputs.split(grouped_sizes(site.weight, args, kwargs))), routing)
     elif site.experts == "pre_routed":
         yield from _pre_routed(site.module, _arguments(args, kwargs, ("hidden_states",))[0])
     elif site.experts == "weighted":
@@ -217,23 +218,14 @@ def _interface(experts: nn.Module, hidden: torch.Tensor, top_k_index: torch.Tens
         yield expert, tokens, top_k_weights[tokens, slot], x
 
 
-def _grouped(sizes: list[int], inputs: torch.Tensor, routing: Routing) -> Iterator[Routed]:
-    """The rows of each expert in turn (the call sorted them by expert), with their parent's routing."""
+def _in_routed_order(inputs: Iterable[tuple[int, torch.Tensor]], routing: Routing) -> Iterator[Routed]:
+    """Each expert's down inputs (rows, in), in the order its parent routed the rows (grouped: one call
+    sorted by expert; sliced: one call per expert), with the tokens and weights the routing gave them."""
     start = 0
-    for expert, size in enumerate(sizes):
-        rows = slice(start, start + size)
-        if size:
-            yield expert, routing.tokens[rows], routing.gains[rows], inputs[rows]
-        start += size
-
-
-def _sliced(site: DownProjection, calls: list[ModuleCall], routing: Routing) -> Iterator[Routed]:
-    """Each call's expert and down input, with the rows the parent's routing gave that call."""
-    start = 0
-    for args, kwargs, _ in calls:
-        expert, x = _sliced_input(site, args, kwargs)
+    for expert, x in inputs:
         rows = slice(start, start + x.shape[0])
-        yield expert, routing.tokens[rows], routing.gains[rows], x
+        if x.shape[0]:
+            yield expert, routing.tokens[rows], routing.gains[rows], x
         start += x.shape[0]
 
 

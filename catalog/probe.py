@@ -110,7 +110,9 @@ def own_views(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple[int, 
     params.pop(None, None)
     found = []
     for position, value in enumerate((*args, *kwargs.values())):
-        name, param = params.get(_storage(value), (None, None)) if params and isinstance(value, torch.Tensor) else (None, None)
+        if not isinstance(value, torch.Tensor):
+            continue
+        name, param = params.get(_storage(value), (None, None))
         if param is not None and value is not param:
             found.append((position, name, value.storage_offset() - param.storage_offset()))
     return tuple(found)

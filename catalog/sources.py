@@ -225,11 +225,11 @@ def _check_access(repo_id: str) -> None:
     if settings.hub_offline():
         return
     from huggingface_hub import auth_check
-    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+    from huggingface_hub.errors import RepositoryNotFoundError
 
     try:
         auth_check(repo_id)
-    except (GatedRepoError, RepositoryNotFoundError):
+    except RepositoryNotFoundError:  # GatedRepoError is one too
         raise
     except Exception:  # the network, or an answer auth-check gives no verdict in
         return

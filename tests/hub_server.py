@@ -246,12 +246,11 @@ def _tree(repo: Repo, folder: str, recursive: bool) -> list[dict]:
     for name, file in repo.files.items():
         if not name.startswith(prefix):
             continue
-        rest = name[len(prefix):]
-        if recursive or "/" not in rest:
+        parents = name[len(prefix):].split("/")[:-1]  # the folders between `folder` and the file
+        if recursive or not parents:
             entries.append(_tree_entry(name, file))
-        if "/" in rest:
-            folders.update(prefix + "/".join(rest.split("/")[:depth]) for depth in range(1, rest.count("/") + 1)
-                           if recursive or depth == 1)
+        listed = len(parents) if recursive else min(len(parents), 1)  # every folder below, or the first one
+        folders.update(prefix + "/".join(parents[:depth]) for depth in range(1, listed + 1))
     return [{"type": "directory", "path": d, "oid": hashlib.sha1(d.encode()).hexdigest(), "size": 0} for d in sorted(folders)] + entries
 
 

@@ -74,18 +74,12 @@ def wikitext_hub(tmp_path_factory, zipf_text):
     (repo / "README.md").write_text(WIKITEXT_README)
     (repo / "wikitext-2-raw-v1").mkdir()
     splits = {"test": lines[:200], "train": lines[200:230], "validation": lines[230:]}
-    for split, rows in splits.items():
-        table = pa.table({"text": [cell for line in rows for cell in (f" {line} \n", "")]})
-        pq.write_table(table, repo / "wikitext-2-raw-v1" / f"{split}-00000-of-00001.parquet")
+    cells = {split: [cell for line in rows for cell in (f" {line} \n", "")] for split, rows in splits.items()}
+    for split, column in cells.items():
+        pq.write_table(pa.table({"text": column}), repo / "wikitext-2-raw-v1" / f"{split}-00000-of-00001.parquet")
     with HubServer() as hub:
         hub.add(evaltext.WIKITEXT[0], repo, dataset=True)
-        yield hub, "\n\n".join(table_rows(repo / "wikitext-2-raw-v1" / "test-00000-of-00001.parquet"))
-
-
-def table_rows(path) -> list[str]:
-    import pyarrow.parquet as pq
-
-    return pq.read_table(path).column("text").to_pylist()
+        yield hub, "\n\n".join(cells["test"])
 
 
 def test_wikitext_is_downloaded_once_then_read_offline_and_scanned_as_its_text(wikitext_hub, tiny, tmp_path):
