@@ -11,16 +11,18 @@ hidden-size wide and that sits inside the block's feed-forward part:
 
 - the outermost token-wise module above it is bigger than the projection itself (the MLP or
   MoE block around it), and zeroing the outputs of the projections found in it zeroes that
-  module's output (so they are all of what it adds to the residual stream); or
+  module's output (so they are all of what it adds to the residual stream); token-wise here
+  allows a look at the token before (`LOOK_BACK`: RWKV's channel mix shifts it in); or
 - the MLP is written into the block itself (OPT's fc1/fc2): the projection is the block's own
   child, the block mixes tokens through another child (attention), and a sibling turned the
   hidden state into the projection's input just before.
 
 Of projections with one parent, the last to run is the output (an up projection as wide as the
-hidden state feeds it); a fused experts module is an output of its own (routed and shared experts
-side by side). Grouped experts return rows, not tokens: they qualify only inside a token-wise
-parent whose output is their rows, recomputed and routed back to their tokens (so JetMoE's
-mixture of attention experts, whose rows its attention combines, does not); sliced experts
+hidden state feeds it), unless a gate as wide runs after it (RWKV's receptance): then it is the
+last whose output, zeroed, zeroes the parent's. A fused experts module is an output of its own
+(routed and shared experts side by side). Grouped experts return rows, not tokens: they qualify
+only inside a token-wise parent whose output is their rows, recomputed and routed back to their
+tokens (so JetMoE's mixture of attention experts, whose rows its attention combines, does not); sliced experts
 (DBRX's) return rows too, one call per expert, and qualify the same way. A block list may hold
 the feed-forward parts themselves (XLM's `ffns`). Attention, state-space and convolution
 mixers are not token-wise, so their output projections never qualify; a block without a
@@ -58,6 +60,7 @@ SUFFIXES = ("ForCausalLM", "ForConditionalGeneration", "LMHeadModel", "Model")
 
 LAYOUTS = ("out_in", "in_out", "experts", "experts_in_out", "experts_stacked_in_out")
 ROUTED = ("experts_grouped", "experts_sliced")  # experts whose rows their parent routes to tokens
+LOOK_BACK = 1  # tokens before its own that a feed-forward part may mix in (RWKV's token shift), and no more
 Entries = list[tuple[torch.Tensor, tuple[int, ...]]]  # (weight tensor, index into it) of scalars
 
 
@@ -292,16 +295,27 @@ def block_sites(block: nn.Module, hidden: int, probe: Probe) -> list[nn.Module]:
     probe.align(block, hidden)
     parents = _parents(block)
     candidates = [m for m in block.modules() if _kind(m, probe.call(m)) and _out_width(m, probe) == hidden and _projects(m, probe)]
-    chosen: dict[int, nn.Module] = {}  # owner -> its last projection to run
+    owned: dict[int, tuple[nn.Module, list[nn.Module]]] = {}  # owner -> its projections, in the order they ran
     for module in sorted(candidates, key=lambda m: probe.call(m).order):
         if _feeds_residual(module, block, parents, probe):
-            chosen[id(_owner(module, parents, probe))] = module
+            owner = _owner(module, parents, probe)
+            owned.setdefault(id(owner), (owner, []))[1].append(module)
     by_scope: dict[int, list[nn.Module]] = {}
-    for module in chosen.values():
+    for module in (_output(owner, found, probe) for owner, found in owned.values()):
         scope = _scope(module, block, parents, probe)
         by_scope.setdefault(id(scope), [scope]).append(module)
     confirmed = [m for scope, *found in by_scope.values() if scope in found or _confirm(scope, found, probe) for m in found]
     return sorted(confirmed, key=lambda m: probe.call(m).order)
+
+
+def _output(owner: nn.Module, found: list[nn.Module], probe: Probe) -> nn.Module:
+    """Which of an owner's hidden-wide projections is its output: the last to run, unless a gate as
+    wide runs after it (RWKV's receptance): then the last whose output, zeroed, zeroes the owner's."""
+    if len(found) > 1:
+        for module in reversed(found):
+            if _adds_nothing_without(owner, [module], probe):
+                return module
+    return found[-1]
 
 
 def _owner(module: nn.Module, parents: dict[int, nn.Module], probe: Probe) -> nn.Module:
@@ -375,7 +389,7 @@ def _scope(module: nn.Module, block: nn.Module, parents: dict[int, nn.Module], p
     the block too where it is a feed-forward part itself (`_feed_forward_block`)."""
     scope = module
     for ancestor in _ancestors(module, block, parents):
-        if not probe.token_wise(ancestor):
+        if not probe.token_wise(ancestor, LOOK_BACK):
             return scope
         scope = ancestor
     return block if _feed_forward_block(block, probe) else scope
@@ -456,16 +470,23 @@ def _confirm(scope: nn.Module, found: list[nn.Module], probe: Probe) -> bool:
     nothing (returns zero, a constant where it adds a bias after them, JetMoE's MoE, or its input
     where it adds the residual itself, CPM-Ant's pre-norm FFN block); or (BERT's and BLOOM's
     post-norm MLPs) with their outputs held, a change of its input changes nothing."""
+    if _adds_nothing_without(scope, found, probe):
+        return True
     call = probe.call(scope)
-    zero = _recall(scope, call, found, lambda i, out: _replaced(out, torch.zeros_like))
-    if zero is not None:
-        rows = zero.reshape(-1, zero.shape[-1])
-        constant = rows[:1].expand_as(rows).reshape(zero.shape)
-        if any(_near(zero, base, call.out) for base in (constant, call.input)):
-            return True
     held = [probe.call(m).output for m in found]
     moved = _recall(scope, call, found, lambda i, out: held[i], shift=True)
     return moved is not None and torch.allclose(moved.float(), call.out.float(), rtol=1e-4, atol=1e-5)
+
+
+def _adds_nothing_without(scope: nn.Module, found: list[nn.Module], probe: Probe) -> bool:
+    """With the found projections' outputs zeroed, `scope` returns zero, a constant or its input."""
+    call = probe.call(scope)
+    zero = _recall(scope, call, found, lambda i, out: _replaced(out, torch.zeros_like))
+    if zero is None:
+        return False
+    rows = zero.reshape(-1, zero.shape[-1])
+    constant = rows[:1].expand_as(rows).reshape(zero.shape)
+    return any(_near(zero, base, call.out) for base in (constant, call.input))
 
 
 def _near(value: torch.Tensor, base: torch.Tensor | None, out: torch.Tensor) -> bool:

@@ -5,6 +5,9 @@ off a list of names. The one behavioural question it asks of a module is whether
 *token-wise*: called again on the last token alone, and on the whole prompt with the other
 tokens' input negated, does it return the last token of what it returned? Feed-forward parts
 (dense MLPs and routed experts alike) are; attention, state-space and convolution mixers are not.
+A feed-forward part may also look one token back (RWKV's channel mix shifts the previous token's
+input in): asked with the last two tokens kept, that one passes, and mixers that see further back
+still do not.
 The second call is what tells a mixer apart where the tokens' hidden states are all alike (a
 massive activation that every token carries dominates them after the norm): the last token
 alone then gets what the mix of alike tokens gave it. Positions are counted as the decoder blocks
@@ -53,7 +56,7 @@ class Probe:
     calls: dict[int, Call] = field(default_factory=dict)
     counts: dict[int, int] = field(default_factory=dict)  # calls per module
     positions: int = PROBE_TOKENS  # the sequence length the blocks run on
-    _token_wise: dict[int, bool] = field(default_factory=dict)
+    _token_wise: dict[tuple[int, int], bool] = field(default_factory=dict)
     _answers: dict[tuple[str, int], Any] = field(default_factory=dict)
 
     def call(self, module: nn.Module) -> Call | None:
@@ -67,12 +70,13 @@ class Probe:
             self._answers[key] = compute()
         return self._answers[key]
 
-    def token_wise(self, module: nn.Module) -> bool:
-        """Whether `module` computes each token from that token alone (memoised)."""
-        key = id(module)
+    def token_wise(self, module: nn.Module, look_back: int = 0) -> bool:
+        """Whether `module` computes each token from that token alone, or with the `look_back`
+        tokens before it (memoised)."""
+        key = (id(module), look_back)
         if key not in self._token_wise:
-            call = self.calls.get(key)
-            self._token_wise[key] = call is not None and _same_on_last_token(module, call, self.positions)
+            call = self.calls.get(id(module))
+            self._token_wise[key] = call is not None and _same_on_last_token(module, call, self.positions, 1 + look_back)
         return self._token_wise[key]
 
     def align(self, block: nn.Module, hidden: int) -> None:
@@ -178,46 +182,49 @@ def _map_tensors(value: Any, fn) -> Any:
     return value
 
 
-def _last_token(value: Any, positions: int) -> Any:
-    """The last position of every position-indexed tensor in an argument structure."""
+def _last_tokens(value: Any, positions: int, kept: int = 1) -> Any:
+    """The last `kept` positions of every position-indexed tensor in an argument structure."""
     def last(t: torch.Tensor) -> torch.Tensor:
         dim = _token_dim(t, positions)
-        return t if dim is None else t.narrow(dim, positions - 1, 1)
+        return t if dim is None else t.narrow(dim, positions - kept, kept)
     return _map_tensors(value, last)
 
 
-def _context_negated(call: Call, positions: int) -> list[tuple[tuple, dict]]:
-    """The call's arguments with its input negated at every position but the last (none where the
-    input is not a position-indexed float tensor)."""
+def _context_negated(call: Call, positions: int, kept: int) -> list[tuple[tuple, dict, int]]:
+    """The call's arguments with its input negated at every position but the last `kept`, and their
+    positions (none where the input is not a position-indexed float tensor)."""
     x = call.input
     dim = _token_dim(x, positions) if x is not None and x.is_floating_point() else None
     if dim is None:
         return []
     changed = x.clone()
-    changed.narrow(dim, 0, positions - 1).neg_()
+    changed.narrow(dim, 0, positions - kept).neg_()
 
     def swap(t: torch.Tensor) -> torch.Tensor:
         return changed if t is x else t
-    return [(_map_tensors(call.args, swap), _map_tensors(call.kwargs, swap))]
+    return [(_map_tensors(call.args, swap), _map_tensors(call.kwargs, swap), positions)]
 
 
-def _same_on_last_token(module: nn.Module, call: Call, positions: int) -> bool:
+def _same_on_last_token(module: nn.Module, call: Call, positions: int, kept: int) -> bool:
+    """Called on the last `kept` tokens alone, and on the prompt with the others negated, the module
+    returns at the last token what it returned there."""
     full = call.out
     if full is None or full.numel() == 0:
         return False
-    expected = _last_token(full, positions)
-    calls = [(_last_token(call.args, positions), _last_token(call.kwargs, positions)), *_context_negated(call, positions)]
-    return all(_returns_last(module, args, kwargs, expected, positions) for args, kwargs in calls)
+    expected = _last_tokens(full, positions)
+    calls = [(_last_tokens(call.args, positions, kept), _last_tokens(call.kwargs, positions, kept), kept),
+             *_context_negated(call, positions, kept)]
+    return all(_returns_last(module, args, kwargs, expected, n) for args, kwargs, n in calls)
 
 
 def _returns_last(module: nn.Module, args: tuple, kwargs: dict, expected: torch.Tensor, positions: int) -> bool:
-    """Called on `args`, the module returns `expected` at the last token."""
+    """Called on `args` (of `positions` positions), the module returns `expected` at the last token."""
     try:
         with torch.no_grad():
             out = first_tensor(module(*args, **kwargs))
     except Exception:  # a mixer called on one token with the whole prompt's masks: not token-wise
         return False
-    last = _last_token(out, positions) if out is not None else None
+    last = _last_tokens(out, positions) if out is not None else None
     if last is None or last.shape != expected.shape:
         return False
     scale = expected.abs().max().float().item() or 1.0

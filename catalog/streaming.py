@@ -290,8 +290,9 @@ def open_streamed(source: ResolvedSource, stack: contextlib.ExitStack, *, budget
         _unstreamable(source, f"a {source.format} file")
     opened = open_source(source, device, dtype, trust_remote_code)
     text, model_type = opened.config.get_text_config(), opened.config.model_type
-    if not all(getattr(text, name, None) for name in ("hidden_size", "num_attention_heads")):
-        _unstreamable(source, "a model whose config leaves its widths to its parts' configs (BLT's)")  # the budget needs them
+    missing = [name for name in ("hidden_size", "num_attention_heads") if not getattr(text, name, None)]
+    if missing:  # the budget needs them (BLT leaves them to its parts' configs; RWKV has no attention heads)
+        _unstreamable(source, f"a model whose config names no {' or '.join(missing)}")
     with as_invalid(source):
         model = skeleton(opened.config, opened.dtype, trust_remote_code)
         store = ShardStore.open(source, stack, opened.device, opened.dtype)

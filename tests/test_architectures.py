@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from catalog import coverage, experts, zoo
+from catalog import probe as probing
 from catalog.architectures import discover
 from catalog.errors import UnsupportedArchitectureError
 from catalog.hooks import capture
@@ -196,6 +197,34 @@ def test_attention_is_told_apart_where_every_token_carries_a_massive_activation(
     model = AutoModelForCausalLM.from_pretrained(tiny("llama", effect=True, inert=True).path, dtype=torch.float32)
     found = discover(model, model.config, "llama")
     assert [site.param for site in found.sites] == [f"model.layers.{i}.mlp.down_proj.weight" for i in range(8)]
+
+
+class Shifted(torch.nn.Module):
+    """A projection of each token's input plus those of the `back` tokens before it (a token shift, a short convolution)."""
+
+    def __init__(self, back: int) -> None:
+        super().__init__()
+        self.back, self.proj = back, torch.nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(sum(torch.nn.functional.pad(x, (0, 0, k, -k)) for k in range(self.back + 1)))
+
+
+@pytest.mark.parametrize("back", [0, 1, 2])
+def test_a_module_looking_back_is_told_by_how_far(back):
+    """The look-back a feed-forward part may have (RWKV's token shift, one token) passes; a short
+    convolution over three tokens (LFM2's mixer) does not, nor does anything with look-back 0."""
+    module = Shifted(back)
+    with probing.recording([module]) as probe:
+        module(torch.randn(1, probing.PROBE_TOKENS, 8))
+    assert [probe.token_wise(module, look_back) for look_back in (0, 1)] == [back == 0, back <= 1]
+
+
+def test_rwkv_channel_mix_is_found_past_its_token_shift_and_gate():
+    """RWKV's feed-forward part (channel mix) blends each token's input with the previous token's,
+    and its receptance gate, as wide as the hidden state, runs after the down projection (`value`)."""
+    found = discover(model := _built("rwkv"), model.config, "rwkv")
+    assert [site.param for site in found.sites] == [f"rwkv.blocks.{i}.feed_forward.value.weight" for i in range(found.num_layers)]
 
 
 def test_blocks_sharing_one_feed_forward_weight_are_refused_in_one_line():

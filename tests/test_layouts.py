@@ -5,7 +5,8 @@ DeepSeek-V3: routed and shared experts after a dense first layer, sigmoid router
 multimodal wrapper (a vision tower of as many layers, which a text prompt does not run);
 Nemotron-H: mamba, attention, MLP and MoE blocks in one list; Phi-2: fc1/fc2 with biases; JetMoE:
 experts of its own class called on the routed rows sorted by expert, beside attention experts alike;
-DBRX: experts stacked in one 2-D weight, called once per expert with a slice of it.
+DBRX: experts stacked in one 2-D weight, called once per expert with a slice of it; RWKV: a
+channel mix with a token shift and a receptance gate after the down projection (`value`).
 Each carries a super weight whose zeroing multiplies perplexity on the Zipf text and an inert
 spike that must stay a candidate. What the scan records is checked against the outside
 description of `tiny.KIND` and against the model itself: a plain forward hook on the module

@@ -96,6 +96,12 @@ def test_gpt2_streams_to_the_in_memory_result(tiny, zipf_text):
         (w.layer, w.row, w.col, w.verdict) for w in plain.super_weights]
 
 
+def test_a_model_without_attention_heads_is_one_line(tiny, zipf_text):
+    """The budget counts attention scores by head: RWKV's config names none."""
+    with pytest.raises(BadOptionError, match=r"--max-gpu-memory: .* not a model whose config names no num_attention_heads"):
+        scan(str(tiny("rwkv").path), options(zipf_text, max_gpu_memory=BUDGET))
+
+
 def test_gguf_is_one_line(smollm2_gguf, zipf_text):
     with pytest.raises(BadOptionError, match=r"--max-gpu-memory: .*streaming needs a safetensors checkpoint .* not a gguf file"):
         scan(str(smollm2_gguf), options(zipf_text, max_gpu_memory=BUDGET))

@@ -39,7 +39,9 @@ an outside description. `LAYOUTS` adds layouts that structure alone must handle:
 (Gemma 3: embeddings scaled by sqrt(hidden), the MLP output normed before the residual add), a
 hybrid whose mamba and attention blocks have no MLP (Nemotron-H), Phi-2's fc1/fc2, JetMoE's
 experts, called on the routed rows sorted by expert (beside a mixture of attention experts alike),
-and DBRX's, stacked `[E * in, out]` in one 2-D weight and called once per expert with a slice of it.
+DBRX's, stacked `[E * in, out]` in one 2-D weight and called once per expert with a slice of it,
+and RWKV's channel mix (each token's input blended with the previous token's, ReLU squared, a
+sigmoid gate computed after the down projection).
 """
 
 from __future__ import annotations
@@ -85,7 +87,7 @@ SINK = 3  # residual dimension every token carries at SOURCE (see `_add_sink`)
 EXPERT_OF = {"super": 1, "masked": 2, "inert": 3}  # the expert each plant goes to in an MoE layer
 HYBRID = "---M*-E*"  # Nemotron-H's layers: MLP "-" (the plants' layers 0-2), mamba "M", attention "*", MoE "E"
 KINDS = ("llama", "gpt2", "gpt_neox", "mixtral")
-LAYOUTS = ("gpt_oss", "deepseek_v3", "gemma3", "nemotron_h", "phi", "jetmoe", "dbrx")  # scanned in test_layouts.py
+LAYOUTS = ("gpt_oss", "deepseek_v3", "gemma3", "nemotron_h", "phi", "jetmoe", "dbrx", "rwkv")  # scanned in test_layouts.py
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,8 @@ class Kind:
     embed_scale: float = 1.0  # the model multiplies the embedding by this (Gemma: sqrt(hidden))
     post_norm: str | None = None  # a norm of the MLP output before the residual add (Gemma), in the block
     norm_offset: float = 0.0  # norms scale by (norm_offset + weight) (Gemma: 1)
+    around: Callable[[dict, str, int, str], None] | None = None  # (state, block prefix, row, source name): what else a plant sets
+    linear_std: float | None = None  # projections redrawn at this std, where the model's own init is far larger
 
 
 def _gated_reads(prefix: str, col: int, dim: int | slice, expert: int | None) -> list[tuple[str, tuple]]:
@@ -263,6 +267,21 @@ def _stacked_down(prefix: str, row: int, col: int, expert: int | None) -> tuple[
     return name, (at, row)
 
 
+def _rwkv_config(layers: int):
+    from transformers import RwkvConfig
+
+    return RwkvConfig(vocab_size=len(VOCAB), context_length=POSITIONS, hidden_size=HIDDEN, attention_hidden_size=HIDDEN,
+                      intermediate_size=INTERMEDIATE, num_hidden_layers=layers, bos_token_id=BOS, eos_token_id=2,
+                      tie_word_embeddings=False)
+
+
+def _rwkv_around(state: dict, prefix: str, row: int, source: str) -> None:
+    """RWKV's channel mix reads a blend of each token and the one before (`time_mix_key`): the plant's
+    source is read from the token's own input; its receptance gate, sigmoid(0) at `row`, passes half."""
+    state[f"{prefix}.feed_forward.time_mix_key"][..., SOURCES[source]] = 1.0
+    state[f"{prefix}.feed_forward.receptance.weight"][row] = 0.0
+
+
 def _phi_config(layers: int):
     from transformers import PhiConfig
 
@@ -331,6 +350,12 @@ KIND: dict[str, Kind] = {
         _stacked_down, "gated", ("mlp.w1", "mlp.v1"),
         router="ffn.router.layer.weight",
     ),
+    "rwkv": Kind(
+        _rwkv_config, "rwkv.embeddings.weight", "head.weight", "rwkv.blocks.{}",
+        lambda p, col, dim, e: [(f"{p}.feed_forward.key.weight", (col, dim))],
+        lambda p, row, col, e: (f"{p}.feed_forward.value.weight", (row, col)), "relu2", ("feed_forward.key.weight",),
+        around=_rwkv_around, linear_std=0.02,  # RWKV's orthogonal init: std 1 / sqrt(hidden)
+    ),
     "phi": Kind(
         _phi_config, "model.embed_tokens.weight", "lm_head.weight", "model.layers.{}",
         lambda p, col, dim, e: [(f"{p}.mlp.fc1.weight", (col, dim))],
@@ -378,6 +403,11 @@ def build_tiny(
     spec = KIND[kind]
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(spec.config(num_layers), dtype=torch.float32).eval()
+    if spec.linear_std:
+        with torch.no_grad():
+            for module in model.modules():
+                if isinstance(module, torch.nn.Linear):
+                    module.weight.normal_(0.0, spec.linear_std)
     state = dict(model.named_parameters())
     _activate(spec, state)
     _add_sink(spec, state)
@@ -435,6 +465,8 @@ def _plant(
             state[f"{prefix}.{spec.router}"][expert, source] = ROUTE  # (experts, hidden)
         param, index = spec.down(prefix, row, col, expert)
         state[param][index] = value
+        if spec.around:
+            spec.around(state, prefix, row, name)
         if spec.post_norm:  # y[row] dominates y, so the norm gives ~ sign(y) * sqrt(hidden) there: the residual
             # stream gets ~ value * hidden (-512), as it gets ~ value * x[col] in the other kinds
             state[f"{prefix}.{spec.post_norm}"][row] = abs(value) * math.sqrt(HIDDEN) - spec.norm_offset
