@@ -27,15 +27,16 @@ tokens (so JetMoE's mixture of attention experts, whose rows its attention combi
 the feed-forward parts themselves (XLM's `ffns`). Attention, state-space and convolution
 mixers are not token-wise, so their output projections never qualify; a block without a
 feed-forward part (hybrids) is recorded as such, and so are blocks that a text-only pass does
-not run (cross-attention to an image). Blocks sharing one down projection's weight (Zamba's
-shared block) are refused. What structure cannot tell is kept in two places: family
+not run (cross-attention to an image). Blocks may share one down projection's weight (Zamba's
+shared block: `Sites`); blocks calling one module object, or run more than once, are refused.
+What structure cannot tell is kept in two places: family
 display names (`FAMILY_NAMES`), and the experts modules that keep their own calling convention
 (`catalog.experts`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -129,21 +130,49 @@ class DownProjection:
 class Sites(list[DownProjection]):
     """A model's down projections in block order, with the lookups that detection, verification
     and streaming make of them: by state-dict name (a `SuperWeight` names its `param`), and by
-    weight tensor (an `Entries` scalar names its tensor). Built once, never changed after."""
+    weight tensor (an `Entries` scalar names its tensor). Built once, never changed after.
+
+    Blocks may share a weight (Zamba's shared transformer block, called from several layers, each
+    call with its own modules): each call is a site of its layer, and by name or tensor the
+    lookups give the first, the lowest block that a change of the weight changes."""
 
     @cached_property
     def _by_param(self) -> dict[str, DownProjection]:
-        return {site.param: site for site in self}
+        return self._first(lambda site: site.param)
 
     @cached_property
     def _by_tensor(self) -> dict[int, DownProjection]:
-        return {id(site.weight): site for site in self}  # a streamed block's new values keep the tensor (`loading.assign`)
+        return self._first(lambda site: id(site.weight))  # a streamed block's new values keep the tensor (`loading.assign`)
+
+    def _first(self, key: Callable[[DownProjection], object]) -> dict:
+        first: dict = {}
+        for site in self:
+            first.setdefault(key(site), site)
+        return first
+
+    @cached_property
+    def distinct(self) -> list[DownProjection]:
+        """The first site of each weight: what counts and changes each weight once (control B, quantization)."""
+        return list(self._by_tensor.values())
+
+    @cached_property
+    def shared(self) -> dict[str, list[int]]:
+        """Each weight that several blocks share: its name -> their layers."""
+        return {first.param: layers for first in self.distinct if len(layers := [s.layer for s in self if s.weight is first.weight]) > 1}
 
     def named(self, param: str) -> DownProjection:
         return self._by_param[param]
 
     def holding(self, tensor: torch.Tensor) -> DownProjection:
         return self._by_tensor[id(tensor)]
+
+    def sharing(self, param: str) -> list[DownProjection]:
+        """Every site of the weight `param` names: one, or one per block that shares it."""
+        return [site for site in self if site.param == param]
+
+    def of(self, weight: SuperWeight) -> DownProjection:
+        """The site a weight was found at: of its param's, the one of its layer (else the first)."""
+        return next((site for site in self.sharing(weight.param) if site.layer == weight.layer), None) or self.named(weight.param)
 
     def scalars(self, weights: Iterable[SuperWeight]) -> Entries:
         """Each weight's (tensor, index) entry, for `hooks.zeroed`."""
@@ -239,19 +268,18 @@ def architecture(model: nn.Module, path: str, blocks: nn.ModuleList, probed: lis
             mixer_only.append(layer)
     if not sites:
         raise UnsupportedArchitectureError(source, model_type, "found no feed-forward output projection in any decoder block")
-    _check_unshared(sites, source, model_type)
+    _check_own_modules(sites, source, model_type)
     return Architecture(path, Sites(sites), mixer_only, len(blocks), unrun)
 
 
-def _check_unshared(sites: list[DownProjection], source: str, model_type: str) -> None:
-    """Refuse blocks that share one down projection's weight (Zamba's shared transformer block): a
-    scalar of it would be one super weight at several layers, and a condition zeroing it would
-    change blocks below the layer it is recorded at, which the shared prefix replays unchanged."""
+def _check_own_modules(sites: list[DownProjection], source: str, model_type: str) -> None:
+    """Refuse blocks that call one module object (not only one weight): a module's calls from
+    several layers would be one site's, and its hooks could not tell the layers apart."""
     first: dict[int, DownProjection] = {}
     for site in sites:
-        if (seen := first.setdefault(id(site.weight), site)) is not site:
-            raise UnsupportedArchitectureError(source, model_type, f"layers {seen.layer} and {site.layer} share one feed-forward "
-                                                                   f"weight ({seen.param}); shared blocks are not scanned")
+        if (seen := first.setdefault(id(site.module), site)) is not site:
+            raise UnsupportedArchitectureError(source, model_type, f"layers {seen.layer} and {site.layer} call one feed-forward "
+                                                                   f"module ({seen.param}); such shared blocks are not scanned")
 
 
 def structure(block: nn.Module) -> tuple:

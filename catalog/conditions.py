@@ -156,8 +156,8 @@ class OutlierControl(Zeroing):
 
     @classmethod
     def of(cls, sites: Sites, weights: list[SuperWeight], options: VerifyOptions, weight_of: WeightOf = own_weight) -> OutlierControl:
-        total = sum(site.weight.numel() for site in sites)
-        outliers = outlier_control(sites, weights, max(len(weights), round(options.outlier_fraction * total)), weight_of)
+        total = sum(site.weight.numel() for site in sites.distinct)
+        outliers = outlier_control(sites.distinct, weights, max(len(weights), round(options.outlier_fraction * total)), weight_of)
         return cls("control B: outliers", sites, outliers, f"{len(outliers)} largest-magnitude non-candidate weights")
 
 
@@ -215,7 +215,7 @@ class Quantized(Condition):
         return rows + [cls(name, sites, 4, block, clip), cls(f"{name} + keep SW", sites, 4, block, clip, keep)]
 
     def in_pass(self, order: list[int] | None = None) -> AbstractContextManager:
-        return quantized(self.sites, self.bits, self.block, self.clip, keep=self.keep)
+        return quantized(self.sites.distinct, self.bits, self.block, self.clip, keep=self.keep)
 
     def in_block(self, layer: int) -> AbstractContextManager:
         keep = self.sites.by_layer(self.keep).get(layer, [])
@@ -260,7 +260,7 @@ class ActivationRecorder:
     """
 
     def __init__(self, sites: Sites, weights: list[SuperWeight]) -> None:
-        self.targets = [(sites.named(w.param).per_token, w.row, abs(w.output_activation) / 10) for w in weights]
+        self.targets = [(sites.of(w).per_token, w.row, abs(w.output_activation) / 10) for w in weights]
         self.recorded: list[list[torch.Tensor]] = [[] for _ in self.targets]
         self.restored_positions = 0
 

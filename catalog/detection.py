@@ -95,9 +95,7 @@ def iterate(run_pass: Pass, sites: list[DownProjection], rule: SpikeRule, max_it
     found: list[SuperWeight] = []
     passes = 1
     for iteration in range(1, max_iterations + 1):
-        seen = {(w.param, w.expert, w.row, w.col) for w in found}
-        new = [name(i) for i in sorted(spiking_sites(captures, rule, reference))]
-        new = [w for w in new if (w.param, w.expert, w.row, w.col) not in seen]
+        new = _unseen([name(i) for i in sorted(spiking_sites(captures, rule, reference))], found)
         if not new:
             break
         found += new
@@ -106,6 +104,18 @@ def iterate(run_pass: Pass, sites: list[DownProjection], rule: SpikeRule, max_it
         captures, name = run_pass(list(found), iteration + 1)
         passes += 1
     return Detection(layers, found, passes, reference)
+
+
+def _unseen(named: list[SuperWeight], found: list[SuperWeight]) -> list[SuperWeight]:
+    """The weights not found before, each once: blocks sharing a weight (Zamba's) may name one
+    scalar at several layers, and it is kept at the first."""
+    seen = {(w.param, w.expert, w.row, w.col) for w in found}
+    new = []
+    for w in named:
+        if (key := (w.param, w.expert, w.row, w.col)) not in seen:
+            seen.add(key)
+            new.append(w)
+    return new
 
 
 def detect(model: nn.Module, prompts: list[torch.Tensor], sites: Sites, rule: SpikeRule, max_iterations: int) -> Detection:

@@ -163,8 +163,9 @@ def zeroed_per_sample(sites: Sites, entries: list[Entries]) -> Iterator[None]:
 
     The weights stay as they are; a hook recomputes, for sample k only, each output row that its
     zeroed scalars touch, from a copy of that weight row with them zeroed (the row's own dot
-    product, as the layer's matrix product computes it, up to summation order). Dense layouts
-    only (nn.Linear, Conv1D): fused experts route tokens, and are refused.
+    product, as the layer's matrix product computes it, up to summation order), at every block
+    that shares the weight. Dense layouts only (nn.Linear, Conv1D): fused experts route tokens,
+    and are refused.
     """
     groups = [(sample, param, pairs) for sample, sample_entries in enumerate(entries)
               for param, pairs in _rows_and_cols(sites, sample_entries).items()]
@@ -172,7 +173,7 @@ def zeroed_per_sample(sites: Sites, entries: list[Entries]) -> Iterator[None]:
     patches: dict[str, list[tuple[int, torch.Tensor, torch.Tensor]]] = {}  # site -> (sample, rows, zeroed rows)
     for (sample, param, _), (rows, at, cols) in zip(groups, zip(*[iter(indices)] * 3)):
         patches.setdefault(param, []).append((sample, rows, _zeroed_rows(sites.named(param), rows, at, cols)))
-    modules = [(sites.named(param).module, site_patches) for param, site_patches in patches.items()]
+    modules = [(site.module, site_patches) for param, site_patches in patches.items() for site in sites.sharing(param)]
     with hooked((module, _recompute_rows(site_patches, getattr(module, "bias", None))) for module, site_patches in modules):
         yield
 

@@ -152,7 +152,7 @@ def _scan_with(loaded: LoadedModel, run_detect: Callable, run_verify: Callable, 
     timings["detect"] = round(time.perf_counter() - start, 3)
     summary = {"detection_passes": found.iterations, "reference_out_max": found.reference, "loader": loaded.loader,
                "blocks": loaded.architecture.blocks, "mixer_only_layers": loaded.architecture.mixer_only,
-               "unrun_layers": loaded.architecture.unrun}
+               "unrun_layers": loaded.architecture.unrun, **({"shared_weights": sites.shared} if sites.shared else {})}
 
     ablations, weights = [], found.super_weights
     if options.verify:

@@ -307,6 +307,8 @@ def open_streamed(source: ResolvedSource, stack: contextlib.ExitStack, *, budget
     buffers_to(model, opened.device)
     path, blocks, inputs = _streamable(source, model, lists, probing.probe_ids(text.vocab_size, opened.device), model_type)
     found = architecture(model, path, blocks, probe_blocks(store, path, blocks, inputs, text.hidden_size), source.spec, model_type)
+    if found.sites.shared:  # a block's reads would change a weight that an earlier block holds
+        _unstreamable(source, f"blocks that share a down projection's weight ({next(iter(found.sites.shared))})")
     info = model_info(source, model, opened.config, opened.dtype, found)
     loaded = LoadedModel(model, opened.tokenizer, found, info, opened.device, time.perf_counter() - start, "parallel")
     return StreamedModel(loaded, path, blocks, store, held)

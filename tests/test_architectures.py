@@ -106,17 +106,18 @@ def check_sites(model, model_type: str):
     assert found.sites and len(found.layers) + len(found.mixer_only) + len(found.unrun) == found.num_layers
     params = dict(model.named_parameters())
     assert all(params[site.param] is site.weight for site in found.sites)  # `param` is the state-dict name
+    sites = [_untied(site) if site.param in found.sites.shared else site for site in found.sites]
     calls, routed = {}, {}  # each module's calls within its routing module's first (the capture calls both again)
-    handles = [site.module.register_forward_hook(_calls_until(calls, i, routed), with_kwargs=True) for i, site in enumerate(found.sites)]
+    handles = [site.module.register_forward_hook(_calls_until(calls, i, routed), with_kwargs=True) for i, site in enumerate(sites)]
     handles += [site.routing.register_forward_hook(_first_call(routed, i), with_kwargs=True)
-                for i, site in enumerate(found.sites) if site.routing is not None]
+                for i, site in enumerate(sites) if site.routing is not None]
     ids = torch.randint(3, model.config.get_text_config().vocab_size, (1, 7), generator=torch.Generator().manual_seed(1))
-    with capture(found.sites) as captured:
+    with capture(sites) as captured:
         model(input_ids=ids, use_cache=False)
     for handle in handles:
         handle.remove()
-    assert sorted(captured) == list(range(len(found.sites)))  # the hook fired at every site
-    for i, site in enumerate(found.sites):
+    assert sorted(captured) == list(range(len(sites)))  # the hook fired at every site
+    for i, site in enumerate(sites):
         site_calls = calls[i] if site.routing is not None else calls[i][:1]
         output = site_calls[0][2]
         y = output.reshape(-1, output.shape[-1])
@@ -125,6 +126,13 @@ def check_sites(model, model_type: str):
         check_layout(site, captured[i], y)
         check_plan(model, site)
     return found
+
+
+def _untied(site):
+    """A shared weight's site with a copy of it for its own module: the gradient of this block's
+    output then comes from this call alone, not also from the earlier blocks' calls."""
+    site.module.weight = torch.nn.Parameter(site.weight.detach().clone())
+    return dataclasses.replace(site, weight=site.module.weight)
 
 
 def _first(out):
@@ -227,12 +235,24 @@ def test_rwkv_channel_mix_is_found_past_its_token_shift_and_gate():
     assert [site.param for site in found.sites] == [f"rwkv.blocks.{i}.feed_forward.value.weight" for i in range(found.num_layers)]
 
 
-def test_blocks_sharing_one_feed_forward_weight_are_refused_in_one_line():
-    """Zamba2 calls one shared transformer block from several layers: a scalar of its down projection
-    would be one weight at several layers, and the shared prefix would replay the lower one unchanged."""
-    model = _built("zamba2")
-    with pytest.raises(UnsupportedArchitectureError, match=r"layers \d+ and \d+ share one feed-forward weight"):
-        discover(model, model.config, "zamba2")
+def test_blocks_sharing_one_feed_forward_weight_are_sites_of_their_layers():
+    """Zamba2 calls its shared transformer block from several layers, each call through modules of
+    its own that hold one weight: a site per layer, and the weight's lookups give the first."""
+    found = discover(model := _built("zamba2"), model.config, "zamba2")
+    first, second = found.sites
+    assert first.weight is second.weight and first.module is not second.module and (first.layer, second.layer) == (2, 3)
+    assert found.sites.shared == {first.param: [2, 3]} and found.sites.named(first.param) is first
+    assert found.sites.holding(first.weight) is first and found.sites.distinct == [first]
+
+
+def test_blocks_calling_one_feed_forward_module_are_refused_in_one_line(tiny):
+    """One module object called from two layers: its hooks could not tell the calls apart."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny("llama").path, dtype=torch.float32)
+    model.model.layers[1].mlp = model.model.layers[0].mlp
+    with pytest.raises(UnsupportedArchitectureError, match=r"layers 0 and 1 call one feed-forward module \(model\.layers\.0\.mlp"):
+        discover(model, model.config, "llama")
 
 
 def test_sizes_come_from_the_blocks_where_the_config_leaves_them_to_its_parts():

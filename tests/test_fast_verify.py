@@ -20,7 +20,7 @@ from catalog.config import DEFAULT_PROMPT, SpikeRule, VerifyOptions
 from catalog.detection import detect
 from catalog.evaltext import load_eval_text
 from catalog.hooks import zeroed
-from catalog.loading import LoadedModel, load
+from catalog.loading import LoadedModel, in_memory, load
 from catalog.patches import hooked
 from catalog.perplexity import CPU_ROWS, Evaluation, evaluate, frequent_tokens, paired_interval, token_losses
 from catalog.prefix import PrefixCache
@@ -44,7 +44,10 @@ class Setup:
 
 
 def setup(spec: str, text_path, tokens: int, seq_len: int, iterations: int = 3) -> Setup:
-    loaded = load(resolve(spec), device="cpu", dtype="float32")
+    return setup_loaded(load(resolve(spec), device="cpu", dtype="float32"), text_path, tokens, seq_len, iterations)
+
+
+def setup_loaded(loaded: LoadedModel, text_path, tokens: int, seq_len: int, iterations: int = 3) -> Setup:
     sites = loaded.architecture.sites
     ids = loaded.tokenizer(DEFAULT_PROMPT, return_tensors="pt").input_ids
     found = detect(loaded.model, [ids], sites, SpikeRule(), iterations)
@@ -122,6 +125,57 @@ def test_prefix_sharing_matches_plain_on_tiny_models(tiny, zipf, kind):
     starts = {name: iv["start_layer"] for name, iv in shared.summary["intervals"].items()}
     assert starts[f"zero L{planted.layer}" + (f" expert {planted.expert}" if planted.expert is not None else "")
                   + f" [{planted.row}, {planted.col}]"] == planted.layer > 0  # the prefix was really skipped
+
+
+def tied_llama(planted, zipf, both: bool = False) -> Setup:
+    """The planted tiny Llama with layer 1's down projection tied to layer 0's, its super weight
+    copied into that one: Zamba's shared block in miniature. Layer 0's call spikes at the inert
+    plant, layer 1's at the super weight, both in the one weight; `both`: layer 0's MLP reads the
+    super weight's source too, so both calls spike at it."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(planted.path, dtype=torch.float32)
+    first, second = model.model.layers[0].mlp, model.model.layers[1].mlp
+    with torch.no_grad():
+        first.down_proj.weight[planted.tensor_index] = planted.value
+        if both:
+            for name in ("gate_proj", "up_proj"):
+                getattr(first, name).weight[planted.col] = getattr(second, name).weight[planted.col]
+    second.down_proj.weight = first.down_proj.weight
+    return setup_loaded(in_memory(model, AutoTokenizer.from_pretrained(planted.path), "shared"), zipf, tokens=2048, seq_len=128)
+
+
+@pytest.fixture(scope="module")
+def shared(tiny, zipf) -> Setup:
+    return tied_llama(tiny("llama", effect=True, inert=True), zipf)
+
+
+def test_a_weight_shared_by_blocks_is_found_where_it_spikes_and_changed_everywhere(shared, tiny):
+    """Found at the layer whose call spikes (each scalar once); zeroed, it changes every block that
+    shares it, from the first on: the batched first windows, the shared prefix and +SA (restored
+    where the super activation arose, layer 1) give the plain evaluation's rows and verdicts."""
+    planted = tiny("llama", effect=True, inert=True)
+    param = "model.layers.0.mlp.down_proj.weight"
+    assert shared.sites.shared == {param: [0, 1]}
+    assert sorted((w.layer, w.param, tuple(w.tensor_index)) for w in shared.weights) == [
+        (0, param, planted.inert.tensor_index), (1, param, planted.tensor_index)]
+    plain, fast = shared.verify(PLAIN), shared.verify(VerifyOptions())
+    assert [(w.layer, w.verdict) for w in fast.super_weights] == [(w.layer, w.verdict) for w in plain.super_weights]
+    assert {w.layer: w.verdict for w in fast.super_weights} == {0: "rejected", 1: "confirmed"}
+    assert_rows_are_plain_on_their_windows(shared, fast)
+    assert_intervals_hold(fast, plain)
+    starts = {name: iv["start_layer"] for name, iv in fast.summary["intervals"].items()}
+    assert starts[label(max(shared.weights, key=lambda w: w.layer))] == 0  # found at layer 1, it changes block 0 too
+    assert starts[RESTORE_SA] == starts["zero all candidates"] == starts["control A: random"] == 0
+    restored = next(r for r in plain.ablations if r.name == RESTORE_SA)
+    assert restored.ratio == pytest.approx(1, abs=0.05)
+
+
+def test_a_scalar_that_spikes_at_every_block_sharing_it_is_one_candidate(tiny, zipf):
+    planted = tiny("llama", effect=True, inert=True)
+    found = tied_llama(planted, zipf, both=True).weights
+    assert [(w.layer, w.iteration) for w in found if tuple(w.tensor_index) == planted.tensor_index] == [(0, 1)]
+    assert len({(w.param, tuple(w.tensor_index)) for w in found}) == len(found)
 
 
 def test_early_stopped_rows_are_plain_evaluations_of_their_windows(llama, llama_runs):

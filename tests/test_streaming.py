@@ -102,6 +102,18 @@ def test_a_model_without_attention_heads_is_one_line(tiny, zipf_text):
         scan(str(tiny("rwkv").path), options(zipf_text, max_gpu_memory=BUDGET))
 
 
+def test_blocks_sharing_a_weight_are_one_line(tmp_path, zipf_text):
+    """A streamed block's weights are read for that block alone: Zamba2's shared block holds one for several."""
+    from catalog import zoo
+
+    from tiny import build_tokenizer
+
+    zoo.build("zamba2").save_pretrained(tmp_path)
+    build_tokenizer().save_pretrained(tmp_path)
+    with pytest.raises(BadOptionError, match=r"--max-gpu-memory: .* not blocks that share a down projection's weight \(model\.layers\.2\."):
+        scan(str(tmp_path), options(zipf_text, max_gpu_memory=BUDGET))
+
+
 def test_gguf_is_one_line(smollm2_gguf, zipf_text):
     with pytest.raises(BadOptionError, match=r"--max-gpu-memory: .*streaming needs a safetensors checkpoint .* not a gguf file"):
         scan(str(smollm2_gguf), options(zipf_text, max_gpu_memory=BUDGET))
