@@ -1,12 +1,14 @@
-"""Each super weight's value as its checkpoint stores it, where the scan computed in a narrower dtype.
+"""Each super weight's value as its checkpoint stores it, not as the scanned model holds it.
 
 A bfloat16 scan (`--dtype auto` on a GPU, or on a CPU with AMX) of float32 or float16 weights, or
 of a GGUF file dequantized to float32, holds every weight rounded to bfloat16's 8 bits: SmolLM2's
-W[507, 1229] is 5.875732421875 in the file and 5.875 in the model. Keep lists and restore files
-must carry the file's value, so it is read back from the file: by name and index from the
-safetensors shards, or dequantized from the GGUF file. Only for the loaders that placed the
-checkpoint's tensors unchanged under their own names (`parallel`, `gguf`); where transformers
-converted the checkpoint, the model's value stays.
+W[507, 1229] is 5.875732421875 in the file and 5.875 in the model. And a model's own code may
+change its weights in place: RWKV, run for inference, divides the value weights of its blocks
+from `rescale_every` on by powers of two. Keep lists and restore files must carry the file's
+value, so it is read back from the file: by name and index from the safetensors shards, where a
+tensor of the weight's name has the shape it was found in (a tensor transformers renamed or
+fused on load is not there, and its weight keeps the model's value), or dequantized from the
+GGUF file the load read itself. Quantized checkpoints store packed values, and keep the model's.
 """
 
 from __future__ import annotations
@@ -27,12 +29,22 @@ Reader = Callable[[ResolvedSource, LoadedModel, list[SuperWeight]], dict[int, fl
 
 
 def as_stored(source: ResolvedSource, loaded: LoadedModel, weights: list[SuperWeight]) -> list[SuperWeight]:
-    """`weights` with each `value` as the checkpoint holds it (float32 scans hold it exactly already)."""
-    read = READERS.get(loaded.loader)
-    if not weights or read is None or loaded.info.dtype in ("float32", "float64"):
+    """`weights` with each `value` as the checkpoint holds it."""
+    read = reader(source, loaded)
+    if not weights or read is None:
         return weights
     values = read(source, loaded, weights)
     return [replace(w, value=values[i]) if i in values else w for i, w in enumerate(weights)]
+
+
+def reader(source: ResolvedSource, loaded: LoadedModel) -> Reader | None:
+    """How to read the values back: from the shards of an unquantized safetensors checkpoint; from
+    a GGUF file this package dequantized, unless in float32, which holds its dequantization exactly."""
+    if loaded.loader == "gguf":
+        return None if loaded.info.dtype in ("float32", "float64") else from_gguf
+    if source.format == "safetensors" and not getattr(loaded.model.config, "quantization_config", None):
+        return from_safetensors
+    return None
 
 
 def _indexes(weight: SuperWeight, shape: tuple[int, ...]) -> bool:
@@ -73,5 +85,3 @@ def from_gguf(source: ResolvedSource, loaded: LoadedModel, weights: list[SuperWe
             values[i] = tensor[tuple(w.tensor_index)].item()
     return values
 
-
-READERS: dict[str, Reader] = {"parallel": from_safetensors, "gguf": from_gguf}

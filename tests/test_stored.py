@@ -48,6 +48,22 @@ def test_a_bfloat16_scan_records_the_value_the_checkpoint_stores(tiny, tmp_path,
     assert found.share == pytest.approx(1, abs=0.05)  # the rest of the record is the model's, as it computed
 
 
+def test_a_value_the_model_changes_in_place_is_recorded_as_stored(tiny, tmp_path):
+    """RWKV, run for inference, divides block k's value weights by 2 ** (k // rescale_every): at 1,
+    the planted weight of layer 1 is held halved (its share of the spike, computed by the model, stays 1)."""
+    import json
+
+    planted = tiny("rwkv", effect=True)
+    path = tmp_path / "rwkv"
+    shutil.copytree(planted.path, path)
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps(config | {"rescale_every": 1}))
+    result = scan(str(path), ScanOptions(device="cpu", dtype="float32", verify=False))
+    (found,) = [w for w in result.super_weights if tuple(w.tensor_index) == planted.tensor_index]
+    assert (found.layer, found.value) == (1, planted.value)
+    assert found.share == pytest.approx(1, abs=0.05)
+
+
 def test_a_gguf_value_is_its_dequantization(tmp_path):
     """A GGUF's full-precision value is its dequantization in float32, which the bfloat16 model rounds."""
     path = write_gguf(tmp_path / "llama.gguf", "llama")
