@@ -360,8 +360,10 @@ def source_identity(source: ResolvedSource, config) -> Identity:
 
 
 def _intermediate_size(config, down_input: int) -> int:
-    """The width the config names, else the first down projection's input (GPT-2, BLOOM, Falcon: 4x hidden)."""
+    """The width the config names (the first layer's where it names one per layer: Gemma 3n), else
+    the first down projection's input (GPT-2, BLOOM, Falcon: 4x hidden)."""
     for name in ("intermediate_size", "ffn_dim", "n_inner", "moe_intermediate_size"):
-        if getattr(config, name, None):
-            return int(getattr(config, name))
+        value = getattr(config, name, None)
+        if value:
+            return int(value[0] if isinstance(value, (list, tuple)) else value)
     return down_input

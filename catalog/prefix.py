@@ -9,8 +9,11 @@ norm, the head) is the model's own code, called as in a plain forward, so the re
 evaluation's up to floating-point rounding.
 
 This holds where a model calls its blocks once each, in order, each returning the hidden-state
-tensor fed to the next (transformers' decoder models). Anything else (a block that returns a
-tuple, blocks not in an `nn.ModuleList`) makes `PrefixCache.build` return None: plain evaluation.
+tensor fed to the next (transformers' decoder models), batch first, (windows, positions, hidden),
+or a tuple of it and Nones (Falcon's, RWKV's, Bamba's), which the short-circuited blocks return
+alike. Anything else (blocks not in an `nn.ModuleList`: `PrefixCache.build` returns None; a block
+returning more than its hidden states, as BLOOM's attention weights, or other shapes, XLNet's
+sequence first, Gemma 3n's AltUp streams first: `supported` turns False) is evaluated plainly.
 """
 
 from __future__ import annotations
@@ -43,16 +46,17 @@ def blocks_of(model: nn.Module, sites: list[DownProjection]) -> nn.ModuleList | 
 class PrefixCache:
     """Records the outputs of the blocks just before each condition's first layer; replays them."""
 
-    def __init__(self, blocks: nn.ModuleList, first_layers: set[int]) -> None:
-        self.blocks = blocks
+    def __init__(self, blocks: nn.ModuleList, first_layers: set[int], model: nn.Module | None = None) -> None:
+        self.blocks, self.model = blocks, model
         self.layers = sorted(layer for layer in first_layers if 0 < layer < len(blocks))
         self.outputs: dict[int, torch.Tensor] = {}  # first layer -> block L-1's output, (windows, seq, hidden)
+        self.nones: dict[int, int | None] = {}  # block -> how many Nones follow its hidden states (None: it returns them alone)
         self.supported = True
 
     @classmethod
     def build(cls, model: nn.Module, sites: list[DownProjection], first_layers: set[int]) -> PrefixCache | None:
         blocks = blocks_of(model, sites) if sites else None
-        return cls(blocks, first_layers) if blocks is not None else None
+        return cls(blocks, first_layers, model) if blocks is not None else None
 
     @classmethod
     def replaying(cls, blocks: nn.ModuleList, outputs: dict[int, torch.Tensor]) -> PrefixCache:
@@ -64,17 +68,25 @@ class PrefixCache:
 
     @contextlib.contextmanager
     def record(self) -> Iterator[None]:
-        """Keep block L-1's output, for every window, for every shared first layer L."""
+        """Keep block L-1's output, for every window, for every shared first layer L; and what
+        every block returns besides its hidden states."""
         batches: dict[int, list[torch.Tensor]] = {layer: [] for layer in self.layers}
+        batch: list[int] = []  # the windows of the forward under way
 
-        def make(layer: int):
+        def make(block: int):
             def hook(module, args, output):
-                if isinstance(output, torch.Tensor):
-                    batches[layer].append(output.detach())
-                else:
+                hidden, nones = _parts(output)
+                if hidden is None or hidden.dim() != 3 or hidden.shape[0] != batch[-1]:  # XLNet: sequence first; Gemma 3n: AltUp's streams
                     self.supported = False
+                    return
+                self.nones[block] = nones
+                if block + 1 in batches:
+                    batches[block + 1].append(hidden.detach())
             return hook
-        with hooked((self.blocks[layer - 1], make(layer)) for layer in self.layers):
+
+        def forward(module, args, kwargs):
+            batch.append((kwargs["input_ids"] if "input_ids" in kwargs else args[0]).shape[0])
+        with hooked([(self.model, forward)], pre=True, with_kwargs=True), hooked((block, make(i)) for i, block in enumerate(self.blocks)):
             yield
         self.outputs = {layer: torch.cat(kept) for layer, kept in batches.items() if kept}
 
@@ -94,14 +106,29 @@ class PrefixCache:
         if order is not None:
             recorded = recorded[torch.tensor(order, device=recorded.device)]
 
-        def passthrough(hidden_states, *args, **kwargs):
-            return hidden_states
+        def passthrough(block: int):
+            return lambda hidden_states, *args, **kwargs: self._returned(block, hidden_states)
 
         def replay(hidden_states, *args, **kwargs):
             nonlocal cursor
             n = hidden_states.shape[0]
             cursor += n
-            return recorded[cursor - n: cursor]
+            return self._returned(start - 1, recorded[cursor - n: cursor])
 
-        with forwards_replaced((self.blocks[i], replay if i == start - 1 else passthrough) for i in range(start)):
+        with forwards_replaced((self.blocks[i], replay if i == start - 1 else passthrough(i)) for i in range(start)):
             yield
+
+    def _returned(self, block: int, hidden: torch.Tensor):
+        """What block `block` returns, with `hidden` as its hidden states."""
+        nones = self.nones.get(block)
+        return hidden if nones is None else (hidden, *[None] * nones)
+
+
+def _parts(output) -> tuple[torch.Tensor | None, int | None]:
+    """A block's output as (its hidden states, how many Nones follow them in a tuple, None for none:
+    a tensor); (None, None) for anything else, which the short-circuited block could not return."""
+    if isinstance(output, torch.Tensor):
+        return output, None
+    if isinstance(output, tuple) and output and isinstance(output[0], torch.Tensor) and all(x is None for x in output[1:]):
+        return output[0], len(output) - 1
+    return None, None

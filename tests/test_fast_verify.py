@@ -115,7 +115,7 @@ def llama_runs(llama) -> tuple[Verification, Verification]:
     return llama.verify(PLAIN), llama.verify(VerifyOptions())
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", [*KINDS, "rwkv"])  # RWKV's blocks return a tuple of their hidden states and Nones
 def test_prefix_sharing_matches_plain_on_tiny_models(tiny, zipf, kind):
     planted = tiny(kind, effect=True, inert=True)
     s = setup(str(planted.path), zipf, tokens=1024, seq_len=128)
@@ -176,6 +176,31 @@ def test_a_scalar_that_spikes_at_every_block_sharing_it_is_one_candidate(tiny, z
     found = tied_llama(planted, zipf, both=True).weights
     assert [(w.layer, w.iteration) for w in found if tuple(w.tensor_index) == planted.tensor_index] == [(0, 1)]
     assert len({(w.param, tuple(w.tensor_index)) for w in found}) == len(found)
+
+
+def test_blocks_returning_other_shapes_are_evaluated_plainly(tmp_path, zipf):
+    """Gemma 3n's blocks return their AltUp streams first, (streams, windows, seq, hidden): its
+    prefix is not replayed (that handed the model mis-shaped hidden states, a RuntimeError), and
+    early stopping still holds the plain ratios. Its config names an intermediate size per layer
+    (the scan failed on it: int() of a list)."""
+    from catalog import zoo
+    from catalog.config import ScanOptions
+    from catalog.scanner import scan as scan_path
+
+    from tiny import build_tokenizer
+
+    model = zoo.build("gemma3n_text")
+    model.save_pretrained(tmp_path)
+    build_tokenizer().save_pretrained(tmp_path)
+    every = SpikeRule(ratio=1.0, min_abs=0.0)  # random weights: each layer's spike is a candidate
+
+    def run(checks: VerifyOptions):
+        return scan_path(str(tmp_path), ScanOptions(device="cpu", dtype="float32", eval_text=zipf, eval_tokens=512, seq_len=64,
+                                                    checks=checks, rule=every))
+    fast, plain = run(VerifyOptions()), run(PLAIN)
+    assert fast.summary["evaluation"]["prefix_shared"] is False and len(fast.super_weights) > 1
+    assert_intervals_hold(fast, plain)
+    assert fast.model.intermediate_size == model.model.layers[0].mlp.down_proj.in_features
 
 
 def test_early_stopped_rows_are_plain_evaluations_of_their_windows(llama, llama_runs):
