@@ -10,10 +10,11 @@ evaluation's up to floating-point rounding.
 
 This holds where a model calls its blocks once each, in order, each returning the hidden-state
 tensor fed to the next (transformers' decoder models), batch first, (windows, positions, hidden),
-or a tuple of it and Nones (Falcon's, RWKV's, Bamba's), which the short-circuited blocks return
-alike. Anything else (blocks not in an `nn.ModuleList`: `PrefixCache.build` returns None; a block
-returning more than its hidden states, as BLOOM's attention weights, or other shapes, XLNet's
-sequence first, Gemma 3n's AltUp streams first: `supported` turns False) is evaluated plainly.
+or a tuple of it and what else (Falcon's Nones; BLOOM's attention weights, checked once to leave
+the logits unchanged as Nones), which the short-circuited blocks return as Nones. Anything else
+(blocks not in an `nn.ModuleList`: `PrefixCache.build` returns None; other shapes, XLNet's sequence
+first, Gemma 3n's AltUp streams first; extras the model uses: `supported` turns False) is
+evaluated plainly.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from torch import nn
 
 from catalog.architectures import DownProjection
 from catalog.patches import forwards_replaced, hooked
+from catalog.probe import first_tensor
 
 
 def blocks_of(model: nn.Module, sites: list[DownProjection]) -> nn.ModuleList | None:
@@ -41,6 +43,9 @@ def blocks_of(model: nn.Module, sites: list[DownProjection]) -> nn.ModuleList | 
     if not isinstance(blocks, nn.ModuleList) or not any(m is site.module for m in blocks[site.layer].modules()):
         return None
     return blocks
+
+
+EXTRAS_CHECK_TOKENS = 64  # of the first window, for the check that blocks' extra outputs go unused
 
 
 class PrefixCache:
@@ -71,24 +76,29 @@ class PrefixCache:
         """Keep block L-1's output, for every window, for every shared first layer L; and what
         every block returns besides its hidden states."""
         batches: dict[int, list[torch.Tensor]] = {layer: [] for layer in self.layers}
-        batch: list[int] = []  # the windows of the forward under way
+        ids: list[torch.Tensor] = []  # each forward's input ids
+        extras = False  # a block returned more than its hidden states
 
         def make(block: int):
             def hook(module, args, output):
-                hidden, nones = _parts(output)
-                if hidden is None or hidden.dim() != 3 or hidden.shape[0] != batch[-1]:  # XLNet: sequence first; Gemma 3n: AltUp's streams
+                nonlocal extras
+                hidden, rest = _parts(output)
+                if hidden is None or hidden.dim() != 3 or hidden.shape[0] != len(ids[-1]):  # XLNet: sequence first; Gemma 3n: streams
                     self.supported = False
                     return
-                self.nones[block] = nones
+                self.nones[block] = None if rest is None else len(rest)
+                extras = extras or any(x is not None for x in rest or ())
                 if block + 1 in batches:
                     batches[block + 1].append(hidden.detach())
             return hook
 
         def forward(module, args, kwargs):
-            batch.append((kwargs["input_ids"] if "input_ids" in kwargs else args[0]).shape[0])
+            ids.append(kwargs["input_ids"] if "input_ids" in kwargs else args[0])
         with hooked([(self.model, forward)], pre=True, with_kwargs=True), hooked((block, make(i)) for i, block in enumerate(self.blocks)):
             yield
         self.outputs = {layer: torch.cat(kept) for layer, kept in batches.items() if kept}
+        if extras and self.supported:
+            self.supported = _extras_unused(self.model, self.blocks, ids[0][:1, :EXTRAS_CHECK_TOKENS])
 
     def start(self, first_layer: int) -> int:
         """The block evaluation will actually start at for a condition first modifying `first_layer`."""
@@ -124,11 +134,27 @@ class PrefixCache:
         return hidden if nones is None else (hidden, *[None] * nones)
 
 
-def _parts(output) -> tuple[torch.Tensor | None, int | None]:
-    """A block's output as (its hidden states, how many Nones follow them in a tuple, None for none:
-    a tensor); (None, None) for anything else, which the short-circuited block could not return."""
+def _parts(output) -> tuple[torch.Tensor | None, tuple | None]:
+    """A block's output as (its hidden states, what follows them in a tuple, None for a tensor);
+    (None, None) for anything else."""
     if isinstance(output, torch.Tensor):
         return output, None
-    if isinstance(output, tuple) and output and isinstance(output[0], torch.Tensor) and all(x is None for x in output[1:]):
-        return output[0], len(output) - 1
+    if isinstance(output, tuple) and output and isinstance(output[0], torch.Tensor):
+        return output[0], output[1:]
     return None, None
+
+
+def _extras_unused(model: nn.Module, blocks: nn.ModuleList, ids: torch.Tensor) -> bool:
+    """Whether the model's logits are the same, bit for bit, with what its blocks return besides
+    their hidden states replaced by Nones (BLOOM's and GPT-Neo's attention weights, which the
+    model keeps only when asked to): then the short-circuited blocks may return Nones there."""
+    def stripped(module, args, output):
+        return (output[0], *[None] * (len(output) - 1)) if isinstance(output, tuple) else output
+    try:
+        with torch.inference_mode():
+            plain = first_tensor(model(input_ids=ids, use_cache=False))
+            with hooked((block, stripped) for block in blocks):
+                without = first_tensor(model(input_ids=ids, use_cache=False))
+    except Exception:  # the model needs them (a state it passes on)
+        return False
+    return without is not None and torch.equal(plain, without)

@@ -178,29 +178,46 @@ def test_a_scalar_that_spikes_at_every_block_sharing_it_is_one_candidate(tiny, z
     assert len({(w.param, tuple(w.tensor_index)) for w in found}) == len(found)
 
 
-def test_blocks_returning_other_shapes_are_evaluated_plainly(tmp_path, zipf):
-    """Gemma 3n's blocks return their AltUp streams first, (streams, windows, seq, hidden): its
-    prefix is not replayed (that handed the model mis-shaped hidden states, a RuntimeError), and
-    early stopping still holds the plain ratios. Its config names an intermediate size per layer
-    (the scan failed on it: int() of a list)."""
+def zoo_scans(model_type: str, path, zipf, *checks: VerifyOptions):
+    """A tiny random `model_type` of the zoo saved at `path`, and its scan under each of `checks`,
+    every layer's spike a candidate (random weights have no super weight)."""
     from catalog import zoo
     from catalog.config import ScanOptions
     from catalog.scanner import scan as scan_path
 
     from tiny import build_tokenizer
 
-    model = zoo.build("gemma3n_text")
-    model.save_pretrained(tmp_path)
-    build_tokenizer().save_pretrained(tmp_path)
-    every = SpikeRule(ratio=1.0, min_abs=0.0)  # random weights: each layer's spike is a candidate
+    model = zoo.build(model_type)
+    model.save_pretrained(path)
+    build_tokenizer().save_pretrained(path)
+    every = SpikeRule(ratio=1.0, min_abs=0.0)
+    return model, [scan_path(str(path), ScanOptions(device="cpu", dtype="float32", eval_text=zipf, eval_tokens=512, seq_len=64,
+                                                    checks=options, rule=every)) for options in checks]
 
-    def run(checks: VerifyOptions):
-        return scan_path(str(tmp_path), ScanOptions(device="cpu", dtype="float32", eval_text=zipf, eval_tokens=512, seq_len=64,
-                                                    checks=checks, rule=every))
-    fast, plain = run(VerifyOptions()), run(PLAIN)
+
+def test_blocks_returning_other_shapes_are_evaluated_plainly(tmp_path, zipf):
+    """Gemma 3n's blocks return their AltUp streams first, (streams, windows, seq, hidden): its
+    prefix is not replayed (that handed the model mis-shaped hidden states, a RuntimeError), and
+    early stopping still holds the plain ratios. Its config names an intermediate size per layer
+    (the scan failed on it: int() of a list)."""
+    model, (fast, plain) = zoo_scans("gemma3n_text", tmp_path, zipf, VerifyOptions(), PLAIN)
     assert fast.summary["evaluation"]["prefix_shared"] is False and len(fast.super_weights) > 1
     assert_intervals_hold(fast, plain)
     assert fast.model.intermediate_size == model.model.layers[0].mlp.down_proj.in_features
+
+
+@pytest.mark.parametrize("model_type,shared", [("gpt_neo", True), ("zaya", False)])
+def test_blocks_returning_more_than_their_hidden_states(tmp_path, zipf, model_type, shared):
+    """GPT-Neo's blocks return their attention weights too, which the model keeps only when asked:
+    the short-circuited blocks return Nones there, and the prefix is shared. Zaya's return what the
+    next block reads: the check finds the logits changed, and it is evaluated plainly. Either way
+    every row is the plain evaluation's."""
+    _, (full, plain) = zoo_scans(model_type, tmp_path, zipf, FULL, PLAIN)
+    assert full.summary["evaluation"]["prefix_shared"] is shared
+    assert shared == any(iv["start_layer"] > 0 for iv in full.summary["intervals"].values())
+    assert [(r.name, r.tokens) for r in full.ablations] == [(r.name, r.tokens) for r in plain.ablations]
+    for ours, theirs in zip(full.ablations, plain.ablations):
+        assert ours.ppl == pytest.approx(theirs.ppl, rel=1e-5), ours.name
 
 
 def test_early_stopped_rows_are_plain_evaluations_of_their_windows(llama, llama_runs):
