@@ -44,8 +44,8 @@ def breakdown(path: Path, device: str) -> dict[str, float]:
         tensors = timed(steps, "read (one call, every tensor)", lambda: shards.read(list(names)))
     timed(steps, "place", lambda: place(model, names, tensors))
     timed(steps, "buffers_to", lambda: buffers_to(model, opened.device))
-    timed(steps, "discover (architecture)", lambda: discover(model.eval(), opened.config, source.spec))
-    timed(steps, "model_info", lambda: model_info(source, model, opened.config, opened.dtype))
+    architecture = timed(steps, "discover (architecture)", lambda: discover(model.eval(), opened.config, source.spec))
+    timed(steps, "model_info", lambda: model_info(source, model, opened.config, opened.dtype, architecture))
     steps["total"] = round(sum(steps.values()), 4)
     return steps
 

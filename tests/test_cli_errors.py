@@ -121,6 +121,8 @@ def inputs(tiny, smollm2_gguf, tmp_path_factory) -> dict[str, Bad]:
         "no_config": Bad([str(no_config)], (str(no_config), "no config.json")),
         "cut_gguf": Bad([str(truncated(smollm2_gguf, root / "cut.gguf", 3 * 2**20))], ("cut.gguf", "truncated or corrupt",
                                                                                        "download it again")),
+        "cut_gguf_vocabulary": Bad([str(truncated(smollm2_gguf, root / "cut-vocab.gguf", 2**20))],  # in the skipped strings
+                                   ("cut-vocab.gguf", "GGUF metadata ends early", "download it again")),
         "cut_safetensors": Bad([str(cut)], (str(cut), "truncated or corrupt", "download it again")),
         "pickle_refused": Bad([str(pickle_only(tiny, root / "pickle"))], ("pickle", "--allow-pickle", "convert to safetensors")),
         "pickle_unsafe": Bad(["--allow-pickle", str(evil)], (str(evil), "objects other than tensors", "weights_only=True refused")),
@@ -153,8 +155,8 @@ def runs(inputs, trusted, tmp_path_factory) -> tuple[dict[str, subprocess.Comple
 
 
 @pytest.mark.parametrize("name", [
-    "missing_path", "unknown_repo", "no_config", "cut_gguf", "cut_safetensors", "pickle_refused", "pickle_unsafe",
-    "remote_code", "empty_prompt", "unsupported", "unknown_type",
+    "missing_path", "unknown_repo", "no_config", "cut_gguf", "cut_gguf_vocabulary", "cut_safetensors", "pickle_refused",
+    "pickle_unsafe", "remote_code", "empty_prompt", "unsupported", "unknown_type",
 ])
 def test_bad_input_is_one_line_naming_the_input_and_the_fix(inputs, runs, name):
     results, out = runs
