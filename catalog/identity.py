@@ -6,6 +6,7 @@ it was read from, except as the last resort, and then `named_from` says so.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,9 +36,11 @@ class Identity:
     tags: tuple[str, ...] = ()
 
 
-def gguf_identity(path: Path, repo_id: str | None = None) -> Identity:
-    """From the file's `general.*` keys; a file without them is named after itself (`FROM_FILE_NAME`)."""
-    meta = {k.removeprefix("general."): v for k, v in read_metadata(path).items() if k.startswith("general.")}
+def gguf_identity(path: Path, repo_id: str | None = None, metadata: Mapping[str, object] | None = None) -> Identity:
+    """From the file's `general.*` keys (`metadata`: the file's, already read by the load); a file
+    without them is named after itself (`FROM_FILE_NAME`)."""
+    metadata = read_metadata(path) if metadata is None else metadata
+    meta = {k.removeprefix("general."): v for k, v in metadata.items() if k.startswith("general.")}
     quantization = file_type_name(meta.get("file_type")) or quantization_from_name(path.name)
     base = _gguf_base_model(meta)
     tags = meta.get("tags")

@@ -141,7 +141,7 @@ def load(source: ResolvedSource, *, device: str = "auto", dtype: str = "auto", t
             ).to(opened.device)
     model.eval()
     architecture = discover(model, opened.config, source.spec)
-    info = model_info(source, model, opened.config, opened.dtype, architecture)
+    info = model_info(source, model, opened.config, opened.dtype, architecture, opened.gguf.header if opened.gguf else None)
     return LoadedModel(model, opened.tokenizer, architecture, info, opened.device, time.perf_counter() - start, loader,
                        opened.gguf if loader == "gguf" else None)
 
@@ -319,12 +319,14 @@ def _problem(exc: Exception) -> str:
     return f"cannot load the checkpoint ({first[:200]}); the file may be truncated or corrupt: download it again."
 
 
-def model_info(source: ResolvedSource, model: nn.Module, config, dtype: torch.dtype, architecture: Architecture) -> ModelInfo:
+def model_info(source: ResolvedSource, model: nn.Module, config, dtype: torch.dtype, architecture: Architecture,
+               header: Header | None = None) -> ModelInfo:
     """What the catalog records of the model. Sizes come from the config, else (a config whose parts'
-    configs name them, BLT's) from what discovery found: its blocks and down projections."""
+    configs name them, BLT's) from what discovery found: its blocks and down projections. `header`:
+    a GGUF source's, as the load parsed it."""
     text = config.get_text_config()
     widths = architecture.sites[0].widths
-    me = source_identity(source, config)
+    me = source_identity(source, config, header)
     names = [source.repo_id, me.base_model, me.basename, me.name, source.gguf_file, getattr(config, "_name_or_path", None),
              source.path.name]
     return ModelInfo(
@@ -352,10 +354,10 @@ def model_info(source: ResolvedSource, model: nn.Module, config, dtype: torch.dt
     )
 
 
-def source_identity(source: ResolvedSource, config) -> Identity:
+def source_identity(source: ResolvedSource, config, header: Header | None = None) -> Identity:
     """What the files say the model is (`catalog.identity`)."""
     if source.gguf_file:
-        return gguf_identity(source.path / source.gguf_file, source.repo_id)
+        return gguf_identity(source.path / source.gguf_file, source.repo_id, header.metadata if header else None)
     return checkpoint_identity(source.path, getattr(config, "_name_or_path", None), source.repo_id)
 
 

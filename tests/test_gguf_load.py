@@ -10,14 +10,17 @@ SmolLM2 file is compared too.
 from __future__ import annotations
 
 from pathlib import Path
+from unittest import mock
 
 import gguf
 import numpy as np
 import pytest
 import torch
 
+from catalog import gguf_meta
 from catalog.gguf_load import dequantize, gguf_config
 from catalog.gguf_meta import read_header
+from catalog.identity import FROM_GGUF, gguf_identity
 from catalog.loading import gguf_file, load, read_gguf
 from catalog.sources import resolve
 
@@ -141,6 +144,17 @@ def test_smollm2_loads_as_transformers_loads_it(smollm2_gguf):
     tokenizer = AutoTokenizer.from_pretrained(smollm2_gguf.parent, gguf_file=smollm2_gguf.name)
     text = "Shakespeare's plays, 1623: the First Folio."
     assert loaded.tokenizer(text).input_ids == tokenizer(text).input_ids
+
+
+@pytest.mark.integration
+def test_a_gguf_load_parses_the_header_once_and_names_the_model_from_it(smollm2_gguf):
+    """The loader and the model record share one parse (the vocabulary is 98k strings to walk)."""
+    source = resolve(str(smollm2_gguf))
+    with mock.patch.object(gguf_meta, "_key_values", wraps=gguf_meta._key_values) as parses:
+        loaded = load(source, device="cpu")
+    assert parses.call_count == 1
+    assert (loaded.info.name, loaded.info.named_from, loaded.info.quantization) == (
+        gguf_identity(smollm2_gguf).name, FROM_GGUF, "Q4_1")
 
 
 @pytest.mark.parametrize("kind", ["Q8_0", "Q4_0", "Q4_1"])
