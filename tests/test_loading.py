@@ -216,3 +216,63 @@ def test_a_missing_package_is_not_blamed_on_the_files(tiny):
     with pytest.raises(InvalidSourceError) as caught, as_invalid(source):
         raise ValueError("Kernels are not available. Please install a compatible version, e.g. `pip install kernels==0.19.1`")
     assert "a package it needs is missing" in str(caught.value) and "corrupt" not in str(caught.value)
+
+
+class _Table(torch.nn.Module):
+    """A buffer its module leaves empty and the model's `_init_weights` fills, as transformers'
+    rotary embeddings and position ids are (re)computed there."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("values", torch.empty(8), persistent=False)
+
+
+def _tabled_llama():
+    from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, LlamaModel
+    from transformers import initialization as init
+
+    class TabledConfig(LlamaConfig):
+        model_type = "sw_test_tabled"
+
+    class TabledModel(LlamaModel):
+        config_class = TabledConfig
+
+        def __init__(self, config):
+            super().__init__(config)
+            self.table = _Table()
+
+        def _init_weights(self, module):
+            super()._init_weights(module)
+            if isinstance(module, _Table):
+                init.copy_(module.values, torch.arange(8.0))
+
+    class TabledForCausalLM(LlamaForCausalLM):
+        config_class = TabledConfig
+
+        def __init__(self, config):
+            super().__init__(config)
+            self.model = TabledModel(config)
+
+    AutoConfig.register(TabledConfig.model_type, TabledConfig, exist_ok=True)
+    AutoModelForCausalLM.register(TabledConfig, TabledForCausalLM, exist_ok=True)
+    return TabledConfig
+
+
+def test_the_skeleton_has_the_buffers_from_pretrained_gives(tmp_path):
+    """The meta skeleton skips initialising its parameters, not the buffers transformers computes
+    in `_init_weights` after a model is built."""
+    from transformers import AutoModelForCausalLM
+
+    from catalog.loading import skeleton
+
+    config = _tabled_llama()(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                             num_attention_heads=2, num_key_value_heads=2)
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path)
+    reference = AutoModelForCausalLM.from_pretrained(tmp_path)
+    model = skeleton(config, torch.float32, False)
+    assert all(p.is_meta for p in model.parameters())
+    ours, theirs = dict(model.named_buffers()), dict(reference.named_buffers())
+    assert ours.keys() == theirs.keys()
+    for name in theirs:
+        assert torch.equal(ours[name], theirs[name]), name
+    assert torch.equal(ours["model.table.values"], torch.arange(8.0))
