@@ -228,13 +228,14 @@ class _Table(torch.nn.Module):
 
 
 def _tabled_llama():
-    from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, LlamaModel
+    """A Llama config whose model adds a `_Table` after `LlamaForCausalLM.__init__` ran `post_init`."""
+    from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
     from transformers import initialization as init
 
     class TabledConfig(LlamaConfig):
         model_type = "sw_test_tabled"
 
-    class TabledModel(LlamaModel):
+    class TabledForCausalLM(LlamaForCausalLM):
         config_class = TabledConfig
 
         def __init__(self, config):
@@ -245,13 +246,6 @@ def _tabled_llama():
             super()._init_weights(module)
             if isinstance(module, _Table):
                 init.copy_(module.values, torch.arange(8.0))
-
-    class TabledForCausalLM(LlamaForCausalLM):
-        config_class = TabledConfig
-
-        def __init__(self, config):
-            super().__init__(config)
-            self.model = TabledModel(config)
 
     AutoConfig.register(TabledConfig.model_type, TabledConfig, exist_ok=True)
     AutoModelForCausalLM.register(TabledConfig, TabledForCausalLM, exist_ok=True)
@@ -275,4 +269,4 @@ def test_the_skeleton_has_the_buffers_from_pretrained_gives(tmp_path):
     assert ours.keys() == theirs.keys()
     for name in theirs:
         assert torch.equal(ours[name], theirs[name]), name
-    assert torch.equal(ours["model.table.values"], torch.arange(8.0))
+    assert torch.equal(ours["table.values"], torch.arange(8.0))
