@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import pickle
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,9 +107,11 @@ def open_source(source: ResolvedSource, device: str, dtype: str, trust_remote_co
     check_config(source, trust_remote_code)
     with as_invalid(source):
         gguf = gguf_file(source)
-    with as_invalid(source), config_read_once(gguf.path, gguf.config) if gguf else nullcontext():
-        config = AutoConfig.from_pretrained(source.path, trust_remote_code=trust_remote_code, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(source.path, trust_remote_code=trust_remote_code, **kwargs)
+    with config_read_once(gguf.path, gguf.config) if gguf else nullcontext():
+        with as_invalid(source):
+            config = AutoConfig.from_pretrained(source.path, trust_remote_code=trust_remote_code, **kwargs)
+        with as_invalid(source, _tokenizer_problem):
+            tokenizer = AutoTokenizer.from_pretrained(source.path, trust_remote_code=trust_remote_code, **kwargs)
     return Opened(dev, torch_dtype, config, tokenizer, gguf)
 
 
@@ -304,10 +306,46 @@ def check_config(source: ResolvedSource, trust_remote_code: bool) -> None:
                                            "upgrade transformers, or pass --trust-remote-code for a repo's own code")
 
 
+def _problem(source: ResolvedSource, exc: Exception) -> str:
+    first = first_line(exc)
+    if isinstance(exc, pickle.UnpicklingError) and first.startswith("Weights only load failed"):
+        # torch's own advice here is to retry with weights_only=False: the one thing not to do
+        return ("its pickle weights hold objects other than tensors, which can run code when loaded; "
+                "weights_only=True refused them. Use safetensors weights from a source you trust.")
+    if _missing_package(exc):
+        return f"cannot load the checkpoint: a package it needs is missing ({first[:200]})"
+    return f"cannot load the checkpoint ({first[:200]}); the file may be truncated or corrupt: download it again."
+
+
+def _tokenizer_problem(source: ResolvedSource, exc: Exception) -> str:
+    """A tokenizer that does not load is most often one that is not there: weights saved without
+    `tokenizer.save_pretrained`, or a GGUF file converted without its vocabulary."""
+    first = first_line(exc)[:200].rstrip(". ")
+    if _missing_package(exc):
+        return f"cannot load its tokenizer: a package it needs is missing ({first})"
+    if source.gguf_file:
+        what, fix = ("the GGUF file holds no readable tokenizer that transformers can build (its tokenizer.ggml.* metadata)",
+                     "scan the model's safetensors checkpoint, or a GGUF converted with its tokenizer (llama.cpp's "
+                     "convert_hf_to_gguf.py writes it)")
+    elif source.repo_id:
+        what, fix = ("the repo's tokenizer files are missing or unreadable",
+                     "scan a directory holding its weights and the tokenizer it was trained with")
+    else:
+        what, fix = ("the directory's tokenizer files are missing or unreadable",
+                     "save that tokenizer beside the weights (`tokenizer.save_pretrained(DIR)`)")
+    return f"cannot load its tokenizer ({first}). A scan tokenizes text with the model's own tokenizer, and {what}: {fix}."
+
+
+def _missing_package(exc: Exception) -> bool:
+    """The files are fine: this environment lacks a package to read them."""
+    return isinstance(exc, ImportError) or "pip install" in first_line(exc)
+
+
 @contextmanager
-def as_invalid(source: ResolvedSource) -> Iterator[None]:
-    """Turn errors raised while reading the files into one `InvalidSourceError` line; running out
-    of memory is not the files' fault, and is left to the scan to say (`catalog.scanner`)."""
+def as_invalid(source: ResolvedSource, problem: Callable[[ResolvedSource, Exception], str] = _problem) -> Iterator[None]:
+    """Turn errors raised while reading the files into one `InvalidSourceError` line (`problem`
+    says what went wrong; by default, the weights); running out of memory is not the files'
+    fault, and is left to the scan to say (`catalog.scanner`)."""
     try:
         yield
     except SuperweightsError:
@@ -315,18 +353,7 @@ def as_invalid(source: ResolvedSource) -> Iterator[None]:
     except Exception as exc:  # transformers, safetensors and gguf raise many types for bad files
         if memory_shortage(exc):
             raise
-        raise InvalidSourceError(source.spec, _problem(exc)) from exc
-
-
-def _problem(exc: Exception) -> str:
-    first = first_line(exc)
-    if isinstance(exc, pickle.UnpicklingError) and first.startswith("Weights only load failed"):
-        # torch's own advice here is to retry with weights_only=False: the one thing not to do
-        return ("its pickle weights hold objects other than tensors, which can run code when loaded; "
-                "weights_only=True refused them. Use safetensors weights from a source you trust.")
-    if isinstance(exc, ImportError) or "pip install" in first:  # the files are fine: this environment lacks a package
-        return f"cannot load the checkpoint: a package it needs is missing ({first[:200]})"
-    return f"cannot load the checkpoint ({first[:200]}); the file may be truncated or corrupt: download it again."
+        raise InvalidSourceError(source.spec, problem(source, exc)) from exc
 
 
 def model_info(source: ResolvedSource, model: nn.Module, config, dtype: torch.dtype, architecture: Architecture,

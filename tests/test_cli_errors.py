@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from gguf_files import write_gguf
 from superweights_cli import isolated_env, one_line_error, run_many
 
 SCAN = ["scan", "--no-verify", "--no-save", "--device", "cpu"]
@@ -94,6 +95,14 @@ def unknown_type(tiny, path: Path) -> Path:
     return path
 
 
+def without_tokenizer(tiny, path: Path) -> Path:
+    """The tiny Llama's weights and config alone, as `model.save_pretrained` leaves them."""
+    path = copy_checkpoint(tiny("llama").path, path)
+    for file in path.glob("*token*"):
+        file.unlink()
+    return path
+
+
 def unsupported(path: Path) -> Path:
     """A real tiny Mamba checkpoint: transformers loads it, but its blocks hold no feed-forward part."""
     from transformers import AutoModelForCausalLM, MambaConfig
@@ -132,6 +141,10 @@ def inputs(tiny, smollm2_gguf, tmp_path_factory) -> dict[str, Bad]:
                                                                 "no feed-forward output projection")),
         "unknown_type": Bad([str(unknown_type(tiny, root / "new"))], ("new", "'brand_new_arch'", "does not know it",
                                                                       "upgrade transformers")),
+        "no_tokenizer": Bad([str(without_tokenizer(tiny, root / "weights-only"))], ("weights-only", "cannot load its tokenizer",
+                                                                                     "tokenizer.save_pretrained(DIR)")),
+        "gguf_no_tokenizer": Bad([str(write_gguf(root / "no-vocab.gguf", "llama"))], ("no-vocab.gguf", "cannot load its tokenizer",
+                                                                                     "no readable tokenizer", "convert_hf_to_gguf.py")),
     }
 
 
@@ -156,7 +169,7 @@ def runs(inputs, trusted, tmp_path_factory) -> tuple[dict[str, subprocess.Comple
 
 @pytest.mark.parametrize("name", [
     "missing_path", "unknown_repo", "no_config", "cut_gguf", "cut_gguf_vocabulary", "cut_safetensors", "pickle_refused",
-    "pickle_unsafe", "remote_code", "empty_prompt", "unsupported", "unknown_type",
+    "pickle_unsafe", "remote_code", "empty_prompt", "unsupported", "unknown_type", "no_tokenizer", "gguf_no_tokenizer",
 ])
 def test_bad_input_is_one_line_naming_the_input_and_the_fix(inputs, runs, name):
     results, out = runs

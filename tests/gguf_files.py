@@ -1,0 +1,55 @@
+"""Small GGUF files written with `gguf.GGUFWriter`: a 2-layer model of an architecture with random
+weights (quantized, half and float tensors) and no tokenizer, as transformers would read them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gguf
+import numpy as np
+
+Q = gguf.GGMLQuantizationType
+
+
+def write_gguf(path: Path, arch: str, *, heads: int = 4, kv_heads: int = 2, tied: bool = False) -> Path:
+    """A 2-layer, 64-wide model of `arch` with random weights, its 2-D weights in Q8_0 and Q4_0,
+    its embedding in F16, norms and biases in F32."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.modeling_gguf_pytorch_utils import TENSOR_PROCESSORS, TensorProcessor, get_gguf_hf_weights_map
+
+    writer = gguf.GGUFWriter(path, arch)
+    writer.add_name(f"tiny-{arch}")
+    writer.add_block_count(2)
+    writer.add_context_length(128)
+    writer.add_embedding_length(64)
+    writer.add_feed_forward_length(128)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_vocab_size(96)
+    config = AutoConfig.for_model(arch, vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                  num_attention_heads=heads, num_key_value_heads=kv_heads, tie_word_embeddings=tied)
+    with init_empty_weights():
+        model = AutoModelForCausalLM.from_config(config)
+    names = get_gguf_hf_weights_map(model, TENSOR_PROCESSORS.get(arch, TensorProcessor)())
+    shapes = {hf: tuple(model.state_dict()[hf].shape) for hf in names.values()}
+    rng = np.random.default_rng(0)
+    for index, (name, hf) in enumerate(sorted(names.items())):
+        if tied and name == "output.weight":
+            continue
+        values = rng.standard_normal(shapes[hf]).astype(np.float32)
+        if name == "token_embd.weight":
+            writer.add_tensor(name, values.astype(np.float16))
+        elif values.ndim == 2:
+            kind = (Q.Q8_0, Q.Q4_0)[index % 2]
+            writer.add_tensor(name, gguf.quants.quantize(values, kind), raw_dtype=kind)
+        else:
+            writer.add_tensor(name, values)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
