@@ -26,10 +26,16 @@ def layers_table(result: ScanResult) -> Table:
     for row in result.layers:
         style = "bold red" if row.spike else None
         table.add_row(
-            str(row.layer), f"{row.in_max:.1f}", str(row.in_channel), f"{row.out_max:.1f}",
+            str(row.layer), _magnitude(row.in_max), str(row.in_channel), _magnitude(row.out_max),
             str(row.out_channel), str(row.token), "◀ spike" if row.spike else "", style=style,
         )
     return table
+
+
+def _magnitude(value: float) -> str:
+    """A max |activation|: one decimal from 1 up (23936.0), three significant digits below, where one
+    decimal would print a quiet layer of a small model (0.00977) as 0.0."""
+    return f"{value:.1f}" if abs(value) >= 1 else f"{value:.3g}"
 
 
 def verdict_summary(result: ScanResult) -> str:
@@ -56,7 +62,8 @@ def super_weights_table(result: ScanResult) -> Table:
     """One row per candidate; the tensor index only where some candidate's differs from [row, col]
     (GPT-2's Conv1D, fused MoE experts), which keeps the verdict's columns within a piped line."""
     indexed = any(w.tensor_index != [w.row, w.col] for w in result.super_weights)
-    table = Table(title=escape(f"Super weights ({verdict_summary(result)})"))
+    table = Table(title=escape(f"Super weights ({verdict_summary(result)})"),
+                  caption=None if result.super_weights else escape(_no_candidates(result.config)))
     names = ["layer", "param", "expert", "[row, col]", *(["tensor index"] if indexed else []),
              "value", "x[col]", "y[row]", "share", "iter", "verdict", "ppl ×", "95% interval"]
     for name in names:
@@ -69,6 +76,14 @@ def super_weights_table(result: ScanResult) -> Table:
             escape(interval(w.ppl_ratio_low, w.ppl_ratio_high)), style="bold green" if w.verdict == CONFIRMED else None,
         )
     return table
+
+
+def _no_candidates(config: dict) -> str:
+    """Why a scan has no candidates: no layer spiked under the rule it applied (every spike gives one)."""
+    ratio, floor = config.get("spike_ratio"), config.get("spike_min_abs")
+    rule = "the spike threshold" if ratio is None else f"{ratio:g} times the median layer's"
+    rule += f" and at least {floor:g}" if floor else ""
+    return f"No layer's max |out| reached {rule} (--spike-ratio, --spike-min): no candidates, nothing zeroed."
 
 
 def ablations_table(result: ScanResult) -> Table:
