@@ -10,7 +10,10 @@ comes near (the next, layer 9, reaches ~500).
 
 from __future__ import annotations
 
+import platform
 import re
+import shutil
+import subprocess
 
 import pytest
 
@@ -90,3 +93,13 @@ def test_the_printed_tables_mark_the_spikes_and_the_super_weight(scanned):
 def test_the_super_weights_table_headers_name_the_paper_s_coordinates(scanned):
     _, printed = scanned
     assert "[row, col]" in printed and "x[col]" in printed and "y[row]" in printed
+
+
+@pytest.mark.skipif(shutil.which("lscpu") is None or platform.machine() != "x86_64",
+                    reason="needs lscpu (util-linux); on x86 it names the processor as /proc/cpuinfo does")
+def test_the_scan_records_the_processor_it_ran_on(scanned):
+    """Its model name, as lscpu reads it, not `platform.processor()`'s empty string on Linux."""
+    result, _ = scanned
+    listed = subprocess.run(["lscpu"], capture_output=True, text=True, env={"LC_ALL": "C"}, check=True).stdout
+    model = next(line.split(":", 1)[1].strip() for line in listed.splitlines() if line.startswith("Model name:"))
+    assert result.environment["device"] == f"cpu: {model}"
