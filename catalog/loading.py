@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
@@ -312,8 +313,8 @@ def _problem(source: ResolvedSource, exc: Exception) -> str:
         # torch's own advice here is to retry with weights_only=False: the one thing not to do
         return ("its pickle weights hold objects other than tensors, which can run code when loaded; "
                 "weights_only=True refused them. Use safetensors weights from a source you trust.")
-    if _missing_package(exc):
-        return f"cannot load the checkpoint: a package it needs is missing ({first[:200]})"
+    if (missing := _missing_package(exc)) is not None:
+        return f"cannot load the checkpoint: a package it needs is missing ({missing})"
     return f"cannot load the checkpoint ({first[:200]}); the file may be truncated or corrupt: download it again."
 
 
@@ -321,8 +322,8 @@ def _tokenizer_problem(source: ResolvedSource, exc: Exception) -> str:
     """A tokenizer that does not load is most often one that is not there: weights saved without
     `tokenizer.save_pretrained`, or a GGUF file converted without its vocabulary."""
     first = first_line(exc)[:200].rstrip(". ")
-    if _missing_package(exc):
-        return f"cannot load its tokenizer: a package it needs is missing ({first})"
+    if (missing := _missing_package(exc)) is not None:
+        return f"cannot load its tokenizer: a package it needs is missing ({missing})"
     if source.gguf_file:
         what, fix = ("the GGUF file holds no readable tokenizer that transformers can build (its tokenizer.ggml.* metadata)",
                      "scan the model's safetensors checkpoint, or a GGUF converted with its tokenizer (llama.cpp's "
@@ -336,9 +337,18 @@ def _tokenizer_problem(source: ResolvedSource, exc: Exception) -> str:
     return f"cannot load its tokenizer ({first}). A scan tokenizes text with the model's own tokenizer, and {what}: {fix}."
 
 
-def _missing_package(exc: Exception) -> bool:
-    """The files are fine: this environment lacks a package to read them."""
-    return isinstance(exc, ImportError) or "pip install" in first_line(exc)
+def _missing_package(exc: Exception) -> str | None:
+    """What this environment lacks to read files that are fine, in one line with its fix (None:
+    nothing is missing). transformers' own message puts the `pip install` command, or the
+    installation page, on the lines after the first, which a one-line error would cut off."""
+    text = " ".join(str(exc).split())
+    install = re.search(r"pip install [^`'\"]+?(?=[`'\"]|\. |\.?$)", text)
+    if not isinstance(exc, ImportError) and install is None:
+        return None
+    reason = re.split(r"(?<=\.) ", text, maxsplit=1)[0].rstrip(".:")[:200]
+    page = re.search(r"https?://\S+", text)
+    fix = install.group(0).strip() if install else page.group(0) if page else ""
+    return f"{reason}: {fix}" if fix and fix not in reason else reason
 
 
 @contextmanager

@@ -208,14 +208,32 @@ def test_auto_dtype_is_float32_where_torch_cannot_say(monkeypatch):
     assert pick_dtype("auto", torch.device("cpu")) == torch.float32
 
 
-def test_a_missing_package_is_not_blamed_on_the_files(tiny):
+def _backend_message(backend: str) -> str:
+    """transformers' own error for a model class whose backend is not installed."""
+    from transformers.utils.import_utils import BACKENDS_MAPPING
+
+    return BACKENDS_MAPPING[backend][1].format("TimmWrapperModel")
+
+
+@pytest.mark.parametrize(("error", "fix"), [
+    (lambda: ValueError("Kernels are not available. Please install a compatible version, e.g. `pip install kernels==0.19.1`"),
+     "pip install kernels==0.19.1"),
+    (lambda: ImportError(_backend_message("vision")), "pip install pillow"),  # Gemma 3n's vision tower, without PIL
+    (lambda: ImportError(_backend_message("sentencepiece")), "https://github.com/google/sentencepiece#installation"),
+    (lambda: ModuleNotFoundError("No module named 'tiktoken'", name="tiktoken"), "No module named 'tiktoken'"),
+], ids=["kernels", "pillow", "sentencepiece", "module"])
+def test_a_missing_package_is_not_blamed_on_the_files(tiny, error, fix):
+    """The line names what is missing and how to install it, which transformers writes on the
+    lines after its first."""
     from catalog.errors import InvalidSourceError
     from catalog.loading import as_invalid
 
     source = resolve(str(tiny("llama").path))  # a good checkpoint: the error is raised inside
     with pytest.raises(InvalidSourceError) as caught, as_invalid(source):
-        raise ValueError("Kernels are not available. Please install a compatible version, e.g. `pip install kernels==0.19.1`")
-    assert "a package it needs is missing" in str(caught.value) and "corrupt" not in str(caught.value)
+        raise error()
+    line = str(caught.value)
+    assert "a package it needs is missing" in line and "corrupt" not in line
+    assert fix in line and "\n" not in line
 
 
 class _Table(torch.nn.Module):
