@@ -28,7 +28,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from queue import Empty, SimpleQueue
 
 import torch
@@ -64,8 +64,16 @@ def checkpoint_shards(path: Path) -> list[Path]:
             weight_map = json.loads(index.read_text())["weight_map"]
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
             raise ValueError(f"{index.name} is not a safetensors index ({exc})") from exc
-        return [path / name for name in sorted(set(weight_map.values()))]
+        return [path / _inside(index.name, name) for name in sorted(set(weight_map.values()))]
     return sorted(path.glob("*.safetensors"))
+
+
+def _inside(index: str, name: object) -> str:
+    """A shard name of the index, which must name a file of the checkpoint itself: a hostile index
+    could otherwise have the scan read (and hash) any file, /dev/zero without end."""
+    if not isinstance(name, str) or PurePosixPath(name).is_absolute() or ".." in PurePosixPath(name).parts:
+        raise ValueError(f"{index} names {name!r}, which is not a file of the checkpoint directory")
+    return name
 
 
 def index_shards(files: Iterable[Path]) -> dict[str, Span]:

@@ -51,14 +51,20 @@ class ResolvedSource:
     fingerprint: str | None = None
 
     def weight_files(self) -> list[Path]:
-        """The files holding the weights, in the order the fingerprint takes them."""
+        """The files holding the weights, in the order the fingerprint takes them; each a regular
+        file (a link to one, as in the Hub's cache), never a device that reads without end."""
         if self.gguf_file:
-            return [self.path / self.gguf_file]
-        if self.format == "pytorch":
-            return sorted(self.path.glob("*.bin"))
-        from catalog.reader import checkpoint_shards
+            files = [self.path / self.gguf_file]
+        elif self.format == "pytorch":
+            files = sorted(self.path.glob("*.bin"))
+        else:
+            from catalog.reader import checkpoint_shards
 
-        return checkpoint_shards(self.path)
+            files = checkpoint_shards(self.path)
+        for file in files:
+            if file.exists() and not file.is_file():
+                raise ValueError(f"{file.name} is not a regular file")
+        return files
 
     def fingerprinted(self) -> ResolvedSource:
         """This source with the fingerprint of its weight files. A local source has no commit:

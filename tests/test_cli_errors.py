@@ -103,6 +103,21 @@ def without_tokenizer(tiny, path: Path) -> Path:
     return path
 
 
+def hostile_index(tiny, path: Path, shard: str) -> Path:
+    """The tiny Llama with a shard index whose one entry names `shard`, a file outside the checkpoint."""
+    path = copy_checkpoint(tiny("llama").path, path)
+    (path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"lm_head.weight": shard}}))
+    return path
+
+
+def device_shard(tiny, path: Path) -> Path:
+    """The tiny Llama whose model.safetensors is a link to /dev/zero, which reads without end."""
+    path = copy_checkpoint(tiny("llama").path, path)
+    (path / "model.safetensors").unlink()
+    (path / "model.safetensors").symlink_to("/dev/zero")
+    return path
+
+
 def unsupported(path: Path) -> Path:
     """A real tiny Mamba checkpoint: transformers loads it, but its blocks hold no feed-forward part."""
     from transformers import AutoModelForCausalLM, MambaConfig
@@ -145,6 +160,11 @@ def inputs(tiny, smollm2_gguf, tmp_path_factory) -> dict[str, Bad]:
                                                                                      "tokenizer.save_pretrained(DIR)")),
         "gguf_no_tokenizer": Bad([str(write_gguf(root / "no-vocab.gguf", "llama"))], ("no-vocab.gguf", "cannot load its tokenizer",
                                                                                      "no readable tokenizer", "convert_hf_to_gguf.py")),
+        "index_outside": Bad([str(hostile_index(tiny, root / "index-up", "../../../../dev/zero"))],
+                             ("index-up", "names '../../../../dev/zero'", "not a file of the checkpoint directory")),
+        "index_absolute": Bad([str(hostile_index(tiny, root / "index-abs", str(llama / "model.safetensors")))],
+                              ("index-abs", "model.safetensors.index.json names", "not a file of the checkpoint directory")),
+        "device_shard": Bad([str(device_shard(tiny, root / "device"))], ("device", "model.safetensors is not a regular file")),
     }
 
 
@@ -170,6 +190,7 @@ def runs(inputs, trusted, tmp_path_factory) -> tuple[dict[str, subprocess.Comple
 @pytest.mark.parametrize("name", [
     "missing_path", "unknown_repo", "no_config", "cut_gguf", "cut_gguf_vocabulary", "cut_safetensors", "pickle_refused",
     "pickle_unsafe", "remote_code", "empty_prompt", "unsupported", "unknown_type", "no_tokenizer", "gguf_no_tokenizer",
+    "index_outside", "index_absolute", "device_shard",
 ])
 def test_bad_input_is_one_line_naming_the_input_and_the_fix(inputs, runs, name):
     results, out = runs
