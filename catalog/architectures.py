@@ -59,7 +59,6 @@ FAMILY_NAMES: dict[str, str] = {
 }
 SUFFIXES = ("ForCausalLM", "ForConditionalGeneration", "LMHeadModel", "Model")
 
-LAYOUTS = ("out_in", "in_out", "experts", "experts_in_out", "experts_stacked_in_out")
 ROUTED = ("experts_grouped", "experts_sliced")  # experts whose rows their parent routes to tokens
 LOOK_BACK = 1  # tokens before its own that a feed-forward part may mix in (RWKV's token shift), and no more
 Entries = list[tuple[torch.Tensor, tuple[int, ...]]]  # (weight tensor, index into it) of scalars
