@@ -324,6 +324,9 @@ def _tokenizer_problem(source: ResolvedSource, exc: Exception) -> str:
     first = first_line(exc)[:200].rstrip(". ")
     if (missing := _missing_package(exc)) is not None:
         return f"cannot load its tokenizer: a package it needs is missing ({missing})"
+    if "trust_remote_code=True" in str(exc):  # transformers' refusal of a tokenizer class in the repo's own Python
+        return ("its tokenizer needs remote code from its repo (tokenizer_config.json's auto_map); "
+                "review it, then pass --trust-remote-code.")
     if source.gguf_file:
         what, fix = ("the GGUF file holds no readable tokenizer that transformers can build (its tokenizer.ggml.* metadata)",
                      "scan the model's safetensors checkpoint, or a GGUF converted with its tokenizer (llama.cpp's "

@@ -87,6 +87,19 @@ def remote_code(tiny, path: Path) -> Path:
     return path
 
 
+def remote_tokenizer(tiny, path: Path) -> Path:
+    """The tiny Llama whose tokenizer class lives in the repo's own Python file (tokenizer_config.json's
+    auto_map), as some Hub repos ship theirs. Importing that file creates `path.ran`."""
+    path = copy_checkpoint(tiny("llama").path, path)
+    config = json.loads((path / "tokenizer_config.json").read_text())
+    config |= {"tokenizer_class": "CustomTokenizer", "auto_map": {"AutoTokenizer": ["tokenizer.CustomTokenizer", None]}}
+    (path / "tokenizer_config.json").write_text(json.dumps(config))
+    (path / "tokenizer.py").write_text(f"from pathlib import Path\nPath({str(path.with_suffix('.ran'))!r}).write_text('')\n"
+                                       "from transformers import PreTrainedTokenizerFast\n\n\n"
+                                       "class CustomTokenizer(PreTrainedTokenizerFast):\n    pass\n")
+    return path
+
+
 def unknown_type(tiny, path: Path) -> Path:
     """The tiny Llama with a model type that the installed transformers does not know either."""
     path = copy_checkpoint(tiny("llama").path, path)
@@ -160,6 +173,8 @@ def inputs(tiny, smollm2_gguf, tmp_path_factory) -> dict[str, Bad]:
                                                                                      "tokenizer.save_pretrained(DIR)")),
         "gguf_no_tokenizer": Bad([str(write_gguf(root / "no-vocab.gguf", "llama"))], ("no-vocab.gguf", "cannot load its tokenizer",
                                                                                      "no readable tokenizer", "convert_hf_to_gguf.py")),
+        "remote_tokenizer": Bad([str(remote_tokenizer(tiny, root / "custom-tokenizer"))],
+                                ("custom-tokenizer", "its tokenizer needs remote code", "--trust-remote-code")),
         "index_outside": Bad([str(hostile_index(tiny, root / "index-up", "../../../../dev/zero"))],
                              ("index-up", "names '../../../../dev/zero'", "not a file of the checkpoint directory")),
         "index_absolute": Bad([str(hostile_index(tiny, root / "index-abs", str(llama / "model.safetensors")))],
@@ -190,7 +205,7 @@ def runs(inputs, trusted, tmp_path_factory) -> tuple[dict[str, subprocess.Comple
 @pytest.mark.parametrize("name", [
     "missing_path", "unknown_repo", "no_config", "cut_gguf", "cut_gguf_vocabulary", "cut_safetensors", "pickle_refused",
     "pickle_unsafe", "remote_code", "empty_prompt", "unsupported", "unknown_type", "no_tokenizer", "gguf_no_tokenizer",
-    "index_outside", "index_absolute", "device_shard",
+    "remote_tokenizer", "index_outside", "index_absolute", "device_shard",
 ])
 def test_bad_input_is_one_line_naming_the_input_and_the_fix(inputs, runs, name):
     results, out = runs
@@ -230,6 +245,7 @@ def test_remote_code_runs_only_when_trusted(inputs, runs, trusted):
     refused = Path(inputs["remote_code"].args[-1])
     assert "needs remote code" in one_line_error(results["remote_code"])
     assert not refused.with_suffix(".ran").exists()
+    assert not Path(inputs["remote_tokenizer"].args[-1]).with_suffix(".ran").exists()
     assert results["remote_code_trusted"].returncode == 0, results["remote_code_trusted"].stderr
     assert trusted.with_suffix(".ran").exists()
     scanned = json.loads((out / "remote_code_trusted.json").read_text())
