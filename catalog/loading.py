@@ -345,12 +345,12 @@ def _missing_package(exc: Exception) -> str | None:
     nothing is missing). transformers' own message puts the `pip install` command, or the
     installation page, on the lines after the first, which a one-line error would cut off."""
     text = " ".join(str(exc).split())
-    install = re.search(r"pip install [^`'\"]+?(?=[`'\"]|\. |\.?$)", text)
+    install = re.search(r"`(pip install [^`]+)`", text) or re.search(r"pip install (?:-U )?[^\s`]+", text)
     if not isinstance(exc, ImportError) and install is None:
         return None
     reason = re.split(r"(?<=\.) ", text, maxsplit=1)[0].rstrip(".:")[:200]
     page = re.search(r"https?://\S+", text)
-    fix = install.group(0).strip() if install else page.group(0) if page else ""
+    fix = install.group(install.lastindex or 0).rstrip(".,)") if install else page.group(0) if page else ""
     return f"{reason}: {fix}" if fix and fix not in reason else reason
 
 

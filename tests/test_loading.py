@@ -219,9 +219,11 @@ def _backend_message(backend: str) -> str:
     (lambda: ValueError("Kernels are not available. Please install a compatible version, e.g. `pip install kernels==0.19.1`"),
      "pip install kernels==0.19.1"),
     (lambda: ImportError(_backend_message("vision")), "pip install pillow"),  # Gemma 3n's vision tower, without PIL
+    (lambda: ImportError("This checkpoint needs Accelerate.\nInstall it: `pip install 'accelerate>=0.26.0'`."),
+     "needs Accelerate: pip install 'accelerate>=0.26.0'"),
     (lambda: ImportError(_backend_message("sentencepiece")), "https://github.com/google/sentencepiece#installation"),
     (lambda: ModuleNotFoundError("No module named 'tiktoken'", name="tiktoken"), "No module named 'tiktoken'"),
-], ids=["kernels", "pillow", "sentencepiece", "module"])
+], ids=["kernels", "pillow", "quoted", "sentencepiece", "module"])
 def test_a_missing_package_is_not_blamed_on_the_files(tiny, error, fix):
     """The line names what is missing and how to install it, which transformers writes on the
     lines after its first."""
