@@ -28,7 +28,8 @@ HUB_PATTERNS = [
     "*.safetensors",
     "*.safetensors.index.json",
 ]
-PICKLE_PATTERNS = ["pytorch_model*.bin", "pytorch_model*.bin.index.json"]
+PICKLE_WEIGHTS = "pytorch_model*.bin"  # what transformers loads: not training_args.bin, optimizer.bin beside it
+PICKLE_PATTERNS = [PICKLE_WEIGHTS, f"{PICKLE_WEIGHTS}.index.json"]
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -56,7 +57,7 @@ class ResolvedSource:
         if self.gguf_file:
             files = [self.path / self.gguf_file]
         elif self.format == "pytorch":
-            files = sorted(self.path.glob("*.bin"))
+            files = sorted(self.path.glob(PICKLE_WEIGHTS))
         else:
             from catalog.reader import checkpoint_shards
 
@@ -152,7 +153,7 @@ def _resolve_local(spec: str, path: Path, allow_pickle: bool) -> ResolvedSource:
 def _weights_format(spec: str, path: Path, allow_pickle: bool) -> str:
     if any(path.glob("*.safetensors")):
         return "safetensors"
-    if any(path.glob("*.bin")):
+    if any(path.glob(PICKLE_WEIGHTS)):
         if not allow_pickle:
             raise InvalidSourceError(spec, "only pickle .bin weights here, which can run code when loaded; convert to safetensors "
                                            "or pass --allow-pickle (loads with weights_only=True).")

@@ -102,6 +102,25 @@ def test_local_directory_has_no_repo_and_a_revision_named_by_its_weights(tiny):
     assert resolved.revision == f"sha256:{weights[:12]}"
 
 
+def test_a_pickle_checkpoint_is_its_weights_not_the_trainers_files_beside_them(tiny, tmp_path):
+    """A Trainer's output directory holds training_args.bin (and optimizer.bin) beside
+    pytorch_model.bin: they are not weights, and a new run's would name the same weights anew."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    path = Path(shutil.copytree(tiny("llama").path, tmp_path / "trained"))
+    torch.save(load_file(path / "model.safetensors"), path / "pytorch_model.bin")
+    (path / "model.safetensors").unlink()
+    before = resolve(str(path), allow_pickle=True)
+    torch.save({"learning_rate": 1e-4}, path / "training_args.bin")
+    after = resolve(str(path), allow_pickle=True)
+    weights = hashlib.sha256((path / "pytorch_model.bin").read_bytes()).hexdigest()
+    assert after.weight_files() == [path / "pytorch_model.bin"]
+    assert before.fingerprint == after.fingerprint == weights
+
+
 @pytest.mark.parametrize("spec", ["./missing-dir", "missing.gguf", "not a repo id", "org/name/extra"])
 def test_what_is_neither_a_path_nor_a_repo_id_is_not_looked_up_on_the_hub(spec, tmp_path, monkeypatch):
     from catalog.errors import SourceNotFoundError
