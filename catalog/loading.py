@@ -122,8 +122,24 @@ def gguf_file(source: ResolvedSource) -> GGUFFile | None:
         return None
     path = source.path / source.gguf_file
     header = read_header(path)
+    if (parts := int(header.metadata.get("split.count") or 1)) > 1:  # type: ignore[call-overload]
+        raise InvalidSourceError(source.spec, _split_gguf(path, int(header.metadata.get("split.no") or 0), parts))  # type: ignore[call-overload]
     config = gguf_config(header)
     return GGUFFile(path, header, config) if config is not None else None
+
+
+def _split_gguf(path: Path, part: int, parts: int) -> str:
+    """llama.cpp writes a large model's GGUF in parts (`name-00001-of-00003.gguf`), each holding some
+    of its tensors: one part alone is not the model."""
+    first = re.sub(r"-\d{5}-of-(\d{5})\.gguf$", r"-00001-of-\1.gguf", path.name)
+    return (f"{path.name} is part {part + 1} of a GGUF split into {parts} files, and a scan reads one file: merge "
+            f"the parts with llama.cpp (`llama-gguf-split --merge {first} merged.gguf`), then scan merged.gguf.")
+
+
+def _missing_weights(missing: list[str]) -> str:
+    more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+    return (f"the checkpoint lacks weights of the model ({missing[0]}{more}), which transformers would fill with "
+            "random values: a scan of them would catalog noise. Scan the complete checkpoint (all of its files).")
 
 
 def load(source: ResolvedSource, *, device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False) -> LoadedModel:
@@ -135,13 +151,17 @@ def load(source: ResolvedSource, *, device: str = "auto", dtype: str = "auto", t
     with as_invalid(source):
         model, loader = read_directly(source, opened, trust_remote_code)
         if model is None:
-            model = AutoModelForCausalLM.from_pretrained(
+            model, info = AutoModelForCausalLM.from_pretrained(
                 source.path,
                 dtype=opened.dtype,
                 trust_remote_code=trust_remote_code,
                 use_safetensors=source.format != "pytorch",
+                output_loading_info=True,
                 **({"gguf_file": source.gguf_file} if source.gguf_file else {}),
-            ).to(opened.device)
+            )
+            if missing := sorted(info.get("missing_keys") or ()):
+                raise InvalidSourceError(source.spec, _missing_weights(missing))
+            model = model.to(opened.device)
     model.eval()
     architecture = discover(model, opened.config, source.spec)
     info = model_info(source, model, opened.config, opened.dtype, architecture, opened.gguf.header if opened.gguf else None)

@@ -12,14 +12,15 @@ import numpy as np
 Q = gguf.GGMLQuantizationType
 
 
-def write_gguf(path: Path, arch: str, *, heads: int = 4, kv_heads: int = 2, tied: bool = False) -> Path:
+def write_gguf(path: Path, arch: str, *, heads: int = 4, kv_heads: int = 2, tied: bool = False, split: int = 0) -> Path:
     """A 2-layer, 64-wide model of `arch` with random weights, its 2-D weights in Q8_0 and Q4_0,
-    its embedding in F16, norms and biases in F32."""
+    its embedding in F16, norms and biases in F32. `split`: at most that many tensors a file, as
+    llama.cpp splits a large model (`name-00001-of-00003.gguf`, ...); the second part is returned."""
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.modeling_gguf_pytorch_utils import TENSOR_PROCESSORS, TensorProcessor, get_gguf_hf_weights_map
 
-    writer = gguf.GGUFWriter(path, arch)
+    writer = gguf.GGUFWriter(path, arch, split_max_tensors=split)
     writer.add_name(f"tiny-{arch}")
     writer.add_block_count(2)
     writer.add_context_length(128)
@@ -52,4 +53,4 @@ def write_gguf(path: Path, arch: str, *, heads: int = 4, kv_heads: int = 2, tied
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    return path
+    return min(path.parent.glob(f"{path.stem}-00002-of-*.gguf")) if split else path

@@ -131,6 +131,17 @@ def device_shard(tiny, path: Path) -> Path:
     return path
 
 
+def partial(tiny, path: Path) -> Path:
+    """The tiny Llama without one of its down projections, as a shard lost on the way leaves it."""
+    from safetensors.torch import load_file, save_file
+
+    path = copy_checkpoint(tiny("llama").path, path)
+    weights = load_file(path / "model.safetensors")
+    del weights["model.layers.1.mlp.down_proj.weight"]
+    save_file(weights, path / "model.safetensors", metadata={"format": "pt"})
+    return path
+
+
 def unsupported(path: Path) -> Path:
     """A real tiny Mamba checkpoint: transformers loads it, but its blocks hold no feed-forward part."""
     from transformers import AutoModelForCausalLM, MambaConfig
@@ -175,6 +186,11 @@ def inputs(tiny, smollm2_gguf, tmp_path_factory) -> dict[str, Bad]:
                                                                                      "no readable tokenizer", "convert_hf_to_gguf.py")),
         "remote_tokenizer": Bad([str(remote_tokenizer(tiny, root / "custom-tokenizer"))],
                                 ("custom-tokenizer", "its tokenizer needs remote code", "--trust-remote-code")),
+        "partial": Bad([str(partial(tiny, root / "partial"))], ("partial", "lacks weights of the model",
+                                                                 "model.layers.1.mlp.down_proj.weight", "random values")),
+        "split_gguf": Bad([str(write_gguf(root / "split.gguf", "llama", split=8))],
+                          ("split-00002-of-00003.gguf is part 2 of a GGUF split into 3 files",
+                           "llama-gguf-split --merge split-00001-of-00003.gguf merged.gguf")),
         "index_outside": Bad([str(hostile_index(tiny, root / "index-up", "../../../../dev/zero"))],
                              ("index-up", "names '../../../../dev/zero'", "not a file of the checkpoint directory")),
         "index_absolute": Bad([str(hostile_index(tiny, root / "index-abs", str(llama / "model.safetensors")))],
@@ -205,7 +221,7 @@ def runs(inputs, trusted, tmp_path_factory) -> tuple[dict[str, subprocess.Comple
 @pytest.mark.parametrize("name", [
     "missing_path", "unknown_repo", "no_config", "cut_gguf", "cut_gguf_vocabulary", "cut_safetensors", "pickle_refused",
     "pickle_unsafe", "remote_code", "empty_prompt", "unsupported", "unknown_type", "no_tokenizer", "gguf_no_tokenizer",
-    "remote_tokenizer", "index_outside", "index_absolute", "device_shard",
+    "remote_tokenizer", "partial", "split_gguf", "index_outside", "index_absolute", "device_shard",
 ])
 def test_bad_input_is_one_line_naming_the_input_and_the_fix(inputs, runs, name):
     results, out = runs
