@@ -139,6 +139,7 @@ def apply_restore(restore: Path, checkpoint: Path, out: Path) -> list[Scalar]:
     if not checkpoint.is_dir():
         raise RestoreError(checkpoint, "not a directory; give the safetensors checkpoint directory.")
     scalars = read_restore(restore)
+    _only_regular_files(checkpoint)
     tensors = stored_tensors(checkpoint)
     writes = [planned(scalar, tensors, checkpoint) for scalar in scalars]
     with staged(out, checkpoint) as staging:
@@ -148,6 +149,15 @@ def apply_restore(restore: Path, checkpoint: Path, out: Path) -> list[Scalar]:
                 f.seek(write.offset)
                 f.write(write.data)
     return scalars
+
+
+def _only_regular_files(checkpoint: Path) -> None:
+    """Refuse what the copy could not copy whole: a device (a link to /dev/zero is read without
+    end, filling the disk), a pipe or a broken link."""
+    for path in sorted(checkpoint.rglob("*")):
+        if not path.is_dir() and not path.is_file():
+            raise RestoreError(checkpoint, f"{path.relative_to(checkpoint)} is not a regular file (a device, a pipe or a broken "
+                                           "link); remove it, or give a checkpoint directory without it.")
 
 
 @contextmanager

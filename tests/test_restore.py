@@ -45,7 +45,7 @@ def demo(tiny, zipf_text, tmp_path_factory):
 
 
 def digest(directory: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.iterdir())}
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "not a file" for p in sorted(directory.iterdir())}
 
 
 def test_restored_quantized_copy_has_the_perplexity_keep_sw_predicts(superweights, demo, tmp_path):
@@ -123,6 +123,7 @@ def _packed(planted, tmp_path: Path) -> Path:
     ("packed", "tensor model.layers.1.mlp.down_proj.weight is stored as I8 (packed, not dequantized)"),
     ("truncated", "not a readable safetensors file (model.safetensors: tensor "),
     ("not a restore file", "not a superweights-restore file of version 1"),
+    ("a device in it", "notes.txt is not a regular file (a device, a pipe or a broken link)"),
     ("out is not empty", "exists and is not an empty directory; give a new one."),
     ("out inside the input", "overlaps the checkpoint"),
 ])
@@ -145,6 +146,10 @@ def test_refusals_are_one_line_and_write_nothing(superweights, demo, tiny, tmp_p
     elif case == "not a restore file":
         restore = tmp_path / "config.json"
         shutil.copyfile(planted.path / "config.json", restore)
+    elif case == "a device in it":  # the copy would read /dev/zero without end
+        checkpoint = tmp_path / "device"
+        shutil.copytree(planted.path, checkpoint)
+        (checkpoint / "notes.txt").symlink_to("/dev/zero")
     elif case == "out is not empty":
         out.mkdir()
         (out / "keep.txt").write_text("mine")
