@@ -122,15 +122,18 @@ def gguf_file(source: ResolvedSource) -> GGUFFile | None:
         return None
     path = source.path / source.gguf_file
     header = read_header(path)
-    if (parts := int(header.metadata.get("split.count") or 1)) > 1:  # type: ignore[call-overload]
-        raise InvalidSourceError(source.spec, _split_gguf(path, int(header.metadata.get("split.no") or 0), parts))  # type: ignore[call-overload]
+    if (split := _split_gguf(path, header.metadata)) is not None:
+        raise InvalidSourceError(source.spec, split)
     config = gguf_config(header)
     return GGUFFile(path, header, config) if config is not None else None
 
 
-def _split_gguf(path: Path, part: int, parts: int) -> str:
-    """llama.cpp writes a large model's GGUF in parts (`name-00001-of-00003.gguf`), each holding some
-    of its tensors: one part alone is not the model."""
+def _split_gguf(path: Path, metadata: Mapping[str, object]) -> str | None:
+    """Why the file is not the model, where it is one part of a split GGUF (llama.cpp writes a large
+    model in parts, `name-00001-of-00003.gguf`, each holding some of its tensors); else None."""
+    parts, part = (int(metadata.get(key) or default) for key, default in (("split.count", 1), ("split.no", 0)))  # type: ignore[call-overload]
+    if parts <= 1:
+        return None
     first = re.sub(r"-\d{5}-of-(\d{5})\.gguf$", r"-00001-of-\1.gguf", path.name)
     return (f"{path.name} is part {part + 1} of a GGUF split into {parts} files, and a scan reads one file: merge "
             f"the parts with llama.cpp (`llama-gguf-split --merge {first} merged.gguf`), then scan merged.gguf.")
@@ -365,12 +368,12 @@ def _missing_package(exc: Exception) -> str | None:
     nothing is missing). transformers' own message puts the `pip install` command, or the
     installation page, on the lines after the first, which a one-line error would cut off."""
     text = " ".join(str(exc).split())
-    install = re.search(r"`(pip install [^`]+)`", text) or re.search(r"pip install (?:-U )?[^\s`]+", text)
+    install = re.search(r"`(pip install [^`]+)`", text) or re.search(r"(pip install (?:-U )?[^\s`]+)", text)
     if not isinstance(exc, ImportError) and install is None:
         return None
     reason = re.split(r"(?<=\.) ", text, maxsplit=1)[0].rstrip(".:")[:200]
     page = re.search(r"https?://\S+", text)
-    fix = install.group(install.lastindex or 0).rstrip(".,)") if install else page.group(0) if page else ""
+    fix = install.group(1).rstrip(".,)") if install else page.group(0) if page else ""
     return f"{reason}: {fix}" if fix and fix not in reason else reason
 
 

@@ -64,14 +64,17 @@ def checkpoint_shards(path: Path) -> list[Path]:
             weight_map = json.loads(index.read_text())["weight_map"]
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
             raise ValueError(f"{index.name} is not a safetensors index ({exc})") from exc
-        return [path / _inside(index.name, name) for name in sorted(set(weight_map.values()))]
+        if not isinstance(weight_map, dict):
+            raise ValueError(f"{index.name} is not a safetensors index (its weight_map is not an object)")
+        return [path / name for name in sorted({_inside(index.name, name) for name in weight_map.values()})]
     return sorted(path.glob("*.safetensors"))
 
 
 def _inside(index: str, name: object) -> str:
     """A shard name of the index, which must name a file of the checkpoint itself: a hostile index
     could otherwise have the scan read (and hash) any file, /dev/zero without end."""
-    if not isinstance(name, str) or PurePosixPath(name).is_absolute() or ".." in PurePosixPath(name).parts:
+    relative = PurePosixPath(name) if isinstance(name, str) else None
+    if relative is None or relative.is_absolute() or ".." in relative.parts:
         raise ValueError(f"{index} names {name!r}, which is not a file of the checkpoint directory")
     return name
 

@@ -116,10 +116,10 @@ def without_tokenizer(tiny, path: Path) -> Path:
     return path
 
 
-def hostile_index(tiny, path: Path, shard: str) -> Path:
-    """The tiny Llama with a shard index whose one entry names `shard`, a file outside the checkpoint."""
+def hostile_index(tiny, path: Path, weight_map: object) -> Path:
+    """The tiny Llama with a shard index whose weight map is `weight_map`."""
     path = copy_checkpoint(tiny("llama").path, path)
-    (path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"lm_head.weight": shard}}))
+    (path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
     return path
 
 
@@ -191,10 +191,14 @@ def inputs(tiny, smollm2_gguf, tmp_path_factory) -> dict[str, Bad]:
         "split_gguf": Bad([str(write_gguf(root / "split.gguf", "llama", split=8))],
                           ("split-00002-of-00003.gguf is part 2 of a GGUF split into 3 files",
                            "llama-gguf-split --merge split-00001-of-00003.gguf merged.gguf")),
-        "index_outside": Bad([str(hostile_index(tiny, root / "index-up", "../../../../dev/zero"))],
+        "index_outside": Bad([str(hostile_index(tiny, root / "index-up", {"lm_head.weight": "../../../../dev/zero"}))],
                              ("index-up", "names '../../../../dev/zero'", "not a file of the checkpoint directory")),
-        "index_absolute": Bad([str(hostile_index(tiny, root / "index-abs", str(llama / "model.safetensors")))],
+        "index_absolute": Bad([str(hostile_index(tiny, root / "index-abs", {"lm_head.weight": str(llama / "model.safetensors")}))],
                               ("index-abs", "model.safetensors.index.json names", "not a file of the checkpoint directory")),
+        "index_not_a_map": Bad([str(hostile_index(tiny, root / "index-list", ["model.safetensors"]))],
+                               ("index-list", "is not a safetensors index (its weight_map is not an object)")),
+        "index_not_a_name": Bad([str(hostile_index(tiny, root / "index-number", {"a": 1, "b": "model.safetensors"}))],
+                                ("index-number", "names 1, which is not a file of the checkpoint directory")),
         "device_shard": Bad([str(device_shard(tiny, root / "device"))], ("device", "model.safetensors is not a regular file")),
     }
 
@@ -221,7 +225,8 @@ def runs(inputs, trusted, tmp_path_factory) -> tuple[dict[str, subprocess.Comple
 @pytest.mark.parametrize("name", [
     "missing_path", "unknown_repo", "no_config", "cut_gguf", "cut_gguf_vocabulary", "cut_safetensors", "pickle_refused",
     "pickle_unsafe", "remote_code", "empty_prompt", "unsupported", "unknown_type", "no_tokenizer", "gguf_no_tokenizer",
-    "remote_tokenizer", "partial", "split_gguf", "index_outside", "index_absolute", "device_shard",
+    "remote_tokenizer", "partial", "split_gguf", "index_outside", "index_absolute",
+    "index_not_a_map", "index_not_a_name", "device_shard",
 ])
 def test_bad_input_is_one_line_naming_the_input_and_the_fix(inputs, runs, name):
     results, out = runs
