@@ -19,8 +19,8 @@ import torch
 from catalog import reader
 from catalog.architectures import discover
 from catalog.loading import buffers_to, checkpoint_names, load, model_info, open_source, place, skeleton
-from catalog.reader import ShardReader, checkpoint_shards, index_shards
-from catalog.sources import resolve
+from catalog.reader import ShardReader, index_shards
+from catalog.sources import checkpoint_shards, resolve
 
 
 def timed(steps: dict[str, float], name: str, fn: Callable):  # type: ignore[no-untyped-def]

@@ -52,8 +52,9 @@ import bench  # noqa: E402
 from bench import warm_page_cache  # noqa: E402
 from record import write_results  # noqa: E402
 
-from catalog.reader import ShardReader, Span, checkpoint_shards, index_shards  # noqa: E402
+from catalog.reader import ShardReader, Span, index_shards  # noqa: E402
 from catalog.reader import _pread as pread  # noqa: E402
+from catalog.sources import checkpoint_shards  # noqa: E402
 
 import synth  # noqa: E402
 

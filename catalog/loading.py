@@ -20,7 +20,7 @@ from catalog.family import family_name
 from catalog.gguf_load import config_read_once, gguf_config, read_tensors
 from catalog.gguf_meta import Header, read_header
 from catalog.identity import Identity, checkpoint_identity, gguf_identity
-from catalog.reader import ShardReader, Span, checkpoint_shards, index_shards
+from catalog.reader import ShardReader, Span, index_shards
 from catalog.result import ModelInfo
 from catalog.sources import ResolvedSource
 
@@ -249,7 +249,7 @@ def read_parallel(source: ResolvedSource, config, device: torch.device, dtype: t
     that the reader's workers take back after each chunk, and overlapped the load was slower than
     the same steps one after another (benchmarks/README.md, issue 16)."""
     model = skeleton(config, dtype, trust_remote_code)
-    spans = index_shards(checkpoint_shards(source.path))
+    spans = index_shards(source.weight_files())
     if not getattr(model.config, "quantization_config", None):  # quantized tensors are stored packed
         check_shapes(source, model, spans)
     names = checkpoint_names(model, spans)

@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import json
 import os
 import threading
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from queue import Empty, SimpleQueue
 
 import torch
@@ -53,30 +52,6 @@ class Span:
     nbytes: int
     dtype: torch.dtype
     shape: tuple[int, ...]
-
-
-def checkpoint_shards(path: Path) -> list[Path]:
-    """The safetensors files of a checkpoint directory: those its index names, if it has one
-    (some repos also hold a consolidated copy of the same weights under other names), else all."""
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
-            raise ValueError(f"{index.name} is not a safetensors index ({exc})") from exc
-        if not isinstance(weight_map, dict):
-            raise ValueError(f"{index.name} is not a safetensors index (its weight_map is not an object)")
-        return [path / name for name in sorted({_inside(index.name, name) for name in weight_map.values()})]
-    return sorted(path.glob("*.safetensors"))
-
-
-def _inside(index: str, name: object) -> str:
-    """A shard name of the index, which must name a file of the checkpoint itself: a hostile index
-    could otherwise have the scan read (and hash) any file, /dev/zero without end."""
-    relative = PurePosixPath(name) if isinstance(name, str) else None
-    if relative is None or relative.is_absolute() or ".." in relative.parts:
-        raise ValueError(f"{index} names {name!r}, which is not a file of the checkpoint directory")
-    return name
 
 
 def index_shards(files: Iterable[Path]) -> dict[str, Span]:

@@ -24,6 +24,7 @@ from pathlib import Path
 from catalog.errors import BadOptionError, RestoreError, UnwritableOutputError
 from catalog.keeplist import RESTORE_FORMAT, RESTORE_VERSION
 from catalog.safetensors_header import flat_index, read_header
+from catalog.sources import checkpoint_shards
 
 
 def _bf16(value: float) -> bytes:
@@ -93,8 +94,11 @@ def _scalar(path: Path, item: object) -> Scalar:
 
 
 def stored_tensors(checkpoint: Path) -> dict[str, Stored]:
-    """Every tensor of the directory's safetensors files, from their headers."""
-    files = sorted(Path(checkpoint).glob("*.safetensors"))
+    """Every tensor of the checkpoint's safetensors files (those transformers loads), from their headers."""
+    try:
+        files = checkpoint_shards(Path(checkpoint))
+    except ValueError as exc:  # a broken or hostile index
+        raise RestoreError(checkpoint, f"{exc}.") from exc
     if not files:
         raise RestoreError(checkpoint, "holds no .safetensors file; give a safetensors checkpoint directory.")
     tensors: dict[str, Stored] = {}

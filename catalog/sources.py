@@ -5,17 +5,23 @@ repo (`org/name:Q4_K_M`), a local checkpoint directory, or a `.gguf` file. Resol
 
 from __future__ import annotations
 
+import fnmatch
+import glob
+import json
+import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from catalog import settings
 from catalog.errors import BadOptionError, GatedSourceError, InvalidSourceError, SourceNotFoundError, first_line
 from catalog.fingerprint import fingerprint
 
-# What a scan needs from a Hub repo: config, tokenizer and safetensors weights, nothing else.
+WEIGHTS = "model.safetensors"  # what transformers loads, else the shards its index names
+INDEX = "model.safetensors.index.json"
+# What a scan needs from a Hub repo besides its weights (`_hub_weights`): config, card, tokenizer, index.
 HUB_PATTERNS = [
     "config.json",
     "README.md",  # the model card: license, base_model, tags
@@ -25,11 +31,10 @@ HUB_PATTERNS = [
     "vocab.json",
     "merges.txt",
     "*.model",
-    "*.safetensors",
-    "*.safetensors.index.json",
+    INDEX,
 ]
 PICKLE_WEIGHTS = "pytorch_model*.bin"  # what transformers loads: not training_args.bin, optimizer.bin beside it
-PICKLE_PATTERNS = [PICKLE_WEIGHTS, f"{PICKLE_WEIGHTS}.index.json"]
+PICKLE_INDEX = "pytorch_model.bin.index.json"
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -59,8 +64,6 @@ class ResolvedSource:
         elif self.format == "pytorch":
             files = sorted(self.path.glob(PICKLE_WEIGHTS))
         else:
-            from catalog.reader import checkpoint_shards
-
             files = checkpoint_shards(self.path)
         for file in files:
             if file.exists() and not file.is_file():
@@ -74,13 +77,56 @@ class ResolvedSource:
         try:
             found = fingerprint(self.weight_files())
         except (OSError, ValueError) as exc:  # unreadable file, broken index: the load would fail the same way
-            raise InvalidSourceError(self.spec, f"cannot read its weight files ({first_line(exc)[:200]}).") from exc
+            raise _unreadable(self.spec, exc) from exc
         return replace(self, fingerprint=found, revision=self.revision if self.repo_id else local_revision(found))
 
     @property
     def again(self) -> str:
         """A spec that resolves to exactly these files again (on another node: per-node caches)."""
         return f"{self.source}@{self.revision}" if self.repo_id and self.revision else self.source
+
+
+def checkpoint_shards(path: Path) -> list[Path]:
+    """The safetensors files of a checkpoint directory (`shard_names`)."""
+    return [path / name for name in shard_names(os.listdir(path), path / INDEX)]
+
+
+def shard_names(files: Iterable[str], index: Path) -> list[str]:
+    """The safetensors files among a checkpoint's `files` (paths relative to it), as transformers
+    picks them: model.safetensors, else those its index names; only where it has neither, every
+    top-level .safetensors file (a checkpoint saved under another name). So a variant
+    (model.fp16.safetensors), an adapter, Mistral's consolidated.safetensors or a training copy
+    in a subfolder (checkpoint-500/) beside the weights is neither read, fingerprinted nor
+    downloaded. `index` is read only where the files hold no model.safetensors."""
+    files = set(files)
+    if WEIGHTS in files:
+        return [WEIGHTS]
+    if INDEX in files:
+        return _index_names(index)
+    return sorted(name for name in files if name.endswith(".safetensors") and "/" not in name)
+
+
+def _index_names(index: Path) -> list[str]:
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
+        raise ValueError(f"{index.name} is not a safetensors index ({exc})") from exc
+    if not isinstance(weight_map, dict):
+        raise ValueError(f"{index.name} is not a safetensors index (its weight_map is not an object)")
+    return sorted({_inside(index.name, name) for name in weight_map.values()})
+
+
+def _inside(index: str, name: object) -> str:
+    """A shard name of the index, which must name a file of the checkpoint itself: a hostile index
+    could otherwise have the scan read (and hash) any file, /dev/zero without end."""
+    relative = PurePosixPath(name) if isinstance(name, str) else None
+    if relative is None or relative.is_absolute() or ".." in relative.parts:
+        raise ValueError(f"{index} names {name!r}, which is not a file of the checkpoint directory")
+    return name
+
+
+def _unreadable(spec: str, exc: Exception) -> InvalidSourceError:
+    return InvalidSourceError(spec, f"cannot read its weight files ({first_line(exc)[:200]}).")
 
 
 def local_revision(fingerprint: str) -> str:
@@ -200,13 +246,29 @@ def _resolve_hub(spec: str, allow_pickle: bool) -> ResolvedSource:
     repo_id, revision = split_revision(repo_spec)
     if gguf is not None:
         return _resolve_hub_gguf(spec, repo_id, revision, gguf)
-    patterns = HUB_PATTERNS + (PICKLE_PATTERNS if allow_pickle else [])
     with _hub_errors(spec, repo_id, revision):
         _check_access(repo_id)
-        folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
+        with _without_progress_bars():  # config, card, tokenizer: no bar above the weights' own, or an error's line
+            folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=HUB_PATTERNS))
+        try:
+            weights = _hub_weights(_repo_files(repo_id, folder), folder, allow_pickle)
+        except ValueError as exc:  # a broken or hostile index
+            raise _unreadable(spec, exc) from exc
+        if weights:  # at the commit just pinned, even if the branch moves meanwhile
+            snapshot_download(repo_id, revision=folder.name, allow_patterns=[glob.escape(name) for name in weights])
     resolved = _resolve_local(spec, folder, allow_pickle)
     # snapshot folders are named by commit sha: this pins the revision actually scanned
     return replace(resolved, repo_id=repo_id, revision=folder.name, source=repo_id)
+
+
+def _hub_weights(files: list[str], snapshot: Path, allow_pickle: bool) -> list[str]:
+    """The weight files of a repo's `files` that a scan downloads: the safetensors ones transformers
+    would load (`shard_names`), else, where pickle is allowed, its pytorch_model*.bin files and
+    their index. Never both formats of a repo that ships both, nor the copies beside them."""
+    safetensors = shard_names(files, snapshot / INDEX)
+    if safetensors or not allow_pickle:
+        return safetensors
+    return [name for name in files if "/" not in name and fnmatch.fnmatch(name, PICKLE_WEIGHTS) or name == PICKLE_INDEX]
 
 
 def _resolve_hub_gguf(spec: str, repo_id: str, revision: str | None, wanted: str) -> ResolvedSource:
@@ -220,7 +282,7 @@ def _resolve_hub_gguf(spec: str, repo_id: str, revision: str | None, wanted: str
         _check_access(repo_id)
         with _without_progress_bars():  # a few kB: no bar before the file's own, or before an error's one line
             folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=["README.md"]))
-        name = pick_gguf(spec, wanted, _gguf_files(repo_id, folder))
+        name = pick_gguf(spec, wanted, [f for f in _repo_files(repo_id, folder) if f.endswith(".gguf")])
         hf_hub_download(repo_id, name, revision=folder.name)  # into the snapshot folder
     return ResolvedSource(spec, folder, "gguf", repo_id, folder.name, name, source=f"{repo_id}:{name}")
 
@@ -255,13 +317,13 @@ def _without_progress_bars() -> Iterator[None]:
             enable_progress_bars()
 
 
-def _gguf_files(repo_id: str, snapshot: Path) -> list[str]:
-    """The repo's GGUF files at the snapshot's commit: from the Hub, or offline those in the cache."""
+def _repo_files(repo_id: str, snapshot: Path) -> list[str]:
+    """The repo's files at the snapshot's commit: from the Hub, or offline those in the cache."""
     if settings.hub_offline():
-        return sorted(str(p.relative_to(snapshot)) for p in snapshot.rglob("*.gguf"))
+        return sorted(str(p.relative_to(snapshot)) for p in snapshot.rglob("*") if not p.is_dir())
     from huggingface_hub import HfApi
 
-    return sorted(f for f in HfApi().list_repo_files(repo_id, revision=snapshot.name) if f.endswith(".gguf"))
+    return sorted(HfApi().list_repo_files(repo_id, revision=snapshot.name))
 
 
 def pick_gguf(spec: str, wanted: str, files: list[str]) -> str:

@@ -48,7 +48,7 @@ from catalog.options import MAX_GPU_MEMORY, format_size
 from catalog.patches import forwards_replaced, hooked
 from catalog.perplexity import Evaluation, evaluate, frequent_tokens
 from catalog.prefix import PrefixCache
-from catalog.reader import ShardReader, checkpoint_shards
+from catalog.reader import ShardReader
 from catalog.result import SuperWeight
 from catalog.sources import ResolvedSource
 
@@ -69,7 +69,7 @@ class ShardStore:
 
     @classmethod
     def open(cls, source: ResolvedSource, stack: contextlib.ExitStack, device: torch.device, dtype: torch.dtype) -> ShardStore:
-        return cls(stack.enter_context(ShardReader.open(checkpoint_shards(source.path), device, dtype=dtype)))
+        return cls(stack.enter_context(ShardReader.open(source.weight_files(), device, dtype=dtype)))
 
     def read_block(self, prefix: str) -> dict[str, torch.Tensor]:
         """Every tensor named `prefix...`, on the device, keyed by its name inside the block."""

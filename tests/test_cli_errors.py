@@ -117,8 +117,9 @@ def without_tokenizer(tiny, path: Path) -> Path:
 
 
 def hostile_index(tiny, path: Path, weight_map: object) -> Path:
-    """The tiny Llama with a shard index whose weight map is `weight_map`."""
+    """The tiny Llama sharded (into one shard), its index's weight map `weight_map`."""
     path = copy_checkpoint(tiny("llama").path, path)
+    (path / "model.safetensors").rename(path / "model-00001-of-00001.safetensors")
     (path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
     return path
 

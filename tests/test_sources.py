@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -105,8 +106,6 @@ def test_local_directory_has_no_repo_and_a_revision_named_by_its_weights(tiny):
 def test_a_pickle_checkpoint_is_its_weights_not_the_trainers_files_beside_them(tiny, tmp_path):
     """A Trainer's output directory holds training_args.bin (and optimizer.bin) beside
     pytorch_model.bin: they are not weights, and a new run's would name the same weights anew."""
-    import shutil
-
     import torch
     from safetensors.torch import load_file
 
@@ -128,3 +127,77 @@ def test_what_is_neither_a_path_nor_a_repo_id_is_not_looked_up_on_the_hub(spec, 
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SourceNotFoundError, match="Give an existing checkpoint directory"):
         resolve(spec)
+
+
+def _crowd(checkpoint: Path, folder: Path, shards: int = 1) -> Path:
+    """`checkpoint` as Hub repos ship one: its weights (in `shards` files with an index, or
+    model.safetensors), and beside them other copies that transformers does not load: a variant,
+    Mistral's consolidated file, an adapter, a training copy in a subfolder, pickle weights."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    path = Path(shutil.copytree(checkpoint, folder))
+    weights = load_file(path / "model.safetensors")
+    if shards > 1:
+        (path / "model.safetensors").unlink()
+        names = sorted(weights)
+        files = [f"model-{i + 1:05d}-of-{shards:05d}.safetensors" for i in range(shards)]
+        weight_map = {name: files[i * shards // len(names)] for i, name in enumerate(names)}
+        for file in files:
+            save_file({n: weights[n] for n, f in weight_map.items() if f == file}, path / file, metadata={"format": "pt"})
+        (path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    save_file({n: w.half() for n, w in weights.items()}, path / "model.fp16.safetensors", metadata={"format": "pt"})
+    save_file({f"mistral.{n}": w for n, w in weights.items()}, path / "consolidated.safetensors")
+    save_file({"base_model.model.lm_head.lora_A.weight": torch.zeros(8, 64)}, path / "adapter_model.safetensors")
+    (path / "checkpoint-500").mkdir()
+    save_file({n: w + 1 for n, w in weights.items()}, path / "checkpoint-500" / "model.safetensors")
+    torch.save(weights, path / "pytorch_model.bin")
+    return path
+
+
+def _files(path: Path, names: list[str]) -> list[Path]:
+    return [path / name for name in names]
+
+
+@pytest.mark.parametrize("shards", [1, 2])
+def test_a_checkpoint_is_the_weights_transformers_loads_not_the_copies_beside_them(tiny, tmp_path, shards):
+    """The same weights are one revision however many variants, adapters and copies lie beside them."""
+    from catalog.sources import checkpoint_shards
+
+    base = tiny("llama").path
+    bare, crowded = _crowd(base, tmp_path / "bare", shards), _crowd(base, tmp_path / "crowded", shards)
+    for extra in ["model.fp16.safetensors", "consolidated.safetensors", "adapter_model.safetensors", "checkpoint-500",
+                  "pytorch_model.bin"]:
+        target = bare / extra
+        target.unlink() if target.is_file() else shutil.rmtree(target)
+    weights = sorted(p.name for p in bare.glob("*.safetensors"))
+    assert checkpoint_shards(crowded) == _files(crowded, weights)
+    assert resolve(str(crowded), allow_pickle=True).fingerprint == resolve(str(bare)).fingerprint
+
+
+def test_a_hub_scan_downloads_only_the_weights_it_reads(tiny, tmp_path):
+    """A repo shipping its weights twice (Mistral's consolidated.safetensors beside the shards, a
+    fp16 variant, both safetensors and pickle) costs one download of them, not every copy."""
+    planted = tiny("llama")
+    out = tmp_path
+    with HubServer() as server:
+        served = {"org/one-file": _crowd(planted.path, tmp_path / "one"), "org/sharded": _crowd(planted.path, tmp_path / "two", 2)}
+        hostile = _crowd(planted.path, tmp_path / "hostile", 2)
+        (hostile / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"lm_head.weight": "../../../../x"}}))
+        for repo_id, folder in {**served, "org/hostile": hostile}.items():
+            server.add(repo_id, folder)
+        env = isolated_env(tmp_path / "env") | {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": server.url}
+        results = run_many({repo_id: [*SCAN, "--allow-pickle", repo_id, "--json", str(out / f"{repo_id[4:]}.json")]
+                            for repo_id in [*served, "org/hostile"]}, env)
+        transfers = server.transfers
+    line = one_line_error(results["org/hostile"])
+    assert "names '../../../../x', which is not a file of the checkpoint directory" in line, line
+    assert not [t for t in transfers if t.repo == "org/hostile" and t.file.endswith((".safetensors", ".bin"))]
+    for repo_id in served:
+        assert results[repo_id].returncode == 0, results[repo_id].stderr
+        weights = sorted(t.file for t in transfers if t.repo == repo_id and t.file.endswith((".safetensors", ".bin")))
+        expected = ["model.safetensors"] if repo_id == "org/one-file" else ["model-00001-of-00002.safetensors",
+                                                                            "model-00002-of-00002.safetensors"]
+        assert weights == expected
+        scanned = json.loads((out / f"{repo_id[4:]}.json").read_text())
+        assert [(w["layer"], w["row"], w["col"]) for w in scanned["super_weights"]] == [(planted.layer, planted.row, planted.col)]
