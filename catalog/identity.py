@@ -18,6 +18,7 @@ FROM_CARD = "config and model card"
 FROM_REPO = "hub repo id"
 FROM_FILE_NAME = "file name"  # a GGUF without general.* keys, or a bare directory: the name is a guess
 GGUF_QUANT = re.compile(r"(I?Q\d+_[A-Z0-9_]+|I?Q\d+|BF16|F16|F32)", re.IGNORECASE)
+TEXT = 255  # characters of a declared name, license or base model kept: the catalog's columns (db.models)
 HUB_URL = re.compile(r"^https?://(?:www\.)?huggingface\.co/([\w.-]+/[\w.-]+)/?$")
 
 
@@ -44,11 +45,12 @@ def gguf_identity(path: Path, repo_id: str | None = None, metadata: Mapping[str,
     quantization = file_type_name(meta.get("file_type")) or quantization_from_name(path.name)
     base = _gguf_base_model(meta)
     tags = meta.get("tags")
-    if not meta.get("name"):
+    name = _text(meta.get("name"))
+    if not name:
         return Identity(repo_id or path.name, FROM_REPO if repo_id else FROM_FILE_NAME, _organization(repo_id),
                         quantization=quantization, base_model=base, license=_text(meta.get("license")))
     return Identity(
-        name=str(meta["name"]), named_from=FROM_GGUF,
+        name=name, named_from=FROM_GGUF,
         organization=_text(meta.get("organization")) or _organization(repo_id), basename=_text(meta.get("basename")),
         size_label=_text(meta.get("size_label")), license=_text(meta.get("license")), base_model=base,
         quantization=quantization, tags=tuple(map(str, tags)) if isinstance(tags, list) else (),
@@ -66,10 +68,11 @@ def checkpoint_identity(path: Path, config_name: str | None, repo_id: str | None
         name, organization = named.split("/", 1)[1], _organization(named)
         named_from = FROM_REPO if repo_id else FROM_CARD
     else:
-        name, organization = card.get("model_name") or path.name, None
-        named_from = FROM_CARD if card.get("model_name") else FROM_FILE_NAME
-    return Identity(name, named_from, organization, license=card.get("license"),
-                    base_model=card.get("base_model"), tags=tuple(card.get("tags", ())))
+        declared = _text(card.get("model_name"))
+        name, organization = declared or path.name, None
+        named_from = FROM_CARD if declared else FROM_FILE_NAME
+    return Identity(name, named_from, organization, license=_text(card.get("license")),
+                    base_model=_text(card.get("base_model")), tags=tuple(card.get("tags", ())))
 
 
 def name_fact(name: str | None, named_from: str | None) -> str | None:
@@ -131,4 +134,8 @@ def _organization(repo_id: str | None) -> str | None:
 
 
 def _text(value: object) -> str | None:
-    return str(value) if isinstance(value, str) and value.strip() else None
+    """A declared fact as text, cut to what a catalog column holds (`TEXT`): a file may declare
+    a name of any length, which would leave its scan one that no catalog takes."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    return value if len(value) <= TEXT else f"{value[:TEXT - 1]}…"

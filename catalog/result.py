@@ -8,10 +8,13 @@ ablation row its own paired baseline, interval and windows.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+import types
+import typing
 from collections import Counter
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -161,22 +164,35 @@ class ScanResult:
         prepare(Path(path), "--json").write_text(self.json_text())
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ScanResult:
+    def from_dict(cls, data: dict[str, Any], *, checked: bool = False) -> ScanResult:
+        """The scan a dict holds. `checked` (a file from elsewhere, for `db save`): each value of its
+        field's type (`_build`), each verdict and kind one this version knows and each candidate
+        listed once, else ValueError naming the first that is not; a catalog's rows are taken as
+        stored (an older schema's left some facts NULL)."""
         if data.get("schema") != SCHEMA:
             raise ValueError(f"unsupported scan schema {data.get('schema')!r} (expected {SCHEMA})")
-        return cls(
-            model=_build(ModelInfo, data["model"]),
-            config=data["config"],
-            layers=[_build(LayerStat, x) for x in data["layers"]],
-            super_weights=[_build(SuperWeight, x) for x in data["super_weights"]],
-            ablations=[_build(Ablation, x) for x in data.get("ablations", [])],
-            timings=data.get("timings", {}),
-            environment=data.get("environment", {}),
-            config_hash=data.get("config_hash", ""),
-            summary=data.get("summary", {}),
-            started_at=data.get("started_at"),
-            finished_at=data.get("finished_at"),
-        )
+        build = functools.partial(_build, checked=checked)
+        result = build(cls, {**data, "model": build(ModelInfo, data["model"], "model"),
+                             **{name: [build(row, item, f"{name}[{i}]") for i, item in enumerate(_list(data, name))]
+                                for name, row in ROWS.items()}}, "")
+        if checked:
+            result.check_values()
+        return result
+
+    def check_values(self) -> None:
+        """Refuse a verdict or an ablation kind this version does not know, and a candidate listed twice."""
+        seen: set[tuple] = set()
+        for i, weight in enumerate(self.super_weights):
+            if weight.verdict not in VERDICTS:
+                raise ValueError(f"super_weights[{i}].verdict {weight.verdict!r} is none of {', '.join(VERDICTS)}")
+            key = (weight.layer, weight.param, weight.expert, weight.row, weight.col)
+            if key in seen:
+                raise ValueError(f"super_weights[{i}] lists {weight.param}[{weight.row}, {weight.col}] a second time")
+            seen.add(key)
+        kinds = {str(kind) for kind in Kind}
+        for i, ablation in enumerate(self.ablations):
+            if ablation.kind is not None and ablation.kind not in kinds:
+                raise ValueError(f"ablations[{i}].kind {ablation.kind!r} is none of {', '.join(sorted(kinds))}")
 
     @classmethod
     def from_json(cls, path: Path) -> ScanResult:
@@ -192,6 +208,9 @@ class ScanResult:
         return {verdict: counts[verdict] for verdict in VERDICTS}
 
 
+ROWS = {"layers": LayerStat, "super_weights": SuperWeight, "ablations": Ablation}  # a scan's lists of rows
+
+
 def check_finite(data: Any, path: str = "") -> None:
     """Raise `NonFiniteError` naming the first number in `data` (dicts, lists) that is NaN or inf."""
     if isinstance(data, float) and not math.isfinite(data):
@@ -201,7 +220,57 @@ def check_finite(data: Any, path: str = "") -> None:
         check_finite(value, f"{path}[{key}]" if isinstance(key, int) else f"{path}.{key}".lstrip("."))
 
 
-def _build(cls: type, data: dict[str, Any]) -> Any:
-    """Build a dataclass from a dict, ignoring keys a newer writer added."""
-    names = {f.name for f in fields(cls)}
-    return cls(**{k: v for k, v in data.items() if k in names})
+def _list(data: dict[str, Any], name: str) -> list:
+    items = data.get(name, [])
+    if not isinstance(items, list):
+        raise ValueError(f"{name} is {type(items).__name__}, not a list")
+    return items
+
+
+def _build(cls: type, data: object, where: str, checked: bool) -> Any:
+    """Build a dataclass from a dict, ignoring keys a newer writer added. `checked`: each value must
+    be of its field's declared type (an integer within 64 bits, not a bool), or a hand-edited file
+    would be stored as SQL takes it: text in an integer column, a number no column holds."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where or 'the scan'} is {type(data).__name__}, not an object")
+    hints = _hints(cls)
+    values = {k: v for k, v in data.items() if k in hints}
+    for name, value in values.items():
+        if checked and not _conforms(value, hints[name]):
+            shown = repr(value) if len(repr(value)) <= 40 else f"{repr(value)[:40]}..."
+            raise ValueError(f"{where}.{name}".lstrip(".") + f" is {shown}, not {_spelled(hints[name])}")
+    return cls(**values)
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _conforms(value: object, hint: Any) -> bool:
+    """Whether a JSON value is of a field's type: int, float (an integer JSON number too), str,
+    bool, list[X], dict[str, Any], Any, or a union of them with None."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (types.UnionType, typing.Union):
+        return any(_conforms(value, arg) for arg in args)
+    if hint is Any:
+        return True
+    if hint is type(None):
+        return value is None
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63
+    if hint is float:
+        return isinstance(value, float) or _conforms(value, int)
+    if origin is list:
+        return isinstance(value, list) and all(_conforms(item, args[0]) for item in value)
+    return isinstance(value, origin or hint)
+
+
+def _spelled(hint: Any) -> str:
+    """A field's type in words: 'an integer or null'."""
+    if typing.get_origin(hint) in (types.UnionType, typing.Union):
+        return " or ".join(map(_spelled, typing.get_args(hint)))
+    if typing.get_origin(hint) is list:
+        return f"a list ({_spelled(typing.get_args(hint)[0])} each)"
+    words = {int: "a 64-bit integer", float: "a number", str: "a string", bool: "true or false", type(None): "null", dict: "an object"}
+    return words.get(typing.get_origin(hint) or hint, getattr(hint, "__name__", str(hint)))

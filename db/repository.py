@@ -13,9 +13,10 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import BigInteger, Integer, String, delete, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
+from sqlalchemy.types import TypeEngine
 
 from catalog.errors import first_line
 from catalog.result import ScanResult, check_finite
@@ -43,6 +44,7 @@ class Catalog(CatalogReader):
         A result holding NaN or inf is refused (`NonFiniteError`): SQL would store it as NULL."""
         info, data = result.model, result.to_dict()
         check_finite(data)
+        self._check_fits(data, info.source)
         with self._writing(info.source) as session:
             model = _model_row(session, info.source, info.repo_id, info.revision, info.fingerprint)
             for name, value in _facts(data).items():
@@ -63,6 +65,18 @@ class Catalog(CatalogReader):
             )
             return _replace(session, scan)
 
+    def _check_fits(self, data: dict[str, Any], source: str) -> None:
+        """Refuse, before anything is written, a value its column cannot hold on every backend:
+        SQLite keeps a string past the column's length or an integer past 32 bits, which
+        PostgreSQL refuses, so that one catalog would take a scan that another cannot."""
+        rows = [(Model, data["model"], "model"), (Scan, data, "scan"),
+                *((row_type, item, f"{name}[{i}]") for name, row_type in ROW_TYPES.items() for i, item in enumerate(data[name]))]
+        for row_type, values, where in rows:
+            for column in row_type.__table__.columns:
+                problem = _unfit(values.get(column.key), column.type)
+                if problem:
+                    raise CatalogWriteError(self.display, source[:200], f"{where}.{column.key} is {problem}")
+
     @contextmanager
     def _writing(self, source: str) -> Iterator[Session]:
         """One transaction: all of it is written, or (on any database error) none of it."""
@@ -74,6 +88,17 @@ class Catalog(CatalogReader):
             if "database is locked" in reason:
                 raise CatalogBusyError(self.display, dbapi.BUSY_WAIT_S) from exc
             raise CatalogWriteError(self.display, source, reason) from exc
+
+
+def _unfit(value: object, kind: TypeEngine) -> str | None:
+    """What is wrong with `value` for a column of type `kind`, or None."""
+    length = getattr(kind, "length", None) if isinstance(kind, String) else None
+    if isinstance(value, str) and length and len(value) > length:
+        return f"{len(value)} characters, more than its column's {length}"
+    bits = 64 if isinstance(kind, BigInteger) else 32
+    if isinstance(value, int) and isinstance(kind, Integer) and not -(2 ** (bits - 1)) <= value < 2 ** (bits - 1):
+        return f"{value}, past its column's {bits}-bit integers"
+    return None
 
 
 def _model_row(session: Session, source: str, repo_id: str | None, revision: str | None, fingerprint: str | None = None) -> Model:

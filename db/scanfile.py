@@ -23,7 +23,7 @@ def read_scan(path: Path) -> ScanResult:
     if not isinstance(data, dict):
         raise ScanFileError(path, "not a JSON object")
     try:
-        result = ScanResult.from_dict(data)
+        result = ScanResult.from_dict(data, checked=True)
     except (KeyError, TypeError, ValueError) as exc:
         raise ScanFileError(path, str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}") from exc
     try:

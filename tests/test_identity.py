@@ -221,6 +221,14 @@ def test_the_smollm2_gguf_declares_its_name_organization_size_license_and_file_t
         "Smollm2 135M 8k Lc100K Mix1 Ep2", FROM_GGUF, "HuggingFaceTB", "smollm2", "135M", "apache-2.0", "Q4_1")
 
 
+def test_a_name_longer_than_a_catalog_column_is_cut_marked_so(smollm2_gguf):
+    """A file may declare a name of any length; the catalog's columns hold 255 characters, and a
+    scan whose facts do not fit would be one that no catalog takes."""
+    me = gguf_identity(smollm2_gguf, metadata={"general.name": "n" * 1000, "general.license": "l" * 300,
+                                               "general.organization": "HuggingFaceTB"})
+    assert (me.name, me.license, me.organization) == ("n" * 254 + "…", "l" * 254 + "…", "HuggingFaceTB")
+
+
 def without_general_keys(source: Path, target: Path) -> Path:
     """A copy of a GGUF file without its `general.*` keys but `general.architecture`, which
     transformers needs to read it at all: the key-value section rewritten, tensor infos and data

@@ -92,6 +92,69 @@ def test_db_save_reads_every_file_before_saving_any(tmp_path, superweights):
     assert scan_ids(url) == [(1, "org/tiny-llama", "c0ffee0123456789")]
 
 
+def _edited(data: dict, where: str, value: object) -> dict:
+    """`data` (a scan's dict) with the value at `where` ("super_weights.0.layer") replaced."""
+    *path, last = where.split(".")
+    target = data
+    for key in path:
+        target = target[int(key) if key.isdigit() else key]
+    target[int(last) if last.isdigit() else last] = value
+    return data
+
+
+@pytest.mark.parametrize("where,value,says", [
+    ("super_weights.0.layer", "1", "super_weights[0].layer is '1', not a 64-bit integer"),
+    ("super_weights.0.layer", 10**30, f"super_weights[0].layer is {10**30}, not a 64-bit integer"),
+    ("super_weights.0.expert", True, "super_weights[0].expert is True, not a 64-bit integer or null"),
+    ("super_weights.0.verdict", "maybe", "super_weights[0].verdict 'maybe' is none of confirmed, rejected, inconclusive, untested"),
+    ("super_weights.1", None, "super_weights[1] is NoneType, not an object"),
+    ("super_weights.0.tensor_index", [1, "2"], "super_weights[0].tensor_index is [1, '2'], not a list (a 64-bit integer each)"),
+    ("layers", {"0": {}}, "layers is dict, not a list"),
+    ("model.num_layers", 4.5, "model.num_layers is 4.5, not a 64-bit integer"),
+    ("ablations.0.kind", "mystery", "ablations[0].kind 'mystery' is none of"),
+    ("config", [], "config is [], not an object"),
+])
+def test_a_scan_file_edited_out_of_its_types_is_refused_naming_the_field(tmp_path, superweights, where, value, says):
+    """SQLite stores what it is given (text in an integer column, a bool as 1): a file is checked
+    field by field before a catalog sees it."""
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(_edited(sample_result().to_dict(), where, value)))
+    status, _, err = superweights("db", "save", str(bad), "--db", f"sqlite:///{tmp_path / 'catalog.db'}")
+    assert status == 1 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"error: {bad}: not a scan JSON this version can save ({says}"), err
+    assert not (tmp_path / "catalog.db").exists()
+
+
+def test_a_candidate_listed_twice_is_refused(tmp_path, superweights):
+    """100000 copies of one row would be saved as 100000 super weights."""
+    data = sample_result().to_dict()
+    data["super_weights"].append(dict(data["super_weights"][0]))
+    bad = tmp_path / "twice.json"
+    bad.write_text(json.dumps(data))
+    status, _, err = superweights("db", "save", str(bad), "--db", f"sqlite:///{tmp_path / 'catalog.db'}")
+    assert status == 1
+    assert "(super_weights[2] lists model.layers.1.mlp.down_proj.weight[17, 23] a second time)" in err
+
+
+@pytest.mark.parametrize("where,value,says", [
+    ("super_weights.0.layer", 2**40, f"super_weights[0].layer is {2**40}, past its column's 32-bit integers"),
+    ("model.source", "org/" + "x" * 2000, "model.source is 2004 characters, more than its column's 1024"),
+    ("model.architecture", "A" * 300, "model.architecture is 300 characters, more than its column's 255"),
+])
+def test_what_one_catalog_would_keep_and_another_refuse_is_refused_by_both(catalog_url, superweights, tmp_path, where, value, says):
+    """SQLite keeps a string past its column's length and an integer past 32 bits; PostgreSQL refuses
+    them: the same file is refused by either, before anything is written."""
+    from db.repository import Catalog
+
+    Catalog(catalog_url).save(sample_result("org/earlier"), **times())
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(_edited(sample_result().to_dict(), where, value)))
+    status, _, err = superweights("db", "save", str(bad), "--db", catalog_url)
+    assert status == 1 and len(err.strip().splitlines()) == 1, err
+    assert f"({says}); nothing was written." in err
+    assert [source for _, source, _ in scan_ids(catalog_url)] == ["org/earlier"]
+
+
 def test_a_catalog_locked_past_the_wait_is_said_to_be_so(short_wait, tmp_path, superweights):
     from db.repository import Catalog
 
