@@ -8,9 +8,9 @@ it again (27 s of a 69 s scan). Here the file is parsed once (`catalog.gguf_meta
 - the config dict is built from the same tables transformers reads (`GGUF_CONFIG_MAPPING`,
   `GGUF_CONFIG_DEFAULTS_MAPPING`) the way `load_gguf_checkpoint` builds it, and handed to
   AutoConfig and AutoTokenizer in its place (`config_read_once`);
-- each tensor is dequantized from a memory map, in threads: the legacy block types Q8_0, Q4_0
-  and Q4_1 by torch (`TORCH_BLOCKS`: gguf's own float32 operations, the same bits, 4x faster),
-  the others by the `gguf` package (`gguf.dequantize`, as transformers does); then passed
+- each tensor is dequantized from a memory map, in threads: the legacy block types and the
+  k-quants by torch (`catalog.gguf_blocks`: gguf's own float32 operations, the same bits, several
+  times faster), the others by the `gguf` package (`gguf.dequantize`, as transformers does); then passed
   through transformers' own tensor processor for the architecture (for llama-family models it
   undoes llama.cpp's Q/K row permutation) and its GGUF to state-dict name map
   (`get_gguf_hf_weights_map`).
@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from catalog.gguf_blocks import TORCH_BLOCKS
 from catalog.gguf_meta import Header, TensorEntry
 from catalog.patches import replaced
 
@@ -137,7 +138,7 @@ def read_tensors(path: Path, header: Header, config: dict[str, object], model: n
 
 def dequantize(data: np.ndarray, entry: TensorEntry) -> np.ndarray:
     """One tensor in float32, shaped as the file says: the bytes `gguf.GGUFReader` would hand
-    `gguf.dequantize` (rows of blocks), read from the memory map. The legacy block types of
+    `gguf.dequantize` (rows of blocks), read from the memory map. The block types of
     `TORCH_BLOCKS` are dequantized by torch, bit for bit gguf's arithmetic; the rest by gguf."""
     from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
     from gguf import dequantize as gguf_dequantize
@@ -153,26 +154,6 @@ def dequantize(data: np.ndarray, entry: TensorEntry) -> np.ndarray:
         blocks = torch.from_numpy(raw).view(-1, block_bytes)  # (blocks, bytes), on the map's pages
         return TORCH_BLOCKS[kind.name](blocks).numpy().reshape(entry.shape)
     return gguf_dequantize(raw.reshape(*outer, row_bytes), kind).reshape(entry.shape)
-
-
-def _scale(blocks: torch.Tensor, at: int) -> torch.Tensor:
-    """The float16 at bytes [at, at + 2) of each block, as float32: (blocks, 1)."""
-    return blocks[:, at: at + 2].contiguous().view(torch.float16).float()
-
-
-def _nibbles(qs: torch.Tensor) -> torch.Tensor:
-    """A block's 16 bytes as its 32 values: low nibbles first, then high (gguf's order)."""
-    return torch.cat([qs & 0x0F, qs >> 4], dim=1)
-
-
-# gguf.quants' `dequantize_blocks` for these types, the same float32 operations in the same order
-# (one multiply, then one add for Q4_1), so the same bits: `gguf.dequantize` is ~4x slower here and
-# holds the GIL for much of its time (2 threads spent 8.6 s on what one thread of torch does in 0.7 s)
-TORCH_BLOCKS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "Q8_0": lambda b: b[:, 2:].view(torch.int8).float() * _scale(b, 0),
-    "Q4_0": lambda b: _scale(b, 0) * (_nibbles(b[:, 2:]).to(torch.int8) - 8).float(),
-    "Q4_1": lambda b: _scale(b, 0) * _nibbles(b[:, 4:]).float() + _scale(b, 2),
-}
 
 
 def _torch(weights: np.ndarray, device: torch.device, dtype: torch.dtype) -> torch.Tensor:

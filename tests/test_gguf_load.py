@@ -116,18 +116,21 @@ def test_a_gguf_load_parses_the_header_once_and_names_the_model_from_it(smollm2_
         gguf_identity(smollm2_gguf).name, FROM_GGUF, "Q4_1")
 
 
-@pytest.mark.parametrize("kind", ["Q8_0", "Q4_0", "Q4_1"])
+@pytest.mark.parametrize("kind", ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"])
 def test_torch_dequantization_is_ggufs_bit_for_bit(kind):
-    """The block types dequantized by torch (`TORCH_BLOCKS`) give exactly `gguf.dequantize`'s float32
-    bits, for values of every magnitude a checkpoint holds (scales from 1e-6 to 1e4, zeros, signs)."""
-    from catalog.gguf_load import TORCH_BLOCKS
+    """The block types dequantized by torch (`TORCH_BLOCKS`: the legacy types and the k-quants of
+    the Hub's Q4_K_M and Q5_K_M files) give exactly `gguf.dequantize`'s float32 bits. The blocks
+    are random bytes: every bit field, sign and scale (float16 zeros, subnormals, infinities, NaNs)."""
+    from catalog.gguf_blocks import TORCH_BLOCKS
     from catalog.gguf_meta import TensorEntry
 
-    rng = np.random.default_rng(0)
-    values = (rng.standard_normal((48, 256)) * 10.0 ** rng.uniform(-6, 4, (48, 1))).astype(np.float32)
-    values[0] = 0.0
-    quantized = gguf.quants.quantize(values, Q[kind])
+    block, block_bytes = gguf.GGML_QUANT_SIZES[Q[kind]]
+    rows, blocks_per_row = 64, 3
+    quantized = np.random.default_rng(0).integers(0, 256, (rows, blocks_per_row * block_bytes), dtype=np.uint8)
     data = np.concatenate([np.zeros(7, np.uint8), quantized.ravel()])  # an odd offset, as in a file
-    ours = dequantize(data, TensorEntry("t", values.shape, int(Q[kind]), 7))
-    assert kind in TORCH_BLOCKS
-    assert np.array_equal(ours.view(np.uint32), gguf.dequantize(quantized, Q[kind]).view(np.uint32))
+    ours = dequantize(data, TensorEntry("t", (rows, blocks_per_row * block), int(Q[kind]), 7))
+    with np.errstate(all="ignore"):  # its infinities times zero
+        theirs = gguf.dequantize(quantized, Q[kind])
+    assert kind in TORCH_BLOCKS and ours.shape == theirs.shape == (rows, blocks_per_row * block)
+    assert np.array_equal(np.isnan(ours), np.isnan(theirs))
+    assert np.array_equal(np.where(np.isnan(ours), 0, ours).view(np.uint32), np.where(np.isnan(theirs), 0, theirs).view(np.uint32))
