@@ -146,6 +146,8 @@ def dequantize(data: np.ndarray, entry: TensorEntry) -> np.ndarray:
     kind = GGMLQuantizationType(entry.ggml_type)
     block, block_bytes = GGML_QUANT_SIZES[kind]
     *outer, inner = entry.shape or (1,)
+    if inner % block:
+        raise ValueError(f"tensor {entry.name}'s rows of {inner} values are not whole {kind.name} blocks of {block}")
     row_bytes = inner // block * block_bytes
     raw = data[entry.start: entry.start + int(np.prod(outer, dtype=np.int64)) * row_bytes]
     if len(raw) < int(np.prod(outer, dtype=np.int64)) * row_bytes:

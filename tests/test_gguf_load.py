@@ -116,6 +116,15 @@ def test_a_gguf_load_parses_the_header_once_and_names_the_model_from_it(smollm2_
         gguf_identity(smollm2_gguf).name, FROM_GGUF, "Q4_1")
 
 
+@pytest.mark.parametrize("kind,width", [("Q4_1", 1530), ("Q4_K", 576)])
+def test_a_tensor_whose_rows_are_not_whole_blocks_is_refused(kind, width):
+    """A tensor table claiming rows that blocks do not fill (a k-quant type on 576-wide rows) names the tensor."""
+    from catalog.gguf_meta import TensorEntry
+
+    with pytest.raises(ValueError, match=f"tensor t's rows of {width} values are not whole {kind} blocks"):
+        dequantize(np.zeros(1 << 20, np.uint8), TensorEntry("t", (4, width), int(Q[kind]), 0))
+
+
 @pytest.mark.parametrize("kind", ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"])
 def test_torch_dequantization_is_ggufs_bit_for_bit(kind):
     """The block types dequantized by torch (`TORCH_BLOCKS`: the legacy types and the k-quants of
