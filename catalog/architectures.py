@@ -45,7 +45,7 @@ from torch import nn
 
 from catalog import experts as routed_experts
 from catalog import probe as probing
-from catalog.errors import UnsupportedArchitectureError, first_line, memory_shortage
+from catalog.errors import NonFiniteError, UnsupportedArchitectureError, first_line, memory_shortage
 from catalog.patches import hooked
 from catalog.probe import Probe
 from catalog.result import SuperWeight
@@ -266,9 +266,24 @@ def architecture(model: nn.Module, path: str, blocks: nn.ModuleList, probed: lis
         elif not found:
             mixer_only.append(layer)
     if not sites:
+        cause = _non_finite(path, blocks, probed)
+        if cause:  # no behavioural test holds on NaNs: it is the weights, not the architecture
+            raise NonFiniteError(cause)
         raise UnsupportedArchitectureError(source, model_type, "found no feed-forward output projection in any decoder block")
     _check_own_modules(sites, source, model_type)
     return Architecture(path, Sites(sites), mixer_only, len(blocks), unrun)
+
+
+def _non_finite(path: str, blocks: nn.ModuleList, probed: list[Probed]) -> str | None:
+    """What made the probe's hidden states NaN or inf, if they were: the first weight of the first
+    such block holding NaN or inf (a corrupt file), else that block's output (a dtype overflowing)."""
+    for layer, (block, seen) in enumerate(zip(blocks, probed)):
+        call = seen.probe.call(block)
+        out = call.out if call else None
+        if out is not None and out.is_floating_point() and not torch.isfinite(out).all():
+            bad = next((name for name, p in block.named_parameters() if not p.is_meta and not torch.isfinite(p).all()), None)
+            return f"a value of {path}.{layer}.{bad}" if bad else f"the output of block {layer} on the probe"
+    return None
 
 
 def _check_own_modules(sites: list[DownProjection], source: str, model_type: str) -> None:

@@ -20,7 +20,7 @@ import torch
 from catalog import coverage, experts, zoo
 from catalog import probe as probing
 from catalog.architectures import discover
-from catalog.errors import UnsupportedArchitectureError
+from catalog.errors import NonFiniteError, UnsupportedArchitectureError
 from catalog.hooks import capture
 
 # Found, but not yet addressed exactly, in the transformers versions named: tracked here so that
@@ -252,6 +252,19 @@ def test_blocks_calling_one_feed_forward_module_are_refused_in_one_line(tiny):
     model = AutoModelForCausalLM.from_pretrained(tiny("llama").path, dtype=torch.float32)
     model.model.layers[1].mlp = model.model.layers[0].mlp
     with pytest.raises(UnsupportedArchitectureError, match=r"layers 0 and 1 call one feed-forward module \(model\.layers\.0\.mlp"):
+        discover(model, model.config, "llama")
+
+
+def test_a_weight_holding_nan_is_named_not_blamed_on_the_architecture(tiny):
+    """A NaN in the first block's weights (a corrupt file, a misread quantization type) makes every
+    hidden state after it NaN, so no behavioural test can hold: the weight is named, not "found no
+    feed-forward output projection"."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny("llama").path, dtype=torch.float32)
+    with torch.no_grad():
+        model.model.layers[0].mlp.up_proj.weight[3, 5] = float("nan")
+    with pytest.raises(NonFiniteError, match=r"a value of model\.layers\.0\.mlp\.up_proj\.weight is not a finite number"):
         discover(model, model.config, "llama")
 
 
