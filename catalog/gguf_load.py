@@ -115,21 +115,22 @@ def _name_map(model: nn.Module, processor: object) -> dict[str, str]:
         return get_gguf_hf_weights_map(model, processor)
 
 
-def read_tensors(path: Path, header: Header, config: dict[str, object], model: nn.Module, device: torch.device,
+def read_tensors(header: Header, config: dict[str, object], model: nn.Module, device: torch.device,
                  dtype: torch.dtype, threads: int | None = None, only: Collection[str] | None = None) -> dict[str, torch.Tensor]:
     """State-dict name -> tensor on `device` in `dtype`: what `load_gguf_checkpoint(return_tensors=True,
-    model_to_load=model)` gives, one tensor dequantized per thread, in file order (`only`: just the
-    file's tensors of those state-dict names)."""
+    model_to_load=model)` gives, one tensor dequantized per thread, in file order, the parts of a
+    split model in turn (`only`: just the file's tensors of those state-dict names)."""
     from transformers.modeling_gguf_pytorch_utils import TENSOR_PROCESSORS, TensorProcessor
 
     processor = TENSOR_PROCESSORS.get(header.architecture, TensorProcessor)(config=config)
     names = _name_map(model, processor)
     entries = header.tensors if only is None else [e for e in header.tensors if names.get(e.name) in only]
     parsed: dict[str, dict[str, torch.Tensor]] = {"tensors": {}}  # MoE processors write merged experts here
-    data = np.memmap(path, dtype=np.uint8, mode="c")  # copy-on-write: writable for torch (no warning), never written
+    # copy-on-write: writable for torch (no warning), never written
+    maps = {file: np.memmap(file, dtype=np.uint8, mode="c") for file in dict.fromkeys(e.file for e in entries)}
     threads = threads or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(threads, thread_name_prefix="gguf-dequantize") as pool:
-        for entry, weights in _in_order(pool, lambda e: dequantize(data, e), entries, 2 * threads):
+        for entry, weights in _in_order(pool, lambda e: dequantize(maps[e.file], e), entries, 2 * threads):
             result = processor.process(weights=weights, name=entry.name, tensor_key_mapping=names, parsed_parameters=parsed)
             if result.name in names:
                 parsed["tensors"][names[result.name]] = _torch(result.weights, device, dtype)

@@ -7,12 +7,17 @@ keys: a length-prefixed name, a value type, a value. Arrays are skipped unless t
 of it (seconds for a 49k vocabulary) to answer what the first few keys already say. The tensor
 table follows: per tensor a name, its dimensions (innermost first), a ggml type and an offset
 into the data, which starts at the next multiple of `general.alignment` (32 by default).
+
+llama.cpp writes a large model in parts (`gguf-split`: `name-00001-of-00003.gguf`, ...): the first
+holds the metadata, every part some of the tensors and its `split.no` of `split.count`.
+`read_model_header` reads the parts as one file.
 """
 
 from __future__ import annotations
 
+import re
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO
 
@@ -23,6 +28,7 @@ MAX_STRING = 1 << 24
 MAX_DIMS = 8
 TRUNCATED = "the GGUF metadata ends early: the file is truncated"
 _LENGTH = struct.Struct("<Q")
+PART = re.compile(r"^(?P<stem>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")  # llama.cpp's `llama_split_path`
 
 
 @dataclass(frozen=True)
@@ -32,7 +38,8 @@ class TensorEntry:
     name: str
     shape: tuple[int, ...]  # outermost first, as numpy and torch index it (the file lists ggml's order)
     ggml_type: int
-    start: int  # absolute byte offset in the file
+    start: int  # absolute byte offset in its file
+    file: Path = Path()  # the file (of a split model: the part) holding it
 
 
 @dataclass(frozen=True)
@@ -61,7 +68,49 @@ def read_header(path: Path) -> Header:
         entries = [_tensor_entry(f) for _ in range(tensors)]
         alignment = int(metadata.get("general.alignment", 32))  # type: ignore[call-overload]
         data = -(-f.tell() // alignment) * alignment
-    return Header(metadata, lengths, tuple(TensorEntry(n, s, t, data + offset) for n, s, t, offset in entries))
+    return Header(metadata, lengths, tuple(TensorEntry(n, s, t, data + offset, Path(path)) for n, s, t, offset in entries))
+
+
+def part_names(name: str) -> list[str]:
+    """The file names of the split model that file `name` is a part of, the first first; just
+    `name` for a file not named as a part."""
+    part = PART.match(name)
+    if part is None:
+        return [name]
+    count = int(part["count"])
+    return [f"{part['stem']}-{no:05d}-of-{count:05d}.gguf" for no in range(1, count + 1)]
+
+
+def read_model_header(path: Path) -> Header:
+    """The header of the model that file `path` (a whole model, or the first part of a split one)
+    holds: the first part's metadata and every part's tensors. `ValueError` for a part that is
+    missing, is not where its name says, or does not say what its name does (`split.no`, `split.count`)."""
+    path = Path(path)
+    first = read_header(path)
+    count, no = _split_field(first, "split.count", 1, path), _split_field(first, "split.no", 0, path)
+    if count <= 1:
+        return first
+    names = part_names(path.name)
+    if (len(names), names[0], no) != (count, path.name, 0):
+        raise ValueError(f"{path.name} says it is part {no + 1} of {count}, which its name does not: "
+                         f"llama.cpp names the parts NAME-00001-of-{count:05d}.gguf, ...")
+    tensors = list(first.tensors)
+    for k, name in enumerate(names[1:], start=1):
+        file = path.parent / name
+        if not file.is_file():
+            raise ValueError(f"{path.name} is part 1 of {count}, and part {k + 1} ({name}) is not beside it")
+        part = read_header(file)
+        if (_split_field(part, "split.no", 0, file), _split_field(part, "split.count", 1, file)) != (k, count):
+            raise ValueError(f"{name} does not say it is part {k + 1} of {count} (its split.no and split.count)")
+        tensors += part.tensors
+    return replace(first, tensors=tuple(tensors))
+
+
+def _split_field(header: Header, key: str, default: int, path: Path) -> int:
+    value = header.metadata.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"{path.name}: its {key} is {value!r}, not a count")
+    return value
 
 
 def read_tensor_names(path: Path) -> list[str]:

@@ -18,7 +18,7 @@ from catalog.architectures import Architecture, discover, family_of
 from catalog.errors import BadOptionError, InvalidSourceError, SuperweightsError, UnsupportedArchitectureError, first_line, memory_shortage
 from catalog.family import family_name
 from catalog.gguf_load import config_read_once, gguf_config, read_tensors
-from catalog.gguf_meta import Header, read_header
+from catalog.gguf_meta import Header, read_model_header
 from catalog.identity import Identity, checkpoint_identity, gguf_identity
 from catalog.reader import ShardReader, Span, index_shards
 from catalog.result import ModelInfo
@@ -117,26 +117,23 @@ def open_source(source: ResolvedSource, device: str, dtype: str, trust_remote_co
 
 
 def gguf_file(source: ResolvedSource) -> GGUFFile | None:
-    """The source's GGUF file parsed once, or None (not GGUF, or an architecture left to transformers)."""
+    """The source's GGUF file parsed once (of a split model: every part), or None (not GGUF, or an
+    architecture left to transformers)."""
     if not source.gguf_file:
         return None
     path = source.path / source.gguf_file
-    header = read_header(path)
-    if (split := _split_gguf(path, header.metadata)) is not None:
-        raise InvalidSourceError(source.spec, split)
+    header = read_model_header(path)
     config = gguf_config(header)
+    if config is None and (parts := int(header.metadata.get("split.count", 1))) > 1:  # type: ignore[call-overload]
+        raise InvalidSourceError(source.spec, _left_to_transformers(path.name, header.architecture, parts))
     return GGUFFile(path, header, config) if config is not None else None
 
 
-def _split_gguf(path: Path, metadata: Mapping[str, object]) -> str | None:
-    """Why the file is not the model, where it is one part of a split GGUF (llama.cpp writes a large
-    model in parts, `name-00001-of-00003.gguf`, each holding some of its tensors); else None."""
-    parts, part = (int(metadata.get(key) or default) for key, default in (("split.count", 1), ("split.no", 0)))  # type: ignore[call-overload]
-    if parts <= 1:
-        return None
-    first = re.sub(r"-\d{5}-of-(\d{5})\.gguf$", r"-00001-of-\1.gguf", path.name)
-    return (f"{path.name} is part {part + 1} of a GGUF split into {parts} files, and a scan reads one file: merge "
-            f"the parts with llama.cpp (`llama-gguf-split --merge {first} merged.gguf`), then scan merged.gguf.")
+def _left_to_transformers(first: str, architecture: str, parts: int) -> str:
+    """Why a split GGUF of an architecture that transformers reads itself cannot be scanned."""
+    return (f"{first} is part 1 of a GGUF split into {parts} files, and transformers, which reads {architecture or 'this'} "
+            f"models' GGUF files, reads one file: merge the parts with llama.cpp (`llama-gguf-split --merge {first} "
+            "merged.gguf`), then scan merged.gguf.")
 
 
 def _missing_weights(missing: list[str]) -> str:
@@ -232,7 +229,7 @@ def read_gguf(gguf: GGUFFile, config, device: torch.device, dtype: torch.dtype, 
     """The model with the file's tensors dequantized straight onto the device (`catalog.gguf_load`),
     or None where they do not fill it exactly (`checkpoint_names`)."""
     model = skeleton(config, dtype, trust_remote_code)
-    tensors = read_tensors(gguf.path, gguf.header, gguf.config, model, device, dtype)
+    tensors = read_tensors(gguf.header, gguf.config, model, device, dtype)
     names = checkpoint_names(model, tensors)
     if names is None:
         return None

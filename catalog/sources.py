@@ -18,6 +18,7 @@ from pathlib import Path, PurePosixPath
 from catalog import settings
 from catalog.errors import BadOptionError, GatedSourceError, InvalidSourceError, SourceNotFoundError, first_line
 from catalog.fingerprint import fingerprint
+from catalog.gguf_meta import part_names
 
 WEIGHTS = "model.safetensors"  # what transformers loads, else the shards its index names
 INDEX = "model.safetensors.index.json"
@@ -60,7 +61,7 @@ class ResolvedSource:
         """The files holding the weights, in the order the fingerprint takes them; each a regular
         file (a link to one, as in the Hub's cache), never a device that reads without end."""
         if self.gguf_file:
-            files = [self.path / self.gguf_file]
+            files = [self.path / name for name in gguf_parts(self.gguf_file)]
         elif self.format == "pytorch":
             files = sorted(self.path.glob(PICKLE_WEIGHTS))
         else:
@@ -156,8 +157,21 @@ def is_local(spec: str) -> bool:
 
 
 def canonical(spec: str) -> str:
-    """The spec as the catalog names its source: a local path resolved; a Hub spec as typed."""
-    return str(Path(spec).expanduser().resolve()) if is_local(spec) else spec
+    """The spec as the catalog names its source: a local path resolved (a part of a split GGUF: its
+    first part, which names the model); a Hub spec as typed."""
+    return str(first_part(Path(spec).expanduser().resolve())) if is_local(spec) else spec
+
+
+def gguf_parts(name: str) -> list[str]:
+    """The files (a path inside the repo or folder) of the GGUF model `name` is a part of, the first
+    first: llama.cpp's split parts (`NAME-00001-of-00003.gguf`, ...), or `name` alone."""
+    folder, _, file = name.rpartition("/")
+    return [f"{folder}/{part}" if folder else part for part in part_names(file)]
+
+
+def first_part(path: Path) -> Path:
+    """The first part of the split GGUF `path` is part of, which holds its metadata; else `path`."""
+    return path.with_name(part_names(path.name)[0]) if path.suffix == ".gguf" else path
 
 
 def split_revision(spec: str) -> tuple[str, str | None]:
@@ -190,7 +204,8 @@ def _resolve_local(spec: str, path: Path, allow_pickle: bool) -> ResolvedSource:
     if path.is_file():
         if path.suffix != ".gguf":
             raise InvalidSourceError(spec, "a single file must be a .gguf model; for other formats give the checkpoint directory.")
-        return ResolvedSource(spec, path.parent, "gguf", gguf_file=path.name, source=str(path))
+        first = first_part(path)
+        return ResolvedSource(spec, path.parent, "gguf", gguf_file=first.name, source=str(first))
     if not (path / "config.json").is_file():
         raise InvalidSourceError(spec, "no config.json in this directory; give a Hugging Face checkpoint directory or a .gguf file.")
     return ResolvedSource(spec, path, _weights_format(spec, path, allow_pickle), source=str(path))
@@ -283,7 +298,8 @@ def _resolve_hub_gguf(spec: str, repo_id: str, revision: str | None, wanted: str
         with _without_progress_bars():  # a few kB: no bar before the file's own, or before an error's one line
             folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=["README.md"]))
         name = pick_gguf(spec, wanted, [f for f in _repo_files(repo_id, folder) if f.endswith(".gguf")])
-        hf_hub_download(repo_id, name, revision=folder.name)  # into the snapshot folder
+        for part in gguf_parts(name):  # into the snapshot folder
+            hf_hub_download(repo_id, part, revision=folder.name)
     return ResolvedSource(spec, folder, "gguf", repo_id, folder.name, name, source=f"{repo_id}:{name}")
 
 
@@ -327,12 +343,14 @@ def _repo_files(repo_id: str, snapshot: Path) -> list[str]:
 
 
 def pick_gguf(spec: str, wanted: str, files: list[str]) -> str:
-    """The one file that `wanted` names: a file name, or a quantization such as Q4_K_M."""
+    """The one model that `wanted` names: a file name, or a quantization such as Q4_K_M; of a split
+    model (any of its parts named), its first part."""
     if wanted.endswith(".gguf"):
         matches = [f for f in files if f == wanted or Path(f).name == wanted]
     else:
         tag = re.compile(rf"(?<![A-Za-z0-9]){re.escape(wanted)}(?![A-Za-z0-9_])", re.IGNORECASE)
         matches = [f for f in files if tag.search(Path(f).name)]
+    matches = list(dict.fromkeys(gguf_parts(f)[0] for f in matches))
     if len(matches) == 1:
         return matches[0]
     where = "in the HF_HOME cache (HF_HUB_OFFLINE is set)" if settings.hub_offline() else "in the repo"

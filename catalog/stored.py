@@ -76,7 +76,7 @@ def from_gguf(source: ResolvedSource, loaded: LoadedModel, weights: list[SuperWe
     from catalog.gguf_load import read_tensors
 
     gguf = loaded.gguf
-    tensors = read_tensors(gguf.path, gguf.header, gguf.config, loaded.model, torch.device("cpu"), torch.float32,
+    tensors = read_tensors(gguf.header, gguf.config, loaded.model, torch.device("cpu"), torch.float32,
                            only={w.param for w in weights})
     values = {}
     for i, w in enumerate(weights):

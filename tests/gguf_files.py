@@ -54,3 +54,22 @@ def write_gguf(path: Path, arch: str, *, heads: int = 4, kv_heads: int = 2, tied
     writer.write_tensors_to_file()
     writer.close()
     return min(path.parent.glob(f"{path.stem}-00002-of-*.gguf")) if split else path
+
+
+def split_copy(source: Path, path: Path, max_tensors: int) -> list[Path]:
+    """`source` written again as llama.cpp's gguf-split writes a large model: its metadata in the
+    first part, at most `max_tensors` tensors a part (`path`'s stem, `-00001-of-0000N.gguf`, ...)."""
+    reader = gguf.GGUFReader(source)
+    writer = gguf.GGUFWriter(path, str(reader.fields["general.architecture"].contents()), split_max_tensors=max_tensors)
+    for field in reader.fields.values():
+        if field.name.startswith("GGUF.") or field.name == "general.architecture":
+            continue  # the writer writes these itself
+        kind = field.types[0]
+        writer.add_key_value(field.name, field.contents(), kind, sub_type=field.types[-1] if kind == gguf.GGUFValueType.ARRAY else None)
+    for tensor in reader.tensors:
+        writer.add_tensor(tensor.name, tensor.data, raw_dtype=tensor.tensor_type)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return sorted(path.parent.glob(f"{path.stem}-*-of-*.gguf"))

@@ -152,6 +152,13 @@ def unsupported(path: Path) -> Path:
     return path
 
 
+def part_missing(path: Path) -> Path:
+    """The second of a split GGUF's three parts, its third not beside it."""
+    second = write_gguf(path.with_suffix(".gguf"), "llama", split=8)
+    (path.parent / "parts-00003-of-00003.gguf").unlink()
+    return second
+
+
 @pytest.fixture(scope="module")
 def inputs(tiny, smollm2_gguf, tmp_path_factory) -> dict[str, Bad]:
     root = tmp_path_factory.mktemp("bad")
@@ -189,9 +196,11 @@ def inputs(tiny, smollm2_gguf, tmp_path_factory) -> dict[str, Bad]:
                                 ("custom-tokenizer", "its tokenizer needs remote code", "--trust-remote-code")),
         "partial": Bad([str(partial(tiny, root / "partial"))], ("partial", "lacks weights of the model",
                                                                  "model.layers.1.mlp.down_proj.weight", "random values")),
-        "split_gguf": Bad([str(write_gguf(root / "split.gguf", "llama", split=8))],
-                          ("split-00002-of-00003.gguf is part 2 of a GGUF split into 3 files",
-                           "llama-gguf-split --merge split-00001-of-00003.gguf merged.gguf")),
+        "split_gguf": Bad([str(write_gguf(root / "split.gguf", "stablelm", split=8))],  # an architecture transformers reads
+                          ("split-00001-of-00004.gguf is part 1 of a GGUF split into 4 files", "reads one file",
+                           "llama-gguf-split --merge split-00001-of-00004.gguf merged.gguf")),
+        "split_gguf_part_missing": Bad([str(part_missing(root / "parts"))], ("parts-00002-of-00003.gguf",
+                                                                             "No such file", "parts-00003-of-00003.gguf")),
         "index_outside": Bad([str(hostile_index(tiny, root / "index-up", {"lm_head.weight": "../../../../dev/zero"}))],
                              ("index-up", "names '../../../../dev/zero'", "not a file of the checkpoint directory")),
         "index_absolute": Bad([str(hostile_index(tiny, root / "index-abs", {"lm_head.weight": str(llama / "model.safetensors")}))],
@@ -226,7 +235,7 @@ def runs(inputs, trusted, tmp_path_factory) -> tuple[dict[str, subprocess.Comple
 @pytest.mark.parametrize("name", [
     "missing_path", "unknown_repo", "no_config", "cut_gguf", "cut_gguf_vocabulary", "cut_safetensors", "pickle_refused",
     "pickle_unsafe", "remote_code", "empty_prompt", "unsupported", "unknown_type", "no_tokenizer", "gguf_no_tokenizer",
-    "remote_tokenizer", "partial", "split_gguf", "index_outside", "index_absolute",
+    "remote_tokenizer", "partial", "split_gguf", "split_gguf_part_missing", "index_outside", "index_absolute",
     "index_not_a_map", "index_not_a_name", "device_shard",
 ])
 def test_bad_input_is_one_line_naming_the_input_and_the_fix(inputs, runs, name):

@@ -19,12 +19,12 @@ import torch
 
 from catalog import gguf_meta
 from catalog.gguf_load import dequantize, gguf_config
-from catalog.gguf_meta import read_header
+from catalog.gguf_meta import read_header, read_model_header
 from catalog.identity import FROM_GGUF, gguf_identity
 from catalog.loading import gguf_file, load, read_gguf
 from catalog.sources import resolve
 
-from gguf_files import write_gguf
+from gguf_files import split_copy, write_gguf
 
 Q = gguf.GGMLQuantizationType
 
@@ -80,6 +80,29 @@ def test_llamas_query_rows_are_unpermuted(tmp_path):
     assert torch.equal(loaded[:head // 2], stored[0:head:2])  # the first half of head 0: its even rows
 
 
+def test_a_split_gguf_is_read_as_one_file(tmp_path):
+    """llama.cpp's parts (`-00001-of-00003.gguf`, ...): the first's metadata, every part's tensors,
+    each read from its own part; a missing or renamed part is refused naming it."""
+    (tmp_path / "whole").mkdir()
+    (tmp_path / "split").mkdir()
+    whole = read_header(write_gguf(tmp_path / "whole" / "m.gguf", "llama"))
+    write_gguf(tmp_path / "split" / "m.gguf", "llama", split=8)
+    parts = sorted((tmp_path / "split").glob("m-*-of-00003.gguf"))
+    header = read_model_header(parts[0])
+    assert [(t.name, t.shape, t.ggml_type) for t in header.tensors] == [(t.name, t.shape, t.ggml_type) for t in whole.tensors]
+    assert sorted({t.file for t in header.tensors}) == parts
+    for entry, original in zip(header.tensors, whole.tensors):
+        stored = dequantize(np.memmap(entry.file, np.uint8, "c"), entry)
+        assert np.array_equal(stored, dequantize(np.memmap(original.file, np.uint8, "c"), original)), entry.name
+    assert gguf_config(header) == gguf_config(whole)
+    (tmp_path / "renamed.gguf").write_bytes(parts[0].read_bytes())
+    with pytest.raises(ValueError, match="renamed.gguf says it is part 1 of 3, which its name does not"):
+        read_model_header(tmp_path / "renamed.gguf")
+    parts[2].unlink()
+    with pytest.raises(ValueError, match="m-00001-of-00003.gguf is part 1 of 3, and part 3 \\(m-00003-of-00003.gguf\\) is not beside it"):
+        read_model_header(parts[0])
+
+
 @pytest.mark.parametrize("arch", ["gemma3", "stablelm", "t5"])
 def test_an_architecture_transformers_treats_specially_is_left_to_it(tmp_path, arch):
     writer = gguf.GGUFWriter(tmp_path / "special.gguf", arch)
@@ -103,6 +126,18 @@ def test_smollm2_loads_as_transformers_loads_it(smollm2_gguf):
     tokenizer = AutoTokenizer.from_pretrained(smollm2_gguf.parent, gguf_file=smollm2_gguf.name)
     text = "Shakespeare's plays, 1623: the First Folio."
     assert loaded.tokenizer(text).input_ids == tokenizer(text).input_ids
+
+
+@pytest.mark.integration
+def test_smollm2_split_in_parts_loads_as_the_whole_file(smollm2_gguf, tmp_path):
+    """Any part names the model (its first part is its source); every part's tensors are read."""
+    parts = split_copy(smollm2_gguf, tmp_path / smollm2_gguf.name, 100)
+    sources = [resolve(str(part)) for part in parts]
+    assert {(s.source, s.gguf_file) for s in sources} == {(str(parts[0]), parts[0].name)}
+    assert len(parts) == 3 and sources[1].weight_files() == parts
+    split, whole = load(sources[1], device="cpu", dtype="float32"), load(resolve(str(smollm2_gguf)), device="cpu", dtype="float32")
+    assert split.loader == "gguf" and split.info.name == whole.info.name and split.info.quantization == "Q4_1"
+    assert_same_model(split.model, whole.model)
 
 
 @pytest.mark.integration
