@@ -287,8 +287,8 @@ def _hub_weights(files: list[str], snapshot: Path, allow_pickle: bool) -> list[s
 
 
 def _resolve_hub_gguf(spec: str, repo_id: str, revision: str | None, wanted: str) -> ResolvedSource:
-    """Just one GGUF file of a Hub repo (and its model card), at a pinned commit."""
-    from huggingface_hub import hf_hub_download, snapshot_download
+    """Just one GGUF model of a Hub repo (its file, or every part of a split one) and its model card, at a pinned commit."""
+    from huggingface_hub import snapshot_download
 
     if not wanted.strip():
         raise BadOptionError("--gguf", f"{spec!r} names no GGUF file; give its file name or a quantization, e.g. {repo_id}:Q4_K_M.")
@@ -299,8 +299,20 @@ def _resolve_hub_gguf(spec: str, repo_id: str, revision: str | None, wanted: str
             folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=["README.md"]))
         name = pick_gguf(spec, wanted, [f for f in _repo_files(repo_id, folder) if f.endswith(".gguf")])
         for part in gguf_parts(name):  # into the snapshot folder
-            hf_hub_download(repo_id, part, revision=folder.name)
+            _download_part(spec, repo_id, part, folder.name)
     return ResolvedSource(spec, folder, "gguf", repo_id, folder.name, name, source=f"{repo_id}:{name}")
+
+
+def _download_part(spec: str, repo_id: str, name: str, commit: str) -> None:
+    """One file of a GGUF model; one missing from the cache (offline: a part of a split model only
+    partly cached) is named, where `_hub_errors` would blame the whole repo."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        hf_hub_download(repo_id, name, revision=commit)
+    except LocalEntryNotFoundError as exc:
+        raise SourceNotFoundError(spec, _not_cached(name)) from exc
 
 
 def _check_access(repo_id: str) -> None:

@@ -27,7 +27,7 @@ from catalog.sources import resolve, with_gguf
 from db.reads import CatalogReader
 from db.repository import Catalog
 
-from gguf_files import split_copy
+from gguf_files import split_copy, write_gguf
 from hub_server import HubServer
 from superweights_cli import isolated_env, one_line_error, run_cli
 from tiny import add_to_hub_cache
@@ -379,6 +379,19 @@ def test_a_split_gguf_of_a_hub_repo_downloads_every_part_and_only_those(smollm2_
     assert (result["model"]["source"], result["model"]["revision"], result["model"]["quantization"]) == (f"{REPO}:{parts[0]}", sha, "Q4_1")
     assert [(w["layer"], w["row"], w["col"]) for w in result["super_weights"]][:1] == [(11, 507, 1229)]
     assert sorted(t.file for t in hub.transfers) == sorted(["README.md", *parts])
+
+
+def test_a_part_missing_from_the_offline_cache_is_named(tmp_path, monkeypatch):
+    """Offline, a split model cached but for one part: that part is named, not the repo."""
+    files = tmp_path / "files"
+    files.mkdir()
+    write_gguf(files / "m.gguf", "llama", split=8)
+    (files / "m-00003-of-00003.gguf").unlink()
+    home = tmp_path / "hf"
+    add_to_hub_cache(home, "org/split", files)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(home / "hub"))
+    with pytest.raises(SourceNotFoundError, match="HF_HUB_OFFLINE is set and m-00003-of-00003.gguf is not in the HF_HOME cache"):
+        resolve("org/split:m-00002-of-00003.gguf")
 
 
 def test_a_file_missing_from_the_offline_cache_is_one_line(gguf_hub, tmp_path):
