@@ -304,15 +304,17 @@ def _resolve_hub_gguf(spec: str, repo_id: str, revision: str | None, wanted: str
 
 
 def _download_part(spec: str, repo_id: str, name: str, commit: str) -> None:
-    """One file of a GGUF model; one missing from the cache (offline: a part of a split model only
-    partly cached) is named, where `_hub_errors` would blame the whole repo."""
+    """One file of a GGUF model; one missing (from the repo, or offline from the cache: a part of a
+    split model only partly uploaded or cached) is named, where `_hub_errors` would blame the repo."""
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
     try:
         hf_hub_download(repo_id, name, revision=commit)
     except LocalEntryNotFoundError as exc:
         raise SourceNotFoundError(spec, _not_cached(name)) from exc
+    except EntryNotFoundError as exc:  # a part its name promises, which the repo lacks
+        raise SourceNotFoundError(spec, f"The repo has no {name} at commit {commit[:12]}; a split GGUF needs every part.") from exc
 
 
 def _check_access(repo_id: str) -> None:

@@ -363,22 +363,29 @@ def test_one_gguf_file_is_downloaded_from_the_hub_and_scanned_at_the_commit_serv
 @pytest.mark.integration
 def test_a_split_gguf_of_a_hub_repo_downloads_every_part_and_only_those(smollm2_gguf, tmp_path):
     """A large model's GGUF on the Hub comes in parts (`Q4_1/NAME-00001-of-00003.gguf`, ...), which a
-    quantization tag matches together: all of them are downloaded, not the repo's other files."""
+    quantization tag matches together: all of them are downloaded, not the repo's other files; a
+    repo lacking one of them says which."""
     files = tmp_path / "files"
     (files / "Q4_1").mkdir(parents=True)
     parts = [f"Q4_1/{p.name}" for p in split_copy(smollm2_gguf, files / "Q4_1" / SMOLLM2_FILE, 100)]
     (files / "SmolLM2-135M-Instruct.Q8_0.gguf").write_bytes(b"GGUF not this one")
     (files / "README.md").write_text("---\nlicense: apache-2.0\n---\n")
+    partial = tmp_path / "partial"
+    shutil.copytree(files, partial)
+    (partial / parts[2]).unlink()
     with HubServer() as hub:
         sha = hub.add(REPO, files)
+        hub.add("org/partial", partial)
         env = isolated_env(tmp_path / "env") | {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": hub.url}
         out = tmp_path / "scan.json"
         run = run_cli(*SCAN, f"{REPO}:Q4_1", "--no-save", "--json", str(out), env=env)
+        lacking = run_cli(*SCAN, "org/partial:Q4_1", "--no-save", env=env)
+    assert f"The repo has no {parts[2]} at commit" in one_line_error(lacking)
     assert run.returncode == 0, run.stderr
     result = json.loads(out.read_text())
     assert (result["model"]["source"], result["model"]["revision"], result["model"]["quantization"]) == (f"{REPO}:{parts[0]}", sha, "Q4_1")
     assert [(w["layer"], w["row"], w["col"]) for w in result["super_weights"]][:1] == [(11, 507, 1229)]
-    assert sorted(t.file for t in hub.transfers) == sorted(["README.md", *parts])
+    assert sorted(t.file for t in hub.transfers if t.repo == REPO) == sorted(["README.md", *parts])
 
 
 def test_a_part_missing_from_the_offline_cache_is_named(tmp_path, monkeypatch):
