@@ -31,6 +31,10 @@ _LENGTH = struct.Struct("<Q")
 PART = re.compile(r"^(?P<stem>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")  # llama.cpp's `llama_split_path`
 
 
+class BigEndianError(ValueError):
+    """A GGUF file written for a big-endian machine (s390x): whole, but not one transformers reads."""
+
+
 @dataclass(frozen=True)
 class TensorEntry:
     """One tensor of the file: where its bytes start and how they are stored."""
@@ -123,6 +127,9 @@ def _key_values(f: BinaryIO, path: Path) -> tuple[dict[str, object], dict[str, i
     if f.read(4) != b"GGUF":
         raise ValueError(f"{Path(path).name}: not a GGUF file (no GGUF magic)")
     version, tensors, count = struct.unpack("<IQQ", _exact(f, 20))
+    if version and not version & 0xFFFF:  # gguf's own test: a version read in the wrong byte order
+        raise BigEndianError(f"{Path(path).name} is a big-endian GGUF file, which transformers does not read; convert it "
+                             f"to little-endian (in place) with the gguf package's `gguf-convert-endian {Path(path).name} little`")
     if version < 2:
         raise ValueError(f"{Path(path).name}: GGUF version {version} is too old to read")
     metadata, lengths = {}, {}

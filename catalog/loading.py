@@ -18,7 +18,7 @@ from catalog.architectures import Architecture, discover, family_of
 from catalog.errors import BadOptionError, InvalidSourceError, SuperweightsError, UnsupportedArchitectureError, first_line, memory_shortage
 from catalog.family import family_name
 from catalog.gguf_load import config_read_once, gguf_config, read_tensors
-from catalog.gguf_meta import Header, read_model_header
+from catalog.gguf_meta import BigEndianError, Header, read_model_header
 from catalog.identity import Identity, checkpoint_identity, gguf_identity
 from catalog.reader import ShardReader, Span, index_shards
 from catalog.result import ModelInfo
@@ -335,6 +335,8 @@ def _problem(source: ResolvedSource, exc: Exception) -> str:
                 "weights_only=True refused them. Use safetensors weights from a source you trust.")
     if (missing := _missing_package(exc)) is not None:
         return f"cannot load the checkpoint: a package it needs is missing ({missing})"
+    if isinstance(exc, BigEndianError):  # a whole file, with its own fix
+        return f"cannot load the checkpoint: {first}"
     return f"cannot load the checkpoint ({first[:200]}); the file may be truncated or corrupt: download it again."
 
 

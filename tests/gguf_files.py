@@ -73,3 +73,15 @@ def split_copy(source: Path, path: Path, max_tensors: int) -> list[Path]:
     writer.write_tensors_to_file()
     writer.close()
     return sorted(path.parent.glob(f"{path.stem}-*-of-*.gguf"))
+
+
+def write_big_endian(path: Path) -> Path:
+    """A one-tensor GGUF written for a big-endian machine (s390x), its values 0 to 63 in a 2 x 32 F32 tensor."""
+    writer = gguf.GGUFWriter(path, "llama", endianess=gguf.GGUFEndian.BIG)
+    writer.add_block_count(1)
+    writer.add_tensor("token_embd.weight", np.arange(64, dtype=np.float32).reshape(2, 32))  # byte-swapped as written
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gguf_files import write_gguf
+from gguf_files import write_big_endian, write_gguf
 from superweights_cli import isolated_env, one_line_error, run_many
 
 SCAN = ["scan", "--no-verify", "--no-save", "--device", "cpu"]
@@ -199,6 +199,8 @@ def inputs(tiny, smollm2_gguf, tmp_path_factory) -> dict[str, Bad]:
         "split_gguf": Bad([str(write_gguf(root / "split.gguf", "stablelm", split=8))],  # an architecture transformers reads
                           ("split-00001-of-00004.gguf is part 1 of a GGUF split into 4 files", "reads one file",
                            "llama-gguf-split --merge split-00001-of-00004.gguf merged.gguf")),
+        "big_endian_gguf": Bad([str(write_big_endian(root / "big.gguf"))], ("cannot load the checkpoint: big.gguf is a big-endian GGUF",
+                                                                            "`gguf-convert-endian big.gguf little`")),
         "split_gguf_part_missing": Bad([str(part_missing(root / "parts"))], ("parts-00002-of-00003.gguf",
                                                                              "No such file", "parts-00003-of-00003.gguf")),
         "index_outside": Bad([str(hostile_index(tiny, root / "index-up", {"lm_head.weight": "../../../../dev/zero"}))],
@@ -235,7 +237,7 @@ def runs(inputs, trusted, tmp_path_factory) -> tuple[dict[str, subprocess.Comple
 @pytest.mark.parametrize("name", [
     "missing_path", "unknown_repo", "no_config", "cut_gguf", "cut_gguf_vocabulary", "cut_safetensors", "pickle_refused",
     "pickle_unsafe", "remote_code", "empty_prompt", "unsupported", "unknown_type", "no_tokenizer", "gguf_no_tokenizer",
-    "remote_tokenizer", "partial", "split_gguf", "split_gguf_part_missing", "index_outside", "index_absolute",
+    "remote_tokenizer", "partial", "split_gguf", "split_gguf_part_missing", "big_endian_gguf", "index_outside", "index_absolute",
     "index_not_a_map", "index_not_a_name", "device_shard",
 ])
 def test_bad_input_is_one_line_naming_the_input_and_the_fix(inputs, runs, name):

@@ -19,12 +19,12 @@ import torch
 
 from catalog import gguf_meta
 from catalog.gguf_load import dequantize, gguf_config
-from catalog.gguf_meta import read_header, read_model_header
+from catalog.gguf_meta import BigEndianError, read_header, read_model_header
 from catalog.identity import FROM_GGUF, gguf_identity
 from catalog.loading import gguf_file, load, read_gguf
 from catalog.sources import resolve
 
-from gguf_files import split_copy, write_gguf
+from gguf_files import split_copy, write_big_endian, write_gguf
 
 Q = gguf.GGMLQuantizationType
 
@@ -101,6 +101,21 @@ def test_a_split_gguf_is_read_as_one_file(tmp_path):
     parts[2].unlink()
     with pytest.raises(ValueError, match="m-00001-of-00003.gguf is part 1 of 3, and part 3 \\(m-00003-of-00003.gguf\\) is not beside it"):
         read_model_header(parts[0])
+
+
+def test_a_big_endian_gguf_is_named_with_the_command_that_converts_it(tmp_path):
+    """A file written for s390x is whole, not corrupt: the line gives gguf's own converter, which makes it readable."""
+    import subprocess
+    import sys
+
+    path = write_big_endian(tmp_path / "big.gguf")
+    with pytest.raises(BigEndianError, match="big.gguf is a big-endian GGUF file") as refused:
+        read_header(path)
+    command = str(refused.value).rsplit("`", 2)[1].split()  # gguf-convert-endian big.gguf little
+    subprocess.run([sys.executable, "-m", "gguf.scripts.gguf_convert_endian", str(path), *command[2:]], input="YES\n",
+                   text=True, capture_output=True, check=True)
+    (entry,) = read_header(path).tensors
+    assert np.array_equal(dequantize(np.memmap(path, np.uint8, "c"), entry), np.arange(64, dtype=np.float32).reshape(2, 32))
 
 
 @pytest.mark.parametrize("arch", ["gemma3", "stablelm", "t5"])
