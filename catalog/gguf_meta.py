@@ -88,12 +88,13 @@ def part_names(name: str) -> list[str]:
 def read_model_header(path: Path) -> Header:
     """The header of the model that file `path` (a whole model, or the first part of a split one)
     holds: the first part's metadata and every part's tensors. `ValueError` for a part that is
-    missing, is not where its name says, or does not say what its name does (`split.no`, `split.count`)."""
+    missing, is not where its name says, or does not say what its name does (`split.no`, `split.count`),
+    and for a tensor stored twice."""
     path = Path(path)
     first = read_header(path)
     count, no = _split_field(first, "split.count", 1, path), _split_field(first, "split.no", 0, path)
     if count <= 1:
-        return first
+        return _once_each(first)
     names = part_names(path.name)
     if (len(names), names[0], no) != (count, path.name, 0):
         raise ValueError(f"{path.name} says it is part {no + 1} of {count}, which its name does not: "
@@ -107,7 +108,18 @@ def read_model_header(path: Path) -> Header:
         if (_split_field(part, "split.no", 0, file), _split_field(part, "split.count", 1, file)) != (k, count):
             raise ValueError(f"{name} does not say it is part {k + 1} of {count} (its split.no and split.count)")
         tensors += part.tensors
-    return replace(first, tensors=tuple(tensors))
+    return _once_each(replace(first, tensors=tuple(tensors)))
+
+
+def _once_each(header: Header) -> Header:
+    """`header`, refused if it names a tensor twice: a loader would keep one of the two, unsaid."""
+    seen: dict[str, TensorEntry] = {}
+    for entry in header.tensors:
+        if entry.name in seen:
+            where = {seen[entry.name].file.name, entry.file.name}
+            raise ValueError(f"tensor {entry.name} is stored twice (in {' and '.join(sorted(where))})")
+        seen[entry.name] = entry
+    return header
 
 
 def _split_field(header: Header, key: str, default: int, path: Path) -> int:

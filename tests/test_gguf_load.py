@@ -9,6 +9,7 @@ SmolLM2 file is compared too.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from unittest import mock
 
@@ -101,6 +102,18 @@ def test_a_split_gguf_is_read_as_one_file(tmp_path):
     parts[2].unlink()
     with pytest.raises(ValueError, match="m-00001-of-00003.gguf is part 1 of 3, and part 3 \\(m-00003-of-00003.gguf\\) is not beside it"):
         read_model_header(parts[0])
+
+
+@pytest.mark.parametrize("split", [0, 8])
+def test_a_tensor_stored_twice_is_refused(tmp_path, split):
+    """A second tensor of one name, in one file or in another part: which to load would be a guess."""
+    write_gguf(tmp_path / "m.gguf", "llama", split=split)
+    files = sorted(tmp_path.glob("m*.gguf"))
+    victim = next(t.name for t in read_header(files[-1]).tensors if t.name.startswith("blk.1."))
+    twin = victim.replace("blk.1.", "blk.0.")  # as long: the file stays whole
+    files[-1].write_bytes(files[-1].read_bytes().replace(victim.encode(), twin.encode(), 1))
+    with pytest.raises(ValueError, match=f"tensor {re.escape(twin)} is stored twice"):
+        read_model_header(files[0])
 
 
 def test_a_big_endian_gguf_is_named_with_the_command_that_converts_it(tmp_path):
