@@ -76,13 +76,19 @@ def read_header(path: Path) -> Header:
 
 
 def part_names(name: str) -> list[str]:
-    """The file names of the split model that file `name` is a part of, the first first; just
-    `name` for a file not named as a part."""
-    part = PART.match(name)
-    if part is None:
+    """The files (names, or paths inside a folder or repo) of the split model that file `name` is a
+    part of, the first first; just `name` for a file not named as a part (`-of-00000` included)."""
+    folder, slash, file = name.rpartition("/")
+    part = PART.match(file)
+    count = int(part["count"]) if part else 0
+    if count < 1:
         return [name]
-    count = int(part["count"])
-    return [f"{part['stem']}-{no:05d}-of-{count:05d}.gguf" for no in range(1, count + 1)]
+    return [f"{folder}{slash}{part['stem']}-{no:05d}-of-{count:05d}.gguf" for no in range(1, count + 1)]
+
+
+def first_part(path: Path) -> Path:
+    """The first part of the split GGUF that `path` is a part of, which holds its metadata; else `path`."""
+    return path.with_name(part_names(path.name)[0])
 
 
 def read_model_header(path: Path) -> Header:
@@ -92,7 +98,7 @@ def read_model_header(path: Path) -> Header:
     and for a tensor stored twice."""
     path = Path(path)
     first = read_header(path)
-    count, no = _split_field(first, "split.count", 1, path), _split_field(first, "split.no", 0, path)
+    count, no = split_field(first, "split.count", path), split_field(first, "split.no", path)
     if count <= 1:
         return _once_each(first)
     names = part_names(path.name)
@@ -105,7 +111,7 @@ def read_model_header(path: Path) -> Header:
         if not file.is_file():
             raise ValueError(f"{path.name} is part 1 of {count}, and part {k + 1} ({name}) is not beside it")
         part = read_header(file)
-        if (_split_field(part, "split.no", 0, file), _split_field(part, "split.count", 1, file)) != (k, count):
+        if (split_field(part, "split.no", file), split_field(part, "split.count", file)) != (k, count):
             raise ValueError(f"{name} does not say it is part {k + 1} of {count} (its split.no and split.count)")
         tensors += part.tensors
     return _once_each(replace(first, tensors=tuple(tensors)))
@@ -122,16 +128,21 @@ def _once_each(header: Header) -> Header:
     return header
 
 
-def _split_field(header: Header, key: str, default: int, path: Path) -> int:
-    value = header.metadata.get(key, default)
+SPLIT_DEFAULTS = {"split.no": 0, "split.count": 1}  # a whole file: part 0 of 1
+
+
+def split_field(header: Header, key: str, path: Path) -> int:
+    """`split.no` or `split.count` of the file at `path`; `ValueError` where it is not an integer."""
+    value = header.metadata.get(key, SPLIT_DEFAULTS[key])
     if not isinstance(value, int) or isinstance(value, bool):
         raise ValueError(f"{path.name}: its {key} is {value!r}, not a count")
     return value
 
 
 def read_tensor_names(path: Path) -> list[str]:
-    """The names of the file's tensors, in file order (`blk.11.ffn_down.weight`)."""
-    return [tensor.name for tensor in read_header(path).tensors]
+    """The names of the model's tensors, in file order (`blk.11.ffn_down.weight`): of a split model
+    (any of its parts given), those of every part."""
+    return [tensor.name for tensor in read_model_header(first_part(Path(path))).tensors]
 
 
 def _key_values(f: BinaryIO, path: Path) -> tuple[dict[str, object], dict[str, int], int]:

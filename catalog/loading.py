@@ -18,7 +18,7 @@ from catalog.architectures import Architecture, discover, family_of
 from catalog.errors import BadOptionError, InvalidSourceError, SuperweightsError, UnsupportedArchitectureError, first_line, memory_shortage
 from catalog.family import family_name
 from catalog.gguf_load import config_read_once, gguf_config, read_tensors
-from catalog.gguf_meta import BigEndianError, Header, read_model_header
+from catalog.gguf_meta import BigEndianError, Header, read_model_header, split_field
 from catalog.identity import Identity, checkpoint_identity, gguf_identity
 from catalog.reader import ShardReader, Span, index_shards
 from catalog.result import ModelInfo
@@ -124,7 +124,7 @@ def gguf_file(source: ResolvedSource) -> GGUFFile | None:
     path = source.path / source.gguf_file
     header = read_model_header(path)
     config = gguf_config(header)
-    if config is None and (parts := int(header.metadata.get("split.count", 1))) > 1:  # type: ignore[call-overload]
+    if config is None and (parts := split_field(header, "split.count", path)) > 1:
         raise InvalidSourceError(source.spec, _left_to_transformers(path.name, header.architecture, parts))
     return GGUFFile(path, header, config) if config is not None else None
 

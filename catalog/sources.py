@@ -18,7 +18,7 @@ from pathlib import Path, PurePosixPath
 from catalog import settings
 from catalog.errors import BadOptionError, GatedSourceError, InvalidSourceError, SourceNotFoundError, first_line
 from catalog.fingerprint import fingerprint
-from catalog.gguf_meta import part_names
+from catalog.gguf_meta import first_part, part_names
 
 WEIGHTS = "model.safetensors"  # what transformers loads, else the shards its index names
 INDEX = "model.safetensors.index.json"
@@ -61,7 +61,7 @@ class ResolvedSource:
         """The files holding the weights, in the order the fingerprint takes them; each a regular
         file (a link to one, as in the Hub's cache), never a device that reads without end."""
         if self.gguf_file:
-            files = [self.path / name for name in gguf_parts(self.gguf_file)]
+            files = [self.path / name for name in part_names(self.gguf_file)]
         elif self.format == "pytorch":
             files = sorted(self.path.glob(PICKLE_WEIGHTS))
         else:
@@ -160,18 +160,6 @@ def canonical(spec: str) -> str:
     """The spec as the catalog names its source: a local path resolved (a part of a split GGUF: its
     first part, which names the model); a Hub spec as typed."""
     return str(first_part(Path(spec).expanduser().resolve())) if is_local(spec) else spec
-
-
-def gguf_parts(name: str) -> list[str]:
-    """The files (a path inside the repo or folder) of the GGUF model `name` is a part of, the first
-    first: llama.cpp's split parts (`NAME-00001-of-00003.gguf`, ...), or `name` alone."""
-    folder, _, file = name.rpartition("/")
-    return [f"{folder}/{part}" if folder else part for part in part_names(file)]
-
-
-def first_part(path: Path) -> Path:
-    """The first part of the split GGUF `path` is part of, which holds its metadata; else `path`."""
-    return path.with_name(part_names(path.name)[0]) if path.suffix == ".gguf" else path
 
 
 def split_revision(spec: str) -> tuple[str, str | None]:
@@ -298,7 +286,7 @@ def _resolve_hub_gguf(spec: str, repo_id: str, revision: str | None, wanted: str
         with _without_progress_bars():  # a few kB: no bar before the file's own, or before an error's one line
             folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=["README.md"]))
         name = pick_gguf(spec, wanted, [f for f in _repo_files(repo_id, folder) if f.endswith(".gguf")])
-        for part in gguf_parts(name):  # into the snapshot folder
+        for part in part_names(name):  # into the snapshot folder
             _download_part(spec, repo_id, part, folder.name)
     return ResolvedSource(spec, folder, "gguf", repo_id, folder.name, name, source=f"{repo_id}:{name}")
 
@@ -364,7 +352,7 @@ def pick_gguf(spec: str, wanted: str, files: list[str]) -> str:
     else:
         tag = re.compile(rf"(?<![A-Za-z0-9]){re.escape(wanted)}(?![A-Za-z0-9_])", re.IGNORECASE)
         matches = [f for f in files if tag.search(Path(f).name)]
-    matches = list(dict.fromkeys(gguf_parts(f)[0] for f in matches))
+    matches = list(dict.fromkeys(part_names(f)[0] for f in matches))
     if len(matches) == 1:
         return matches[0]
     where = "in the HF_HOME cache (HF_HUB_OFFLINE is set)" if settings.hub_offline() else "in the repo"

@@ -20,7 +20,7 @@ import torch
 
 from catalog import gguf_meta
 from catalog.gguf_load import dequantize, gguf_config
-from catalog.gguf_meta import BigEndianError, read_header, read_model_header
+from catalog.gguf_meta import BigEndianError, part_names, read_header, read_model_header
 from catalog.identity import FROM_GGUF, gguf_identity
 from catalog.loading import gguf_file, load, read_gguf
 from catalog.sources import resolve
@@ -154,6 +154,20 @@ def test_smollm2_loads_as_transformers_loads_it(smollm2_gguf):
     tokenizer = AutoTokenizer.from_pretrained(smollm2_gguf.parent, gguf_file=smollm2_gguf.name)
     text = "Shakespeare's plays, 1623: the First Folio."
     assert loaded.tokenizer(text).input_ids == tokenizer(text).input_ids
+
+
+@pytest.mark.parametrize("name,parts", [
+    ("m-00002-of-00003.gguf", ["m-00001-of-00003.gguf", "m-00002-of-00003.gguf", "m-00003-of-00003.gguf"]),
+    ("Q4_K_M/m-00001-of-00002.gguf", ["Q4_K_M/m-00001-of-00002.gguf", "Q4_K_M/m-00002-of-00002.gguf"]),  # in a repo's folder
+    ("m-00001-of-00000.gguf", ["m-00001-of-00000.gguf"]),  # a count of no parts: not a split name
+    ("m.Q4_K_M.gguf", ["m.Q4_K_M.gguf"]),
+])
+def test_a_part_name_gives_every_part_of_its_model(tmp_path, name, parts):
+    """A file named as none resolves as itself (`-of-00000` ended in an IndexError)."""
+    assert part_names(name) == parts
+    if parts == [name]:
+        (tmp_path / name).write_bytes(b"GGUF")
+        assert resolve(str(tmp_path / name)).gguf_file == name
 
 
 @pytest.mark.integration

@@ -18,6 +18,7 @@ from catalog.gguf_meta import read_tensor_names
 from db.repository import Catalog
 
 from db_samples import sample_result, times
+from gguf_files import split_copy
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -216,8 +217,9 @@ def test_gguf_names_are_the_ones_transformers_reads_gguf_files_by(superweights, 
 
 
 @pytest.mark.integration
-def test_smollm2_keep_lists_name_tensors_of_the_real_gguf(superweights, smollm2_gguf, catalog_url):
-    """The scan of the real GGUF: its super weight's tensor is the file's blk.11.ffn_down.weight."""
+def test_smollm2_keep_lists_name_tensors_of_the_real_gguf(superweights, smollm2_gguf, catalog_url, tmp_path):
+    """The scan of the real GGUF: its super weight's tensor is the file's blk.11.ffn_down.weight;
+    `--check-gguf` of a split copy's second part checks the whole model's tensors."""
     from catalog.scanner import scan
 
     result = scan(str(smollm2_gguf), ScanOptions(device="cpu", verify=False))
@@ -225,7 +227,11 @@ def test_smollm2_keep_lists_name_tensors_of_the_real_gguf(superweights, smollm2_
     model = str(smollm2_gguf.resolve())
     status, out, err = export(superweights, catalog_url, "llama.cpp", "--verdict", "all", "--check-gguf", str(smollm2_gguf), model=model)
     assert status == 0, err
+    second = split_copy(smollm2_gguf, tmp_path / smollm2_gguf.name, 100)[1]  # its blk.11 tensors are in part 1
+    status, again, err = export(superweights, catalog_url, "llama.cpp", "--verdict", "all", "--check-gguf", str(second), model=model)
+    assert (status, again) == (0, out), err
     tensors = read_tensor_names(smollm2_gguf)
+    assert read_tensor_names(second) == tensors
     names = [re.sub(r"\\(.)", r"\1", arg.split("=")[0]) for arg in out.split()[1::2]]
     assert names[0] == "blk.11.ffn_down.weight" and set(names) <= set(tensors)
     assert [n for n in tensors if re.search(out.split()[1].split("=")[0], n)] == ["blk.11.ffn_down.weight"]
