@@ -269,10 +269,30 @@ def check_shapes(source: ResolvedSource, model: nn.Module, spans: dict[str, Span
 
 
 def place(model: nn.Module, names: dict[str, list[str]], tensors: dict[str, torch.Tensor]) -> None:
-    """Each checkpoint tensor into every state-dict name it fills (`checkpoint_names`)."""
+    """Each checkpoint tensor into every state-dict name it fills (`checkpoint_names`); then tied
+    weights the checkpoint holds under both names are tied again where equal (`tie_equal`)."""
     for name, tensor in tensors.items():
         for alias in names[name]:
             assign(model, alias, tensor)
+    tie_equal(model, set(tensors))
+
+
+def tie_equal(model: nn.Module, placed: set[str]) -> None:
+    """A tied pair (transformers' `all_tied_weights_keys`) placed under both its names, as
+    transformers' `tie_weights` leaves it: one parameter where the two are equal (a `.bin` file's
+    shared storage, the copy of BLOOM's embedding llama.cpp writes as its output), apart and no
+    longer tied where they differ (the config ties what the checkpoint does not)."""
+    tied = getattr(model, "all_tied_weights_keys", None) or {}
+    for target, source in list(tied.items()):
+        if target in placed and source in placed:
+            kept, other = model.get_parameter(source), model.get_parameter(target)
+            if kept is other:
+                continue
+            if torch.equal(kept, other):
+                module_name, _, attr = target.rpartition(".")
+                model.get_submodule(module_name)._parameters[attr] = kept
+            else:
+                del tied[target]
 
 
 def buffers_to(model: nn.Module, device: torch.device) -> None:
@@ -285,7 +305,9 @@ def buffers_to(model: nn.Module, device: torch.device) -> None:
 def checkpoint_names(model: nn.Module, spans: Mapping[str, Span | torch.Tensor]) -> dict[str, list[str]] | None:
     """Checkpoint name -> the state-dict names it fills (tied weights: several), or None unless
     every checkpoint tensor fills the model's tensors of its name and shape, and every one is
-    filled, by tensors put in place as they are (not quantized, not kept in float32)."""
+    filled, by tensors put in place as they are (not quantized, not kept in float32). A tied
+    weight the checkpoint holds under two names is untied to be read under both: transformers
+    keeps the two apart where they differ, and `place` ties them again where they do not."""
     if getattr(model.config, "quantization_config", None) or getattr(model, "_keep_in_fp32_modules", None):
         return None
     by_tensor: dict[int, list[str]] = {}
@@ -294,13 +316,25 @@ def checkpoint_names(model: nn.Module, spans: Mapping[str, Span | torch.Tensor])
         by_tensor.setdefault(id(tensor), []).append(name)
     if not set(spans) <= set(state):
         return None
-    names = {}
+    names, apart = {}, []
     for aliases in by_tensor.values():
         stored = [a for a in aliases if a in spans]
-        if not stored or spans[stored[0]].shape != tuple(state[stored[0]].shape):
+        if not stored or any(spans[a].shape != tuple(state[a].shape) for a in stored):
             return None
-        names[stored[0]] = aliases
+        names[stored[0]] = [a for a in aliases if a not in stored[1:]]
+        apart += stored[1:]
+    for name in apart:
+        untie(model, name)
+        names[name] = [name]
     return names
+
+
+def untie(model: nn.Module, name: str) -> None:
+    """Parameter `name` on its own, no longer shared with the weights tied to it (still on the meta device)."""
+    module_name, _, attr = name.rpartition(".")
+    module = model.get_submodule(module_name)
+    if attr in module._parameters:
+        module._parameters[attr] = nn.Parameter(torch.empty_like(module._parameters[attr]), requires_grad=False)
 
 
 def check_config(source: ResolvedSource, trust_remote_code: bool) -> None:

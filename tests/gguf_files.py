@@ -10,12 +10,16 @@ import gguf
 import numpy as np
 
 Q = gguf.GGMLQuantizationType
+VOCAB = {"phi3": 32064}  # Phi-3's config pads with token 32000, which must be in the vocabulary
 
 
-def write_gguf(path: Path, arch: str, *, heads: int = 4, kv_heads: int = 2, tied: bool = False, split: int = 0) -> Path:
+def write_gguf(path: Path, arch: str, *, heads: int = 4, kv_heads: int = 2, tied: bool = False, output_copy: bool = False,
+               split: int = 0) -> Path:
     """A 2-layer, 64-wide model of `arch` with random weights, its 2-D weights in Q8_0 and Q4_0,
-    its embedding in F16, norms and biases in F32. `split`: at most that many tensors a file, as
-    llama.cpp splits a large model (`name-00001-of-00003.gguf`, ...); the second part is returned."""
+    its embedding in F16, norms and biases in F32. `tied`: no output.weight; `output_copy`: the
+    embedding written again as output.weight, as llama.cpp writes BLOOM's. `split`: at most that
+    many tensors a file, as llama.cpp splits a large model (`name-00001-of-00003.gguf`, ...); the
+    second part is returned."""
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.modeling_gguf_pytorch_utils import TENSOR_PROCESSORS, TensorProcessor, get_gguf_hf_weights_map
@@ -29,20 +33,25 @@ def write_gguf(path: Path, arch: str, *, heads: int = 4, kv_heads: int = 2, tied
     writer.add_head_count(heads)
     writer.add_head_count_kv(kv_heads)
     writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_layer_norm_eps(1e-5)
     writer.add_rope_freq_base(10000.0)
-    writer.add_vocab_size(96)
-    config = AutoConfig.for_model(arch, vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    vocab = VOCAB.get(arch, 96)
+    writer.add_vocab_size(vocab)
+    writer.add_token_list([f"t{i}" for i in range(vocab)])  # the vocabulary size of architectures whose config keys lack it
+    config = AutoConfig.for_model(arch, vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                   num_attention_heads=heads, num_key_value_heads=kv_heads, tie_word_embeddings=tied)
     with init_empty_weights():
         model = AutoModelForCausalLM.from_config(config)
     names = get_gguf_hf_weights_map(model, TENSOR_PROCESSORS.get(arch, TensorProcessor)())
-    shapes = {hf: tuple(model.state_dict()[hf].shape) for hf in names.values()}
+    shapes = {hf: _stored_shape(model, hf) for hf in names.values()}
     rng = np.random.default_rng(0)
-    for index, (name, hf) in enumerate(sorted(names.items())):
+    tensors = {name: rng.standard_normal(shapes[hf]).astype(np.float32) for name, hf in sorted(names.items())}
+    if output_copy:
+        tensors["output.weight"] = tensors["token_embd.weight"]
+    for index, (name, values) in enumerate(tensors.items()):
         if tied and name == "output.weight":
             continue
-        values = rng.standard_normal(shapes[hf]).astype(np.float32)
-        if name == "token_embd.weight":
+        if name == "token_embd.weight" or (output_copy and name == "output.weight"):
             writer.add_tensor(name, values.astype(np.float16))
         elif values.ndim == 2:
             kind = (Q.Q8_0, Q.Q4_0)[index % 2]
@@ -54,6 +63,14 @@ def write_gguf(path: Path, arch: str, *, heads: int = 4, kv_heads: int = 2, tied
     writer.write_tensors_to_file()
     writer.close()
     return min(path.parent.glob(f"{path.stem}-00002-of-*.gguf")) if split else path
+
+
+def _stored_shape(model, name: str) -> tuple[int, ...]:
+    """A tensor's shape in a GGUF file: llama.cpp stores GPT-2's Conv1D weights `[in, out]` as `[out, in]`."""
+    from transformers.pytorch_utils import Conv1D
+
+    shape = tuple(model.get_parameter(name).shape)
+    return shape[::-1] if isinstance(model.get_submodule(name.rpartition(".")[0]), Conv1D) and len(shape) == 2 else shape
 
 
 def split_copy(source: Path, path: Path, max_tensors: int) -> list[Path]:

@@ -49,24 +49,44 @@ def assert_same_model(ours: torch.nn.Module, theirs: torch.nn.Module) -> None:
     for name, tensor in reference.items():
         assert mine[name].dtype == tensor.dtype and torch.equal(mine[name], tensor), name
     assert not any(p.is_meta for p in ours.parameters()) and not any(b.is_meta for b in ours.buffers())
-    if ours.config.tie_word_embeddings:
-        assert ours.get_output_embeddings().weight is ours.get_input_embeddings().weight
+    assert tied(ours) == tied(theirs)
     ids = torch.randint(0, 96, (2, 12), generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
         assert torch.equal(ours(input_ids=ids).logits, theirs(input_ids=ids).logits)
 
 
-@pytest.mark.parametrize("arch,heads,kv_heads,tied", [("llama", 4, 2, False), ("llama", 4, 4, True), ("qwen2", 4, 2, False)])
-def test_a_written_gguf_loads_as_transformers_loads_it(tmp_path, arch, heads, kv_heads, tied):
-    """Llama's Q and K rows are stored permuted (grouped-query and not); qwen2's are not, and it has biases."""
+def tied(model: torch.nn.Module) -> bool:
+    return model.get_output_embeddings().weight is model.get_input_embeddings().weight
+
+
+@pytest.mark.parametrize("arch,heads,kv_heads,tie", [("llama", 4, 2, False), ("llama", 4, 4, True), ("qwen2", 4, 2, False),
+                                                   ("gpt2", 4, 4, False), ("phi3", 4, 4, False), ("starcoder2", 4, 2, False)])
+def test_a_written_gguf_loads_as_transformers_loads_it(tmp_path, arch, heads, kv_heads, tie):
+    """Llama's Q and K rows are stored permuted (grouped-query and not); qwen2's are not, and it has
+    biases; GPT-2's Conv1D weights are stored transposed and its head is renamed by transformers'
+    processor itself; Phi-3's attention and gate/up projections are fused; StarCoder2 has biases
+    and layer norms."""
     from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
-    path = write_gguf(tmp_path / f"{arch}.gguf", arch, heads=heads, kv_heads=kv_heads, tied=tied)
+    path = write_gguf(tmp_path / f"{arch}.gguf", arch, heads=heads, kv_heads=kv_heads, tied=tie)
     assert gguf_config(read_header(path)) == load_gguf_checkpoint(str(path))["config"]
     for dtype in (torch.float32, torch.bfloat16):
         ours = fast(path, dtype)
         assert ours is not None
         assert_same_model(ours, hf_reference(path, dtype))
+
+
+@pytest.mark.parametrize("arch", ["bloom", "falcon"])
+@pytest.mark.parametrize("copy", [True, False], ids=["output a copy of the embedding", "output of its own"])
+def test_an_output_the_config_ties_is_read_as_transformers_reads_it(tmp_path, arch, copy):
+    """BLOOM's and Falcon's configs tie the output to the embedding whatever the file holds:
+    llama.cpp writes BLOOM's embedding again as output.weight, which transformers ties; an output
+    of other values it keeps apart. Both once ended in a KeyError ('lm_head.weight')."""
+    path = write_gguf(tmp_path / f"{arch}.gguf", arch, output_copy=copy)
+    ours, theirs = fast(path), hf_reference(path)
+    assert ours is not None
+    assert_same_model(ours, theirs)
+    assert tied(ours) == copy
 
 
 def test_llamas_query_rows_are_unpermuted(tmp_path):

@@ -121,12 +121,44 @@ def test_parallel_load_builds_the_model_from_pretrained_builds(model_type, tmp_p
     assert ours.keys() == theirs.keys()
     for name in theirs:
         assert torch.equal(ours[name], theirs[name]), name
-    if fast.config.tie_word_embeddings:
-        assert fast.get_output_embeddings().weight is fast.get_input_embeddings().weight
+    assert_same_model(fast, reference)
+
+
+def assert_same_model(fast: torch.nn.Module, reference: torch.nn.Module) -> None:
+    """Tied where the reference is, no parameter left on the meta device, the same logits."""
+    assert tied(fast) == tied(reference)
     assert not any(p.is_meta for p in fast.parameters()) and not any(b.is_meta for b in fast.buffers())
     ids = torch.randint(3, 120, (2, 16), generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
         assert torch.equal(fast(input_ids=ids).logits, reference(input_ids=ids).logits)
+
+
+def tied(model: torch.nn.Module) -> bool:
+    return model.get_output_embeddings().weight is model.get_input_embeddings().weight
+
+
+@pytest.mark.parametrize("copy", [True, False], ids=["head a copy of the embedding", "head of its own"])
+def test_a_head_the_config_ties_but_the_checkpoint_holds_is_read_as_transformers_reads_it(tmp_path, copy):
+    """A config tying the head to the embedding, a checkpoint holding both (a `.bin` file's shared
+    storage, a conversion's copy; or a head trained apart under a config that still ties it):
+    transformers ties a copy and keeps a head of other values apart. The reader read the embedding
+    alone into both, a model with the wrong head."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model("llama", vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                  num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path)
+    state = load_file(tmp_path / "model.safetensors")
+    assert "lm_head.weight" not in state  # what save_pretrained writes of tied weights
+    embedding = state["model.embed_tokens.weight"]
+    state["lm_head.weight"] = embedding.clone() if copy else torch.randn_like(embedding)
+    save_file(state, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    fast = fast_load(tmp_path)
+    reference = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    assert tied(reference) == copy
+    assert fast is not None and torch.equal(fast.lm_head.weight, state["lm_head.weight"])
+    assert_same_model(fast, reference)
 
 
 def test_load_reads_in_parallel_and_converts_the_dtype(tiny):
