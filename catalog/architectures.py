@@ -281,9 +281,14 @@ def _non_finite(path: str, blocks: nn.ModuleList, probed: list[Probed]) -> str |
         call = seen.probe.call(block)
         out = call.out if call else None
         if out is not None and out.is_floating_point() and not torch.isfinite(out).all():
-            bad = next((name for name, p in block.named_parameters() if not p.is_meta and not torch.isfinite(p).all()), None)
+            bad = non_finite_parameter(block)
             return f"a value of {path}.{layer}.{bad}" if bad else f"the output of block {layer} on the probe"
     return None
+
+
+def non_finite_parameter(module: nn.Module) -> str | None:
+    """The first of the module's parameters in memory holding NaN or inf (a corrupt file, a misread quantization type)."""
+    return next((name for name, p in module.named_parameters() if not p.is_meta and not torch.isfinite(p).all()), None)
 
 
 def _check_own_modules(sites: list[DownProjection], source: str, model_type: str) -> None:

@@ -8,7 +8,7 @@ import contextlib
 import platform
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from datetime import UTC, datetime
 from functools import partial
@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from catalog import __version__
+from catalog.architectures import non_finite_parameter
 from catalog.causal import verify
 from catalog.config import ScanOptions
 from catalog.detection import detect
@@ -151,6 +152,19 @@ def _scan_loaded(source: ResolvedSource, options: ScanOptions, config: dict, say
     return result
 
 
+@contextlib.contextmanager
+def _weights_blamed(model: nn.Module) -> Iterator[None]:
+    """A number that came out NaN or inf, blamed on the weight that made it so where the model
+    holds one with NaN or inf (the first), as `discover` names one in the first block."""
+    try:
+        yield
+    except NonFiniteError as exc:
+        bad = non_finite_parameter(model)
+        if bad is None:
+            raise
+        raise NonFiniteError(f"a value of {bad}") from exc
+
+
 def _scan_with(loaded: LoadedModel, run_detect: Callable, run_verify: Callable, options: ScanOptions, config: dict,
                say: Progress) -> ScanResult:
     """Detect, then verify, on a loaded (or streamed) model."""
@@ -160,8 +174,9 @@ def _scan_with(loaded: LoadedModel, run_detect: Callable, run_verify: Callable, 
     sites = loaded.architecture.sites
     prompts = [model_input(loaded, loaded.tokenizer(p, return_tensors="pt").input_ids, "the prompt") for p in options.prompts]
     config["prompt_tokens"] = [ids.shape[1] for ids in prompts]
-    found = run_detect(prompts, sites, options.rule, options.max_iterations)
-    check_finite({"layers": [asdict(layer) for layer in found.layers]})  # before verification computes on them
+    with _weights_blamed(loaded.model):
+        found = run_detect(prompts, sites, options.rule, options.max_iterations)
+        check_finite({"layers": [asdict(layer) for layer in found.layers]})  # before verification computes on them
     timings["detect"] = round(time.perf_counter() - start, 3)
     summary = {"detection_passes": found.iterations, "reference_out_max": found.reference, "loader": loaded.loader,
                "blocks": loaded.architecture.blocks, "mixer_only_layers": loaded.architecture.mixer_only,
@@ -173,7 +188,8 @@ def _scan_with(loaded: LoadedModel, run_detect: Callable, run_verify: Callable, 
         seq_len = min(options.seq_len, loaded.context or options.seq_len)
         windows = model_input(loaded, options.text.windows(loaded.tokenizer, options.eval_tokens, seq_len), "the evaluation text")
         config["seq_len_used"], config["eval_token_count"] = seq_len, windows.numel()
-        checked = run_verify(windows, sites, weights, options.verification, say)
+        with _weights_blamed(loaded.model):
+            checked = run_verify(windows, sites, weights, options.verification, say)
         ablations, weights = checked.ablations, checked.super_weights
         summary |= checked.summary
         timings["verify"] = round(time.perf_counter() - start, 3)

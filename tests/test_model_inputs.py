@@ -99,10 +99,10 @@ def test_windows_and_prompts_are_clipped_to_the_context(superweights, models, zi
     assert scan["ablations"] and all(a["tokens"] % (SHORT - 1) == 0 for a in scan["ablations"])
 
 
-@pytest.mark.parametrize("name,args,says", [
-    ("nan_down", ["--no-verify"], r"the scan's layers\[[34]\]\.(in|out)_max is not a finite number \(NaN or inf\)"),
-    ("inf_attention", ["--no-verify"], r"the scan's layers\[2\]\.(in|out)_max is not a finite number \(NaN or inf\)"),
-    ("nan_head", [], r"the perplexity on the evaluation text is not a finite number \(NaN or inf\)"),
+@pytest.mark.parametrize("name,args,says", [  # the weight named, not the number it spoiled (detection's maxima, the perplexity)
+    ("nan_down", ["--no-verify"], r"a value of model\.layers\.3\.mlp\.down_proj\.weight is not a finite number \(NaN or inf\)"),
+    ("inf_attention", ["--no-verify"], r"a value of model\.layers\.2\.self_attn\.q_proj\.weight is not a finite number \(NaN or inf\)"),
+    ("nan_head", [], r"a value of lm_head\.weight is not a finite number \(NaN or inf\)"),
 ])
 def test_nan_or_inf_weights_are_one_line_and_reach_no_file_or_catalog(superweights, models, zipf_text, tmp_path, name, args, says):
     url, out = f"sqlite:///{tmp_path / 'catalog.db'}", tmp_path / "scan.json"
@@ -161,7 +161,7 @@ def test_a_survey_row_holds_the_line_that_scan_prints(models, zipf_text):
     assert short.error is None and short.result.config["seq_len_used"] == SHORT
     poisoned = scanner(fetch(str(models["nan_head"])))
     assert poisoned.result is None and poisoned.error.startswith(
-        f"{models['nan_head']}: the perplexity on the evaluation text is not a finite number (NaN or inf)")
+        f"{models['nan_head']}: a value of lm_head.weight is not a finite number (NaN or inf)")
     assert describe_error(AttributeError("'float' object has no attribute 'numerator'")) == (
         "unexpected AttributeError: 'float' object has no attribute 'numerator'; "
         "`SUPERWEIGHTS_DEBUG=1 superweights scan` of this model alone shows the traceback.")
