@@ -19,10 +19,6 @@ from catalog.loading import load, pick_dtype, read_parallel
 from catalog.reader import ShardReader, index_shards
 from catalog.sources import resolve
 
-# A sample of layouts: dense, Conv1D, fused experts both ways, shared experts, a multimodal wrapper
-LOADED = ["llama", "gpt2", "gpt_neox", "opt", "bloom", "phi", "gemma3", "mixtral", "qwen2_moe", "gpt_oss", "deepseek_v3",
-          "llama4_text", "starcoder2"]
-
 
 def shards(tmp_path: Path) -> dict[str, torch.Tensor]:
     torch.manual_seed(0)
@@ -101,16 +97,21 @@ def fast_load(path: Path) -> torch.nn.Module | None:
     return read_parallel(resolve(str(path)), AutoConfig.from_pretrained(path), torch.device("cpu"), torch.float32, False)
 
 
-@pytest.mark.parametrize("model_type", LOADED)
+@pytest.mark.parametrize("model_type", zoo.causal_lm_types())
 def test_parallel_load_builds_the_model_from_pretrained_builds(model_type, tmp_path):
-    """Where the stored tensors match the model's by name and shape the reader loads them; else
-    (a checkpoint transformers renames, fuses or keeps partly in float32) it falls back."""
+    """Every causal-LM type of the installed transformers, saved tiny: where the stored tensors
+    match the model's by name and shape the reader loads them; else (a checkpoint transformers
+    renames, fuses or keeps partly in float32) it falls back."""
     from transformers import AutoModelForCausalLM
 
     path = tmp_path / model_type
-    zoo.build(model_type).save_pretrained(path)
+    try:
+        zoo.build(model_type).save_pretrained(path)
+        reference = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    except Exception as exc:  # transformers' own limits on shrunk default configs, or on loading what it saved
+        pytest.skip(f"transformers cannot build, save and load a tiny {model_type}: {type(exc).__name__}: {str(exc)[:120]}")
+    aligned(reference)
     fast = fast_load(path)
-    reference = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     stored = {name: span.shape for name, span in index_shards(sorted(path.glob("*.safetensors"))).items()}
     if fast is None:
         state = reference.state_dict()  # converted on load, or tensors transformers keeps in float32
@@ -126,15 +127,30 @@ def test_parallel_load_builds_the_model_from_pretrained_builds(model_type, tmp_p
 
 def assert_same_model(fast: torch.nn.Module, reference: torch.nn.Module) -> None:
     """Tied where the reference is, no parameter left on the meta device, the same logits."""
-    assert tied(fast) == tied(reference)
+    assert tied_pairs(fast) == tied_pairs(reference)
     assert not any(p.is_meta for p in fast.parameters()) and not any(b.is_meta for b in fast.buffers())
     ids = torch.randint(3, 120, (2, 16), generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
-        assert torch.equal(fast(input_ids=ids).logits, reference(input_ids=ids).logits)
+        assert torch.equal(fast(input_ids=ids, use_cache=False).logits, reference(input_ids=ids, use_cache=False).logits)
+
+
+def aligned(model: torch.nn.Module) -> None:
+    """Its parameters copied out of the memory-mapped file `from_pretrained` leaves them in, at
+    offsets a header's length from the page: JetMoE's expert products then round differently (2e-8)
+    from the same values in allocated memory, where the reader puts them."""
+    with torch.no_grad():
+        for param in model.parameters():
+            param.data = param.data.clone()
 
 
 def tied(model: torch.nn.Module) -> bool:
     return model.get_output_embeddings().weight is model.get_input_embeddings().weight
+
+
+def tied_pairs(model: torch.nn.Module) -> set[tuple[str, str]]:
+    """Every two parameter names that share one parameter."""
+    named = list(model.named_parameters(remove_duplicate=False))
+    return {(a, b) for a, p in named for b, q in named if a < b and p is q}
 
 
 @pytest.mark.parametrize("copy", [True, False], ids=["head a copy of the embedding", "head of its own"])
