@@ -60,12 +60,14 @@ def tied(model: torch.nn.Module) -> bool:
 
 
 @pytest.mark.parametrize("arch,heads,kv_heads,tie", [("llama", 4, 2, False), ("llama", 4, 4, True), ("qwen2", 4, 2, False),
-                                                   ("gpt2", 4, 4, False), ("phi3", 4, 4, False), ("starcoder2", 4, 2, False)])
+                                                   ("gpt2", 4, 4, False), ("phi3", 4, 4, False), ("starcoder2", 4, 2, False),
+                                                   ("qwen3", 4, 2, False), ("gemma2", 4, 2, True), ("nemotron", 4, 2, False)])
 def test_a_written_gguf_loads_as_transformers_loads_it(tmp_path, arch, heads, kv_heads, tie):
     """Llama's Q and K rows are stored permuted (grouped-query and not); qwen2's are not, and it has
     biases; GPT-2's Conv1D weights are stored transposed and its head is renamed by transformers'
     processor itself; Phi-3's attention and gate/up projections are fused; StarCoder2 has biases
-    and layer norms."""
+    and layer norms; Qwen3 normalizes queries and keys, Gemma 2 has four norms a block and
+    Nemotron a squared-ReLU MLP without a gate."""
     from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
     path = write_gguf(tmp_path / f"{arch}.gguf", arch, heads=heads, kv_heads=kv_heads, tied=tie)
