@@ -64,11 +64,13 @@ class PrefixCache:
         return cls(blocks, first_layers, model) if blocks is not None else None
 
     @classmethod
-    def replaying(cls, blocks: nn.ModuleList, outputs: dict[int, torch.Tensor]) -> PrefixCache:
+    def replaying(cls, blocks: nn.ModuleList, outputs: dict[int, torch.Tensor], nones: int | None = None) -> PrefixCache:
         """A cache of outputs computed elsewhere (a streamed scan's, block by block): `skipping(L)`
-        then replays `outputs[L]` as block L-1's output, L = len(blocks) included."""
+        then replays `outputs[L]` as block L-1's output, L = len(blocks) included, each block
+        returning its hidden states followed by `nones` Nones (None: alone)."""
         cache = cls(blocks, set(outputs))
         cache.outputs = outputs
+        cache.nones = dict.fromkeys(range(len(blocks)), nones)
         return cache
 
     @contextlib.contextmanager

@@ -17,17 +17,18 @@ are the model's own: the final hidden states are replayed into its forward with
 
 Supported: safetensors checkpoints of any architecture whose blocks can be called one at a time:
 each block's call is recorded from one forward of the model's own code in which every block passes
-its input through (`block_calls`), so blocks of different kinds (sliding and full attention,
-state-space and attention layers) each get their own arguments. The down projections are found
-as in memory (`catalog.architectures`), on the first block of each structure, read for the
-purpose. Anything else is refused with one line.
+its input through (`block_calls`, returned alone or first in a tuple, as the model takes it apart),
+so blocks of different kinds (sliding and full attention, state-space and attention layers) each
+get their own arguments. Blocks that pass state on besides their hidden states (`HandsOnState`)
+are refused. The down projections are found as in memory (`catalog.architectures`), on the first
+block of each structure, read for the purpose. Anything else is refused with one line.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, MutableMapping, MutableSequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import NoReturn
@@ -96,26 +97,51 @@ def materialized(module: nn.Module, tensors: dict[str, torch.Tensor], store: Sha
         store.release(tensors)
 
 
-def block_calls(model: nn.Module, blocks: nn.ModuleList, ids: torch.Tensor) -> Inputs:
+# What a block may return, as the model's forward takes it apart: its hidden states alone (None),
+# or first in a tuple that this many other values follow (Falcon, MPT, GPT-Neo: `outputs[0]`;
+# XLNet: `hidden, mems = block(...)`).
+RETURNS = (None, 0, 1, 2)
+
+
+def block_calls(model: nn.Module, blocks: nn.ModuleList, ids: torch.Tensor, returns: int | None) -> Inputs:
     """The hidden states entering the first block for `ids`, and the other arguments of every
     block's call, from the model's own forward (embeddings, masks, rotary embeddings) with each
-    block passing its input through."""
+    block passing its input through, returned as `returns` says. Every block must be handed
+    hidden states of the first one's shape (a model that takes a tuple apart, handed a tensor,
+    may slice it instead of failing), and none of what a block returns after them: the values it
+    returns there are empty tensors of their own, which no later block's call may hold
+    (`HandsOnState`: Zaya hands its router states on)."""
     first: list[torch.Tensor] = []
     calls: list[BlockCall] = []
+    returned: set[int] = set()
 
     def record(module, args, kwargs):
         first.append(args[0] if args else kwargs["hidden_states"])
         calls.append((tuple(args[1:]), {k: v for k, v in kwargs.items() if k != "hidden_states"}))
 
     def passthrough(hidden_states, *args, **kwargs):
-        return hidden_states
+        if returns is None:
+            return hidden_states
+        extras = [torch.empty(0) for _ in range(returns)]
+        returned.update(map(id, extras))
+        return hidden_states, *extras
 
     with (hooked(((block, record) for block in blocks), pre=True, with_kwargs=True),
           forwards_replaced((block, passthrough) for block in blocks)):
         model(input_ids=ids, use_cache=False)
     if len(calls) != len(blocks):
         raise ValueError(f"the model called its {len(blocks)} blocks {len(calls)} times")
+    handed = next((i for i, h in enumerate(first) if not isinstance(h, torch.Tensor) or h.shape != first[0].shape), None)
+    if handed is not None:
+        raise ValueError(f"block {handed} was handed {_shape(first[handed])} where block 0 was handed {_shape(first[0])}")
+    passed = next((i for i, (args, kwargs) in enumerate(calls) if returned & set(map(id, (*args, *kwargs.values())))), None)
+    if passed is not None:
+        raise HandsOnState(f"block {passed} is handed what block {passed - 1} returns besides its hidden states")
     return first[0], calls
+
+
+def _shape(value: object) -> str:
+    return f"hidden states of shape {list(value.shape)}" if isinstance(value, torch.Tensor) else f"a {type(value).__name__}"
 
 
 @dataclass
@@ -185,6 +211,7 @@ class StreamedModel:
     blocks: nn.ModuleList
     store: ShardStore
     budget: Budget
+    returns: int | None  # what a block returns besides its hidden states (`RETURNS`)
 
     def layers(self) -> Iterator[tuple[int, nn.Module]]:
         """Each block in turn with its weights on the device; the next one is read meanwhile."""
@@ -198,7 +225,7 @@ class StreamedModel:
                     yield i, block
 
     def inputs(self, ids: list[torch.Tensor]) -> list[Inputs]:
-        return [block_calls(self.loaded.model, self.blocks, batch.to(self.loaded.device)) for batch in ids]
+        return [block_calls(self.loaded.model, self.blocks, batch.to(self.loaded.device), self.returns) for batch in ids]
 
     @torch.inference_mode()
     def detect(self, prompts: list[torch.Tensor], sites: Sites, rule: SpikeRule, max_iterations: int) -> Detection:
@@ -258,7 +285,7 @@ class StreamedModel:
 
     def _evaluation(self, windows: torch.Tensor, stopwords: torch.Tensor, stream: Stream, batch_size: int) -> Evaluation:
         """Perplexity from a stream's final hidden states, through the model's own norm and head."""
-        final = PrefixCache.replaying(self.blocks, {len(self.blocks): torch.cat(stream.hidden)})
+        final = PrefixCache.replaying(self.blocks, {len(self.blocks): torch.cat(stream.hidden)}, self.returns)
         with final.skipping(len(self.blocks)):
             return evaluate(self.loaded.model, windows, stopwords, batch_size)
 
@@ -269,17 +296,40 @@ def block_prefix(path: str, layer: int) -> str:
 
 
 def probe_blocks(store: ShardStore, path: str, blocks: nn.ModuleList, inputs: Inputs, hidden: int) -> list[Probed]:
-    """Each block as probed on the first block of its structure, read for the purpose."""
+    """Each block as probed on the first block of its structure, read for the purpose. A block
+    that writes into what the blocks after it are handed is refused (`HandsOnState`)."""
     first, calls = inputs
     kinds: dict[tuple, Probed] = {}
     for layer, block in enumerate(blocks):
         kind = structure(block)
         if kind not in kinds:
             with materialized(block, store.read_block(block_prefix(path, layer)), store), torch.no_grad():
+                sizes = _filled(calls[layer])
                 with probing.recording(list(block.modules())) as probe:
                     block(first, *calls[layer][0], **calls[layer][1])
+                _check_writes_nothing(layer, calls[layer], sizes)
                 kinds[kind] = Probed(block, probe, block_sites(block, hidden, probe))
     return [kinds[structure(block)] for block in blocks]
+
+
+class HandsOnState(ValueError):
+    """A block passes the blocks after it something besides its hidden states, which a streamed
+    pass (each block called on the recorded arguments of a forward in which none ran) cannot give them."""
+
+
+def _filled(call: BlockCall) -> dict[str, int]:
+    """The sizes of the containers among a call's arguments (a dict the blocks share), by name."""
+    args, kwargs = call
+    named = {**{f"argument {i + 1}": v for i, v in enumerate(args)}, **kwargs}
+    return {name: len(v) for name, v in named.items() if isinstance(v, (MutableMapping, MutableSequence))}
+
+
+def _check_writes_nothing(layer: int, call: BlockCall, sizes: dict[str, int]) -> None:
+    """Raise `HandsOnState` if the block wrote into a container among its arguments, which the
+    blocks after it are handed too (Gemma 3n's key-value sharing)."""
+    changed = next((name for name, size in _filled(call).items() if sizes.get(name) != size), None)
+    if changed:
+        raise HandsOnState(f"block {layer} writes into its {changed} argument, which the blocks after it read")
 
 
 def open_streamed(source: ResolvedSource, stack: contextlib.ExitStack, *, budget: int, device: str = "auto",
@@ -305,13 +355,17 @@ def open_streamed(source: ResolvedSource, stack: contextlib.ExitStack, *, budget
     with as_invalid(source):
         place(model, names, store.reader.read([name for name in names if not in_blocks(name)]))
     buffers_to(model, opened.device)
-    path, blocks, inputs = _streamable(source, model, lists, probing.probe_ids(text.vocab_size, opened.device), model_type)
-    found = architecture(model, path, blocks, probe_blocks(store, path, blocks, inputs, text.hidden_size), source.spec, model_type)
+    path, blocks, inputs, returns = _streamable(source, model, lists, probing.probe_ids(text.vocab_size, opened.device), model_type)
+    try:
+        probed = probe_blocks(store, path, blocks, inputs, text.hidden_size)
+    except HandsOnState as exc:
+        _unstreamable(source, f"model type {model_type!r}, whose blocks pass on more than their hidden states ({exc})")
+    found = architecture(model, path, blocks, probed, source.spec, model_type)
     if found.sites.shared:  # a block's reads would change a weight that an earlier block holds
         _unstreamable(source, f"blocks that share a down projection's weight ({next(iter(found.sites.shared))})")
     info = model_info(source, model, opened.config, opened.dtype, found)
     loaded = LoadedModel(model, opened.tokenizer, found, info, opened.device, time.perf_counter() - start, "parallel")
-    return StreamedModel(loaded, path, blocks, store, held)
+    return StreamedModel(loaded, path, blocks, store, held, returns)
 
 
 def _under(paths: list[str]) -> Callable[[str], bool]:
@@ -319,17 +373,20 @@ def _under(paths: list[str]) -> Callable[[str], bool]:
 
 
 def _streamable(source: ResolvedSource, model: nn.Module, lists: list[tuple[str, nn.ModuleList]], ids: torch.Tensor,
-                model_type: str) -> tuple[str, nn.ModuleList, Inputs]:
+                model_type: str) -> tuple[str, nn.ModuleList, Inputs, int | None]:
     """The list of blocks that a text-only forward of `ids` calls one at a time, each once, in
-    order (the largest if several do), with those calls."""
+    order (the largest if several do), with those calls and what its blocks return (`RETURNS`)."""
     problem = None
     for path, blocks in sorted(lists, key=lambda item: -sum(p.numel() for p in item[1].parameters())):
-        try:
-            return path, blocks, block_calls(model, blocks, ids)
-        except Exception as exc:  # the model's own code, fed blocks that pass their input through
-            if memory_shortage(exc):
-                raise
-            problem = first_line(exc)
+        for returns in RETURNS:
+            try:
+                return path, blocks, block_calls(model, blocks, ids, returns), returns
+            except HandsOnState as exc:
+                _unstreamable(source, f"model type {model_type!r}, whose blocks pass on more than their hidden states ({exc})")
+            except Exception as exc:  # the model's own code, fed blocks that pass their input through
+                if memory_shortage(exc):
+                    raise
+                problem = problem or first_line(exc)
     _unstreamable(source, f"model type {model_type!r}, whose blocks cannot be called one at a time ({problem[:160]})")
 
 

@@ -7,12 +7,15 @@ import dataclasses
 import pytest
 from transformers import AutoModelForCausalLM
 
-from catalog import streaming
+from catalog import streaming, zoo
 from catalog.config import ScanOptions, VerifyOptions
 from catalog.errors import BadOptionError
 from catalog.options import parse_size
 from catalog.reader import index_shards
-from catalog.scanner import scan
+from catalog.scanner import scan, scan_source
+from catalog.sources import resolve
+
+from tiny import build_tokenizer
 
 BUDGET = 1 << 30
 
@@ -152,3 +155,36 @@ def test_sizes(text, size):
 def test_bad_size_is_one_line(text):
     with pytest.raises(BadOptionError, match="--max-gpu-memory: "):
         parse_size(text)
+
+
+# Types whose blocks return a tuple the model takes apart (`outputs[0]`): refused before, as
+# "invalid index of a 0-dim tensor"; and types whose blocks pass state on, which a streamed pass
+# cannot give them: Zaya returns its router states to the next block, Gemma 3n's blocks write
+# keys and values into a dict the later blocks read (it streamed, to other maxima from block 2 on).
+TUPLES = {"falcon", "mpt", "gpt_neo", "openai-gpt"}
+HANDS_ON = {"zaya": "block 1 is handed what block 0 returns besides its hidden states",
+            "gemma3n_text": "block 0 writes into its shared_kv_states argument"}
+
+
+@pytest.mark.parametrize("model_type", zoo.causal_lm_types())
+def test_every_type_streams_to_the_detection_in_memory_or_is_refused_in_one_line(model_type, tmp_path):
+    """Each causal-LM type of the installed transformers, saved tiny: streamed, its detection is
+    the one in memory (every layer's maxima, every candidate), or it is refused with one line."""
+    path = tmp_path / model_type
+    kwargs = {"device": "cpu", "dtype": "float32", "verify": False}
+    try:
+        zoo.build(model_type).save_pretrained(path)
+        build_tokenizer().save_pretrained(path)
+        plain = scan_source(resolve(str(path)), ScanOptions(**kwargs))
+    except Exception as exc:
+        pytest.skip(f"{model_type} does not scan in memory: {type(exc).__name__}: {str(exc)[:120]}")
+    try:
+        streamed = scan_source(resolve(str(path)), ScanOptions(**kwargs, max_gpu_memory=BUDGET))
+    except BadOptionError as exc:
+        assert model_type not in TUPLES
+        assert str(exc).startswith("--max-gpu-memory: ") and "\n" not in str(exc) and "scan it without --max-gpu-memory" in str(exc)
+        assert HANDS_ON.get(model_type, "") in str(exc)
+        return
+    assert model_type not in HANDS_ON
+    assert [dataclasses.astuple(layer) for layer in streamed.layers] == [dataclasses.astuple(layer) for layer in plain.layers]
+    assert [(w.layer, w.row, w.col) for w in streamed.super_weights] == [(w.layer, w.row, w.col) for w in plain.super_weights]
