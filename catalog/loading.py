@@ -40,9 +40,10 @@ class LoadedModel:
 
     @property
     def context(self) -> int | None:
-        """The positions the model was made for, which its inputs must fit (None: not stated, e.g. ALiBi).
-        GPT-2's `n_positions` answers to this name too."""
-        return getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
+        """The positions the model was made for, which its inputs must fit (None: not stated, e.g.
+        ALiBi, or no limit: XLNet's config says -1). GPT-2's `n_positions` answers to this name too."""
+        positions = getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
+        return positions if isinstance(positions, int) and positions > 0 else None
 
     @property
     def vocabulary(self) -> int:

@@ -99,6 +99,22 @@ def test_windows_and_prompts_are_clipped_to_the_context(superweights, models, zi
     assert scan["ablations"] and all(a["tokens"] % (SHORT - 1) == 0 for a in scan["ablations"])
 
 
+def test_a_model_without_a_position_limit_reads_whole_windows_and_prompts(superweights, zipf_text, tmp_path):
+    """XLNet's config gives -1 positions (no limit): its windows were cut to -1 tokens (a
+    RuntimeError traceback, "invalid shape dimension -256") and its prompt lost its last token."""
+    from catalog import zoo
+
+    zoo.build("xlnet").save_pretrained(tmp_path / "xlnet")
+    build_tokenizer().save_pretrained(tmp_path / "xlnet")
+    out = tmp_path / "scan.json"
+    status, _, err = superweights(*SCAN, str(tmp_path / "xlnet"), "--eval-text", str(zipf_text), "--eval-tokens", "256",
+                                  "--seq-len", "64", "--prompt", "the cat", "--json", str(out))
+    assert status == 0, err
+    scan = json.loads(out.read_text())
+    assert (scan["config"]["seq_len_used"], scan["config"]["prompt_tokens"]) == (64, [len(build_tokenizer()("the cat").input_ids)])
+    assert scan["ablations"][0]["tokens"] == 4 * 63
+
+
 @pytest.mark.parametrize("name,args,says", [  # the weight named, not the number it spoiled (detection's maxima, the perplexity)
     ("nan_down", ["--no-verify"], r"a value of model\.layers\.3\.mlp\.down_proj\.weight is not a finite number \(NaN or inf\)"),
     ("inf_attention", ["--no-verify"], r"a value of model\.layers\.2\.self_attn\.q_proj\.weight is not a finite number \(NaN or inf\)"),
