@@ -207,8 +207,7 @@ def skeleton(config, dtype: torch.dtype, trust_remote_code: bool) -> nn.Module:
 def assign(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
     """Give parameter or buffer `name` new contents. A parameter keeps its Python object: tied
     weights share it, and detection sites and conditions hold references to it."""
-    module_name, _, attr = name.rpartition(".")
-    module = model.get_submodule(module_name)
+    module, attr = _owner(model, name)
     if attr in module._parameters:
         torch.utils.swap_tensors(module._parameters[attr], nn.Parameter(tensor, requires_grad=False))
     else:
@@ -290,8 +289,8 @@ def tie_equal(model: nn.Module, placed: set[str]) -> None:
             if kept is other:
                 continue
             if torch.equal(kept, other):
-                module_name, _, attr = target.rpartition(".")
-                model.get_submodule(module_name)._parameters[attr] = kept
+                module, attr = _owner(model, target)
+                module._parameters[attr] = kept
             else:
                 del tied[target]
 
@@ -330,10 +329,15 @@ def checkpoint_names(model: nn.Module, spans: Mapping[str, Span | torch.Tensor])
     return names
 
 
+def _owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    """The module holding state-dict entry `name`, and the entry's name in it."""
+    module_name, _, attr = name.rpartition(".")
+    return model.get_submodule(module_name), attr
+
+
 def untie(model: nn.Module, name: str) -> None:
     """Parameter `name` on its own, no longer shared with the weights tied to it (still on the meta device)."""
-    module_name, _, attr = name.rpartition(".")
-    module = model.get_submodule(module_name)
+    module, attr = _owner(model, name)
     if attr in module._parameters:
         module._parameters[attr] = nn.Parameter(torch.empty_like(module._parameters[attr]), requires_grad=False)
 

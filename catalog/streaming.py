@@ -113,7 +113,7 @@ def block_calls(model: nn.Module, blocks: nn.ModuleList, ids: torch.Tensor, retu
     (`HandsOnState`: Zaya hands its router states on)."""
     first: list[torch.Tensor] = []
     calls: list[BlockCall] = []
-    returned: set[int] = set()
+    returned: list[torch.Tensor] = []  # kept alive: a freed one's id could be a later argument's
 
     def record(module, args, kwargs):
         first.append(args[0] if args else kwargs["hidden_states"])
@@ -123,7 +123,7 @@ def block_calls(model: nn.Module, blocks: nn.ModuleList, ids: torch.Tensor, retu
         if returns is None:
             return hidden_states
         extras = [torch.empty(0) for _ in range(returns)]
-        returned.update(map(id, extras))
+        returned.extend(extras)
         return hidden_states, *extras
 
     with (hooked(((block, record) for block in blocks), pre=True, with_kwargs=True),
@@ -134,7 +134,8 @@ def block_calls(model: nn.Module, blocks: nn.ModuleList, ids: torch.Tensor, retu
     handed = next((i for i, h in enumerate(first) if not isinstance(h, torch.Tensor) or h.shape != first[0].shape), None)
     if handed is not None:
         raise ValueError(f"block {handed} was handed {_shape(first[handed])} where block 0 was handed {_shape(first[0])}")
-    passed = next((i for i, (args, kwargs) in enumerate(calls) if returned & set(map(id, (*args, *kwargs.values())))), None)
+    ids = set(map(id, returned))
+    passed = next((i for i, (args, kwargs) in enumerate(calls) if ids & set(map(id, (*args, *kwargs.values())))), None)
     if passed is not None:
         raise HandsOnState(f"block {passed} is handed what block {passed - 1} returns besides its hidden states")
     return first[0], calls

@@ -26,6 +26,7 @@ from catalog.loading import gguf_file, load, read_gguf
 from catalog.sources import resolve
 
 from gguf_files import split_copy, write_big_endian, write_gguf
+from same_model import assert_same_model, tied
 
 Q = gguf.GGMLQuantizationType
 
@@ -41,22 +42,6 @@ def fast(path: Path, dtype: torch.dtype = torch.float32) -> torch.nn.Module | No
 
     config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
     return read_gguf(gguf_file(resolve(str(path))), config, torch.device("cpu"), dtype, False)
-
-
-def assert_same_model(ours: torch.nn.Module, theirs: torch.nn.Module) -> None:
-    mine, reference = ours.state_dict(), theirs.state_dict()
-    assert mine.keys() == reference.keys()
-    for name, tensor in reference.items():
-        assert mine[name].dtype == tensor.dtype and torch.equal(mine[name], tensor), name
-    assert not any(p.is_meta for p in ours.parameters()) and not any(b.is_meta for b in ours.buffers())
-    assert tied(ours) == tied(theirs)
-    ids = torch.randint(0, 96, (2, 12), generator=torch.Generator().manual_seed(1))
-    with torch.inference_mode():
-        assert torch.equal(ours(input_ids=ids).logits, theirs(input_ids=ids).logits)
-
-
-def tied(model: torch.nn.Module) -> bool:
-    return model.get_output_embeddings().weight is model.get_input_embeddings().weight
 
 
 @pytest.mark.parametrize("arch,heads,kv_heads,tie", [("llama", 4, 2, False), ("llama", 4, 4, True), ("qwen2", 4, 2, False),

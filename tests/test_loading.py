@@ -19,6 +19,8 @@ from catalog.loading import load, pick_dtype, read_parallel
 from catalog.reader import ShardReader, index_shards
 from catalog.sources import resolve
 
+from same_model import assert_same_model, tied
+
 
 def shards(tmp_path: Path) -> dict[str, torch.Tensor]:
     torch.manual_seed(0)
@@ -118,20 +120,7 @@ def test_parallel_load_builds_the_model_from_pretrained_builds(model_type, tmp_p
         assert reference._keep_in_fp32_modules or any(
             name not in state or tuple(state[name].shape) != shape for name, shape in stored.items())
         return
-    ours, theirs = fast.state_dict(), reference.state_dict()
-    assert ours.keys() == theirs.keys()
-    for name in theirs:
-        assert torch.equal(ours[name], theirs[name]), name
     assert_same_model(fast, reference)
-
-
-def assert_same_model(fast: torch.nn.Module, reference: torch.nn.Module) -> None:
-    """Tied where the reference is, no parameter left on the meta device, the same logits."""
-    assert tied_pairs(fast) == tied_pairs(reference)
-    assert not any(p.is_meta for p in fast.parameters()) and not any(b.is_meta for b in fast.buffers())
-    ids = torch.randint(3, 120, (2, 16), generator=torch.Generator().manual_seed(1))
-    with torch.inference_mode():
-        assert torch.equal(fast(input_ids=ids, use_cache=False).logits, reference(input_ids=ids, use_cache=False).logits)
 
 
 def aligned(model: torch.nn.Module) -> None:
@@ -141,16 +130,6 @@ def aligned(model: torch.nn.Module) -> None:
     with torch.no_grad():
         for param in model.parameters():
             param.data = param.data.clone()
-
-
-def tied(model: torch.nn.Module) -> bool:
-    return model.get_output_embeddings().weight is model.get_input_embeddings().weight
-
-
-def tied_pairs(model: torch.nn.Module) -> set[tuple[str, str]]:
-    """Every two parameter names that share one parameter."""
-    named = list(model.named_parameters(remove_duplicate=False))
-    return {(a, b) for a, p in named for b, q in named if a < b and p is q}
 
 
 @pytest.mark.parametrize("copy", [True, False], ids=["head a copy of the embedding", "head of its own"])
