@@ -3,11 +3,13 @@
 transformers reads a GGUF's config and tensors with `load_gguf_checkpoint`, which parses the file
 with `gguf.GGUFReader`: that builds a numpy view per vocabulary entry, 6 s for SmolLM2's 49k
 tokens on a shared 2-core machine, and AutoConfig, AutoTokenizer and `from_pretrained` each parse
-it again (27 s of a 69 s scan). Here the file is parsed once (`catalog.gguf_meta.read_header`):
+it again (27 s of a 69 s scan). Here `catalog.gguf_meta` parses it (`read_header`):
 
 - the config dict is built from the same tables transformers reads (`GGUF_CONFIG_MAPPING`,
   `GGUF_CONFIG_DEFAULTS_MAPPING`) the way `load_gguf_checkpoint` builds it, and handed to
-  AutoConfig and AutoTokenizer in its place (`config_read_once`);
+  AutoConfig and AutoTokenizer in its place, and the tokenizer's vocabulary and merges read
+  by `catalog.gguf_meta.read_everything` where transformers' own reader parses the file three
+  times (`parsed_once`);
 - each tensor is dequantized from a memory map, in threads: the legacy block types and the
   k-quants by torch (`catalog.gguf_blocks`: gguf's own float32 operations, the same bits, several
   times faster), the others by the `gguf` package (`gguf.dequantize`, as transformers does); then passed
@@ -21,6 +23,7 @@ loads by its newer GGUF path, are left to transformers: `gguf_config` returns No
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from collections import deque
@@ -35,7 +38,7 @@ import torch
 from torch import nn
 
 from catalog.gguf_blocks import TORCH_BLOCKS
-from catalog.gguf_meta import Header, TensorEntry
+from catalog.gguf_meta import Everything, Header, TensorEntry, read_everything
 from catalog.patches import replaced
 
 # `load_gguf_checkpoint` renames these architectures or edits their config after the generic mapping
@@ -87,9 +90,12 @@ def _newer_reader(arch: str) -> bool:
 
 
 @contextmanager
-def config_read_once(path: Path, config: dict[str, object] | None) -> Iterator[None]:
-    """While this holds, transformers' metadata-only `load_gguf_checkpoint(path)` (AutoConfig and
-    AutoTokenizer call it) returns `config` instead of parsing the file again."""
+def parsed_once(path: Path, config: dict[str, object] | None) -> Iterator[None]:
+    """While this holds, transformers' parses of the file at `path` are answered by ours:
+    `load_gguf_checkpoint(path)` (metadata only: AutoConfig and AutoTokenizer call it) returns
+    `config`, and the newer `read_gguf_metadata(path, ...)` (which AutoConfig, AutoTokenizer and the
+    tokenizer's vocabulary call, three parses of the file) a copy of one `read_everything(path)`.
+    Where that cannot read the file, transformers' own reader does, and says why."""
     import transformers.modeling_gguf_pytorch_utils as legacy
 
     original = legacy.load_gguf_checkpoint
@@ -100,8 +106,36 @@ def config_read_once(path: Path, config: dict[str, object] | None) -> Iterator[N
             return original(file, return_tensors=return_tensors, **kwargs)
         return {"config": dict(config)}
 
-    with replaced(legacy, "load_gguf_checkpoint", load):
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(replaced(legacy, "load_gguf_checkpoint", load))
+        for owner, read in _metadata_readers(target):
+            stack.enter_context(replaced(owner, "read_gguf_metadata", read))
         yield
+
+
+def _metadata_readers(target: Path) -> list[tuple[object, Callable]]:
+    """transformers' `read_gguf_metadata`, where it has one, and its stand-in: by the package
+    (AutoConfig and AutoTokenizer import it from there) and by its module (the tokenizer's)."""
+    try:
+        import transformers.integrations.gguf as package
+        from transformers.integrations.gguf import reader
+    except ImportError:  # transformers before its newer GGUF reader
+        return []
+    original = reader.read_gguf_metadata
+
+    @functools.cache
+    def ours() -> Everything | None:
+        try:
+            return read_everything(target)
+        except ValueError:
+            return None
+
+    def read(file, string_arrays=()):  # type: ignore[no-untyped-def]
+        if Path(file).resolve() != target or (everything := ours()) is None:
+            return original(file, string_arrays)
+        return everything.as_transformers(string_arrays)
+
+    return [(package, read), (reader, read)]
 
 
 def _name_map(model: nn.Module, processor: object) -> dict[str, str]:

@@ -17,7 +17,7 @@ from torch import nn
 from catalog.architectures import Architecture, discover, family_of
 from catalog.errors import BadOptionError, InvalidSourceError, SuperweightsError, UnsupportedArchitectureError, first_line, memory_shortage
 from catalog.family import family_name
-from catalog.gguf_load import config_read_once, gguf_config, read_tensors
+from catalog.gguf_load import gguf_config, parsed_once, read_tensors
 from catalog.gguf_meta import BigEndianError, Header, read_model_header, split_field
 from catalog.identity import Identity, checkpoint_identity, gguf_identity
 from catalog.reader import ShardReader, Span, index_shards
@@ -109,7 +109,7 @@ def open_source(source: ResolvedSource, device: str, dtype: str, trust_remote_co
     check_config(source, trust_remote_code)
     with as_invalid(source):
         gguf = gguf_file(source)
-    with config_read_once(gguf.path, gguf.config) if gguf else nullcontext():
+    with parsed_once(gguf.path, gguf.config) if gguf else nullcontext():
         with as_invalid(source):
             config = AutoConfig.from_pretrained(source.path, trust_remote_code=trust_remote_code, **kwargs)
         with as_invalid(source, _tokenizer_problem):

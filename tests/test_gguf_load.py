@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from catalog import gguf_meta
-from catalog.gguf_load import dequantize, gguf_config
+from catalog.gguf_load import dequantize, gguf_config, parsed_once
 from catalog.gguf_meta import BigEndianError, part_names, read_header, read_model_header
 from catalog.identity import FROM_GGUF, gguf_identity
 from catalog.loading import gguf_file, load, read_gguf
@@ -191,13 +191,79 @@ def test_smollm2_split_in_parts_loads_as_the_whole_file(smollm2_gguf, tmp_path):
 
 @pytest.mark.integration
 def test_a_gguf_load_parses_the_header_once_and_names_the_model_from_it(smollm2_gguf):
-    """The loader and the model record share one parse (the vocabulary is 98k strings to walk)."""
+    """The loader and the model record share one parse of the header; the tokenizer's vocabulary
+    and merges (98k strings) are read once more, by us: transformers' own reader, which AutoConfig,
+    AutoTokenizer and the tokenizer each call, never parses the file."""
+    from transformers.integrations.gguf import reader
+
     source = resolve(str(smollm2_gguf))
-    with mock.patch.object(gguf_meta, "_key_values", wraps=gguf_meta._key_values) as parses:
+    with (mock.patch.object(gguf_meta, "_key_values", wraps=gguf_meta._key_values) as parses,
+          mock.patch.object(reader, "_read_metadata", wraps=reader._read_metadata) as theirs):
         loaded = load(source, device="cpu")
-    assert parses.call_count == 1
+    assert [call.kwargs.get("everything", False) for call in parses.call_args_list] == [False, True]
+    assert theirs.call_count == 0
     assert (loaded.info.name, loaded.info.named_from, loaded.info.quantization) == (
         gguf_identity(smollm2_gguf).name, FROM_GGUF, "Q4_1")
+
+
+VOCABULARY = ("tokenizer.ggml.tokens", "tokenizer.ggml.merges")
+
+
+def write_tokenizer_gguf(path: Path, tokens: list) -> Path:
+    """A GGUF holding a tokenizer's arrays of every kind: strings (vocabulary, merges), floats,
+    integers, and short ones of each."""
+    writer = gguf.GGUFWriter(path, "llama")
+    writer.add_token_list(tokens)
+    writer.add_token_merges(["\u0120 t", "\u00e9 \u2581"] * 40)
+    writer.add_token_scores([float(i) / 3 for i in range(len(tokens))])
+    writer.add_token_types([1] * len(tokens))
+    writer.add_array("test.short_strings", ["a", "\u00df"])
+    writer.add_array("test.empty", [])
+    writer.add_bool("tokenizer.ggml.add_bos_token", True)
+    writer.add_string("tokenizer.ggml.model", "gpt2")
+    writer.add_tensor("token_embd.weight", np.ones((len(tokens), 8), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+@pytest.mark.parametrize("keys", [(), VOCABULARY], ids=["counts", "vocabulary"])
+def test_the_metadata_the_tokenizer_gets_is_transformers_own(tmp_path, keys):
+    """`read_everything` stands in for transformers' `read_gguf_metadata`: the same dict (arrays
+    of strings not asked for as their lengths, the rest in full, the same types) and tensor names."""
+    from transformers.integrations.gguf.reader import read_gguf_metadata
+
+    tokens = [f"t{i}" for i in range(100)] + ["\u2581the", "\u00e9t\u00e9", "<0x0A>", "\U0001f600", ""]
+    for path in (write_tokenizer_gguf(tmp_path / "tok.gguf", tokens), write_gguf(tmp_path / "gpt2.gguf", "gpt2")):
+        ours = gguf_meta.read_everything(path).as_transformers(keys)
+        theirs = read_gguf_metadata(str(path), keys)
+        assert ours == theirs
+        assert [type(v) for v in ours[0].values()] == [type(v) for v in theirs[0].values()]
+
+
+@pytest.mark.integration
+def test_smollm2s_metadata_is_transformers_own(smollm2_gguf):
+    from transformers.integrations.gguf.reader import read_gguf_metadata
+
+    for keys in ((), VOCABULARY):
+        assert gguf_meta.read_everything(smollm2_gguf).as_transformers(keys) == read_gguf_metadata(str(smollm2_gguf), keys)
+
+
+def test_a_vocabulary_that_is_not_utf8_fails_as_transformers_fails(tmp_path):
+    """A token that does not decode is left to transformers' reader, whose error is the one it gives
+    unaided, not a tokenizer built of replacement characters."""
+    import transformers.integrations.gguf as package
+
+    path, unaided_reader = write_tokenizer_gguf(tmp_path / "bad.gguf", [b"ok", b"\xff\xfe"]), package.read_gguf_metadata
+    with pytest.raises(UnicodeDecodeError) as unaided:
+        unaided_reader(str(path), VOCABULARY)
+    with parsed_once(path, {}):
+        assert package.read_gguf_metadata is not unaided_reader
+        with pytest.raises(UnicodeDecodeError) as ours:
+            package.read_gguf_metadata(str(path), VOCABULARY)
+    assert str(ours.value) == str(unaided.value)
 
 
 @pytest.mark.parametrize("kind,width", [("Q4_1", 1530), ("Q4_K", 576)])
