@@ -96,12 +96,13 @@ class Everything:
 
 
 def read_everything(path: Path) -> Everything:
-    """The metadata with every array in full, strings decoded strictly as transformers decodes them
-    (`UnicodeDecodeError`, a `ValueError`, where one is not UTF-8), and the file's tensor names.
+    """The metadata with every array in full, and the file's tensor names; every string decoded
+    strictly, as transformers decodes them (`UnicodeDecodeError`, a `ValueError`, where one is not
+    UTF-8, where `read_header` replaces the bytes).
     `ValueError` also for an array of arrays, which transformers does not read either."""
     with open(path, "rb") as f:
         metadata, _, tensors, strings = _key_values(f, path, everything=True)
-        names = tuple(_tensor_entry(f)[0] for _ in range(tensors))
+        names = tuple(_tensor_entry(f, "strict")[0] for _ in range(tensors))
     return Everything(metadata, frozenset(strings), names)
 
 
@@ -187,22 +188,23 @@ def _key_values(f: BinaryIO, path: Path, everything: bool = False) -> tuple[dict
     if version < 2:
         raise ValueError(f"{Path(path).name}: GGUF version {version} is too old to read")
     metadata, lengths, strings = {}, {}, []
+    errors = "strict" if everything else "replace"
     for _ in range(count):
-        key, kind = _string(f), _unpack(f, "<I")
+        key, kind = _string(f, errors), _unpack(f, "<I")
         if kind == ARRAY:
             item, lengths[key] = _unpack(f, "<I"), _unpack(f, "<Q")
             value = _whole_array(f, item, lengths[key]) if everything else _array(f, item, lengths[key])
             if item == STRING:
                 strings.append(key)
         else:
-            value = _value(f, kind)
+            value = _value(f, kind, errors)
         if value is not _SKIPPED:
             metadata[key] = value
     return metadata, lengths, tensors, strings
 
 
-def _tensor_entry(f: BinaryIO) -> tuple[str, tuple[int, ...], int, int]:
-    name, dims = _string(f), _unpack(f, "<I")
+def _tensor_entry(f: BinaryIO, errors: str = "replace") -> tuple[str, tuple[int, ...], int, int]:
+    name, dims = _string(f, errors), _unpack(f, "<I")
     if dims > MAX_DIMS:
         raise ValueError(f"a GGUF tensor of {dims} dimensions: the file is corrupt")
     shape = struct.unpack(f"<{dims}Q", _exact(f, 8 * dims))
@@ -213,9 +215,9 @@ def _tensor_entry(f: BinaryIO) -> tuple[str, tuple[int, ...], int, int]:
 _SKIPPED = object()
 
 
-def _value(f: BinaryIO, kind: int) -> object:
+def _value(f: BinaryIO, kind: int, errors: str = "replace") -> object:
     if kind == STRING:
-        return _string(f)
+        return _string(f, errors)
     if kind == ARRAY:
         return _array(f, _unpack(f, "<I"), _unpack(f, "<Q"))
     if kind not in SCALARS:
@@ -271,11 +273,12 @@ def _strings(f: BinaryIO, count: int, decode: bool) -> list[str]:
     return values
 
 
-def _string(f: BinaryIO) -> str:
+def _string(f: BinaryIO, errors: str = "replace") -> str:
+    """A string, its bytes that are not UTF-8 replaced (or, `errors="strict"`, refused)."""
     length = _unpack(f, "<Q")
     if length > MAX_STRING:
         raise _too_long(length)
-    return _exact(f, length).decode("utf-8", errors="replace")
+    return _exact(f, length).decode("utf-8", errors=errors)
 
 
 def _too_long(length: int) -> ValueError:

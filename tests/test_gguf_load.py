@@ -209,10 +209,11 @@ def test_a_gguf_load_parses_the_header_once_and_names_the_model_from_it(smollm2_
 VOCABULARY = ("tokenizer.ggml.tokens", "tokenizer.ggml.merges")
 
 
-def write_tokenizer_gguf(path: Path, tokens: list) -> Path:
+def write_tokenizer_gguf(path: Path, tokens: list, name: str | bytes = "tiny") -> Path:
     """A GGUF holding a tokenizer's arrays of every kind: strings (vocabulary, merges), floats,
     integers, and short ones of each."""
     writer = gguf.GGUFWriter(path, "llama")
+    writer.add_string("general.name", name)
     writer.add_token_list(tokens)
     writer.add_token_merges(["\u0120 t", "\u00e9 \u2581"] * 40)
     writer.add_token_scores([float(i) / 3 for i in range(len(tokens))])
@@ -251,19 +252,21 @@ def test_smollm2s_metadata_is_transformers_own(smollm2_gguf):
         assert gguf_meta.read_everything(smollm2_gguf).as_transformers(keys) == read_gguf_metadata(str(smollm2_gguf), keys)
 
 
-def test_a_vocabulary_that_is_not_utf8_fails_as_transformers_fails(tmp_path):
-    """A token that does not decode is left to transformers' reader, whose error is the one it gives
-    unaided, not a tokenizer built of replacement characters."""
+def test_metadata_that_is_not_utf8_fails_as_transformers_fails(tmp_path):
+    """A token or a name that does not decode is left to transformers' reader, whose error is the one
+    it gives unaided, not a tokenizer built of replacement characters."""
     import transformers.integrations.gguf as package
 
-    path, unaided_reader = write_tokenizer_gguf(tmp_path / "bad.gguf", [b"ok", b"\xff\xfe"]), package.read_gguf_metadata
-    with pytest.raises(UnicodeDecodeError) as unaided:
-        unaided_reader(str(path), VOCABULARY)
-    with parsed_once(path, {}):
-        assert package.read_gguf_metadata is not unaided_reader
-        with pytest.raises(UnicodeDecodeError) as ours:
-            package.read_gguf_metadata(str(path), VOCABULARY)
-    assert str(ours.value) == str(unaided.value)
+    unaided_reader = package.read_gguf_metadata
+    for path, keys in [(write_tokenizer_gguf(tmp_path / "token.gguf", [b"ok", b"\xff\xfe"]), VOCABULARY),
+                       (write_tokenizer_gguf(tmp_path / "name.gguf", ["ok"], name=b"tiny \xff"), ())]:
+        with pytest.raises(UnicodeDecodeError) as unaided:
+            unaided_reader(str(path), keys)
+        with parsed_once(path, {}):
+            assert package.read_gguf_metadata is not unaided_reader
+            with pytest.raises(UnicodeDecodeError) as ours:
+                package.read_gguf_metadata(str(path), keys)
+        assert str(ours.value) == str(unaided.value)
 
 
 @pytest.mark.parametrize("kind,width", [("Q4_1", 1530), ("Q4_K", 576)])
