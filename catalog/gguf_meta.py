@@ -16,6 +16,7 @@ holds the metadata, every part some of the tensors and its `split.no` of `split.
 
 from __future__ import annotations
 
+import os
 import re
 import struct
 from collections.abc import Container
@@ -236,7 +237,7 @@ def _whole_array(f: BinaryIO, item: int, length: int) -> list:
     """Every value of an array: of numbers in one unpack, of strings decoded strictly."""
     if item in SCALARS:
         code = SCALARS[item][1]
-        return list(struct.unpack(f"<{length}{code}", _exact(f, struct.calcsize(code) * length)))
+        return list(struct.unpack(f"<{length}{code}", _exact(f, _in_file(f, struct.calcsize(code) * length))))
     if item == STRING:
         return _strings(f, length, decode=True)
     raise ValueError(f"a GGUF array of value type {item}, which transformers does not read")
@@ -244,7 +245,7 @@ def _whole_array(f: BinaryIO, item: int, length: int) -> list:
 
 def _skip_array(f: BinaryIO, item: int, length: int) -> None:
     if item in SCALARS:
-        f.seek(struct.calcsize(SCALARS[item]) * length, 1)
+        f.seek(_in_file(f, struct.calcsize(SCALARS[item]) * length), 1)
     elif item == STRING:
         _strings(f, length, decode=False)
     else:
@@ -271,6 +272,14 @@ def _strings(f: BinaryIO, count: int, decode: bool) -> list[str]:
     except struct.error:  # fewer than 8 bytes left
         raise ValueError(TRUNCATED) from None
     return values
+
+
+def _in_file(f: BinaryIO, size: int) -> int:
+    """`size`, refused where fewer bytes are left in the file: an array's corrupt length would have
+    exabytes read (a MemoryError, taken for the host's) or sought past."""
+    if size > os.fstat(f.fileno()).st_size - f.tell():
+        raise ValueError(TRUNCATED)
+    return size
 
 
 def _string(f: BinaryIO, errors: str = "replace") -> str:

@@ -10,6 +10,7 @@ SmolLM2 file is compared too.
 from __future__ import annotations
 
 import re
+import struct
 from pathlib import Path
 from unittest import mock
 
@@ -242,6 +243,19 @@ def test_the_metadata_the_tokenizer_gets_is_transformers_own(tmp_path, keys):
         theirs = read_gguf_metadata(str(path), keys)
         assert ours == theirs
         assert [type(v) for v in ours[0].values()] == [type(v) for v in theirs[0].values()]
+
+
+@pytest.mark.parametrize("length", [2**40, 2**60])
+def test_an_array_longer_than_its_file_is_refused_before_it_is_read(tmp_path, length):
+    """A corrupt length of an array of numbers, the last key of a file without tensors: the header
+    once sought past it (2**60 floats: OSError) and the whole read asked for 4 TiB (MemoryError,
+    reported as the host's memory)."""
+    path, key = tmp_path / "long.gguf", b"tokenizer.ggml.scores"
+    array = struct.pack("<IIQ", 9, 6, length)  # an array, of float32, its length
+    path.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + struct.pack("<Q", len(key)) + key + array + b"\0" * 64)
+    for read in (read_header, gguf_meta.read_everything):
+        with pytest.raises(ValueError, match="truncated"):
+            read(path)
 
 
 @pytest.mark.integration
