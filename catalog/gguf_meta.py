@@ -91,9 +91,12 @@ class Everything:
     def as_transformers(self, string_arrays: Container[str] = ()) -> tuple[dict[str, object], tuple[str, ...]]:
         """`read_gguf_metadata(path, string_arrays)` of `transformers.integrations.gguf`: an array of
         strings not asked for is its length; every list a copy of its own."""
-        metadata = {key: (len(value) if key not in string_arrays else list(value)) if key in self.string_arrays
-                    else list(value) if isinstance(value, list) else value for key, value in self.metadata.items()}
-        return metadata, self.tensor_names
+        def given(key: str, value: object) -> object:
+            if key in self.string_arrays and key not in string_arrays:
+                return len(value)  # type: ignore[arg-type]
+            return list(value) if isinstance(value, list) else value
+
+        return {key: given(key, value) for key, value in self.metadata.items()}, self.tensor_names
 
 
 def read_everything(path: Path) -> Everything:

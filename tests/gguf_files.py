@@ -58,10 +58,7 @@ def write_gguf(path: Path, arch: str, *, heads: int = 4, kv_heads: int = 2, tied
             writer.add_tensor(name, gguf.quants.quantize(values, kind), raw_dtype=kind)
         else:
             writer.add_tensor(name, values)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    finish(writer)
     return min(path.parent.glob(f"{path.stem}-00002-of-*.gguf")) if split else path
 
 
@@ -85,10 +82,7 @@ def split_copy(source: Path, path: Path, max_tensors: int) -> list[Path]:
         writer.add_key_value(field.name, field.contents(), kind, sub_type=field.types[-1] if kind == gguf.GGUFValueType.ARRAY else None)
     for tensor in reader.tensors:
         writer.add_tensor(tensor.name, tensor.data, raw_dtype=tensor.tensor_type)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    finish(writer)
     return sorted(path.parent.glob(f"{path.stem}-*-of-*.gguf"))
 
 
@@ -97,8 +91,31 @@ def write_big_endian(path: Path) -> Path:
     writer = gguf.GGUFWriter(path, "llama", endianess=gguf.GGUFEndian.BIG)
     writer.add_block_count(1)
     writer.add_tensor("token_embd.weight", np.arange(64, dtype=np.float32).reshape(2, 32))  # byte-swapped as written
+    finish(writer)
+    return path
+
+
+def write_tokenizer_gguf(path: Path, tokens: list, name: str | bytes = "tiny") -> Path:
+    """A GGUF holding a tokenizer's arrays of every kind: strings (vocabulary, merges), floats,
+    integers, and short ones of each; `tokens` and `name` as bytes may be other than UTF-8."""
+    writer = gguf.GGUFWriter(path, "llama")
+    writer.add_string("general.name", name)
+    writer.add_token_list(tokens)
+    writer.add_token_merges(["\u0120 t", "\u00e9 \u2581"] * 40)
+    writer.add_token_scores([float(i) / 3 for i in range(len(tokens))])
+    writer.add_token_types([1] * len(tokens))
+    writer.add_array("test.short_strings", ["a", "\u00df"])
+    writer.add_array("test.empty", [])
+    writer.add_bool("tokenizer.ggml.add_bos_token", True)
+    writer.add_string("tokenizer.ggml.model", "gpt2")
+    writer.add_tensor("token_embd.weight", np.ones((len(tokens), 8), dtype=np.float32))
+    finish(writer)
+    return path
+
+
+def finish(writer: gguf.GGUFWriter) -> None:
+    """Write out what was added to `writer`: header, key-values, tensors."""
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    return path

@@ -26,7 +26,7 @@ from catalog.identity import FROM_GGUF, gguf_identity
 from catalog.loading import gguf_file, load, read_gguf
 from catalog.sources import resolve
 
-from gguf_files import split_copy, write_big_endian, write_gguf
+from gguf_files import finish, split_copy, write_big_endian, write_gguf, write_tokenizer_gguf
 from same_model import assert_same_model, tied
 
 Q = gguf.GGMLQuantizationType
@@ -143,10 +143,7 @@ def test_a_big_endian_gguf_is_named_with_the_command_that_converts_it(tmp_path):
 def test_an_architecture_transformers_treats_specially_is_left_to_it(tmp_path, arch):
     writer = gguf.GGUFWriter(tmp_path / "special.gguf", arch)
     writer.add_block_count(1)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    finish(writer)
     assert gguf_config(read_header(tmp_path / "special.gguf")) is None
 
 
@@ -208,27 +205,6 @@ def test_a_gguf_load_parses_the_header_once_and_names_the_model_from_it(smollm2_
 
 
 VOCABULARY = ("tokenizer.ggml.tokens", "tokenizer.ggml.merges")
-
-
-def write_tokenizer_gguf(path: Path, tokens: list, name: str | bytes = "tiny") -> Path:
-    """A GGUF holding a tokenizer's arrays of every kind: strings (vocabulary, merges), floats,
-    integers, and short ones of each."""
-    writer = gguf.GGUFWriter(path, "llama")
-    writer.add_string("general.name", name)
-    writer.add_token_list(tokens)
-    writer.add_token_merges(["\u0120 t", "\u00e9 \u2581"] * 40)
-    writer.add_token_scores([float(i) / 3 for i in range(len(tokens))])
-    writer.add_token_types([1] * len(tokens))
-    writer.add_array("test.short_strings", ["a", "\u00df"])
-    writer.add_array("test.empty", [])
-    writer.add_bool("tokenizer.ggml.add_bos_token", True)
-    writer.add_string("tokenizer.ggml.model", "gpt2")
-    writer.add_tensor("token_embd.weight", np.ones((len(tokens), 8), dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
 
 
 @pytest.mark.parametrize("keys", [(), VOCABULARY], ids=["counts", "vocabulary"])

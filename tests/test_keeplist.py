@@ -18,7 +18,7 @@ from catalog.gguf_meta import read_tensor_names
 from db.repository import Catalog
 
 from db_samples import sample_result, times
-from gguf_files import split_copy
+from gguf_files import finish, split_copy
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -145,10 +145,7 @@ def write_gguf(path, tensors: dict[str, tuple[int, ...]]) -> None:
     writer.add_array("tokenizer.ggml.tokens", [f"t{i}" for i in range(100)])  # longer than the arrays kept: skipped
     for name, shape in tensors.items():
         writer.add_tensor(name, np.zeros(shape, dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    finish(writer)
 
 
 def test_read_tensor_names_reads_what_gguf_writes(tmp_path):
